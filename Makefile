@@ -1,0 +1,41 @@
+# The two set-up commands of the README (`make chat`, `make test`) plus `make run`.
+# Each target creates .venv when it is missing and installs what is not there yet.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+
+.PHONY: chat test run install models lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch is installed first and pinned so that no CUDA build is ever resolved.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(BIN)/docent model pull smollm2-135m
+	$(BIN)/docent model pull minilm-l6
+
+chat: install
+	$(BIN)/docent model pull smollm2-135m
+	$(BIN)/docent chat
+
+run: install
+	$(BIN)/docent run
+
+test: models
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check lm bot tests bench migrations
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""docent's application layer: Telegram front end, services, persistence and documents."""

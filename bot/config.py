@@ -1,0 +1,152 @@
+"""One Settings object, read from a TOML file and overridden by DOCENT_* environment variables.
+
+Lookup order for the file: the explicit path given, then $DOCENT_CONFIG, then ./config.toml.
+Environment variables name a section and a key: DOCENT_TELEGRAM_TOKEN -> [telegram] token,
+DOCENT_MODEL_NAME -> [model] name. Two are special and live at the top level: DOCENT_DATA_DIR and
+DOCENT_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+@dataclass
+class ModelSettings:
+    name: str = "smollm2-135m"  # a hub name or a path to a .gguf file / model directory
+    threads: int = 0  # torch intra-op threads; 0 = one per physical core
+    weights: str = "int8"  # how loaded weights are kept: int8 (weight-only), bf16 or fp32
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    context_tokens: int = 2048  # budget for prompt + reply
+    system_prompt: str = "You are docent, a helpful assistant. Answer concisely and accurately."
+
+
+@dataclass
+class TelegramSettings:
+    token: str = ""
+    api_url: str = "https://api.telegram.org/bot"
+    file_url: str = ""  # defaults to api_url with /file/ in the path
+    mode: str = "polling"  # polling | webhook
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = 8443
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    admins: list[int] = field(default_factory=list)
+    allowed_users: list[int] = field(default_factory=list)  # empty = everyone
+    allowed_chats: list[int] = field(default_factory=list)  # empty = every chat
+    rate_limit_per_minute: int = 20
+    max_input_chars: int = 4000
+    generation_timeout_s: float = 120.0
+    edit_interval_private_s: float = 1.0
+    edit_interval_group_s: float = 3.0
+
+
+@dataclass
+class DatabaseSettings:
+    url: str = ""  # empty = sqlite file in the data dir
+
+
+@dataclass
+class DocumentSettings:
+    max_file_mb: float = 20.0
+    parse_timeout_s: float = 120.0
+    parse_memory_mb: int = 1024
+    chunk_tokens: int = 200
+    chunk_overlap_tokens: int = 40
+    top_k: int = 6
+    encoder: str = "minilm-l6"
+
+
+@dataclass
+class TrainingSettings:
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    steps: int = 200
+    learning_rate: float = 2e-4
+    use_chats_by_default: bool = False
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path("~/.local/share/docent").expanduser())
+    cache_dir: Path = field(default_factory=lambda: Path("~/.cache/docent").expanduser())
+    model: ModelSettings = field(default_factory=ModelSettings)
+    telegram: TelegramSettings = field(default_factory=TelegramSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    documents: DocumentSettings = field(default_factory=DocumentSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'docent.db'}"
+
+    def __repr__(self) -> str:  # never print the token
+        return f"Settings(data_dir={self.data_dir!s}, cache_dir={self.cache_dir!s}, model={self.model.name!r})"
+
+
+def _coerce(value: Any, typ: Any) -> Any:
+    """Turn a TOML value or an environment string into the field's type."""
+    if typ is bool:
+        return value if isinstance(value, bool) else str(value).strip().lower() in {"1", "true", "yes", "on"}
+    if typ in (int, float, str):
+        return typ(value)
+    if typ is Path:
+        return Path(str(value)).expanduser()
+    if getattr(typ, "__origin__", None) is list:
+        (inner,) = typ.__args__
+        items = value if isinstance(value, list) else [v for v in str(value).replace(",", " ").split() if v]
+        return [inner(v) for v in items]
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    hints = get_type_hints(type(obj))
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"unknown setting {where}{key}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"setting {where}{key} must be a table")
+            _apply(current, value, f"{where}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key]))
+
+
+def _env_overrides(env: dict[str, str], settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    sections = {f.name for f in dataclasses.fields(settings) if dataclasses.is_dataclass(getattr(settings, f.name))}
+    for name, value in env.items():
+        if not name.startswith("DOCENT_"):
+            continue
+        rest = name[len("DOCENT_"):].lower()
+        if rest in ("data_dir", "cache_dir"):
+            out[rest] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section in sections and key and key in get_type_hints(type(getattr(settings, section))):
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the config file (if any), then apply DOCENT_* environment variables on top."""
+    env = dict(os.environ) if env is None else env
+    settings = Settings()
+    candidate = Path(path) if path else Path(env["DOCENT_CONFIG"]) if env.get("DOCENT_CONFIG") else Path("config.toml")
+    if candidate.exists():
+        with open(candidate, "rb") as f:
+            _apply(settings, tomllib.load(f), "")
+    elif path is not None:
+        raise FileNotFoundError(f"config file not found: {candidate}")
+    _apply(settings, _env_overrides(env, settings), "")
+    return settings
