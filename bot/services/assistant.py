@@ -1,0 +1,113 @@
+"""Replying in a conversation: store what was said, build the prompt from SQL history, stream the reply.
+
+SQL is the source of truth. A user message is stored together with its update id (exactly once); the
+reply is stored as a "streaming" row before generation starts and completed afterwards, so a restart
+can find replies it cut off and mark them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.config import Settings
+from bot.db import queries as q
+from bot.db.models import Message
+from bot.services.models import ChatModel, ModelManager, Sampling, stream_in_thread
+
+INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
+
+
+@dataclass
+class Incoming:
+    """A text message as the services see it (no Telegram types)."""
+
+    update_id: int
+    chat_id: int
+    chat_type: str
+    user_id: int | None
+    text: str
+    telegram_message_id: int | None
+    username: str | None = None
+    first_name: str | None = None
+    title: str | None = None
+    reply_to_telegram_message_id: int | None = None
+
+
+class Assistant:
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models: ModelManager):
+        self.settings = settings
+        self.sessions = sessions
+        self.models = models
+
+    async def accept(self, msg: Incoming) -> Message | None:
+        """Store the user's message once; None means this update was already handled."""
+        async with self.sessions() as s:
+            await q.ensure_user_and_chat(s, msg.chat_id, msg.chat_type, msg.user_id, msg.username,
+                                         msg.first_name, msg.title)
+            return await q.record_update_and_user_message(
+                s, msg.update_id, msg.chat_id, msg.user_id, msg.text, msg.telegram_message_id,
+                msg.reply_to_telegram_message_id)
+
+    async def sampling_for(self, chat_id: int, **overrides) -> Sampling:
+        async with self.sessions() as s:
+            prefs = await q.get_chat_settings(s, chat_id)
+        if prefs is not None and prefs.temperature is not None:
+            overrides.setdefault("temperature", prefs.temperature)
+        return Sampling.from_settings(self.settings.model, **overrides)
+
+    async def system_prompt(self, chat_id: int) -> str:
+        async with self.sessions() as s:
+            prefs = await q.get_chat_settings(s, chat_id)
+        return (prefs.system_prompt if prefs and prefs.system_prompt else None) or self.settings.model.system_prompt
+
+    async def conversation(self, chat_id: int, conversation_id: int) -> list[dict]:
+        """The system prompt plus this conversation's stored turns, oldest first."""
+        async with self.sessions() as s:
+            rows = await q.history(s, conversation_id, limit=200)
+        turns = [{"role": m.role, "content": m.text} for m in rows if m.role in ("user", "assistant") and m.text]
+        return [{"role": "system", "content": await self.system_prompt(chat_id)}, *turns]
+
+    async def begin_reply(self, user_message: Message, telegram_message_id: int | None,
+                          version_id: int | None) -> Message:
+        async with self.sessions() as s:
+            return await q.add_assistant_message(
+                s, user_message.conversation_id, user_message.chat_id, text="", status="streaming",
+                telegram_message_id=telegram_message_id,
+                reply_to_telegram_message_id=user_message.telegram_message_id, model_version_id=version_id)
+
+    async def finish_reply(self, reply: Message, text: str, status: str, token_count: int | None = None) -> None:
+        async with self.sessions() as s:
+            await q.update_message(s, reply.id, text=text, status=status, token_count=token_count)
+
+    async def stream(self, model: ChatModel, messages: list[dict], sampling: Sampling,
+                     cancel: threading.Event) -> AsyncIterator[str]:
+        """Text deltas of the model's reply, generated in the worker thread."""
+        async for delta in stream_in_thread(lambda: model.stream_chat(messages, sampling, cancel), cancel):
+            yield delta
+
+    async def reset(self, chat_id: int) -> None:
+        """Start a new conversation; the old one stays in SQL but is no longer sent to the model."""
+        async with self.sessions() as s:
+            await q.start_new_conversation(s, chat_id)
+
+    async def interrupted(self) -> list[Message]:
+        """Replies a crash or restart cut off; they are marked interrupted and returned for a visible note."""
+        async with self.sessions() as s:
+            rows = await q.interrupted_messages(s)
+            for m in rows:
+                text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE
+                await q.update_message(s, m.id, text=text, status="interrupted")
+                m.text = text
+        return rows
+
+    async def set_feedback(self, chat_id: int, telegram_message_id: int, user_id: int, value: int) -> bool:
+        async with self.sessions() as s:
+            message = await q.message_by_telegram_id(s, chat_id, telegram_message_id)
+            if message is None or message.role != "assistant":
+                return False
+            await q.set_feedback(s, message.id, user_id, value)
+            return True

@@ -1,0 +1,169 @@
+"""The active chat model: loading, hot swapping, and streaming generation off the event loop.
+
+This is the one place where `bot` talks to `lm.engine`. A reply takes a reference to the current
+`ChatModel` when it starts, so a swap (a new model version promoted) never disturbs replies already
+streaming: they finish on the model they began with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from bot.config import ModelSettings, Settings
+
+log = logging.getLogger(__name__)
+
+# One worker: generation already uses every core through torch's intra-op threads; two at once
+# would only oversubscribe them. Replies queue here in arrival order.
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docent-generate")
+
+
+@dataclass
+class Sampling:
+    """Generation settings for one reply: the config defaults overridden per chat or per command."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+    stop_strings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, model: ModelSettings, **overrides: Any) -> Sampling:
+        base = {f.name: getattr(model, f.name) for f in fields(cls) if hasattr(model, f.name)}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+class ChatModel:
+    """A loaded model with its tokenizer and engine, plus the version it came from."""
+
+    def __init__(self, model: Any, tokenizer: Any, context_tokens: int, version_id: int | None = None,
+                 label: str = ""):
+        from lm.engine import Engine
+
+        self.model, self.tokenizer = model, tokenizer
+        self.context_tokens = min(context_tokens, model.config.max_seq_len)
+        self.engine = Engine(model, tokenizer, max_len=self.context_tokens)
+        self.version_id = version_id
+        self.label = label
+
+    @classmethod
+    def load(cls, settings: Settings, name_or_path: str | None = None, version_id: int | None = None) -> ChatModel:
+        from lm.runtime import load_chat_model
+
+        name = name_or_path or settings.model.name
+        model, tokenizer = load_chat_model(name, weights=settings.model.weights, threads=settings.model.threads,
+                                           cache_dir=settings.cache_dir)
+        return cls(model, tokenizer, settings.model.context_tokens, version_id, label=str(name))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def fit(self, messages: list[dict], sampling: Sampling) -> list[dict]:
+        """Drop the oldest turns until the prompt and the reply fit the context (system prompt kept)."""
+        from lm.engine import trim_messages
+
+        reserve = min(sampling.max_new_tokens, self.context_tokens // 4)
+        return trim_messages(messages, self.tokenizer, self.context_tokens, reserve)
+
+    def _config(self, sampling: Sampling, prompt_tokens: int):
+        from lm.engine import GenerationConfig
+
+        room = self.context_tokens - prompt_tokens
+        return GenerationConfig(
+            max_new_tokens=max(1, min(sampling.max_new_tokens, room)),
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            repetition_penalty=sampling.repetition_penalty,
+            seed=sampling.seed,
+            stop_strings=list(sampling.stop_strings),
+        )
+
+    def stream_chat(self, messages: list[dict], sampling: Sampling,
+                    cancel: threading.Event | None = None) -> Iterator[str]:
+        """Text deltas of the reply to `messages` (blocking; run it in a worker thread)."""
+        messages = self.fit(messages, sampling)
+        ids, _ = self.tokenizer.render_chat(messages, add_generation_prompt=True)
+        yield from self.engine.stream(ids, self._config(sampling, len(ids)), cancel=cancel)
+
+    def stream_text(self, prompt: str, sampling: Sampling, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Continue raw text without the chat template."""
+        ids = self.tokenizer.encode(prompt)
+        yield from self.engine.stream(ids, self._config(sampling, len(ids)), cancel=cancel)
+
+
+_END = object()
+
+
+async def stream_in_thread(produce: Iterator[str] | Any, cancel: threading.Event) -> AsyncIterator[str]:
+    """Run a blocking iterator of text deltas in the generation thread and yield its items here.
+
+    Closing the async iterator early (timeout, error, /reset) sets `cancel`, which the engine checks
+    between tokens, so the worker thread is free again within one token.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def work() -> None:
+        try:
+            for delta in produce() if callable(produce) else produce:
+                loop.call_soon_threadsafe(queue.put_nowait, delta)
+                if cancel.is_set():
+                    break
+        except BaseException as e:  # handed to the awaiting side, which re-raises it
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    future = loop.run_in_executor(_EXECUTOR, work)
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        await asyncio.shield(future)
+
+
+class ModelManager:
+    """Holds the active ChatModel; `swap` replaces it without disturbing replies in flight."""
+
+    def __init__(self, settings: Settings, initial: ChatModel | None = None):
+        self.settings = settings
+        self._current = initial
+        self._lock = asyncio.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._current is not None
+
+    async def current(self) -> ChatModel:
+        if self._current is None:
+            async with self._lock:
+                if self._current is None:
+                    self._current = await asyncio.get_running_loop().run_in_executor(
+                        None, ChatModel.load, self.settings)
+        return self._current
+
+    async def swap(self, name_or_path: str, version_id: int | None = None) -> ChatModel:
+        """Load another model (in a thread) and make it the active one."""
+        loaded = await asyncio.get_running_loop().run_in_executor(
+            None, ChatModel.load, self.settings, name_or_path, version_id)
+        async with self._lock:
+            old, self._current = self._current, loaded
+        log.info("active model is now %s (was %s)", loaded.label, old.label if old else None)
+        return loaded
