@@ -40,7 +40,7 @@ async def _post_init(app: Application) -> None:
     """Migrate the schema, register commands, and mark replies a previous run left unfinished."""
     rt: Runtime = app.bot_data["runtime"]
     await upgrade(rt.settings.database_url)
-    await app.bot.set_my_commands(app.bot_data.get("commands", COMMANDS))
+    await app.bot.set_my_commands(app.bot_data["commands"])
     for message in await rt.assistant.interrupted():
         if message.telegram_message_id is None:
             continue
@@ -70,6 +70,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
         .build()
     )
     app.bot_data["runtime"] = runtime
+    app.bot_data["commands"] = list(COMMANDS)
     app.bot_data["db_engine"] = engine
     app.add_handler(CommandHandler("start", chat.start))
     app.add_handler(CommandHandler("help", chat.help_command))

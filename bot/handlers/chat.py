@@ -147,7 +147,7 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str,
-                          reply_to: int | None, stored) -> None:
+                          reply_to: int | None, stored, force_documents: bool = False) -> None:
     """Generate the reply to a stored user message, editing one Telegram message as text arrives."""
     interval = rt.settings.telegram.edit_interval_private_s if chat_type == ChatType.PRIVATE \
         else rt.settings.telegram.edit_interval_group_s
@@ -156,27 +156,39 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
     first = await stream.start("…")
     model = await rt.models.current()
     reply = await rt.assistant.begin_reply(stored, first.message_id, model.version_id)
-    messages = await rt.assistant.conversation(chat_id, stored.conversation_id)
+    text, status, note = "", "complete", ""
+    try:
+        prepared = await rt.assistant.prepare(model, chat_id, stored.conversation_id, force_documents)
+        if prepared.canned:
+            text = prepared.canned
+        else:
+            text, note = await _generate(rt, model, prepared.messages, chat_id, stream)
+            text = rt.assistant.with_sources(text.strip(), prepared) if text.strip() else text
+    except Exception as e:
+        from lm.engine import ContextOverflow
+
+        status = "failed"
+        if isinstance(e, ContextOverflow):
+            note = str(e)
+        else:
+            log.exception("reply failed in chat %s", chat_id)
+            note = "Sorry, something went wrong while writing the reply."
+    final = (text.strip() + note) if text.strip() else (note.strip() or "(no reply)")
+    await rt.assistant.finish_reply(reply, final, status)
+    await stream.finish(final, reply_markup=feedback_markup() if status == "complete" else None)
+
+
+async def _generate(rt: Runtime, model, messages: list[dict], chat_id: int, stream: StreamingMessage) -> tuple[str, str]:
+    """Stream the model's reply into the Telegram message; returns (text, note about how it ended)."""
     sampling = await rt.assistant.sampling_for(chat_id)
     cancel = threading.Event()
-    text, status, note = "", "complete", ""
-    deadline = time.monotonic() + rt.settings.telegram.generation_timeout_s
+    text, started = "", time.monotonic()
     try:
-        async with asyncio.timeout_at(asyncio.get_running_loop().time() + rt.settings.telegram.generation_timeout_s):
+        async with asyncio.timeout(rt.settings.telegram.generation_timeout_s):
             async for delta in rt.assistant.stream(model, messages, sampling, cancel):
                 text += delta
                 await stream.update(text)
     except TimeoutError:
-        status, note = "complete", "\n\n⏱️ (stopped: the reply took too long)"
-        log.warning("generation timeout in chat %s after %.0fs", chat_id, time.monotonic() - deadline)
-    except Exception as e:
-        from lm.engine import ContextOverflow
-
-        if isinstance(e, ContextOverflow):
-            status, note = "failed", str(e)
-        else:
-            log.exception("generation failed in chat %s", chat_id)
-            status, note = "failed", "Sorry, something went wrong while writing the reply."
-    final = (text.strip() + note) if text.strip() else (note.strip() or "(no reply)")
-    await rt.assistant.finish_reply(reply, final, status)
-    await stream.finish(final, reply_markup=feedback_markup() if status == "complete" else None)
+        log.warning("generation timeout in chat %s after %.0fs", chat_id, time.monotonic() - started)
+        return text, "\n\n⏱️ (stopped: the reply took too long)"
+    return text, ""

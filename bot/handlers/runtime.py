@@ -15,6 +15,7 @@ from bot.config import Settings
 from bot.db import queries as q
 from bot.handlers.access import RateLimiter, is_allowed
 from bot.services.assistant import Assistant
+from bot.services.knowledge import KnowledgeBase
 from bot.services.models import ModelManager
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ class Runtime:
         self.settings = settings
         self.sessions = sessions
         self.models = models
-        self.assistant = Assistant(settings, sessions, models)
+        self.knowledge = KnowledgeBase(settings, sessions)
+        self.assistant = Assistant(settings, sessions, models, self.knowledge)
         self.limiter = RateLimiter(settings.telegram.rate_limit_per_minute)
         self._busy: set[int] = set()
         self.extras: dict[str, Any] = {}  # services added by other features (documents, training)

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.config import Settings
 from bot.db import queries as q
 from bot.db.models import Message
+from bot.services import answer
+from bot.services.knowledge import KnowledgeBase, Passage, chat_scope
 from bot.services.models import ChatModel, ModelManager, Sampling, stream_in_thread
 
 INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
@@ -37,11 +39,35 @@ class Incoming:
     reply_to_telegram_message_id: int | None = None
 
 
+_QUESTION = ("what", "who", "whom", "whose", "which", "when", "where", "why", "how", "is", "are", "does", "do",
+             "did", "can", "could", "should", "list", "explain", "describe", "tell", "give", "summarize", "compare")
+
+
+def looks_like_question(text: str) -> bool:
+    words = text.strip().lower().split()
+    return text.strip().endswith("?") or bool(words and words[0] in _QUESTION)
+
+
+@dataclass
+class Prepared:
+    """What to send to the model for one reply, and the passages it was grounded on (if any)."""
+
+    messages: list[dict]
+    passages: list[Passage]
+    canned: str | None = None  # a fixed reply that needs no generation (nothing found in the documents)
+
+    @property
+    def grounded(self) -> bool:
+        return bool(self.passages)
+
+
 class Assistant:
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models: ModelManager):
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models: ModelManager,
+                 knowledge: KnowledgeBase | None = None):
         self.settings = settings
         self.sessions = sessions
         self.models = models
+        self.knowledge = knowledge
 
     async def accept(self, msg: Incoming) -> Message | None:
         """Store the user's message once; None means this update was already handled."""
@@ -70,6 +96,37 @@ class Assistant:
             rows = await q.history(s, conversation_id, limit=200)
         turns = [{"role": m.role, "content": m.text} for m in rows if m.role in ("user", "assistant") and m.text]
         return [{"role": "system", "content": await self.system_prompt(chat_id)}, *turns]
+
+    async def prepare(self, model: ChatModel, chat_id: int, conversation_id: int, force_documents: bool = False,
+                      min_dense: float = 0.3) -> Prepared:
+        """The prompt for the reply to the conversation's last user message.
+
+        In a chat with documents, a question is answered from them (the best passages, numbered); when
+        nothing relevant is found the reply says so instead of inventing an answer. Small talk in such a chat,
+        and every message in a chat without documents, gets a plain conversational reply.
+        """
+        messages = await self.conversation(chat_id, conversation_id)
+        scope = chat_scope(chat_id)
+        if self.knowledge is None or not (force_documents or await self.knowledge.has_documents(scope)):
+            return Prepared(messages, [])
+        question = messages[-1]["content"]
+        earlier = [m["content"] for m in messages[1:-1] if m["role"] == "user"]
+        passages = await self.knowledge.search(scope, answer.retrieval_query(question, earlier))
+        passages = answer.relevant(passages, min_dense, question)
+        if not passages:
+            if force_documents or looks_like_question(question):
+                return Prepared(messages, [], canned=answer.NOT_FOUND)
+            return Prepared(messages, [])
+        budget = model.context_tokens - min(self.settings.model.max_new_tokens, model.context_tokens // 4) - 64
+        grounded = answer.build_prompt(question, passages, messages[1:-1], budget, model.count_tokens)
+        return Prepared(grounded.messages, grounded.passages)
+
+    def with_sources(self, text: str, prepared: Prepared) -> str:
+        """The answer followed by the documents and pages of the passages it used."""
+        if not prepared.grounded:
+            return text
+        sources = answer.format_sources(answer.cited_passages(text, prepared.passages))
+        return f"{text}\n\n{sources}" if sources else text
 
     async def begin_reply(self, user_message: Message, telegram_message_id: int | None,
                           version_id: int | None) -> Message:

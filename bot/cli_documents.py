@@ -1,0 +1,134 @@
+"""`docent ingest`, `docent ask`, `docent summarize`: the document features from the command line.
+
+They use the same services, database and index files as the bot, so `docent ingest report.pdf --scope
+work` followed by `docent ask "..." --scope work` behaves like uploading and asking in Telegram.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from bot.config import Settings
+
+
+async def _knowledge(settings: Settings):
+    from bot.db.session import create_engine, session_factory, upgrade
+    from bot.services.knowledge import KnowledgeBase
+
+    await upgrade(settings.database_url)
+    engine = create_engine(settings.database_url)
+    return engine, KnowledgeBase(settings, session_factory(engine))
+
+
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from bot.knowledge.parse import DocumentError
+
+    async def run() -> int:
+        engine, kb = await _knowledge(settings)
+        failures = 0
+        try:
+            for path in args.paths:
+                bar = tqdm(total=100, desc=Path(path).name, unit="%", leave=True)
+
+                def progress(stage: str, frac: float, bar=bar) -> None:
+                    bar.set_postfix_str(stage)
+                    bar.update(max(0, round(frac * 100) - bar.n))
+
+                try:
+                    result = await kb.ingest(args.scope, Path(path).read_bytes(), Path(path).name, progress=progress)
+                except (DocumentError, OSError) as e:
+                    bar.close()
+                    print(f"{path}: {getattr(e, 'message', e)}", file=sys.stderr)
+                    failures += 1
+                    continue
+                bar.close()
+                what = "already indexed" if result.duplicate else "indexed"
+                pages = f"{result.pages} pages, " if result.pages else ""
+                print(f"{path}: {what} as {result.document.name!r} ({pages}{result.chunks} chunks) in scope {args.scope!r}")
+        finally:
+            await engine.dispose()
+        return 1 if failures else 0
+
+    return asyncio.run(run())
+
+
+def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.services import answer
+    from bot.services.local_chat import _print_stream
+    from bot.services.models import ChatModel, Sampling
+
+    async def retrieve():
+        engine, kb = await _knowledge(settings)
+        try:
+            if not await kb.has_documents(args.scope):
+                return None
+            return await kb.search(args.scope, args.question)
+        finally:
+            await engine.dispose()
+
+    passages = asyncio.run(retrieve())
+    if passages is None:
+        print(f"scope {args.scope!r} has no documents; add some with `docent ingest PATH --scope {args.scope}`",
+              file=sys.stderr)
+        return 1
+    passages = answer.relevant(passages, 0.3, args.question)
+    if not passages:
+        print(answer.NOT_FOUND)
+        return 0
+    model = ChatModel.load(settings, args.model)
+    sampling = Sampling.from_settings(settings.model, temperature=0.0)
+    budget = model.context_tokens - min(sampling.max_new_tokens, model.context_tokens // 4) - 64
+    grounded = answer.build_prompt(args.question, passages, [], budget, model.count_tokens)
+    text, _ = _print_stream(lambda cancel: model.stream_chat(grounded.messages, sampling, cancel))
+    print(answer.format_sources(answer.cited_passages(text, grounded.passages)))
+    return 0
+
+
+def _cmd_summarize(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from bot.knowledge.parse import DocumentError, parse_document
+    from bot.services.models import ChatModel
+    from bot.services.summarize import summarize
+
+    try:
+        doc = parse_document(Path(args.path), Path(args.path).name, timeout_s=settings.documents.parse_timeout_s,
+                             memory_mb=settings.documents.parse_memory_mb,
+                             max_bytes=int(settings.documents.max_file_mb * 2**20))
+    except DocumentError as e:
+        print(f"{args.path}: {e.message}", file=sys.stderr)
+        return 1
+    model = ChatModel.load(settings, args.model)
+    bar = tqdm(desc="summarizing", unit="part")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    text = summarize(model, [s.text for s in doc.sections], progress=progress)
+    bar.close()
+    print(text)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ingest", help="index documents into a scope")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--scope", default="default", help="the collection to add to (default: %(default)s)")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("ask", help="answer a question from a scope's documents, with sources")
+    p.add_argument("question")
+    p.add_argument("--scope", default="default")
+    p.add_argument("--model")
+    p.set_defaults(func=_cmd_ask)
+
+    p = sub.add_parser("summarize", help="summarize a whole document")
+    p.add_argument("path")
+    p.add_argument("--model")
+    p.set_defaults(func=_cmd_summarize)

@@ -1,0 +1,241 @@
+"""Document handlers: uploads are indexed for the chat; /ask, /docs, /forget, /summarize."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from telegram import BotCommand, Update
+from telegram.error import TelegramError
+from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+
+from bot.db import queries as q
+from bot.handlers.chat import reply_streaming
+from bot.handlers.runtime import Runtime
+from bot.knowledge.parse import DocumentError
+from bot.services.assistant import Incoming
+from bot.services.knowledge import chat_scope
+from bot.services.summarize import CONVERSATION_PROMPT, conversation_text, summarize
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("ask", "answer a question from this chat's documents"),
+    BotCommand("docs", "list this chat's documents"),
+    BotCommand("forget", "remove a document: /forget NAME"),
+    BotCommand("summarize", "summarize a document (reply to it or give its name) or this conversation"),
+]
+
+
+def _runtime(context: ContextTypes.DEFAULT_TYPE) -> Runtime:
+    return context.application.bot_data["runtime"]
+
+
+class StatusLine:
+    """One message that shows progress, edited at most once a second from a background task."""
+
+    def __init__(self, message, interval: float = 1.0):
+        self.message, self.interval = message, interval
+        self.text = message.text
+        self._latest = self.text
+        self._task: asyncio.Task | None = None
+
+    def set(self, text: str) -> None:  # thread-safe enough: a str assignment; the ticker reads it
+        self._latest = text
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._edit(self._latest)
+
+    async def _edit(self, text: str) -> None:
+        if text == self.text:
+            return
+        try:
+            await self.message.edit_text(text)
+            self.text = text
+        except TelegramError as e:  # progress is best effort; the final edit retries below
+            log.debug("status edit skipped: %s", e)
+
+    def __enter__(self) -> StatusLine:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def done(self, text: str) -> None:
+        self._latest = text
+        for _ in range(3):
+            try:
+                await self.message.edit_text(text)
+                return
+            except TelegramError as e:
+                retry = getattr(e, "retry_after", None)
+                if retry is None:
+                    await self.message.reply_text(text)
+                    return
+                await asyncio.sleep(retry.total_seconds() if hasattr(retry, "total_seconds") else float(retry))
+
+
+async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Download, parse, chunk, embed and index an uploaded file for this chat."""
+    rt = _runtime(context)
+    message = update.effective_message
+    if not await rt.admit(update, rate_limited=True):
+        return
+    doc = message.document
+    name = doc.file_name or "document"
+    limit_mb = rt.settings.documents.max_file_mb
+    if doc.file_size and doc.file_size > limit_mb * 2**20:
+        await message.reply_text(f"{name} is {doc.file_size / 2**20:.1f} MB; I can index files up to {limit_mb:g} MB.")
+        return
+    await rt.ensure_chat(update)
+    status = StatusLine(await message.reply_text(f"Indexing {name}…"))
+    try:
+        data = bytes(await (await doc.get_file()).download_as_bytearray())
+    except TelegramError as e:
+        await status.done(f"I could not download {name}: {e.message}")
+        return
+    with status:
+        try:
+            result = await rt.knowledge.ingest(
+                chat_scope(message.chat.id), data, name, doc.mime_type, chat_id=message.chat.id,
+                progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"))
+        except DocumentError as e:
+            await status.done(e.message)
+            return
+        except Exception:
+            log.exception("ingest of %s failed in chat %s", name, message.chat.id)
+            await status.done(f"Sorry, indexing {name} failed on my side. Nothing was stored.")
+            return
+    if result.duplicate:
+        await status.done(f"I already have this file as {result.document.name}; it was not indexed twice.")
+        return
+    pages = f"{result.pages} pages, " if result.pages else ""
+    await status.done(f"Indexed {result.document.name}: {pages}{result.chunks} chunks. "
+                      "Ask me about it, or /summarize it.")
+
+
+async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Answer a question from this chat's documents only."""
+    rt = _runtime(context)
+    message = update.effective_message
+    if not await rt.admit(update, rate_limited=True):
+        return
+    question = " ".join(context.args or []).strip()
+    if not question:
+        await message.reply_text("Usage: /ask YOUR QUESTION")
+        return
+    if len(question) > rt.settings.telegram.max_input_chars:
+        await message.reply_text(f"That question is too long; I take at most {rt.settings.telegram.max_input_chars:,} characters.")
+        return
+    user = update.effective_user
+    async with rt.one_at_a_time(user.id if user else message.chat.id) as free:
+        if not free:
+            await message.reply_text("I'm still answering your previous message – please wait for it to finish.")
+            return
+        stored = await rt.assistant.accept(Incoming(
+            update_id=update.update_id, chat_id=message.chat.id, chat_type=message.chat.type,
+            user_id=user.id if user else None, text=question, telegram_message_id=message.message_id,
+            username=user.username if user else None, first_name=user.first_name if user else None,
+            title=message.chat.title))
+        if stored is not None:
+            await reply_streaming(rt, context, message.chat.id, message.chat.type, message.message_id, stored,
+                                  force_documents=True)
+
+
+async def list_docs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """List the documents indexed for this chat."""
+    rt = _runtime(context)
+    if not await rt.admit(update):
+        return
+    docs = await rt.knowledge.documents(chat_scope(update.effective_chat.id))
+    if not docs:
+        await update.effective_message.reply_text("No documents yet. Send me a PDF, DOCX, HTML, Markdown or text file.")
+        return
+    lines = [f"{d.id}. {d.name} – {(str(d.pages) + ' pages, ') if d.pages else ''}{d.chunk_count} chunks" for d in docs]
+    await update.effective_message.reply_text("Documents in this chat:\n" + "\n".join(lines))
+
+
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Remove a document from this chat (SQL and both indexes)."""
+    rt = _runtime(context)
+    if not await rt.admit(update):
+        return
+    target = " ".join(context.args or []).strip()
+    if not target:
+        await update.effective_message.reply_text("Usage: /forget NAME (or the number shown by /docs)")
+        return
+    try:
+        removed = await rt.knowledge.forget(chat_scope(update.effective_chat.id), target)
+    except ValueError as e:
+        await update.effective_message.reply_text(str(e))
+        return
+    await update.effective_message.reply_text(
+        f"Forgot {removed.name}." if removed else f"No document called {target!r} here. See /docs.")
+
+
+async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Summarize a whole document (reply to it or name it), or else the current conversation."""
+    rt = _runtime(context)
+    message = update.effective_message
+    if not await rt.admit(update, rate_limited=True):
+        return
+    await rt.ensure_chat(update)
+    scope = chat_scope(message.chat.id)
+    target = " ".join(context.args or []).strip()
+    replied = message.reply_to_message
+    if not target and replied is not None and replied.document is not None:
+        target = replied.document.file_name or ""
+    model = await rt.models.current()
+    if target:
+        pieces, label = await _document_pieces(rt, scope, target)
+        if pieces is None:
+            await message.reply_text(label)
+            return
+    else:
+        async with rt.sessions() as s:
+            conversation = await q.current_conversation(s, message.chat.id)
+        turns = await rt.assistant.conversation(message.chat.id, conversation.id)
+        pieces, label = conversation_text(turns), "this conversation"
+        if not pieces:
+            await message.reply_text("There is nothing to summarize yet: this conversation is empty.")
+            return
+    status = StatusLine(await message.reply_text(f"Summarizing {label}…"))
+    cancel = threading.Event()
+    instruction = CONVERSATION_PROMPT if not target else None
+    with status:
+        try:
+            text = await asyncio.to_thread(
+                summarize, model, pieces, progress=lambda i, n: status.set(f"Summarizing {label}: part {i} of {n}"),
+                cancel=cancel, **({"instruction": instruction} if instruction else {}))
+        except Exception:
+            cancel.set()
+            log.exception("summary failed in chat %s", message.chat.id)
+            await status.done("Sorry, the summary failed on my side.")
+            return
+    await status.done(f"Summary of {label}:\n\n{text}"[:4096])
+
+
+async def _document_pieces(rt: Runtime, scope: str, target: str) -> tuple[list[str] | None, str]:
+    docs = await rt.knowledge.documents(scope)
+    matches = [d for d in docs if str(d.id) == target or d.name == target] or \
+              [d for d in docs if target.lower() in d.name.lower()]
+    if len(matches) != 1:
+        return None, (f"No document called {target!r} here. See /docs." if not matches
+                      else f"{len(matches)} documents match {target!r}; give the number from /docs.")
+    async with rt.sessions() as s:
+        chunks = [c for c in await q.chunks_for_scope(s, scope) if c.document_id == matches[0].id]
+    return [c.text for c in chunks], matches[0].name
+
+
+def register(app: Application, runtime: Runtime) -> None:
+    app.add_handler(MessageHandler(filters.Document.ALL, on_document))
+    app.add_handler(CommandHandler("ask", ask))
+    app.add_handler(CommandHandler("docs", list_docs))
+    app.add_handler(CommandHandler("forget", forget))
+    app.add_handler(CommandHandler("summarize", summarize_command))
+    app.bot_data.setdefault("commands", []).extend(COMMANDS)
