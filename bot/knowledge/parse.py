@@ -14,14 +14,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import unicodedata
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MAX_BYTES = 20 * 2**20
 # Zip-bomb limits, checked on the zip directory before anything is decompressed. A real .docx is
@@ -77,9 +81,12 @@ class DocumentError(Exception):
 
     def __init__(self, code: str, message: str):
         assert code in CODES, code
-        super().__init__(f"{code}: {message}")
+        super().__init__(code, message)  # both in args, so the error survives pickling
         self.code = code
         self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,7 @@ def parse_document(
         if size > max_bytes:
             raise _too_large(name, size, max_bytes)
         data = data.read_bytes()
+    data = bytes(data)
     if len(data) > max_bytes:
         raise _too_large(name, len(data), max_bytes)
     if not data.strip():
@@ -161,16 +169,15 @@ def _clean_name(filename: str) -> str:
 def _run_child(data: bytes, name: str, mime: str | None, timeout_s: float, memory_mb: int) -> ParsedDocument:
     args = json.dumps({"filename": name, "mime": mime, "memory_mb": memory_mb, "cpu_s": timeout_s})
     root = str(Path(__file__).resolve().parents[2])  # so the child finds `bot` even when not installed
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    # A small environment: the child handles hostile input and has no use for the bot's secrets.
+    env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     # `-c` rather than `-m bot.knowledge.parse`: bot.knowledge imports this module, and runpy warns then.
     cmd = [sys.executable, "-c", "from bot.knowledge.parse import _child_main; _child_main()", args]
     try:
         proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:  # subprocess.run has already killed the child
-        raise DocumentError(
-            "timeout", f"Reading {name} took longer than {timeout_s:g} s, so it was stopped. "
-            "The file may be damaged or unusually complex; try a simpler export of it."
-        ) from None  # fmt: skip
+        raise _timeout_error(name, timeout_s) from None
     try:
         result = json.loads(proc.stdout)
     except ValueError:
@@ -181,9 +188,24 @@ def _run_child(data: bytes, name: str, mime: str | None, timeout_s: float, memor
         raise DocumentError(result["code"], result["message"])
     # No answer: the child died. Under RLIMIT_AS a failed allocation in C code can abort the process
     # instead of raising MemoryError, so a death by signal is reported as running out of memory.
+    log.warning(
+        "parse child failed on %r: exit %s, stderr tail %r", name, proc.returncode, proc.stderr[-2000:]
+    )
+    if proc.returncode == -signal.SIGXCPU:
+        raise _timeout_error(name, timeout_s)
     if proc.returncode < 0 or b"MemoryError" in proc.stderr:
         raise _memory_error(name, memory_mb)
     raise DocumentError("corrupt", f"{name} could not be read: the parser failed on it. Is the file damaged?")
+
+
+_CHILD_ENV = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "VIRTUAL_ENV", "DOCENT_PARSE_TEST_HOOK"}
+
+
+def _timeout_error(name: str, timeout_s: float) -> DocumentError:
+    return DocumentError(
+        "timeout", f"Reading {name} took longer than {timeout_s:g} s, so it was stopped. "
+        "The file may be damaged or unusually complex; try a simpler export of it."
+    )  # fmt: skip
 
 
 def _memory_error(name: str, memory_mb: int) -> DocumentError:
@@ -214,7 +236,11 @@ def _child_main() -> None:
         e = _memory_error(args["filename"], args["memory_mb"])
         answer = {"ok": False, "code": e.code, "message": e.message}
     except RecursionError:
-        answer = {"ok": False, "code": "corrupt", "message": f"{args['filename']} is too deeply nested to read."}
+        answer = {
+            "ok": False,
+            "code": "corrupt",
+            "message": f"{args['filename']} is too deeply nested to read.",
+        }
     out.write(json.dumps(answer))
     out.flush()
 
@@ -275,7 +301,9 @@ def _looks_like_html(head: bytes) -> bool:
 
 
 def _unsupported(name: str, what: str) -> DocumentError:
-    return DocumentError("unsupported", f"{name} looks like {what}, which I can't read. Send a {SUPPORTED} file.")
+    return DocumentError(
+        "unsupported", f"{name} looks like {what}, which I can't read. Send a {SUPPORTED} file."
+    )
 
 
 def _binary(name: str) -> DocumentError:
@@ -335,7 +363,9 @@ def _parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
     except (DocumentError, MemoryError, RecursionError):
         raise
     except FileNotDecryptedError:
-        raise DocumentError("encrypted", f"{name} is password-protected; remove the password first.") from None
+        raise DocumentError(
+            "encrypted", f"{name} is password-protected; remove the password first."
+        ) from None
     except Exception:  # pypdf raises many types on damaged input
         raise corrupt from None
     if not pages:
@@ -357,7 +387,9 @@ def _clean_pdf_text(text: str) -> str:
 
 
 def _parse_docx(data: bytes, name: str) -> tuple[list[Section], None]:
-    corrupt = DocumentError("corrupt", f"{name} is damaged or truncated; it could not be read as a Word file.")
+    corrupt = DocumentError(
+        "corrupt", f"{name} is damaged or truncated; it could not be read as a Word file."
+    )
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
