@@ -69,6 +69,7 @@ async def ensure_user_and_chat(
 ) -> None:
     """Create or refresh the chat (and the user, when given) an update came from; commits."""
     _check(chat_type, ChatType, "chat type")
+    kind = str(chat_type)  # a str enum (telegram's ChatType) becomes its plain value
     if user_id is not None:
         stmt = _insert(session, User).values(id=user_id, username=username, first_name=first_name)
         await session.execute(
@@ -76,9 +77,9 @@ async def ensure_user_and_chat(
                 index_elements=[User.id], set_={"username": username, "first_name": first_name}
             )
         )
-    stmt = _insert(session, Chat).values(id=chat_id, type=chat_type, title=title)
+    stmt = _insert(session, Chat).values(id=chat_id, type=kind, title=title)
     await session.execute(
-        stmt.on_conflict_do_update(index_elements=[Chat.id], set_={"type": chat_type, "title": title})
+        stmt.on_conflict_do_update(index_elements=[Chat.id], set_={"type": kind, "title": title})
     )
     await session.commit()
 
@@ -112,8 +113,11 @@ async def _new_conversation(session: AsyncSession, chat: Chat) -> Conversation:
 
 
 async def _locked_chat(session: AsyncSession, chat_id: int) -> Chat:
-    # FOR UPDATE (PostgreSQL) serialises two first messages in one chat; SQLite has one writer anyway.
-    chat = await session.scalar(select(Chat).where(Chat.id == chat_id).with_for_update())
+    # FOR UPDATE serialises two first messages of a chat on PostgreSQL (SQLite allows one writer at a
+    # time); populate_existing so a chat loaded earlier in this session is read afresh.
+    chat = await session.scalar(
+        select(Chat).where(Chat.id == chat_id).with_for_update().execution_options(populate_existing=True)
+    )
     if chat is None:
         raise ValueError(f"unknown chat {chat_id}")
     return chat

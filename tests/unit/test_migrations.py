@@ -1,0 +1,138 @@
+"""Migrations run up, down and up again on SQLite and PostgreSQL, and leave exactly the models' schema."""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Column, MetaData, Text, inspect, text
+
+from bot.db.models import Base
+from bot.db.session import alembic_config, create_engine, downgrade, upgrade
+
+TABLES = {
+    "users",
+    "chats",
+    "chat_settings",
+    "conversations",
+    "messages",
+    "processed_updates",
+    "documents",
+    "chunks",
+    "feedback",
+    "model_versions",
+    "training_runs",
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+async def schema_diff(url: str, metadata: MetaData = Base.metadata) -> list:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata)
+            )
+    finally:
+        await engine.dispose()
+
+
+async def tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names())) - {"alembic_version"}
+    finally:
+        await engine.dispose()
+
+
+async def test_up_down_up_matches_models(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # alembic.ini and migrations/ are found from the package, not the cwd
+    await upgrade(db_url)
+    assert await tables(db_url) == TABLES
+    assert await schema_diff(db_url) == []
+    await downgrade(db_url, "base")
+    assert await tables(db_url) == set()
+    await upgrade(db_url)
+    assert await schema_diff(db_url) == []
+
+
+async def test_schema_diff_sees_a_drifted_model(db_url: str) -> None:
+    # Guards the test above: the comparison must notice a missing index, foreign key and column.
+    await upgrade(db_url)
+    drifted = MetaData(naming_convention=Base.metadata.naming_convention)
+    for table in Base.metadata.sorted_tables:
+        table.to_metadata(drifted)
+    messages = drifted.tables["messages"]
+    messages.indexes.clear()
+    user_fk = next(c for c in messages.foreign_key_constraints if c.referred_table.name == "users")
+    messages.constraints.discard(user_fk)
+    for fk in user_fk.elements:
+        messages.foreign_keys.discard(fk)
+        fk.parent.foreign_keys.discard(fk)
+    messages.append_column(Column("extra", Text, nullable=True))
+    kinds = {d[0] if isinstance(d, tuple) else d[0][0] for d in await schema_diff(db_url, drifted)}
+    assert {"remove_index", "remove_fk", "add_column"} <= kinds
+
+
+async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO chats (id, type) VALUES (-100123, 'group')"))
+            await conn.execute(text("INSERT INTO conversations (id, chat_id) VALUES (1, -100123)"))
+            await conn.execute(text("INSERT INTO model_versions (id, name, base, path) VALUES (1, 'v1', 'hub', '/m')"))
+            await conn.execute(
+                text(
+                    "INSERT INTO messages (conversation_id, chat_id, role, text, model_version_id)"
+                    " VALUES (1, -100123, 'assistant', 'hello', 1)"
+                )
+            )
+            await conn.execute(text("UPDATE chats SET current_conversation_id = 1"))
+    finally:
+        await engine.dispose()
+    # 0003's downgrade rebuilds messages on SQLite to drop its foreign key: rows must survive.
+    await downgrade(db_url, "0002_documents")
+    await downgrade(db_url, "0001_chat")
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT text, model_version_id FROM messages"))).all() == [("hello", 1)]
+            assert (await conn.execute(text("SELECT current_conversation_id FROM chats"))).scalar() == 1
+    finally:
+        await engine.dispose()
+    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "model_versions", "training_runs"}
+    await downgrade(db_url, "base")
+    assert await tables(db_url) == set()
+
+
+def test_alembic_command_line_url_and_settings_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # env.py's own path (as `alembic upgrade head` runs it): the URL from -x url=..., else from the settings.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DOCENT_CONFIG", raising=False)
+    monkeypatch.delenv("DOCENT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DOCENT_DATA_DIR", str(tmp_path / "data"))
+    command.upgrade(alembic_config(), "0002_documents")
+    assert (tmp_path / "data" / "docent.db").exists()
+
+    explicit = tmp_path / "explicit.db"
+    cfg = alembic_config()
+    cfg.cmd_opts = argparse.Namespace(x=[f"url=sqlite+aiosqlite:///{explicit}"])
+    command.upgrade(cfg, "head")
+
+    with sqlite3.connect(explicit) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003_training",)]
+    with sqlite3.connect(tmp_path / "data" / "docent.db") as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002_documents",)]
