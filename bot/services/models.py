@@ -86,7 +86,7 @@ class ChatModel:
             top_p=sampling.top_p,
             repetition_penalty=sampling.repetition_penalty,
             seed=sampling.seed,
-            stop_strings=list(sampling.stop_strings),
+            stop_strings=tuple(sampling.stop_strings),
         )
 
     def stream_chat(self, messages: list[dict], sampling: Sampling,

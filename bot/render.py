@@ -1,0 +1,454 @@
+"""Telegram rendering: the model's Markdown to Telegram HTML, splitting at 4096 UTF-16 units, and a throttled
+streaming message that shows a reply while it is generated.
+
+Telegram accepts a small HTML subset (b, i, s, a, code, pre, blockquote, ...) and rejects the whole message on
+one stray `<` or unclosed tag, so the converter escapes everything it does not translate and only ever emits
+tags in matched pairs. Markdown that is cut mid-stream (an unclosed fence, a lone `**`) still renders: an open
+fence closes at the end, an unmatched delimiter stays literal. Lengths are counted as Telegram counts them, in
+UTF-16 code units, and measured on the rendered HTML (always at least as long as the visible text), so a part
+that fits here fits there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import math
+import re
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
+from telegram.constants import ParseMode
+from telegram.error import BadRequest, NetworkError, RetryAfter
+
+log = logging.getLogger(__name__)
+
+TELEGRAM_LIMIT = 4096  # characters per message, in UTF-16 code units, after entity parsing
+Markup = InlineKeyboardMarkup | None
+
+
+def utf16_len(s: str) -> int:
+    """Length in UTF-16 code units, as Telegram counts it (an emoji outside the BMP counts 2)."""
+    return len(s.encode("utf-16-le")) // 2
+
+
+def truncate_utf16(s: str, limit: int) -> str:
+    """`s` cut to at most `limit` UTF-16 units, with an ellipsis when something was cut."""
+    if utf16_len(s) <= limit:
+        return s
+    head = s.encode("utf-16-le")[: 2 * (limit - 1)].decode("utf-16-le", errors="ignore")  # no half pairs
+    return head + "…"
+
+
+def _esc(s: str) -> str:
+    return html.escape(s, quote=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Markdown -> Telegram HTML
+
+_FENCE_OPEN = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([^\s`]*)[^`]*$")
+_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_RULE = re.compile(r"^[ \t]{0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_BULLET = re.compile(r"^([ \t]*)[-*+][ \t]+(.*)$")
+_NUMBERED = re.compile(r"^([ \t]*)(\d{1,9})[.)][ \t]+(.*)$")
+_QUOTE = re.compile(r"^[ \t]{0,3}>[ \t]?(.*)$")
+
+_CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)")
+_LINK = re.compile(r"\[([^\[\]\n]+)\]\(\s*<?([^()\s<>\x00]+?)>?(?:\s+\"[^\"\n]*\")?\s*\)")
+_SAFE_URL = re.compile(r"(?:https?|tg)://\S+", re.IGNORECASE)
+# Bare URLs are kept away from the emphasis parser: `_` inside https://x.org/a_b_c is not italics.
+_BARE_URL = re.compile(r"(?:https?|tg)://[^\s<>\"*`\x00]*[^\s<>\"*_~`.,;:!?)\]\x00]", re.IGNORECASE)
+_PLAIN_RUN = re.compile(r"[^*_~\x00]+")
+_DELIMITERS = (("***", "<b><i>", "</i></b>"), ("**", "<b>", "</b>"), ("__", "<b>", "</b>"),
+               ("~~", "<s>", "</s>"), ("*", "<i>", "</i>"), ("_", "<i>", "</i>"))
+
+
+def _fence_open(line: str) -> tuple[str, str] | None:
+    """(marker, language) when `line` opens a fenced code block."""
+    m = _FENCE_OPEN.match(line)
+    if m is None:
+        return None
+    return m.group(1), re.sub(r"[^\w+#.-]", "", m.group(2))
+
+
+def _fence_closes(line: str, marker: str) -> bool:
+    stripped = line.strip()
+    return len(stripped) >= len(marker) and stripped == marker[0] * len(stripped)
+
+
+def _can_open(s: str, i: int, delim: str) -> bool:
+    after = s[i + len(delim): i + len(delim) + 1]
+    if not after or after.isspace():
+        return False
+    if len(delim) == 1 and after == delim:
+        return False  # a double delimiter that found no partner: literal
+    # intraword single delimiters are not emphasis: snake_case_name, 2*3*4
+    return not ((delim[0] == "_" or delim == "*") and i > 0 and s[i - 1].isalnum())
+
+
+def _find_close(s: str, start: int, delim: str) -> int:
+    j = start
+    while (j := s.find(delim, j)) >= 0:
+        before, after = s[j - 1], s[j + len(delim): j + len(delim) + 1]
+        ok = j > start and not before.isspace()
+        if len(delim) == 1:
+            ok = ok and before != delim and after != delim  # `*` inside `**` belongs to the bold
+        if delim[0] == "_" or delim == "*":
+            ok = ok and not after.isalnum()
+        if ok:
+            return j
+        j += 1
+    return -1
+
+
+def _emphasis(s: str, stash: list[str]) -> str:
+    """Bold/italic/strike over `s`; \\x00N\\x00 marks stand for already rendered HTML (code, links, URLs)."""
+    out: list[str] = []
+    i, n = 0, len(s)
+    while i < n:
+        if m := _PLAIN_RUN.match(s, i):
+            out.append(_esc(m.group()))
+            i = m.end()
+            continue
+        if s[i] == "\x00":
+            j = s.index("\x00", i + 1)
+            out.append(stash[int(s[i + 1: j])])
+            i = j + 1
+            continue
+        for delim, open_tags, close_tags in _DELIMITERS:
+            if s.startswith(delim, i) and _can_open(s, i, delim):
+                j = _find_close(s, i + len(delim), delim)
+                if j > 0:
+                    # a tag is emitted with its partner around a recursively rendered inside: balanced
+                    out.append(open_tags + _emphasis(s[i + len(delim): j], stash) + close_tags)
+                    i = j + len(delim)
+                    break
+        else:
+            out.append(_esc(s[i]))
+            i += 1
+    return "".join(out)
+
+
+def _inline(text: str) -> str:
+    """One line of Markdown inline markup -> HTML."""
+    stash: list[str] = []
+
+    def keep(rendered: str) -> str:
+        stash.append(rendered)
+        return f"\x00{len(stash) - 1}\x00"
+
+    def link(m: re.Match[str]) -> str:
+        label, url = m.group(1), m.group(2)
+        if not _SAFE_URL.fullmatch(url):  # javascript:, file:, relative paths: stay literal text
+            return m.group()
+        return keep(f'<a href="{html.escape(url, quote=True)}">{_emphasis(label, stash)}</a>')
+
+    text = _CODE_SPAN.sub(lambda m: keep(f"<code>{_esc(m.group(2))}</code>"), text)
+    text = _LINK.sub(link, text)
+    text = _BARE_URL.sub(lambda m: keep(_esc(m.group())), text)
+    return _emphasis(text, stash)
+
+
+def _line(line: str) -> str:
+    if m := _HEADING.match(line):
+        return f"<b>{_inline(m.group(1))}</b>" if m.group(1) else ""
+    if _RULE.match(line):
+        return "——————"
+    if m := _BULLET.match(line):
+        return f"{m.group(1)}• {_inline(m.group(2))}"
+    if m := _NUMBERED.match(line):
+        return f"{m.group(1)}{m.group(2)}. {_inline(m.group(3))}"
+    return _inline(line)
+
+
+def markdown_to_telegram_html(md: str) -> str:
+    """The model's Markdown -> HTML that Telegram's parse_mode=HTML accepts. Never unbalanced."""
+    lines = md.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if fence := _fence_open(lines[i]):
+            marker, lang = fence
+            body: list[str] = []
+            i += 1
+            while i < len(lines) and not _fence_closes(lines[i], marker):
+                body.append(lines[i])
+                i += 1
+            i += 1  # the closing fence; an unclosed one (mid-stream) ends with the text
+            code = _esc("\n".join(body))
+            out.append(f'<pre><code class="language-{lang}">{code}</code></pre>' if lang
+                       else f"<pre>{code}</pre>")
+        elif _QUOTE.match(lines[i]):
+            quoted: list[str] = []
+            while i < len(lines) and (m := _QUOTE.match(lines[i])):
+                quoted.append(_inline(m.group(1)))  # blockquotes cannot nest in Telegram: inner `>` is text
+                i += 1
+            out.append("<blockquote>" + "\n".join(quoted) + "</blockquote>")
+        else:
+            out.append(_line(lines[i]))
+            i += 1
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Splitting long text
+
+
+def _open_fence_at(text: str) -> tuple[str, str] | None:
+    """The fence (marker, language) still open at the end of `text`, if any."""
+    fence: tuple[str, str] | None = None
+    for line in text.split("\n"):
+        if fence is None:
+            fence = _fence_open(line)
+        elif _fence_closes(line, fence[0]):
+            fence = None
+    return fence
+
+
+def _cut(text: str, k: int, kind: str) -> tuple[str, str]:
+    """Cuts `text` at index k. kind "line": text[k] is the newline; "space": text[k] is a blank;
+    "hard": anywhere. A cut inside a code block closes the fence in the head and reopens it (same language)
+    in the rest."""
+    if kind == "line":
+        head, rest = text[:k], text[k + 1:].lstrip("\n")
+    elif kind == "space":
+        head, rest = text[:k].rstrip(), text[k:].lstrip(" \t")
+    else:
+        head, rest = text[:k], text[k:]
+    fence = _open_fence_at(head)
+    if fence is not None:
+        marker, lang = fence
+        head = head.rstrip("\n") + "\n" + marker
+        first, _, after = rest.partition("\n")
+        rest = after if _fence_closes(first, marker) else f"{marker}{lang}\n{rest}"
+    return head.rstrip(), rest.lstrip("\n")
+
+
+def _candidates(text: str) -> list[tuple[int, int, str]]:
+    """(preference, index, kind) of every place `text` may be cut; lower preference is better:
+    0 paragraph, 1 line, 2 sentence end, 3 space (all outside code), 4 line inside a code block."""
+    found: list[tuple[int, int, str]] = []
+    fence: tuple[str, str] | None = None
+    pos = 0
+    lines = text.split("\n")
+    for n, line in enumerate(lines):
+        end = pos + len(line)
+        if fence is None and (opened := _fence_open(line)):
+            fence = opened
+        elif fence is not None:
+            if _fence_closes(line, fence[0]):
+                fence = None
+        elif line.strip():
+            found += [(2, pos + m.end(), "space") for m in re.finditer(r"[.!?…][)\"»']?(?= )", line)]
+            found += [(3, pos + m.start(), "space") for m in re.finditer(r"[ \t]", line)]
+        if n + 1 < len(lines):  # the newline at `end`
+            if fence is not None:
+                found.append((4, end, "line"))
+            else:
+                blank = not line.strip() or not lines[n + 1].strip()
+                found.append((0 if blank else 1, end, "line"))
+        pos = end + 1
+    return found
+
+
+def split_message(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Markdown -> parts whose rendered HTML is at most `limit` UTF-16 units each, cut at a paragraph, then
+    a line, a sentence, a space; inside a code block only when it alone is too long (the fence is closed
+    and reopened). Every part renders to valid HTML on its own. Blank text gives []."""
+
+    def fits(part: str) -> bool:
+        return utf16_len(markdown_to_telegram_html(part)) <= limit
+
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    parts: list[str] = []
+    while text:
+        if fits(text):
+            parts.append(text)
+            break
+        # The longest fitting prefix, by bisection (lo always fits); rendered HTML is never much shorter
+        # than its source, so 2 * limit characters are more than a part can hold.
+        lo, hi = 0, min(len(text), 2 * limit)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(_cut(text, mid, "hard")[0]):
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0:
+            raise ValueError(f"limit={limit} is too small to hold any part of this text")
+        head, rest = _cut(text, lo, "hard")
+        for preference in range(5):
+            ks = [(k, kind) for p, k, kind in _candidates(text[: lo + 1])
+                  if p == preference and lo // 2 <= k <= lo]
+            if ks:
+                k, kind = max(ks)
+                cand_head, cand_rest = _cut(text, k, kind)
+                if cand_head and fits(cand_head):
+                    head, rest = cand_head, cand_rest
+                    break
+        if len(rest) >= len(text):
+            raise ValueError(f"limit={limit} is too small to split this text")  # a reopened fence ate the cut
+        parts.append(head)
+        text = rest.strip()
+    return [p for p in parts if p.strip()]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streaming a reply into a message
+
+
+def _retry_seconds(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():  # PTB 22 warns that retry_after becomes a timedelta
+        warnings.simplefilter("ignore")
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class StreamingMessage:
+    """One reply shown while it is generated.
+
+    `start()` sends a placeholder; `update()` edits it with the text so far (plain text, at most once per
+    `min_interval` seconds: Telegram allows about 1 edit/s in private chats and 20 messages/min in groups);
+    `finish()` puts the final formatted text in place, split over several messages when it is longer than
+    one. Intermediate edits are best effort; the final text is retried until delivered."""
+
+    def __init__(self, bot: Bot, chat_id: int, *, min_interval: float, reply_to_message_id: int | None = None,
+                 message_thread_id: int | None = None, limit: int = TELEGRAM_LIMIT,
+                 max_attempts: int = 5) -> None:
+        self.bot, self.chat_id, self.min_interval = bot, chat_id, min_interval
+        self.reply_to_message_id, self.message_thread_id = reply_to_message_id, message_thread_id
+        self.limit, self.max_attempts = limit, max_attempts
+        self.message: Message | None = None  # the first message, edited as text arrives
+        self.edits = 0  # intermediate edits actually made
+        self._shown = ""  # the text Telegram shows now
+        self._last_edit = -math.inf  # time.monotonic() of the last edit attempt
+        self._blocked_until = 0.0  # after a 429, no intermediate edit before this
+        self._lost = False  # the message vanished (deleted by the user): finish sends new ones
+
+    def _where(self) -> str:
+        message_id = self.message.message_id if self.message else None
+        return f"chat {self.chat_id} message {message_id}"
+
+    async def start(self, placeholder: str = "…") -> Message:
+        """Sends the first message (a reply to `reply_to_message_id` when given)."""
+        self.message = await self._deliver(lambda text, mode, markup: self.bot.send_message(
+            self.chat_id, text, parse_mode=mode, reply_markup=markup,
+            message_thread_id=self.message_thread_id, reply_parameters=self._reply_parameters()),
+            placeholder, None, formatted=False)
+        self._shown, self._last_edit = placeholder, time.monotonic()
+        return self.message
+
+    def _reply_parameters(self) -> ReplyParameters | None:
+        if self.reply_to_message_id is None:
+            return None
+        return ReplyParameters(self.reply_to_message_id, allow_sending_without_reply=True)
+
+    async def update(self, text_so_far: str) -> bool:
+        """Shows the text so far if `min_interval` has passed since the last edit; True if it edited."""
+        if self.message is None:
+            raise RuntimeError("StreamingMessage.update() before start()")
+        now = time.monotonic()
+        if self._lost or now < self._blocked_until or now - self._last_edit < self.min_interval:
+            return False
+        shown = truncate_utf16(text_so_far.strip(), self.limit)
+        if not shown or shown == self._shown:
+            return False
+        self._last_edit = now
+        try:
+            await self.bot.edit_message_text(shown, chat_id=self.chat_id, message_id=self.message.message_id,
+                                             parse_mode=None)
+        except RetryAfter as exc:
+            self._blocked_until = time.monotonic() + _retry_seconds(exc)
+            log.info("flood control on %s: intermediate edits paused for %.0f s", self._where(),
+                     _retry_seconds(exc))
+            return False
+        except BadRequest as exc:
+            reason = str(exc).lower()
+            if "not modified" in reason:
+                self._shown = shown
+            elif "not found" in reason or "can't be edited" in reason:
+                self._lost = True
+                log.info("streamed %s is gone (%s); the final text will be sent anew", self._where(), exc)
+            else:
+                log.warning("intermediate edit of %s rejected: %s", self._where(), exc)
+            return False
+        except NetworkError as exc:  # timeouts and connection errors: the next update tries again
+            log.warning("intermediate edit of %s failed: %s", self._where(), exc)
+            return False
+        self._shown = shown
+        self.edits += 1
+        return True
+
+    async def finish(self, final_text: str,
+                     reply_markup: InlineKeyboardMarkup | None = None) -> list[Message]:
+        """Puts the final text, formatted, in place: part 1 in the streamed message, the rest as new messages
+        (`reply_markup` on the last). Returns the messages that hold the reply."""
+        parts = split_message(final_text, self.limit)
+        if not parts:
+            log.warning("empty final text for %s", self._where())
+            parts = ["(empty reply)"]
+        sent: list[Message] = []
+        for n, part in enumerate(parts):
+            markup = reply_markup if n == len(parts) - 1 else None
+            if n == 0 and self.message is not None and not self._lost:
+                message_id = self.message.message_id
+                edited = await self._deliver(lambda text, mode, markup, message_id=message_id:
+                                             self.bot.edit_message_text(
+                                                 text, chat_id=self.chat_id, message_id=message_id,
+                                                 parse_mode=mode, reply_markup=markup), part, markup)
+                if edited is not None:
+                    self.message = edited
+                    sent.append(edited)
+                    continue
+                self._lost = True  # the streamed message is gone: part 1 goes out as a new message
+            reply = self._reply_parameters() if n == 0 else None
+            sent.append(await self._deliver(lambda text, mode, markup, reply=reply: self.bot.send_message(
+                self.chat_id, text, parse_mode=mode, reply_markup=markup,
+                message_thread_id=self.message_thread_id, reply_parameters=reply), part, markup))
+        return sent
+
+    async def _deliver(self, call: Callable[[str, str | None, Markup], Awaitable[object]], part: str,
+                       markup: Markup, formatted: bool = True) -> Message | None:
+        """Runs `call(text, parse_mode, markup)` until Telegram takes it: HTML first, plain text if the HTML
+        is refused, waiting out flood control. None when the message to edit no longer exists."""
+        html_text = markdown_to_telegram_html(part) if formatted else part
+        as_html = formatted
+        last: Exception | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            text = html_text if as_html else truncate_utf16(part, self.limit)
+            try:
+                result = await call(text, ParseMode.HTML if as_html else None, markup)
+                return result if isinstance(result, Message) else self.message
+            except RetryAfter as exc:
+                wait = _retry_seconds(exc)
+                log.info("flood control on %s: retrying in %.0f s (attempt %d)", self._where(), wait, attempt)
+                last = exc
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(wait)
+            except BadRequest as exc:
+                reason = str(exc).lower()
+                if "not modified" in reason:
+                    return self.message
+                if as_html and "can't parse entities" in reason:
+                    log.warning("Telegram refused the HTML for %s (%s); sending plain text",
+                                self._where(), exc)
+                    as_html = False
+                    last = exc
+                elif "message to edit not found" in reason or "can't be edited" in reason:
+                    return None
+                else:
+                    log.error("final text for %s refused: %s", self._where(), exc)
+                    raise
+            except NetworkError as exc:
+                log.warning("sending to %s failed: %s (attempt %d)", self._where(), exc, attempt)
+                last = exc
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+        assert last is not None
+        log.error("giving up on %s after %d attempts: %s", self._where(), self.max_attempts, last)
+        raise last

@@ -1,0 +1,1 @@
+"""Test support code: fakes of external services (the Telegram Bot API) shared by the test suites."""
