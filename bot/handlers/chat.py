@@ -154,7 +154,12 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
     await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
     stream = StreamingMessage(context.bot, chat_id, min_interval=interval, reply_to_message_id=reply_to)
     first = await stream.start("…")
-    model = await rt.models.current()
+    try:
+        model = await rt.models.current()
+    except Exception:
+        log.exception("could not load the chat model")
+        await stream.finish("Sorry, my language model could not be loaded. An admin has to look at the logs.")
+        return
     reply = await rt.assistant.begin_reply(stored, first.message_id, model.version_id)
     text, status, note = "", "complete", ""
     try:

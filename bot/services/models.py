@@ -58,12 +58,17 @@ class ChatModel:
 
     @classmethod
     def load(cls, settings: Settings, name_or_path: str | None = None, version_id: int | None = None) -> ChatModel:
+        from pathlib import Path
+
         from lm.runtime import load_chat_model
 
-        name = name_or_path or settings.model.name
-        model, tokenizer = load_chat_model(name, weights=settings.model.weights, threads=settings.model.threads,
-                                           cache_dir=settings.cache_dir)
-        return cls(model, tokenizer, settings.model.context_tokens, version_id, label=str(name))
+        name = str(name_or_path or settings.model.name)
+        if Path(name).expanduser().is_dir():  # a model trained or fine-tuned by docent
+            model, tokenizer = _load_model_dir(Path(name).expanduser(), settings)
+        else:
+            model, tokenizer = load_chat_model(name, weights=settings.model.weights, threads=settings.model.threads,
+                                               cache_dir=settings.cache_dir, max_seq_len=settings.model.context_tokens)
+        return cls(model, tokenizer, settings.model.context_tokens, version_id, label=name)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -100,6 +105,20 @@ class ChatModel:
         """Continue raw text without the chat template."""
         ids = self.tokenizer.encode(prompt)
         yield from self.engine.stream(ids, self._config(sampling, len(ids)), cancel=cancel)
+
+
+def _load_model_dir(path, settings: Settings):
+    """A docent model directory (from scratch, full or LoRA fine-tune; LoRA merged) in the configured format."""
+    from lm.checkpoint import load_model_dir
+    from lm.model import Transformer
+    from lm.quant import quantize_model
+    from lm.runtime import set_threads
+
+    set_threads(settings.model.threads)
+    model, tokenizer, _ = load_model_dir(path)
+    if not isinstance(model, Transformer):
+        raise ValueError(f"{path} holds a {type(model).__name__}; only Transformer models can chat")
+    return quantize_model(model.eval(), settings.model.weights), tokenizer
 
 
 _END = object()
