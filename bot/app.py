@@ -40,6 +40,9 @@ async def _post_init(app: Application) -> None:
     """Migrate the schema, register commands, and mark replies a previous run left unfinished."""
     rt: Runtime = app.bot_data["runtime"]
     await upgrade(rt.settings.database_url)
+    from bot.services.training import restore_active_model
+
+    await restore_active_model(rt)  # a promoted version outlives restarts; unfinished runs are settled
     await app.bot.set_my_commands(app.bot_data["commands"])
     for message in await rt.assistant.interrupted():
         if message.telegram_message_id is None:
@@ -49,6 +52,13 @@ async def _post_init(app: Application) -> None:
                                             message_id=message.telegram_message_id)
         except TelegramError as e:
             log.warning("could not mark interrupted reply %s: %s", message.id, e)
+
+
+async def _post_stop(app: Application) -> None:
+    """Stop a training run cleanly (it stays resumable) and close the database."""
+    training = app.bot_data["runtime"].extras.get("training")
+    if training is not None:
+        await training.shutdown()
 
 
 async def _on_error(update: object, context) -> None:
@@ -67,6 +77,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
         .concurrent_updates(True)  # one slow reply must never hold up other chats
         .rate_limiter(AIORateLimiter(max_retries=0))
         .post_init(_post_init)
+        .post_stop(_post_stop)
         .build()
     )
     app.bot_data["runtime"] = runtime

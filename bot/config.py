@@ -73,6 +73,12 @@ class TrainingSettings:
     steps: int = 200
     learning_rate: float = 2e-4
     use_chats_by_default: bool = False
+    block_size: int = 384
+    batch_size: int = 4
+    eval_batches: int = 8
+    max_examples: int = 2000
+    ms_per_step: float = 20000.0  # the time estimate until a finished run has measured it
+    threads: int = 0
 
 
 @dataclass

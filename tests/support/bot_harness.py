@@ -46,6 +46,7 @@ async def running_bot(settings: Settings, models=None) -> AsyncIterator:
         finally:
             await app.updater.stop()
             await app.stop()
+            await app.post_stop(app)
     await app.bot_data["db_engine"].dispose()
 
 

@@ -1,0 +1,172 @@
+"""Retraining from Telegram, end to end: the real Application against the fake Bot API, a tiny random GGUF
+model, real SQLite, and a real `python -m lm.train` child training LoRA for a handful of steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.db import queries as q
+from bot.db.models import ModelVersion, TrainingRun
+from bot.db.session import create_engine, session_factory, upgrade
+from bot.services.training import TrainingOptions, restore_active_model
+from tests.support.bot_harness import bot_settings, final_reply, running_bot
+from tests.support.fake_telegram import FakeTelegram
+from tests.support.tiny_gguf import write_tiny_gguf
+
+pytestmark = pytest.mark.e2e
+ADMIN, USER = 4242, 1001
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf", max_seq_len=4096).path
+
+
+def small(steps: int, **more) -> TrainingOptions:
+    return TrainingOptions(steps=steps, lora_rank=4, lora_alpha=8.0, learning_rate=1e-2, batch_size=2,
+                           block_size=128, eval_batches=2, threads=1, **more)
+
+
+async def _count(settings, model) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as s:
+            return await s.scalar(select(func.count()).select_from(model))
+    finally:
+        await engine.dispose()
+
+
+async def _one(settings, fn):
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as s:
+            return await fn(s)
+    finally:
+        await engine.dispose()
+
+
+def _button(message, prefix: str) -> str:
+    rows = (message.reply_markup or {}).get("inline_keyboard", [])
+    return next(b["callback_data"] for row in rows for b in row if b["callback_data"].startswith(prefix))
+
+
+async def _command(fake: FakeTelegram, chat: int, text: str, expect: str, timeout: float = 20):
+    """Send a command and wait for a bot message (new or edited) containing `expect`."""
+    before = len(fake.messages(chat))
+    fake.send_user_message(chat, chat, text)
+    return await fake.wait_for(lambda: next((m for m in fake.messages(chat)[before:] if expect in m.text), None),
+                               timeout=timeout)
+
+
+async def test_non_admin_is_refused_and_nothing_happens(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
+        async with running_bot(settings) as app:
+            for command in ("/retrain", "/retrain force", "/train_cancel", "/rollback base", "/models"):
+                await _command(fake, USER, command, "Only the bot's admins")
+            assert not app.bot_data["runtime"].models.loaded  # no model was even loaded
+            assert not app.bot_data["runtime"].extras["training"].busy
+        assert await _count(settings, TrainingRun) == 0
+        assert await _count(settings, ModelVersion) == 0
+        assert not (settings.data_dir / "runs").exists()
+
+
+async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
+        settings.model.repetition_penalty = 1.0  # sampling is not under test here; keep replies simple
+        async with running_bot(settings) as app:
+            rt = app.bot_data["runtime"]
+            service = rt.extras["training"]
+            service.options = small(steps=6)
+            await _command(fake, USER, "/training on", "may now be used")
+            for i, text in enumerate(["hello there", "what is a fox?", "tell me about dogs"]):
+                fake.send_user_message(USER, USER, text)
+                await fake.wait_for(lambda i=i: final_reply(fake, USER, after=i), timeout=60)
+            replies = [m for m in fake.messages(USER) if m.reply_markup and "fb:1" in str(m.reply_markup)]
+            fake.press_button(USER, USER, replies[0].message_id, "fb:1")
+            fake.press_button(USER, USER, replies[1].message_id, "fb:-1")
+            await fake.wait_for(lambda: len([c for c in fake.calls("answerCallbackQuery")]) >= 2, timeout=10)
+
+            plan = await _command(fake, ADMIN, "/retrain force", "Retraining plan")
+            assert "1 rated 👍 first; 1 rated 👎 left out" in plan.text and "Estimated time" in plan.text
+            assert await _count(settings, TrainingRun) == 0  # a plan writes nothing
+            fake.press_button(ADMIN, ADMIN, plan.message_id, _button(plan, "train:start:"))
+            photo = await fake.wait_for(lambda: next((m for m in fake.messages(ADMIN) if m.kind == "photo"), None),
+                                        timeout=240)
+            status = next(m for m in fake.messages(ADMIN) if m.message_id == plan.message_id)
+            assert any("step " in t and "ETA" in t for t in status.texts), status.texts  # edited while training
+            assert "finished" in status.text and "is now the active model" in status.text, status.text
+            assert photo.file.data[:8] == PNG_MAGIC
+
+            version = await _one(settings, q.active_version)
+            run = (await _one(settings, q.list_runs))[0]
+            assert run.status == "succeeded" and run.result_version_id == version.id
+            assert run.heldout_loss_before is not None and run.heldout_loss_after is not None
+            assert (Path(version.path) / "adapter_config.json").is_file()
+            assert (await rt.models.current()).version_id == version.id  # swapped without a restart
+            data = [json.loads(line) for line in
+                    (settings.data_dir / "runs" / str(run.id) / "data.jsonl").read_text().splitlines()]
+            stored_replies = [m["content"] for d in data for m in d["messages"] if m["role"] == "assistant"]
+            assert len(stored_replies) == 2  # the 👎 reply was left out
+
+            listing = await _command(fake, ADMIN, "/models", "Model versions")
+            assert f"#{version.id} run-{run.id}" in listing.text and "✅ active" in listing.text.split("\n")[2]
+
+            await _command(fake, ADMIN, "/rollback base", "configured base model")
+            assert await _one(settings, q.active_version) is None
+            assert (await rt.models.current()).version_id is None
+            await _command(fake, ADMIN, "/rollback 999", "no model version 999")
+            await _command(fake, ADMIN, f"/rollback {version.id}", f"Now serving version #{version.id}")
+            assert (await rt.models.current()).version_id == version.id
+            fake.send_user_message(USER, USER, "still there?")  # the new version answers
+            await fake.wait_for(lambda: final_reply(fake, USER, after=3), timeout=60)
+
+        # a restarted bot serves the active version from SQL, not the configured model
+        async with running_bot(settings) as app:
+            rt = app.bot_data["runtime"]
+            restored = await restore_active_model(rt)
+            assert restored is not None and restored.id == version.id
+            assert (await rt.models.current()).version_id == version.id
+
+
+async def test_cancel_stops_the_run_resumably_and_keeps_the_active_model(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
+        settings.data_dir.mkdir(parents=True)
+        await upgrade(settings.database_url)
+
+        async def seed(s):  # conversations stored earlier (no need to chat through the model here)
+            await q.ensure_user_and_chat(s, USER, "private", USER, "u", "U")
+            for i in range(6):
+                user = await q.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
+                await q.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
+                                              status="complete", telegram_message_id=2000 + i)
+                await q.start_new_conversation(s, USER)
+
+        await _one(settings, seed)
+        async with running_bot(settings) as app:
+            rt = app.bot_data["runtime"]
+            service = rt.extras["training"]
+            service.options = small(steps=400, use_chats_by_default=True)  # USER never said /training on
+            plan = await _command(fake, ADMIN, "/retrain", "Retraining plan")
+            fake.press_button(ADMIN, ADMIN, plan.message_id, _button(plan, "train:start:"))
+            await fake.wait_for(lambda: service.job is not None and service.job.last.get("step"), timeout=120)
+            await _command(fake, ADMIN, "/train_status", "step ")
+            await _command(fake, ADMIN, "/train_cancel", "Stopping training run")
+            await fake.wait_for(lambda: service.task is not None and service.task.done(), timeout=120)
+            final = next(m for m in fake.messages(ADMIN) if m.message_id == plan.message_id)
+            assert "stopped; resume it with /retrain resume" in final.text, final.text
+            run = (await _one(settings, q.list_runs))[0]
+            assert run.status == "resumable"
+            assert (settings.data_dir / "runs" / str(run.id) / "out" / "checkpoint.pt").is_file()
+            assert await _count(settings, ModelVersion) == 0
+            assert await _one(settings, q.active_version) is None
+            assert rt.models._current is None or rt.models._current.version_id is None  # nothing swapped
+            status = await _command(fake, ADMIN, "/train_status", "Recent training runs")
+            assert f"#{run.id} resumable" in status.text

@@ -1,0 +1,60 @@
+"""The real bot with the real SmolLM2-135M-Instruct, over HTTP to the fake Bot API.
+
+These show what only a real model can: that earlier turns reach the model (it remembers a name), and that
+real Markdown from the model (code with `<` and `&`) arrives as valid Telegram HTML on the first try.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lm import hub
+from tests.support.bot_harness import bot_settings, final_reply, running_bot
+from tests.support.fake_telegram import FakeTelegram, validate_telegram_html
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+USER = 4242
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> str:
+    return str(hub.pull("smollm2-135m"))
+
+
+def _real_settings(tmp_path, fake, model):
+    settings = bot_settings(tmp_path, fake, model)
+    settings.cache_dir = hub.default_cache_dir()  # reuse the converted-weights cache of the other tests
+    settings.model.weights = "int8"  # the default format, as users run it
+    settings.model.context_tokens = 2048
+    settings.model.max_new_tokens = 60
+    settings.model.system_prompt = "You are a helpful assistant."
+    return settings
+
+
+async def test_third_answer_depends_on_the_first_turn(tmp_path, smollm2):
+    async with FakeTelegram() as fake:
+        settings = _real_settings(tmp_path, fake, smollm2)
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "Hi! My name is Alice.")
+            await fake.wait_for(lambda: final_reply(fake, USER), timeout=120)
+            fake.send_user_message(USER, USER, "What is the capital of France?")
+            second = await fake.wait_for(lambda: final_reply(fake, USER, after=1), timeout=120)
+            fake.send_user_message(USER, USER, "What is my name?")
+            third = await fake.wait_for(lambda: final_reply(fake, USER, after=2), timeout=120)
+    assert "Paris" in second.text
+    assert "Alice" in third.text
+
+
+async def test_markdown_with_special_characters_arrives_as_valid_html(tmp_path, smollm2):
+    async with FakeTelegram() as fake:
+        settings = _real_settings(tmp_path, fake, smollm2)
+        settings.model.max_new_tokens = 120
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "Write a short Python function in a code block that returns "
+                                               "True when a < b and a & b is 0.")
+            reply = await fake.wait_for(lambda: final_reply(fake, USER), timeout=180)
+    final = reply.versions[-1]
+    assert final.parse_mode == "HTML"
+    validate_telegram_html(final.raw)  # what Telegram accepted, re-checked
+    assert "<pre>" in final.raw or "<code" in final.raw, "the model's code block became a code entity"
+    assert "<" in reply.text or "&" in reply.text, "special characters survive as text, escaped in the HTML"
