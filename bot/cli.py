@@ -110,17 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub) -> None:
-    """Commands whose services live in their own modules (documents, training, evaluation)."""
-    try:
-        from bot.cli_documents import register as register_documents
-    except ImportError:
-        return
-    register_documents(sub)
+    """Commands whose services live in their own modules (documents, evaluation)."""
+    from bot import cli_documents, cli_eval, cli_train
+
+    cli_documents.register(sub)
+    cli_eval.register(sub)
+    cli_train.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "pass_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines print request URLs, which hold the token

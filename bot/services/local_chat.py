@@ -56,10 +56,36 @@ def _print_stream(make: Callable[[threading.Event], Iterator[str]], out=sys.stdo
     return "".join(parts), completed
 
 
+def _lstm_dir(model: str | None) -> bool:
+    import json
+    from pathlib import Path
+
+    config = Path(model).expanduser() / "config.json" if model else None
+    return bool(config and config.is_file() and json.loads(config.read_text()).get("arch") == "lstm")
+
+
+def generate_lstm(path: str, prompt: str, sampling: Sampling) -> str:
+    """An LSTM language model (docent train scratch --arch lstm) continues the prompt with the same sampling."""
+    import torch
+
+    from lm.checkpoint import load_model_dir
+
+    model, tokenizer, _ = load_model_dir(path)
+    ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]
+    generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), sampling.max_new_tokens, sampling.temperature,
+                             sampling.top_k or None, sampling.top_p, generator, tokenizer.eos_id)
+    return tokenizer.decode(out[0, len(ids):].tolist(), skip_special=True)
+
+
 def generate_once(settings: Settings, prompt: str, model: str | None = None, raw: bool = False,
                   **overrides) -> int:
-    chat_model = ChatModel.load(settings, model)
     sampling = Sampling.from_settings(settings.model, **overrides)
+    if _lstm_dir(model):
+        print(generate_lstm(model, prompt, sampling))
+        return 0
+    chat_model = ChatModel.load(settings, model)
     if raw:
         _print_stream(lambda cancel: chat_model.stream_text(prompt, sampling, cancel))
     else:
