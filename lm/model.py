@@ -29,9 +29,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # normalise in float32: bf16 activations lose too much precision in the mean of squares
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        # (one fused kernel instead of six ops: this runs 61 times per decoded token)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +42,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, D); cos/sin: (T, D)."""
+    """x: (..., D) with cos/sin broadcasting against it: (T, D) for x (B, H, T, D), (T, 1, D) for (B, T, H, D)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -88,20 +87,20 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split([H * D, KV * D, KV * D], dim=-1)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
-        v = v.view(B, T, KV, D).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.wqkv(x).view(B, T, H + 2 * KV, D)
+        # rotate the q and k heads in one go (half the small ops of a decode step's RoPE)
+        qk = apply_rope(qkv[:, :, :H + KV], cos[:, None], sin[:, None])  # (B, T, H+KV, D)
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
+        k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, D)
+        v = qkv[:, :, H + KV:].transpose(1, 2)  # (B, KV, T, D)
         start = 0
         if cache is not None:
             start = cache.pos
             k, v = cache.update(self.layer, k, v)  # (B, KV, start+T, D)
         if T == 1:
-            # one query sees every cached key: group the query heads per kv head instead of repeating k/v
-            qg = q.view(B, KV, H // KV, D)  # (B, KV, G, D)
-            att = torch.softmax((qg @ k.transpose(-1, -2)).float() * D**-0.5, dim=-1).to(v.dtype)  # (B, KV, G, L)
-            y = (att @ v).view(B, H, 1, D)
+            # one query sees every cached key: no mask. SDPA's fused kernel instead of matmul, softmax, matmul:
+            # three multi-threaded kernels per layer were 10x slower with 2 threads on 2 busy cores
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # (B, H, 1, D)
         elif start == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
                                                dropout_p=self.dropout if self.training else 0.0)

@@ -1,0 +1,224 @@
+"""Generation speed of the chat model: prefill tokens/s, decode tokens/s, time to first token, peak memory.
+
+    .venv/bin/python bench/generate.py                       # ours only
+    .venv/bin/python bench/generate.py --vs-transformers     # + HF transformers fp32 on the same GGUF, ratios
+
+Each engine runs in its own subprocess (so peak RSS, threads and allocator state do not mix) on the SAME token
+ids: a 1,024-token prompt cut from a COVID-QA paper (or repeated filler text when the shared data is missing),
+then 128 greedy new tokens with stop ids ignored so that all 128 are decoded. Each measurement is repeated
+(`--repeats`) and the best run is kept, because this machine is shared and noisy; compare ratios, not
+absolute numbers. Definitions, identical for both sides:
+- prefill tok/s = prompt tokens / time to first token (TTFT: the prompt forward + picking the first token);
+- decode tok/s  = (new tokens - 1) / (total time - TTFT);
+- peak RSS      = the process's ru_maxrss after everything (model load included).
+HF transformers is run with `--hf-python` (a separate venv, see the default) when it is not importable here.
+Prints a table and a final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COVIDQA = ROOT.parent / "shared" / "eval" / "covidqa.json"
+LLAMA_CPP_DECODE_TOK_S = 85.0  # llama.cpp on the same Q4_1 file on this machine (shared/README.md: 83-87)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def prompt_text() -> str:
+    if COVIDQA.is_file():
+        data = json.loads(COVIDQA.read_text())
+        return "\n\n".join(p["context"] for p in data["data"][0]["paragraphs"])
+    return " ".join(f"Sentence number {i} of a long filler document about nothing in particular." for i in range(2000))
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+def worker_prepare(args) -> dict:
+    """Load once (writing the converted-weights cache if missing) and cut the prompt ids."""
+    sys.path.insert(0, str(ROOT))
+    from lm import hub
+    from lm.runtime import _cache_path, load_chat_model
+
+    path = hub.resolve(args.model)
+    had_cache = _cache_path(path, args.weights, args.max_len).is_file()
+    t0 = time.perf_counter()
+    _model, tok = load_chat_model(args.model, weights=args.weights, threads=args.threads, max_seq_len=args.max_len)
+    load_s = time.perf_counter() - t0
+    ids = tok.encode(prompt_text())
+    if len(ids) < args.prompt_tokens:
+        raise SystemExit(f"prompt text has only {len(ids)} tokens, need {args.prompt_tokens}")
+    return {"gguf": str(path), "prompt_ids": ids[:args.prompt_tokens], "first_load_s": load_s,
+            "first_load_converted": not had_cache, "first_load_peak_rss_mb": peak_rss_mb()}
+
+
+def worker_ours(args, prompt: list[int]) -> dict:
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from lm.engine import Engine, GenerationConfig
+    from lm.runtime import load_chat_model
+
+    t0 = time.perf_counter()
+    model, tok = load_chat_model(args.model, weights=args.weights, threads=args.threads, max_seq_len=args.max_len)
+    load_s = time.perf_counter() - t0
+    engine = Engine(model, tok, max_len=args.max_len)
+    engine.generate(prompt[:16], GenerationConfig(max_new_tokens=4, ignore_stop_ids=True))  # warm-up
+    runs = []
+    for _ in range(args.repeats):
+        engine.reset()  # no prefix reuse between repeats: every run prefills the whole prompt
+        r = engine.generate(prompt, GenerationConfig(max_new_tokens=args.new_tokens, ignore_stop_ids=True))
+        assert r.new_tokens == args.new_tokens, (r.new_tokens, r.finish_reason)
+        runs.append({"ttft_s": r.timings["ttft_s"], "total_s": r.timings["total_s"], "ids": r.ids})
+    return summarize(runs, len(prompt), args.new_tokens) | {
+        "engine": f"docent ({args.weights})", "threads": torch.get_num_threads(), "load_s": load_s,
+        "peak_rss_mb": peak_rss_mb()}
+
+
+def worker_hf(args, prompt: list[int]) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(args.threads)
+    gguf = Path(args.gguf)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    load_s = time.perf_counter() - t0
+    ids = torch.tensor([prompt])
+    kw = {"do_sample": False, "use_cache": True, "pad_token_id": 0}
+    with torch.inference_mode():
+        model.generate(ids[:, :16], max_new_tokens=4, min_new_tokens=4, **kw)  # warm-up
+        runs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+            ttft = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **kw)
+            total = time.perf_counter() - t0
+            runs.append({"ttft_s": ttft, "total_s": total, "ids": out[0, len(prompt):].tolist()})
+    import transformers
+
+    return summarize(runs, len(prompt), args.new_tokens) | {
+        "engine": f"transformers {transformers.__version__} (fp32)", "threads": torch.get_num_threads(),
+        "load_s": load_s, "peak_rss_mb": peak_rss_mb()}
+
+
+def summarize(runs: list[dict], n_prompt: int, n_new: int) -> dict:
+    ttft = min(r["ttft_s"] for r in runs)
+    decode = min(r["total_s"] - r["ttft_s"] for r in runs)
+    return {"prompt_tokens": n_prompt, "new_tokens": n_new, "ttft_s": ttft, "prefill_tok_s": n_prompt / ttft,
+            "decode_tok_s": (n_new - 1) / decode, "runs": len(runs), "ids": runs[0]["ids"]}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: list[str] = ()) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", role, "--model", args.model, "--weights", args.weights,
+           "--threads", str(args.threads), "--max-len", str(args.max_len), "--prompt-tokens", str(args.prompt_tokens),
+           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), *extra]
+    if prompt_file:
+        cmd += ["--prompt-file", str(prompt_file)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{role} worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def hf_python(args) -> str | None:
+    for python in (sys.executable, args.hf_python):
+        if python and Path(python).exists():
+            ok = subprocess.run([python, "-c", "import transformers, gguf, torch"], capture_output=True).returncode == 0
+            if ok:
+                return python
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--weights", default="int8", choices=["int8", "bf16", "fp32"])
+    ap.add_argument("--threads", type=int, default=0, help="0 = one per physical core")
+    ap.add_argument("--max-len", type=int, default=2048, help="context window (KV cache size)")
+    ap.add_argument("--prompt-tokens", type=int, default=1024)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--vs-transformers", action="store_true")
+    ap.add_argument("--hf-python", default="/tmp/hf/bin/python")
+    ap.add_argument("--worker", choices=["prepare", "ours", "hf"], help=argparse.SUPPRESS)
+    ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
+    ap.add_argument("--gguf", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        prompt = json.loads(Path(args.prompt_file).read_text()) if args.prompt_file else None
+        fn = {"prepare": lambda: worker_prepare(args), "ours": lambda: worker_ours(args, prompt),
+              "hf": lambda: worker_hf(args, prompt)}[args.worker]
+        print(json.dumps(fn()))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from lm.runtime import physical_cores
+
+    args.threads = args.threads or physical_cores()  # the same count for both engines
+    hf_py = None
+    if args.vs_transformers and not (hf_py := hf_python(args)):
+        raise SystemExit(f"transformers is not importable here nor with {args.hf_python}; create it with: python3.11 -m "
+                         f"venv /tmp/hf && /tmp/hf/bin/pip install torch==2.13.0 transformers gguf")
+    prep = run_worker(sys.executable, "prepare", args, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        pf = Path(tmp) / "prompt.json"
+        pf.write_text(json.dumps(prep["prompt_ids"]))
+        results = [run_worker(sys.executable, "ours", args, pf)]
+        if hf_py:
+            results.append(run_worker(hf_py, "hf", args, pf, ["--gguf", prep["gguf"]]))
+
+    rows = [("load s", "load_s", "{:.2f}"), ("prefill tok/s", "prefill_tok_s", "{:.1f}"), ("TTFT s", "ttft_s", "{:.3f}"),
+            ("decode tok/s", "decode_tok_s", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}")]
+    names = [r["engine"] for r in results]
+    print(f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens (greedy), threads {args.threads}, "
+          f"best of {args.repeats}")
+    print(f"{'':16}" + "".join(f"{n:>28}" for n in names) + ("       ratio" if len(results) > 1 else ""))
+    for label, key, fmt in rows:
+        line = f"{label:16}" + "".join(f"{fmt.format(r[key]):>28}" for r in results)
+        if len(results) > 1:
+            ours, theirs = results[0][key], results[1][key]
+            line += f"{ours / theirs:>11.2f}x" if theirs else ""
+        print(line)
+    summary = {"model": args.model, "weights": args.weights, "threads": args.threads,
+               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+               "first_load_s": round(prep["first_load_s"], 2), "first_load_converted": prep["first_load_converted"],
+               "first_load_peak_rss_mb": round(prep["first_load_peak_rss_mb"]),
+               "ours": {k: round(v, 3) for k, v in results[0].items() if isinstance(v, float)},
+               "vs_llama_cpp_decode": round(results[0]["decode_tok_s"] / LLAMA_CPP_DECODE_TOK_S, 3)}
+    print(f"first load (GGUF -> {args.weights}{', converted' if prep['first_load_converted'] else ', from cache'}): "
+          f"{prep['first_load_s']:.2f} s, peak RSS {prep['first_load_peak_rss_mb']:.0f} MB")
+    print(f"decode vs llama.cpp reference ({LLAMA_CPP_DECODE_TOK_S:.0f} tok/s): {summary['vs_llama_cpp_decode']:.2f}x")
+    if len(results) > 1:
+        hf, ours = results[1], results[0]
+        agree = next((i for i, (a, b) in enumerate(zip(ours["ids"], hf["ids"], strict=False)) if a != b),
+                     min(len(ours["ids"]), len(hf["ids"])))
+        print(f"greedy tokens identical to transformers for the first {agree} of {args.new_tokens}")
+        summary["transformers"] = {k: round(v, 3) for k, v in hf.items() if isinstance(v, float)}
+        summary["ratios"] = {k: round(ours[k] / hf[k], 3) for k in ("prefill_tok_s", "decode_tok_s", "peak_rss_mb")}
+        summary["greedy_agree_prefix"] = agree
+        summary["done"] = bool(summary["ratios"]["decode_tok_s"] >= 3 and summary["ratios"]["prefill_tok_s"] >= 1
+                               and ours["peak_rss_mb"] < 1024)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Glue for running a chat model on this machine: thread count, and loading a GGUF into a fast weights format.
+
+    model, tokenizer = load_chat_model("smollm2-135m", weights="int8")
+
+The converted model is cached next to the GGUF (`<file>.<weights>.<size>-<mtime>.pt`, written atomically,
+loaded with mmap) so that a second load skips the GGUF parsing, the dequantization and the re-quantization.
+If that directory is not writable the cache is skipped (with a log line), nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lm import hub
+from lm.quant import MODES, quantize_model
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when the converted layout changes
+
+
+def physical_cores() -> int:
+    """CPUs this process may run on, counting hyperthread siblings once."""
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)  # no topology (containers, non-Linux): trust the affinity mask
+    return max(1, len(cores))
+
+
+def set_threads(n: int = 0) -> int:
+    """Set torch's intra-op threads: n > 0 exactly, 0 = one per physical core. Returns the count used.
+
+    Hyperthreads share a core's vector units, so more threads than cores slows a matmul-bound decode down.
+    """
+    if n < 0:
+        raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {n}")
+    n = n or physical_cores()
+    torch.set_num_threads(n)
+    return n
+
+
+def _cache_path(gguf_path: Path, weights: str, max_seq_len: int | None) -> Path:
+    st = gguf_path.stat()
+    ctx = f".ctx{max_seq_len}" if max_seq_len else ""
+    return gguf_path.with_name(f"{gguf_path.name}.{weights}{ctx}.v{CACHE_VERSION}.{st.st_size}-{st.st_mtime_ns}.pt")
+
+
+def _skeleton(config, weights: str) -> torch.nn.Module:
+    """A model of the right structure with meta tensors, ready for load_state_dict(assign=True)."""
+    from lm.model import Transformer
+
+    with torch.device("meta"):
+        model = quantize_model(Transformer(config), weights)
+    return model
+
+
+def _load_converted(path: Path, weights: str):
+    from lm.config import ModelConfig
+    from lm.model import rope_tables
+
+    blob = torch.load(path, mmap=True, weights_only=True)
+    config = ModelConfig(**blob["config"])
+    model = _skeleton(config, weights)
+    model.load_state_dict(blob["state_dict"], assign=True)
+    if weights != "int8" and config.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.rope_cos, model.rope_sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+    return model.eval(), blob["metadata"]
+
+
+def _save_converted(path: Path, model: torch.nn.Module, metadata: dict) -> None:
+    from dataclasses import asdict
+
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    except OSError as e:
+        log.info("not caching converted weights next to %s: %s", path.parent, e)
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"config": asdict(model.config), "state_dict": model.state_dict(), "metadata": metadata}, f)
+        os.replace(tmp, path)  # atomic: a concurrent loader never sees half a file
+    except Exception:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_chat_model(name_or_path: str | Path, weights: str = "int8", threads: int = 0,
+                    cache_dir: Path | None = None, max_seq_len: int | None = None, use_cache: bool = True):
+    """Resolve (hub name or path), load the GGUF, convert the weights, set threads -> (model, tokenizer)."""
+    from lm.gguf import load_model
+    from lm.tokenizer import Tokenizer
+
+    if weights not in MODES:
+        raise ValueError(f"unknown weights format {weights!r}; choose one of {', '.join(MODES)}")
+    set_threads(threads)
+    path = hub.resolve(str(name_or_path), cache_dir)
+    cached = _cache_path(path, weights, max_seq_len)
+    if use_cache and cached.is_file():
+        try:
+            model, metadata = _load_converted(cached, weights)
+            return model, Tokenizer.from_gguf(metadata)
+        except Exception as e:  # a stale or damaged cache file is not an error: rebuild it
+            log.warning("ignoring converted-weights cache %s: %s", cached, e)
+    model, g = load_model(path, max_seq_len=max_seq_len)
+    g.state_dict.clear()  # the model holds the tensors; dropping these references lets conversion free them
+    model = quantize_model(model, weights)
+    metadata = {k: v for k, v in g.metadata.items()}
+    if use_cache:
+        try:
+            _save_converted(cached, model, metadata)
+        except Exception as e:
+            log.warning("could not cache converted weights at %s: %s", cached, e)
+    return model, Tokenizer.from_gguf(metadata)
