@@ -1,0 +1,197 @@
+"""The real docent Application against the fake Bot API, with a tiny random-weight model (greedy, so its
+reply is a fixed function of the prompt). What the reply says does not matter here; what happens to it does."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bot.db.models import Message, ProcessedUpdate
+from bot.db.session import create_engine, session_factory
+from bot.services.assistant import INTERRUPTED_NOTE
+from tests.support.bot_harness import bot_settings, final_reply, running_bot
+from tests.support.fake_telegram import FakeTelegram
+from tests.support.tiny_gguf import write_tiny_gguf
+
+pytestmark = pytest.mark.e2e
+USER, OTHER = 1001, 1002
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf", max_seq_len=4096).path
+
+
+async def _rows(settings, model=Message, **where):
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as s:
+            stmt = select(model)
+            for key, value in where.items():
+                stmt = stmt.where(getattr(model, key) == value)
+            return list(await s.scalars(stmt.order_by(*model.__table__.primary_key.columns)))
+    finally:
+        await engine.dispose()
+
+
+async def test_private_chat_reply_is_streamed_formatted_and_stored(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "hello there")
+            reply = await fake.wait_for(lambda: final_reply(fake, USER), timeout=30)
+            assert reply.parse_mode == "HTML"
+            assert reply.reply_to_message_id is not None
+            assert [c.params["commands"] for c in fake.calls("setMyCommands")], "commands were registered"
+        rows = await _rows(settings, chat_id=USER)
+        assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "complete")]
+        assert rows[0].text == "hello there"
+        assert rows[1].telegram_message_id == reply.message_id
+        assert rows[1].text.strip() and rows[1].text.strip()[:20] in reply.text
+
+
+async def test_reset_starts_a_new_conversation_and_keeps_history(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "first question")
+            first = await fake.wait_for(lambda: final_reply(fake, USER), timeout=30)
+            fake.send_user_message(USER, USER, "/reset")
+            await fake.wait_for(lambda: "new conversation" in (fake.last_text(USER) or ""), timeout=10)
+            fake.send_user_message(USER, USER, "first question")
+            second = await fake.wait_for(lambda: final_reply(fake, USER, after=1), timeout=30)
+        # same message, same greedy model, fresh conversation: the same reply, so no old turn reached the model
+        assert second.text == first.text
+        rows = await _rows(settings, chat_id=USER)
+        assert len({m.conversation_id for m in rows}) == 2
+        assert sum(m.role == "user" for m in rows) == 2  # the old conversation is still stored
+
+
+async def test_group_answers_mentions_and_replies_ignores_chatter(tmp_path, tiny_model):
+    group = -100500
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings):
+            fake.send_user_message(group, USER, "just chatting among ourselves", chat_type="group", title="G")
+            fake.send_user_message(group, USER, f"@{fake.bot_user['username']} what do you think?",
+                                   chat_type="group", title="G")
+            first = await fake.wait_for(lambda: final_reply(fake, group), timeout=30)
+            fake.send_user_message(group, OTHER, "replying to the bot", chat_type="group", title="G",
+                                   reply_to_message_id=first.message_id)
+            await fake.wait_for(lambda: final_reply(fake, group, after=1), timeout=30)
+            fake.send_user_message(group, OTHER, "more chatter", chat_type="group", title="G")
+            await asyncio.sleep(1.0)
+        rows = await _rows(settings, chat_id=group)
+        user_texts = [m.text for m in rows if m.role == "user"]
+        assert user_texts == ["what do you think?", "replying to the bot"]  # mention stripped, chatter not stored
+        assert len([m for m in fake.messages(group) if m.reply_markup]) == 2
+
+
+async def test_user_not_on_the_allow_list_is_refused_and_nothing_is_stored(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model, allowed_users=[USER])
+        async with running_bot(settings):
+            fake.send_user_message(OTHER, OTHER, "let me in")
+            await fake.wait_for(lambda: "not on its list" in (fake.last_text(OTHER) or ""), timeout=10)
+            fake.send_user_message(USER, USER, "hello")
+            await fake.wait_for(lambda: final_reply(fake, USER), timeout=30)
+        assert await _rows(settings, chat_id=OTHER) == []
+        assert len(await _rows(settings, chat_id=USER)) == 2
+
+
+async def test_long_reply_is_split_into_several_messages(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        settings.model.max_new_tokens = 1800
+        settings.model.context_tokens = 2048
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "write a lot")
+            last = await fake.wait_for(lambda: final_reply(fake, USER), timeout=120)
+        stored = (await _rows(settings, chat_id=USER, role="assistant"))[0].text
+        parts = [m for m in fake.messages(USER) if m.message_id <= last.message_id]
+        assert len(stored) > 4096, "the tiny model is expected to ramble past one message"
+        assert len(parts) >= 2
+        assert all(len(m.text.encode("utf-16-le")) // 2 <= 4096 for m in parts)
+        assert "".join(m.text for m in parts).replace("\n", "").replace(" ", "") == \
+            stored.replace("\n", "").replace(" ", "")
+
+
+async def test_429_while_streaming_still_delivers_the_final_text(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        settings.model.max_new_tokens = 200
+        async with running_bot(settings):
+            fake.fail_next("editMessageText", status=429, retry_after=1, count=3)
+            fake.send_user_message(USER, USER, "hello")
+            reply = await fake.wait_for(lambda: final_reply(fake, USER), timeout=60)
+        stored = (await _rows(settings, chat_id=USER, role="assistant"))[0]
+        assert stored.status == "complete"
+        assert [c for c in fake.calls("editMessageText") if c.status == 429], "the 429s were really served"
+        assert stored.text.strip()[:50] in reply.text
+
+
+async def test_twenty_chats_at_once_are_all_answered_and_stored(tmp_path, tiny_model):
+    chats = [5000 + i for i in range(20)]
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        settings.model.max_new_tokens = 8
+        async with running_bot(settings):
+            for chat in chats:
+                fake.send_user_message(chat, chat, f"hello from chat {chat}")
+            await fake.wait_for(lambda: all(final_reply(fake, c) for c in chats), timeout=120)
+        for chat in chats:
+            rows = await _rows(settings, chat_id=chat)
+            assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "complete")]
+            assert rows[0].text == f"hello from chat {chat}"
+
+
+def _start_bot_process(tmp_path: Path, fake: FakeTelegram, model: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_")}
+    env.update({
+        "DOCENT_TELEGRAM_TOKEN": fake._token, "DOCENT_TELEGRAM_API_URL": fake.base_url,
+        "DOCENT_TELEGRAM_FILE_URL": fake.base_file_url, "DOCENT_DATA_DIR": str(tmp_path / "data"),
+        "DOCENT_CACHE_DIR": str(tmp_path / "cache"), "DOCENT_MODEL_NAME": str(model),
+        "DOCENT_MODEL_WEIGHTS": "fp32", "DOCENT_MODEL_TEMPERATURE": "0", "DOCENT_MODEL_MAX_NEW_TOKENS": "3000",
+        "DOCENT_MODEL_CONTEXT_TOKENS": "4096", "DOCENT_TELEGRAM_EDIT_INTERVAL_PRIVATE_S": "0.1",
+        "DOCENT_CONFIG": str(tmp_path / "absent.toml"),
+    })
+    log = open(tmp_path / "bot.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, stdout=log, stderr=log,
+                            cwd=Path(__file__).resolve().parents[2])
+
+
+def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, tiny_model):
+    fake = FakeTelegram.start_in_thread()
+    try:
+        proc = _start_bot_process(tmp_path, fake, tiny_model)
+        try:
+            update_id = fake.send_user_message(USER, USER, "tell me a long story")
+            # wait until the reply is streaming (placeholder sent and edited at least twice), then kill -9
+            fake.wait_for_sync(lambda: fake.messages(USER) and len(fake.messages(USER)[0].versions) >= 3,
+                               timeout=60)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        assert not final_reply(fake, USER), "the reply must still have been in progress"
+        proc = _start_bot_process(tmp_path, fake, tiny_model)
+        try:
+            fake.wait_for_sync(lambda: INTERRUPTED_NOTE in (fake.messages(USER)[0].text or ""), timeout=60)
+            time.sleep(2.0)  # room for a wrong second answer to show up
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    finally:
+        fake.close()
+    assert len(fake.messages(USER)) == 1, "no second reply was sent after the restart"
+    settings = bot_settings(tmp_path, fake, tiny_model)
+    rows = asyncio.run(_rows(settings, chat_id=USER))
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")]
+    assert len(asyncio.run(_rows(settings, ProcessedUpdate, update_id=update_id))) == 1
