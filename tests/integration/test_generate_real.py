@@ -14,6 +14,7 @@ import torch
 
 from lm.engine import Engine, GenerationConfig
 from lm.model import KVCache
+from lm.quant import use_vnni
 from lm.runtime import load_chat_model
 
 pytestmark = pytest.mark.integration
@@ -60,14 +61,21 @@ def test_streaming_deltas_concatenate_to_the_generated_text(engine):
 
 
 def test_second_turn_reuses_the_cache_and_matches_a_fresh_engine(engine):
-    msgs = [{"role": "user", "content": "Name a large animal."}]
-    first = engine.chat(msgs, GenerationConfig(max_new_tokens=24))
-    msgs += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Where does it live?"}]
-    second = engine.chat(msgs, GenerationConfig(max_new_tokens=24))
-    assert second.timings["prefilled_tokens"] < second.prompt_tokens // 2  # most of the prompt came from the cache
-    fresh = Engine(engine.model, engine.tokenizer, max_len=2048).chat(msgs, GenerationConfig(max_new_tokens=24))
-    assert fresh.timings["prefilled_tokens"] == fresh.prompt_tokens
-    assert second.ids == fresh.ids
+    # FBGEMM's int8-activation decode kernel and the bf16 prefill round differently, so a cached turn and a
+    # re-prefilled one can drift apart by design; this test is about the cache bookkeeping, so it uses one
+    # kernel family (bf16 activations) for both and demands identical ids.
+    use_vnni(engine.model, False)
+    try:
+        msgs = [{"role": "user", "content": "Name a large animal."}]
+        first = engine.chat(msgs, GenerationConfig(max_new_tokens=24))
+        msgs += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Where does it live?"}]
+        second = engine.chat(msgs, GenerationConfig(max_new_tokens=24))
+        assert second.timings["prefilled_tokens"] < second.prompt_tokens // 2  # most of the prompt was cached
+        fresh = Engine(engine.model, engine.tokenizer, max_len=2048).chat(msgs, GenerationConfig(max_new_tokens=24))
+        assert fresh.timings["prefilled_tokens"] == fresh.prompt_tokens
+        assert second.ids == fresh.ids
+    finally:
+        use_vnni(engine.model, True)
 
 
 def _logits(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,14 @@ import torch.nn as nn
 
 from lm.config import ModelConfig
 from lm.model import KVCache, Transformer
-from lm.quant import BF16Linear, Int8Linear, quantize_model, quantize_per_channel, weights_format
+from lm.quant import (
+    BF16Linear,
+    Int8Linear,
+    quantize_model,
+    quantize_per_channel,
+    vnni_available,
+    weights_format,
+)
 
 
 def test_per_channel_quantization_round_trips_within_half_a_step():
@@ -79,3 +86,21 @@ def test_tied_head_stays_tied_in_bf16_and_gets_its_own_int8_copy():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="unknown weights format 'int4'"):
         quantize_model(tiny(), "int4")
+
+
+@pytest.mark.skipif(not vnni_available(), reason="FBGEMM is part of every x86 torch build; absent elsewhere")
+def test_vnni_decode_path_is_close_to_float_and_only_on_its_layers():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    q = Int8Linear.from_float(lin.weight, lin.bias)
+    q.vnni = True
+    x = torch.randn(1, 1, 64)
+    with torch.inference_mode():
+        ref, got = lin(x), q(x)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()  # 8-bit weights and 8-bit activations
+    assert q._packed is not None, "the one-token input went through FBGEMM"
+    model = quantize_model(Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=1, n_heads=4, n_kv_heads=2,
+                                                   hidden_dim=128, max_seq_len=32)), "int8", vnni=True)
+    flagged = sorted(n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.vnni)
+    assert flagged == ["layers.0.attention.wo", "layers.0.feed_forward.w13", "output"]
