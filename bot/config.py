@@ -60,10 +60,17 @@ class DocumentSettings:
     max_file_mb: float = 20.0
     parse_timeout_s: float = 120.0
     parse_memory_mb: int = 1024
-    chunk_tokens: int = 200
-    chunk_overlap_tokens: int = 40
+    # retrieval defaults tuned with `docent eval retrieval` on one half of COVID-QA (see KnowledgeBase.search)
+    chunk_tokens: int = 256  # capped at the encoder's window (254 text tokens for MiniLM)
+    chunk_overlap_tokens: int = 64
     top_k: int = 6
     encoder: str = "minilm-l6"
+    candidates: int = 100  # from each of BM25 and dense
+    dense_weight: float = 1.0  # cosine against BM25 / best BM25
+    rerank_depth: int = 50  # first-stage candidates re-ranked by proximity
+    proximity_window: int = 12  # words (stopwords removed)
+    proximity_weight: float = 1.0
+    phrase_weight: float = 1.0
 
 
 @dataclass

@@ -1,0 +1,253 @@
+"""bot.services.evaluate: the metrics on hand-made cases, the seeded split, the data-set readers, the hybrid
+ranking settings, and (integration) a tiny retrieval eval through the real KnowledgeBase and MiniLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.config import DocumentSettings, Settings
+from bot.services import evaluate as ev
+from bot.services.knowledge import hybrid_scores, proximity, rank, word_idf
+
+# ---------------------------------------------------------------------------------------- ranking
+
+
+def test_ranking_metrics_on_a_known_ranking():
+    ranks = [1, 3, None, 6, 20]
+    m = ev.ranking_metrics(ranks)
+    assert m["recall@1"] == pytest.approx(1 / 5)
+    assert m["recall@5"] == pytest.approx(2 / 5)
+    assert m["recall@20"] == pytest.approx(4 / 5)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 6 + 1 / 20) / 5)
+    assert m["n"] == 5
+    assert ev.ranking_metrics([])["recall@5"] == 0.0
+
+
+def test_first_hit_ignores_case_and_whitespace():
+    texts = ["Nothing to see here.", "The basic\n reproduction   NUMBER was 2.2 in Wuhan.", "basic reproduction number"]
+    assert ev.first_hit(texts, ["basic reproduction number"]) == 2
+    assert ev.first_hit(texts, ["absent span", "  nothing TO see "]) == 1
+    assert ev.first_hit(texts, ["incubation period"]) is None
+    assert ev.first_hit(texts, [" ", ""]) is None  # an empty answer never matches everything
+
+
+def test_split_figures_reports_both_halves_and_all():
+    figures = ev.split_figures([1, None, 2, 7], [0, 0, 1, 1])
+    assert figures["tune"]["recall@1"] == 0.5 and figures["tune"]["n"] == 2
+    assert figures["test"]["recall@5"] == 0.5 and figures["test"]["recall@20"] == 1.0
+    assert figures["all"]["n"] == 4 and figures["all"]["recall@5"] == 0.5
+
+
+def test_half_split_is_stable_balanced_and_seeded():
+    keys = [str(i) for i in range(2000)]
+    first = [ev.half_of(k, 7) for k in keys]
+    assert first == [ev.half_of(k, 7) for k in keys]  # the same split on every run
+    assert set(first) == {0, 1}
+    assert 0.45 < sum(first) / len(first) < 0.55
+    other = [ev.half_of(k, 8) for k in keys]
+    assert 0.4 < sum(a != b for a, b in zip(first, other, strict=True)) / len(keys) < 0.6  # another seed, another split
+
+
+def test_sample_is_seeded_and_keeps_order():
+    items = list(range(100))
+    a = ev.sample(items, 10, seed=1)
+    assert a == ev.sample(items, 10, seed=1) and a == sorted(a) and len(a) == 10
+    assert a != ev.sample(items, 10, seed=2)
+    assert ev.sample(items, None, 0) == items and ev.sample(items, 500, 0) == items
+    with pytest.raises(ValueError, match="--limit"):
+        ev.sample(items, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------ SQuAD
+
+
+def test_squad_normalisation_and_f1():
+    assert ev.squad_normalize("The Cat, sat!  on a mat.") == "cat sat on mat"
+    # prediction tokens: cat sat on mat; gold: cat sat -> precision 2/4, recall 2/2
+    assert ev.token_f1("the cat sat on the mat", "a cat sat") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert ev.token_f1("dog", "cat") == 0.0
+    assert ev.token_f1("The cat.", "cat") == 1.0
+    assert ev.token_f1("", "") == 1.0 and ev.token_f1("", "cat") == 0.0
+    assert ev.contains_answer("R0 was about 2.2, they said.", ["2.2"])
+    assert not ev.contains_answer("R0 was about 2.5, they said.", ["2.2"])
+    assert ev.contains_answer("The Incubation period is 5 days", ["incubation period is 5 days."])
+    assert not ev.contains_answer("incubation periods", ["incubation period"])  # whole words only
+
+
+# ------------------------------------------------------------------------------------------ ROUGE
+
+
+def test_rouge_on_tiny_known_strings():
+    pred, ref = "The cat sat on the mat.", "the cat lay on the mat"
+    # unigrams: 5 of 6 shared both ways; bigrams: the-cat, on-the, the-mat = 3 of 5; LCS "the cat on the mat" = 5
+    assert ev.rouge_n(pred, ref, 1) == pytest.approx(5 / 6)
+    assert ev.rouge_n(pred, ref, 2) == pytest.approx(3 / 5)
+    assert ev.rouge_l(pred, ref) == pytest.approx(5 / 6)
+    assert ev.rouge("a b c d", "a b c d") == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert ev.rouge("x y", "a b")["rougeL"] == 0.0
+    assert ev.rouge_l("", "a b") == 0.0
+    # LCS keeps order: "a c" is common, "c a" is not
+    assert ev.lcs_length(list("abcde"), list("ace")) == 3
+    assert ev.lcs_length(list("ca"), list("ac")) == 1
+    assert ev.rouge_tokens("COVID-19's R0, 2.5") == ["covid", "19", "s", "r0", "2", "5"]
+
+
+def test_lead_baseline_takes_the_first_words():
+    assert ev.lead(["A: hello there", "B: general  kenobi now"], 4) == "A: hello there B:"
+
+
+# ------------------------------------------------------------------------------------------ data sets
+
+
+def test_load_squad_reads_papers_and_rejects_bad_files(tmp_path: Path):
+    path = tmp_path / "mini.json"
+    path.write_text(json.dumps({"data": [
+        {"paragraphs": [{"context": "Alpha text.", "document_id": 5, "qas": [
+            {"id": 1, "question": "q1?", "answers": [{"text": "Alpha", "answer_start": 0}]},
+            {"id": 2, "question": "q2?", "answers": [], "is_impossible": True}]}]},
+    ]}))
+    (paper,) = ev.load_squad(path)
+    assert paper.name == "mini-000-5.txt" and paper.text == "Alpha text."
+    assert [(q.qid, q.answers, q.paper) for q in paper.questions] == [("1", ["Alpha"], "mini-000-5.txt")]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="not a SQuAD-format JSON"):
+        ev.load_squad(bad)
+    bad.write_text('{"data": [{"paragraphs": [{"qas": []}]}]}')
+    with pytest.raises(ValueError, match=r"data\[0\]"):
+        ev.load_squad(bad)
+    with pytest.raises(FileNotFoundError, match="data set not found"):
+        ev.load_squad(tmp_path / "missing.json")
+
+
+def test_transcript_is_read_like_a_text_document():
+    sections = ev.transcript_sections(["Professor E: So . OK .", "Grad G: It  crashed ."], Settings())
+    assert sections == ["Professor E: So . OK .\nGrad G: It crashed ."]
+
+
+def test_load_qmsum(tmp_path: Path):
+    path = tmp_path / "m.jsonl"
+    row = {"general_query_list": [{"query": "Summarize the whole meeting", "answer": "They met."}],
+           "specific_query_list": [], "meeting_transcripts": [{"speaker": "A", "content": "hi"}]}
+    path.write_text(json.dumps(row) + "\n\n" + json.dumps(row) + "\n")
+    meetings = ev.load_qmsum(path)
+    assert len(meetings) == 2 and meetings[0]["transcript"] == ["A: hi"] and meetings[0]["reference"] == "They met."
+    path.write_text('{"meeting_transcripts": []}\n')
+    with pytest.raises(ValueError, match=r"m.jsonl:1: not a QMSum line"):
+        ev.load_qmsum(path)
+
+
+# --------------------------------------------------------------------------- hybrid ranking settings
+
+
+def test_rank_baseline_modes(tmp_path: Path):
+    from lm.index import HybridIndex
+
+    rng = np.random.default_rng(0)
+    idx = HybridIndex(tmp_path / "idx", 8)
+    texts = ["zebra stripes pattern", "zebra crossing road", "lion mane", "tiger stripes", "elephant trunk"]
+    vecs = rng.normal(size=(5, 8)).astype(np.float32)
+    idx.add([1, 2, 3, 4, 5], vecs, texts)
+    q = vecs[2] + 0.01  # dense points at the lion; the words point at the zebras
+    bm25 = [i for i, _ in rank(idx, q, "zebra stripes", 5, "bm25")]
+    assert bm25[0] == 1 and set(bm25) == {1, 2, 4}
+    assert rank(idx, q, "zebra stripes", 5, "dense")[0][0] == 3
+    assert {i for i, _ in rank(idx, q, "zebra stripes", 5, "rrf")} == {1, 2, 3, 4, 5}
+    with pytest.raises(ValueError, match="search mode must be one of"):
+        rank(idx, q, "zebra", 3, "hybrid")  # the product's mode needs the SQL side: KnowledgeBase.search
+
+
+def test_proximity_rewards_the_question_words_together():
+    idf = {"incubation": 2.0, "period": 1.0, "ferret": 3.0, "day": 0.5, "other": 0.1}
+    query = ["incubation", "period", "ferret"]
+    together = ["other", "incubation", "period", "ferret", "day"]
+    apart = ["incubation", *["other"] * 20, "period", *["other"] * 20, "ferret"]
+    w_together, p_together = proximity(query, together, idf, window=4)
+    w_apart, p_apart = proximity(query, apart, idf, window=4)
+    assert w_together == pytest.approx(1.0) and w_apart == pytest.approx(3 / 6)  # the best window holds "ferret"
+    # pairs (incubation, period) and (period, ferret) both occur: (2+1 + 1+3) / (2 * 6)
+    assert p_together == pytest.approx(7 / 12) and p_apart == 0.0
+    assert proximity(["unknown"], together, idf, 4) == (0.0, 0.0)
+
+
+def test_hybrid_scores_fuse_then_rerank():
+    idf = {"zebra": 2.0, "stripe": 2.0, "other": 0.1}
+    texts = {1: "zebra other other other other other other other other other other other other other stripes",
+             2: "zebra stripes", 3: "a lion"}
+    bm25 = {1: 4.0, 2: 4.0}
+    cosine = {1: 0.1, 2: 0.1, 3: 0.9}
+    words_only = DocumentSettings(dense_weight=0.0, proximity_weight=0.0, phrase_weight=0.0)
+    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, words_only)
+    assert s[1] == s[2] == 1.0 and s[3] == 0.0
+    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, DocumentSettings(dense_weight=0.0))
+    assert s[2] > s[1]  # the same words, but together
+    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, DocumentSettings(dense_weight=10.0))
+    assert max(s, key=s.get) == 3
+    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, DocumentSettings(rerank_depth=1, dense_weight=0.0))
+    # only chunk 1 (the first by id of the tied first stage) was re-ranked: half the words in one window
+    assert s == {1: pytest.approx(1.5), 2: 1.0, 3: 0.0}
+
+
+def test_word_idf_matches_bm25():
+    idf = word_idf(["zebra stripes", "zebra road", "lion"])
+    assert idf["zebra"] == pytest.approx(np.log(1 + (3 - 2 + 0.5) / (2 + 0.5)))
+    assert idf["lion"] > idf["zebra"] and "the" not in word_idf(["the lion"])
+
+
+# ------------------------------------------------------------------------- tiny end-to-end retrieval
+
+PAPERS = [
+    ("Ferrets were infected with the Zarnov virus. The incubation period in ferrets was four days on average. "
+     "Viral shedding peaked on day six.\n\nNeutralising antibodies appeared after two weeks in every animal.",
+     [("How long was the incubation period in ferrets?", "four days on average"),
+      ("When did neutralising antibodies appear?", "after two weeks")]),
+    ("A survey of 1,200 hospital workers measured mask use. Surgical masks were worn by 83% of nurses. "
+     "Respirators were preferred in intensive care units.\n\nHand hygiene compliance rose after training.",
+     [("What share of nurses wore surgical masks?", "83% of nurses"),
+      ("Where were respirators preferred?", "intensive care units")]),
+    ("The spike protein binds the ACE2 receptor. Cryo-electron microscopy resolved the structure at 3.5 "
+     "angstroms.\n\nA furin cleavage site distinguishes the new coronavirus from its relatives.",
+     [("What receptor does the spike protein bind?", "ACE2 receptor"),
+      ("What resolution did cryo-electron microscopy reach?", "3.5 angstroms")]),
+]
+
+
+@pytest.mark.integration
+async def test_retrieval_eval_end_to_end_with_minilm(tmp_path: Path):
+    from lm import hub
+
+    data = {"data": [{"paragraphs": [{"context": text, "document_id": i, "qas": [
+        {"id": f"{i}-{j}", "question": qq, "answers": [{"text": a, "answer_start": text.index(a)}]}
+        for j, (qq, a) in enumerate(qas)]}]} for i, (text, qas) in enumerate(PAPERS)]}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(data))
+    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), chunk_tokens=24, chunk_overlap_tokens=4)
+    settings = Settings(data_dir=tmp_path / "data", documents=docs)
+
+    result = await ev.retrieval_eval(settings, path, k=3, show_progress=False)
+    assert result["papers"] == 3 and result["questions"] == 6 and result["chunks"] > 3  # several chunks a paper
+    assert result["answer_in_some_chunk"] == 1.0
+    assert set(result["modes"]) == set(ev.RETRIEVAL_MODES)
+    for mode in ("bm25", "hybrid"):
+        figures = result["modes"][mode]
+        assert figures["all"]["recall@1"] >= 5 / 6 and figures["all"]["recall@5"] == 1.0
+        assert figures["tune"]["n"] + figures["test"]["n"] == 6
+
+    # the rerun reuses the stored chunks and index: nothing is embedded or rebuilt again
+    store = ev.eval_store(settings, path)
+    assert (store / "docent.db").is_file()
+    engine, kb = await ev.open_knowledge(ev.eval_settings(settings, store))
+    try:
+        assert len(await kb.documents(ev.SCOPE)) == 3
+        index = await kb.refresh(ev.SCOPE)
+        assert index.rebuilt_reason is None and len(index) == result["chunks"]
+        assert await kb.refresh(ev.SCOPE) is index  # the index in memory is reused while SQL is unchanged
+    finally:
+        await engine.dispose()
+    again = await ev.retrieval_eval(settings, path, k=3, show_progress=False)
+    assert again["modes"] == result["modes"]
+
