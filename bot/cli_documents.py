@@ -81,7 +81,8 @@ def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
         print(answer.NOT_FOUND)
         return 0
     model = ChatModel.load(settings, args.model)
-    sampling = Sampling.from_settings(settings.model, temperature=0.0)
+    sampling = Sampling.from_settings(settings.model, temperature=0.0,
+                                      max_new_tokens=settings.documents.answer_max_new_tokens)
     budget = model.context_tokens - min(sampling.max_new_tokens, model.context_tokens // 4) - 64
     grounded = answer.build_prompt(args.question, passages, [], budget, model.count_tokens)
     text, _ = _print_stream(lambda cancel: model.stream_chat(grounded.messages, sampling, cancel))

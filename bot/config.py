@@ -64,6 +64,7 @@ class DocumentSettings:
     chunk_tokens: int = 256  # capped at the encoder's window (254 text tokens for MiniLM)
     chunk_overlap_tokens: int = 64
     top_k: int = 6
+    answer_max_new_tokens: int = 160  # answers from documents: a small model rambles past a few sentences
     encoder: str = "minilm-l6"
     candidates: int = 100  # from each of BM25 and dense
     dense_weight: float = 1.0  # cosine against BM25 / best BM25

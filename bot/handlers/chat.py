@@ -167,7 +167,8 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
         if prepared.canned:
             text = prepared.canned
         else:
-            text, note = await _generate(rt, model, prepared.messages, chat_id, stream)
+            limit = {"max_new_tokens": rt.settings.documents.answer_max_new_tokens} if prepared.grounded else {}
+            text, note = await _generate(rt, model, prepared.messages, chat_id, stream, **limit)
             text = rt.assistant.with_sources(text.strip(), prepared) if text.strip() else text
     except Exception as e:
         from lm.engine import ContextOverflow
@@ -183,9 +184,10 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
     await stream.finish(final, reply_markup=feedback_markup() if status == "complete" else None)
 
 
-async def _generate(rt: Runtime, model, messages: list[dict], chat_id: int, stream: StreamingMessage) -> tuple[str, str]:
+async def _generate(rt: Runtime, model, messages: list[dict], chat_id: int, stream: StreamingMessage,
+                    **overrides) -> tuple[str, str]:
     """Stream the model's reply into the Telegram message; returns (text, note about how it ended)."""
-    sampling = await rt.assistant.sampling_for(chat_id)
+    sampling = await rt.assistant.sampling_for(chat_id, **overrides)
     cancel = threading.Event()
     text, started = "", time.monotonic()
     try:

@@ -341,7 +341,8 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, s
     try:
         questions = sample([q for p in papers for q in p.questions], limit, seed)
         model = await asyncio.to_thread(ChatModel.load, settings)
-        sampling = Sampling.from_settings(settings.model, temperature=0.0)
+        sampling = Sampling.from_settings(settings.model, temperature=0.0,
+                                          max_new_tokens=settings.documents.answer_max_new_tokens)
         budget = model.context_tokens - min(settings.model.max_new_tokens, model.context_tokens // 4) - 64
         rows = []
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):

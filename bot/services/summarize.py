@@ -19,15 +19,16 @@ CONVERSATION_PROMPT = "Summarize this conversation in a few sentences: what was 
 
 def windows(pieces: list[str], budget: int, count_tokens: Callable[[str], int]) -> list[str]:
     """Greedily pack consecutive pieces into windows of at most `budget` tokens (long pieces are cut)."""
+    sep = count_tokens("\n\n") + 1  # the joint between two pieces costs tokens too
     out, current, size = [], [], 0
     for piece in pieces:
-        n = count_tokens(piece)
+        n = count_tokens(piece) + sep
         while n > budget:  # one piece alone is too long: cut it by words
             words = piece.split()
             head = " ".join(words[: max(1, len(words) * budget // n)])
             out.append(head)
             piece = piece[len(head):].strip()
-            n = count_tokens(piece)
+            n = count_tokens(piece) + sep
         if current and size + n > budget:
             out.append("\n\n".join(current))
             current, size = [], 0
