@@ -32,7 +32,7 @@ import numpy as np
 from lm import hub
 from lm.encoder import Encoder, cosine
 
-COVIDQA = Path("/work/shared/eval/covidqa.json")
+COVIDQA = Path(__file__).resolve().parents[2] / "shared" / "eval" / "covidqa.json"  # ../shared beside the checkout
 
 # The peer, run by another interpreter as a small server: after loading it answers one JSON request per
 # stdin line ({"texts": [...], "out": path}) with the encode time, so both sides can be timed in turns.

@@ -27,7 +27,7 @@ from lm.gguf import load_model
 from lm.tokenizer import Tokenizer
 from lm.train import TrainConfig, train
 
-COVIDQA = Path("/work/shared/eval/covidqa.json")
+COVIDQA = Path(__file__).resolve().parents[2] / "shared" / "eval" / "covidqa.json"  # ../shared beside the checkout
 
 
 def papers() -> list[str]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from lm.train import TrainConfig, make_optimizer, swiglu_width, train
 
-DATA = Path("/work/shared/data/tinyshakespeare.txt")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"  # ../shared beside the checkout
 NANOGPT_VAL_LOSS, NANOGPT_MS = 1.886, 60.0
 
 

@@ -13,7 +13,7 @@ from bot.knowledge.parse import ParsedDocument, Section, parse_document
 from lm import hub
 from tests.support import make_docs as md
 
-COVIDQA = Path("/work/shared/eval/covidqa.json")
+COVIDQA = Path(__file__).resolve().parents[3] / "shared" / "eval" / "covidqa.json"  # ../shared beside the checkout
 
 
 def words(text: str) -> int:
