@@ -125,25 +125,31 @@ async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not text:
         await message.reply_text("Yes? Ask me something.")
         return
+    await answer_text(rt, update, context, text)
+
+
+async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT_TYPE, text: str,
+                      force_documents: bool = False) -> None:
+    """Store a user's text once (length-checked, one reply in flight per user) and stream the reply."""
+    message, user = update.effective_message, update.effective_user
     if len(text) > rt.settings.telegram.max_input_chars:
         await message.reply_text(f"That message is too long ({len(text):,} characters); "
                                  f"I take at most {rt.settings.telegram.max_input_chars:,}.")
         return
-    user = update.effective_user
     async with rt.one_at_a_time(user.id if user else message.chat.id) as free:
         if not free:
             await message.reply_text("I'm still answering your previous message – please wait for it to finish.")
             return
-        incoming = Incoming(
+        replied = message.reply_to_message
+        stored = await rt.assistant.accept(Incoming(
             update_id=update.update_id, chat_id=message.chat.id, chat_type=message.chat.type,
             user_id=user.id if user else None, text=text, telegram_message_id=message.message_id,
             username=user.username if user else None, first_name=user.first_name if user else None,
-            title=message.chat.title,
-            reply_to_telegram_message_id=message.reply_to_message.message_id if message.reply_to_message else None)
-        stored = await rt.assistant.accept(incoming)
+            title=message.chat.title, reply_to_telegram_message_id=replied.message_id if replied else None))
         if stored is None:
             return  # Telegram delivered this update again; it was handled before
-        await reply_streaming(rt, context, message.chat.id, message.chat.type, message.message_id, stored)
+        await reply_streaming(rt, context, message.chat.id, message.chat.type, message.message_id, stored,
+                              force_documents)
 
 
 async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str,

@@ -11,10 +11,9 @@ from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot.db import queries as q
-from bot.handlers.chat import reply_streaming
+from bot.handlers.chat import answer_text
 from bot.handlers.runtime import Runtime
 from bot.knowledge.parse import DocumentError
-from bot.services.assistant import Incoming
 from bot.services.knowledge import chat_scope
 from bot.services.summarize import CONVERSATION_PROMPT, conversation_text, summarize
 
@@ -129,22 +128,7 @@ async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not question:
         await message.reply_text("Usage: /ask YOUR QUESTION")
         return
-    if len(question) > rt.settings.telegram.max_input_chars:
-        await message.reply_text(f"That question is too long; I take at most {rt.settings.telegram.max_input_chars:,} characters.")
-        return
-    user = update.effective_user
-    async with rt.one_at_a_time(user.id if user else message.chat.id) as free:
-        if not free:
-            await message.reply_text("I'm still answering your previous message – please wait for it to finish.")
-            return
-        stored = await rt.assistant.accept(Incoming(
-            update_id=update.update_id, chat_id=message.chat.id, chat_type=message.chat.type,
-            user_id=user.id if user else None, text=question, telegram_message_id=message.message_id,
-            username=user.username if user else None, first_name=user.first_name if user else None,
-            title=message.chat.title))
-        if stored is not None:
-            await reply_streaming(rt, context, message.chat.id, message.chat.type, message.message_id, stored,
-                                  force_documents=True)
+    await answer_text(rt, update, context, question, force_documents=True)
 
 
 async def list_docs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
