@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.handlers import chat
 from bot.handlers.runtime import Runtime
+from bot.render import StreamingMessage
 from bot.services.models import ModelManager
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,13 @@ async def _post_init(app: Application) -> None:
 
     await restore_active_model(rt)  # a promoted version outlives restarts; unfinished runs are settled
     await app.bot.set_my_commands(app.bot_data["commands"])
-    for message in await rt.assistant.interrupted():
+    finished, cut = await rt.assistant.recover()
+    for message in finished:  # generated before the restart, perhaps never shown in full: deliver it now
+        if message.telegram_message_id is not None:
+            stream = StreamingMessage.resume(app.bot, message.chat_id, message.telegram_message_id)
+            await stream.finish(message.text, reply_markup=chat.feedback_markup())
+        await rt.assistant.finish_reply(message, message.text, "complete")
+    for message in cut:
         if message.telegram_message_id is None:
             continue
         try:

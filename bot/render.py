@@ -19,9 +19,9 @@ import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
+from telegram import Bot, Chat, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, RetryAfter
 
@@ -329,6 +329,14 @@ class StreamingMessage:
         self._last_edit = -math.inf  # time.monotonic() of the last edit attempt
         self._blocked_until = 0.0  # after a 429, no intermediate edit before this
         self._lost = False  # the message vanished (deleted by the user): finish sends new ones
+
+    @classmethod
+    def resume(cls, bot: Bot, chat_id: int, message_id: int, **kwargs) -> StreamingMessage:
+        """Adopt a message an earlier run started (restart recovery), so that finish() completes it."""
+        stream = cls(bot, chat_id, min_interval=0.0, **kwargs)
+        stream.message = Message(message_id, datetime.now(UTC), Chat(chat_id, Chat.PRIVATE))
+        stream.message.set_bot(bot)
+        return stream
 
     def _where(self) -> str:
         message_id = self.message.message_id if self.message else None

@@ -186,8 +186,15 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
             log.exception("reply failed in chat %s", chat_id)
             note = "Sorry, something went wrong while writing the reply."
     final = (text.strip() + note) if text.strip() else (note.strip() or "(no reply)")
-    await rt.assistant.finish_reply(reply, final, status)
-    await stream.finish(final, reply_markup=feedback_markup() if status == "complete" else None)
+    if status != "complete":
+        await rt.assistant.finish_reply(reply, final, status)
+        await stream.finish(final)
+        return
+    # the final text goes to SQL before Telegram, still "streaming" but with its token count: a crash between
+    # the two then redelivers it on restart instead of leaving a half-streamed message behind
+    await rt.assistant.finish_reply(reply, final, "streaming", token_count=model.count_tokens(final))
+    await stream.finish(final, reply_markup=feedback_markup())
+    await rt.assistant.finish_reply(reply, final, "complete")
 
 
 async def _generate(rt: Runtime, model, messages: list[dict], chat_id: int, stream: StreamingMessage,

@@ -151,15 +151,24 @@ class Assistant:
         async with self.sessions() as s:
             await q.start_new_conversation(s, chat_id)
 
-    async def interrupted(self) -> list[Message]:
-        """Replies a crash or restart cut off; they are marked interrupted and returned for a visible note."""
+    async def recover(self) -> tuple[list[Message], list[Message]]:
+        """Replies a crash or restart left "streaming": (finished but maybe not delivered, cut off).
+
+        A reply whose generation finished carries its token count and final text, so it can be delivered
+        again (an edit to the same text is harmless); one cut off mid-generation is marked interrupted, with
+        a note, and returned so that the note can be shown in Telegram too.
+        """
+        finished, cut = [], []
         async with self.sessions() as s:
-            rows = await q.interrupted_messages(s)
-            for m in rows:
+            for m in await q.interrupted_messages(s):
+                if m.token_count is not None:
+                    finished.append(m)
+                    continue
                 text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE
                 await q.update_message(s, m.id, text=text, status="interrupted")
                 m.text = text
-        return rows
+                cut.append(m)
+        return finished, cut
 
     async def set_feedback(self, chat_id: int, telegram_message_id: int, user_id: int, value: int) -> bool:
         async with self.sessions() as s:

@@ -30,6 +30,19 @@ def tiny_model(tmp_path_factory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf", max_seq_len=4096).path
 
 
+@pytest.fixture(scope="module")
+def endless_model(tmp_path_factory) -> Path:
+    """A tiny model that never ends its turn: the end tokens' (tied) embedding rows are zero, so their logit is
+    exactly 0 while the greedy pick is the largest of ~380 random logits, which is positive."""
+    path = tmp_path_factory.mktemp("endless") / "endless.gguf"
+    tiny = write_tiny_gguf(path, max_seq_len=4096)
+    sd = dict(tiny.state_dict)
+    sd["tok_embeddings.weight"] = sd["tok_embeddings.weight"].clone()
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        sd["tok_embeddings.weight"][tiny.tokens.index(token)] = 0.0
+    return write_tiny_gguf(path, max_seq_len=4096, state_dict=sd).path
+
+
 async def _rows(settings, model=Message, **where):
     engine = create_engine(settings.database_url)
     try:
@@ -153,6 +166,28 @@ async def test_twenty_chats_at_once_are_all_answered_and_stored(tmp_path, tiny_m
             assert rows[0].text == f"hello from chat {chat}"
 
 
+async def test_reply_generated_but_not_delivered_before_a_crash_is_delivered_on_restart(tmp_path, tiny_model):
+    from bot.db import queries as q
+
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings) as app:
+            fake.send_user_message(USER, USER, "hello")
+            reply = await fake.wait_for(lambda: final_reply(fake, USER), timeout=30)
+            full_text = reply.text
+            # the crash window: Telegram still shows a partial text ...
+            await app.bot.edit_message_text("partial", chat_id=USER, message_id=reply.message_id)
+        stored = (await _rows(settings, chat_id=USER, role="assistant"))[0]
+        engine = create_engine(settings.database_url)
+        async with session_factory(engine)() as s:  # ... while SQL holds the finished text, not yet "complete"
+            await q.update_message(s, stored.id, status="streaming", token_count=stored.token_count or 1)
+        await engine.dispose()
+        async with running_bot(settings):
+            await fake.wait_for(lambda: fake.messages(USER)[0].text == full_text and final_reply(fake, USER), 30)
+        assert len(fake.messages(USER)) == 1, "delivered into the same message, nothing sent twice"
+        assert (await _rows(settings, chat_id=USER, role="assistant"))[0].status == "complete"
+
+
 def _start_bot_process(tmp_path: Path, fake: FakeTelegram, model: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_")}
     env.update({
@@ -168,7 +203,8 @@ def _start_bot_process(tmp_path: Path, fake: FakeTelegram, model: Path) -> subpr
                             cwd=Path(__file__).resolve().parents[2])
 
 
-def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, tiny_model):
+def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, endless_model):
+    tiny_model = endless_model
     fake = FakeTelegram.start_in_thread()
     try:
         proc = _start_bot_process(tmp_path, fake, tiny_model)
