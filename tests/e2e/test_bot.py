@@ -35,12 +35,13 @@ def endless_model(tmp_path_factory) -> Path:
     """A tiny model that never ends its turn: the end tokens' (tied) embedding rows are zero, so their logit is
     exactly 0 while the greedy pick is the largest of ~380 random logits, which is positive."""
     path = tmp_path_factory.mktemp("endless") / "endless.gguf"
-    tiny = write_tiny_gguf(path, max_seq_len=4096)
+    size = {"max_seq_len": 4096, "dim": 256, "n_layers": 6, "hidden_dim": 768}  # slow enough to be caught mid-reply
+    tiny = write_tiny_gguf(path, **size)
     sd = dict(tiny.state_dict)
     sd["tok_embeddings.weight"] = sd["tok_embeddings.weight"].clone()
     for token in ("<|im_end|>", "<|endoftext|>"):
         sd["tok_embeddings.weight"][tiny.tokens.index(token)] = 0.0
-    return write_tiny_gguf(path, max_seq_len=4096, state_dict=sd).path
+    return write_tiny_gguf(path, state_dict=sd, **size).path
 
 
 async def _rows(settings, model=Message, **where):
