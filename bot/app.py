@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.handlers import chat
 from bot.handlers.runtime import Runtime
+from bot.redact import redact
 from bot.render import StreamingMessage
 from bot.services.models import ModelManager
 
@@ -74,6 +75,9 @@ async def _on_error(update: object, context) -> None:
 
 def build_application(settings: Settings, models: ModelManager | None = None) -> Application:
     """The Application with every handler registered; nothing is started yet."""
+    # Bot API URLs contain the token: mask it in every log record, and keep httpx's per-request lines out
+    redact(settings.telegram.token, settings.telegram.token.partition(":")[2])
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     engine = create_engine(settings.database_url)
     runtime = Runtime(settings, session_factory(engine), models or ModelManager(settings))
     app = (

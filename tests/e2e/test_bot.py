@@ -4,6 +4,7 @@ reply is a fixed function of the prompt). What the reply says does not matter he
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -56,7 +57,8 @@ async def _rows(settings, model=Message, **where):
         await engine.dispose()
 
 
-async def test_private_chat_reply_is_streamed_formatted_and_stored(tmp_path, tiny_model):
+async def test_private_chat_reply_is_streamed_formatted_and_stored(tmp_path, tiny_model, caplog):
+    caplog.set_level(logging.DEBUG)
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model)
         async with running_bot(settings):
@@ -70,6 +72,8 @@ async def test_private_chat_reply_is_streamed_formatted_and_stored(tmp_path, tin
         assert rows[0].text == "hello there"
         assert rows[1].telegram_message_id == reply.message_id
         assert rows[1].text.strip() and rows[1].text.strip()[:20] in reply.text
+        secret = fake._token.split(":", 1)[1]
+        assert caplog.records and not [r for r in caplog.records if secret in r.getMessage()], "token in a log line"
 
 
 async def test_reset_starts_a_new_conversation_and_keeps_history(tmp_path, tiny_model):
@@ -228,6 +232,8 @@ def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, endless_mo
     finally:
         fake.close()
     assert len(fake.messages(USER)) == 1, "no second reply was sent after the restart"
+    log_text = (tmp_path / "bot.log").read_text()
+    assert "Application started" in log_text and fake._token.split(":", 1)[1] not in log_text
     settings = bot_settings(tmp_path, fake, tiny_model)
     rows = asyncio.run(_rows(settings, chat_id=USER))
     assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")]
