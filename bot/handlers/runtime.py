@@ -3,6 +3,7 @@ one reply in flight per user."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ class Runtime:
         self.knowledge = KnowledgeBase(settings, sessions)
         self.assistant = Assistant(settings, sessions, models, self.knowledge)
         self.limiter = RateLimiter(settings.telegram.rate_limit_per_minute)
-        self._busy: set[int] = set()
+        self._busy: dict[int, asyncio.Lock] = {}
         self.extras: dict[str, Any] = {}  # services added by other features (documents, training)
 
     async def admit(self, update: Update, rate_limited: bool = False) -> bool:
@@ -47,16 +48,19 @@ class Runtime:
         return True
 
     @contextlib.asynccontextmanager
-    async def one_at_a_time(self, key: int) -> AsyncIterator[bool]:
-        """Yields False when this user already has a reply in flight."""
-        if key in self._busy:
+    async def one_at_a_time(self, key: int, wait_s: float = 5.0) -> AsyncIterator[bool]:
+        """One reply in flight per user: a second message waits up to `wait_s` for the first to finish
+        (it usually is in its last steps), then yields False so the caller can ask the user to wait."""
+        lock = self._busy.setdefault(key, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), wait_s)
+        except TimeoutError:
             yield False
             return
-        self._busy.add(key)
         try:
             yield True
         finally:
-            self._busy.discard(key)
+            lock.release()
 
     async def ensure_chat(self, update: Update) -> None:
         chat, user = update.effective_chat, update.effective_user
