@@ -76,14 +76,14 @@ def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
         print(f"scope {args.scope!r} has no documents; add some with `docent ingest PATH --scope {args.scope}`",
               file=sys.stderr)
         return 1
-    passages = answer.relevant(passages, 0.3, args.question)
+    passages = answer.relevant(passages, args.question)
     if not passages:
         print(answer.NOT_FOUND)
         return 0
     model = ChatModel.load(settings, args.model)
     sampling = Sampling.from_settings(settings.model, temperature=0.0,
                                       max_new_tokens=settings.documents.answer_max_new_tokens)
-    budget = model.context_tokens - min(sampling.max_new_tokens, model.context_tokens // 4) - 64
+    budget = answer.prompt_budget(model.context_tokens, settings.model.max_new_tokens)  # as the bot does
     grounded = answer.build_prompt(args.question, passages, [], budget, model.count_tokens)
     text, _ = _print_stream(lambda cancel: model.stream_chat(grounded.messages, sampling, cancel))
     print(answer.format_sources(answer.cited_passages(text, grounded.passages)))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from bot.services.knowledge import Passage
 
 NOT_FOUND = "I could not find this in your documents."
+MIN_DENSE = 0.3  # cosine above which a passage counts as about the question even without shared words
 ANSWER_SYSTEM = (
     "You answer questions using only the numbered passages from the user's documents. "
     "Answer in one to three sentences. If the passages do not contain the answer, say you could not find it."
@@ -41,7 +42,7 @@ def retrieval_query(question: str, recent_user_turns: list[str]) -> str:
     return question
 
 
-def relevant(passages: list[Passage], min_dense: float, question: str) -> list[Passage]:
+def relevant(passages: list[Passage], question: str, min_dense: float = MIN_DENSE) -> list[Passage]:
     """Keep passages that are about the question: similar in meaning, or sharing its rarer words."""
     terms = {w for w in _WORD.findall(question.lower()) if w not in _STOP and len(w) > 2}
     out = []
@@ -50,6 +51,12 @@ def relevant(passages: list[Passage], min_dense: float, question: str) -> list[P
         if p.dense >= min_dense or (terms and len(overlap) >= max(1, len(terms) // 2)):
             out.append(p)
     return out
+
+
+def prompt_budget(context_tokens: int, reply_tokens: int) -> int:
+    """Tokens the numbered passages, the recent turns and the question may fill: the context less the reply's
+    room (at most a quarter of the context) and a small margin for the template's own tokens."""
+    return context_tokens - min(reply_tokens, context_tokens // 4) - 64
 
 
 def build_prompt(question: str, passages: list[Passage], history: list[dict], token_budget: int,

@@ -98,7 +98,7 @@ class Assistant:
         return [{"role": "system", "content": await self.system_prompt(chat_id)}, *turns]
 
     async def prepare(self, model: ChatModel, chat_id: int, conversation_id: int, force_documents: bool = False,
-                      min_dense: float = 0.3) -> Prepared:
+                      min_dense: float = answer.MIN_DENSE) -> Prepared:
         """The prompt for the reply to the conversation's last user message.
 
         In a chat with documents, a question is answered from them (the best passages, numbered); when
@@ -112,12 +112,12 @@ class Assistant:
         question = messages[-1]["content"]
         earlier = [m["content"] for m in messages[1:-1] if m["role"] == "user"]
         passages = await self.knowledge.search(scope, answer.retrieval_query(question, earlier))
-        passages = answer.relevant(passages, min_dense, question)
+        passages = answer.relevant(passages, question, min_dense)
         if not passages:
             if force_documents or looks_like_question(question):
                 return Prepared(messages, [], canned=answer.NOT_FOUND)
             return Prepared(messages, [])
-        budget = model.context_tokens - min(self.settings.model.max_new_tokens, model.context_tokens // 4) - 64
+        budget = answer.prompt_budget(model.context_tokens, self.settings.model.max_new_tokens)
         grounded = answer.build_prompt(question, passages, messages[1:-1], budget, model.count_tokens)
         return Prepared(grounded.messages, grounded.passages)
 

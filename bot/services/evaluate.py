@@ -329,7 +329,7 @@ async def retrieval_eval(settings: Settings, dataset: str | Path, *, limit: int 
 
 
 async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, seed: int = 0,
-                  min_dense: float = 0.3, show_progress: bool = True) -> dict:
+                  min_dense: float | None = None, show_progress: bool = True) -> dict:
     """Answers end to end (search -> relevant -> build_prompt -> greedy stream_chat), scored against gold."""
     from tqdm import tqdm
 
@@ -343,11 +343,12 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, s
         model = await asyncio.to_thread(ChatModel.load, settings)
         sampling = Sampling.from_settings(settings.model, temperature=0.0,
                                           max_new_tokens=settings.documents.answer_max_new_tokens)
-        budget = model.context_tokens - min(settings.model.max_new_tokens, model.context_tokens // 4) - 64
+        budget = answer.prompt_budget(model.context_tokens, settings.model.max_new_tokens)
         rows = []
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
             t0 = time.perf_counter()
-            passages = answer.relevant(await kb.search(SCOPE, q.text), min_dense, q.text)
+            passages = answer.relevant(await kb.search(SCOPE, q.text), q.text,
+                                       answer.MIN_DENSE if min_dense is None else min_dense)
             t1 = time.perf_counter()
             if passages:
                 grounded = answer.build_prompt(q.text, passages, [], budget, model.count_tokens)
