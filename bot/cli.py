@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     args.rest = rest
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines print request URLs, which hold the token
     try:
         settings = load_settings(args.config)
         return args.func(args, settings) or 0
