@@ -86,7 +86,7 @@ def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     budget = answer.prompt_budget(model.context_tokens, settings.model.max_new_tokens)  # as the bot does
     grounded = answer.build_prompt(args.question, passages, [], budget, model.count_tokens)
     text, _ = _print_stream(lambda cancel: model.stream_chat(grounded.messages, sampling, cancel))
-    print(answer.format_sources(answer.cited_passages(text, grounded.passages)))
+    print(answer.sources_note(text, grounded.passages))
     return 0
 
 

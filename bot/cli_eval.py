@@ -29,8 +29,10 @@ def _print_retrieval(r: dict) -> None:
 
 def _print_qa(r: dict) -> None:
     for row in r["examples"][:5]:
-        print(f"Q: {row['question']}\n   gold: {row['gold'][:120]}\n   answer: {row['answer'][:300]}\n")
+        print(f"Q: {row['question']}\n   gold: {row['gold'][:120]}\n   answer: {row['answer'][:300]}\n"
+              f"   quote: {row['quote'][:300]}\n")
     print(f"{r['questions']} questions: answer contains gold {r['contains_gold']:.3f}, token F1 {r['f1']:.3f}, "
+          f"quote shown under it contains gold {r['quote_contains_gold']:.3f}, "
           f"gold in prompt {r['answer_in_prompt']:.3f}, 'not found' {r['not_found']:.3f}; "
           f"{r['retrieve_s_per_question']:.2f} s retrieval + {r['generate_s_per_question']:.1f} s generation "
           f"per question ({r['answer_tokens_per_s']:.1f} answer tokens/s)")

@@ -67,7 +67,9 @@ class DocumentSettings:
     answer_max_new_tokens: int = 160  # answers from documents: a small model rambles past a few sentences
     encoder: str = "minilm-l6"
     candidates: int = 100  # from each of BM25 and dense
-    dense_weight: float = 1.0  # cosine against BM25 / best BM25
+    dense_weight: float = 0.0  # the chunk's cosine, against BM25 / best BM25 (the windows below do better)
+    window_sentences: int = 2  # sentences per embedded window of a chunk (0 = chunk embeddings only)
+    window_weight: float = 3.0  # the cosine of the chunk's best window
     rerank_depth: int = 50  # first-stage candidates re-ranked by proximity
     proximity_window: int = 12  # words (stopwords removed)
     proximity_weight: float = 1.0

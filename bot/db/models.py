@@ -205,6 +205,8 @@ class Chunk(Base):
     heading: Mapped[str | None] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 vector, np.float32 .tobytes()
+    # float16 (windows, dim): one embedding per run of consecutive sentences, for sentence-level dense scores
+    window_embeddings: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     document: Mapped[Document] = relationship(back_populates="chunks")
 

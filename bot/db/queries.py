@@ -332,6 +332,7 @@ class NewChunk:
     page: int | None = None
     heading: str | None = None
     embedding: bytes | None = None
+    window_embeddings: bytes | None = None  # float16 (windows, dim), see Chunk.window_embeddings
 
 
 class DuplicateDocumentError(ValueError):
@@ -377,7 +378,8 @@ async def add_document_with_chunks(
         status=status,
     )
     document.chunks = [
-        Chunk(ordinal=i, text=c.text, page=c.page, heading=c.heading, token_count=c.token_count, embedding=c.embedding)
+        Chunk(ordinal=i, text=c.text, page=c.page, heading=c.heading, token_count=c.token_count, embedding=c.embedding,
+              window_embeddings=c.window_embeddings)
         for i, c in enumerate(chunks)
     ]
     session.add(document)

@@ -108,6 +108,20 @@ def _is_boundary(s: str, m: re.Match, following: str) -> bool:
     return True
 
 
+def sentence_windows(text: str, size: int) -> list[str]:
+    """Every run of `size` consecutive sentences of `text`, stride one; the whole text when it has fewer.
+
+    A chunk's windows are embedded next to the chunk itself: a question usually matches one or two
+    sentences, and MiniLM's embedding of a 250-token chunk dilutes them with the rest.
+    """
+    if size < 1:
+        raise ValueError(f"window size must be >= 1 sentence, not {size}")
+    sentences = split_sentences(text)
+    if len(sentences) <= size:
+        return [" ".join(sentences)] if sentences else []
+    return [" ".join(sentences[i : i + size]) for i in range(len(sentences) - size + 1)]
+
+
 # ----------------------------------------------------------------------------- chunks
 
 

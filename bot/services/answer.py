@@ -95,6 +95,22 @@ def cited_passages(answer: str, passages: list[Passage]) -> list[Passage]:
     return [p for _, p in scored[:3]] or passages[:1]
 
 
+def sources_note(answer: str, passages: list[Passage]) -> str:
+    """What goes under an answer: the sources it used, then the closest passage among them quoted, so that
+    the reader can check a small model's answer against the document's own words."""
+    used = cited_passages(answer, passages)
+    return "\n".join(part for part in (format_sources(used), format_quote(used)) if part)
+
+
+def format_quote(passages: list[Passage], limit: int = 400) -> str:
+    """The best-ranked passage's sentence window closest to the question, quoted with its source."""
+    best = max((p for p in passages if p.evidence), key=lambda p: p.score, default=None)
+    if best is None:
+        return ""
+    quote = best.evidence if len(best.evidence) <= limit else best.evidence[: limit - 1].rsplit(" ", 1)[0] + "…"
+    return f"Closest passage ({best.cite()}): “{quote}”"
+
+
 def format_sources(passages: list[Passage]) -> str:
     seen, lines = set(), []
     for p in passages:

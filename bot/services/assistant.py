@@ -122,10 +122,10 @@ class Assistant:
         return Prepared(grounded.messages, grounded.passages)
 
     def with_sources(self, text: str, prepared: Prepared) -> str:
-        """The answer followed by the documents and pages of the passages it used."""
+        """The answer followed by the documents and pages of the passages it used, and the closest quote."""
         if not prepared.grounded:
             return text
-        sources = answer.format_sources(answer.cited_passages(text, prepared.passages))
+        sources = answer.sources_note(text, prepared.passages)
         return f"{text}\n\n{sources}" if sources else text
 
     async def begin_reply(self, user_message: Message, telegram_message_id: int | None,

@@ -5,7 +5,8 @@
   is searched with `KnowledgeBase.search`; a question is found at rank r when the r-th chunk contains an
   answer span. recall@k and MRR per retrieval mode, for two seeded halves of the questions and for all.
 - qa: retrieval -> `answer.relevant` -> `answer.build_prompt` -> `ChatModel.stream_chat` (greedy), scored
-  by "the answer contains the gold answer" and SQuAD token F1.
+  by "the answer contains the gold answer" and SQuAD token F1; and, apart from the model's answer, whether
+  the quote shown under it (the closest sentence window of a cited passage) contains the gold span.
 - summary: QMSum meetings, each parsed as a text document the way `docent summarize` reads a file, then
   `summarize.summarize` (map-reduce); ROUGE-1/2/L F1 (our own, no stemming) against the general "whole
   meeting" reference, next to a lead baseline (the first N words, N = the reference's length by default).
@@ -221,12 +222,13 @@ def mean(values: Iterable[float]) -> float:
 
 
 def eval_store(settings: Settings, dataset: Path) -> Path:
-    """Where one data set's eval database and index live: keyed by its content, the encoder and the chunking,
-    so a rerun with the same settings reuses the embeddings and a change of chunking starts afresh."""
+    """Where one data set's eval database and index live: keyed by its content, the encoder, the chunking and
+    the sentence windows, so a rerun with the same settings reuses the embeddings and a change of what is
+    embedded starts afresh (the ranking weights are not part of the key: they apply at search time)."""
     docs = settings.documents
     sha = hashlib.sha256(dataset.read_bytes() + b"\0" + docs.encoder.encode()).hexdigest()[:12]
     encoder = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(docs.encoder).name)  # a hub name, or a model directory
-    key = f"{dataset.stem}-{sha}-{encoder}-c{docs.chunk_tokens}-o{docs.chunk_overlap_tokens}"
+    key = f"{dataset.stem}-{sha}-{encoder}-c{docs.chunk_tokens}-o{docs.chunk_overlap_tokens}-w{docs.window_sentences}"
     return settings.data_dir / "eval" / key
 
 
@@ -354,11 +356,13 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, s
                 grounded = answer.build_prompt(q.text, passages, [], budget, model.count_tokens)
                 text = "".join(await asyncio.to_thread(lambda g=grounded: list(model.stream_chat(g.messages, sampling))))
                 used = grounded.passages
+                quote = answer.format_quote(answer.cited_passages(text, used))
             else:
-                text, used = answer.NOT_FOUND, []
+                text, used, quote = answer.NOT_FOUND, [], ""
             t2 = time.perf_counter()
             rows.append({"qid": q.qid, "question": q.text, "gold": q.answers[0], "answer": text.strip(),
                          "contains": contains_answer(text, q.answers), "f1": max(token_f1(text, a) for a in q.answers),
+                         "quote": quote, "quote_contains": first_hit([quote], q.answers) is not None,
                          "in_prompt": first_hit([p.text for p in used], q.answers) is not None,
                          "not_found": not used, "retrieve_s": t1 - t0, "generate_s": t2 - t1,
                          "tokens": model.count_tokens(text)})
@@ -368,6 +372,7 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, s
     return {
         "eval": "qa", "dataset": dataset.name, "questions": len(rows), "seed": seed, "model": settings.model.name,
         "contains_gold": mean(r["contains"] for r in rows), "f1": mean(r["f1"] for r in rows),
+        "quote_contains_gold": mean(r["quote_contains"] for r in rows),
         "answer_in_prompt": mean(r["in_prompt"] for r in rows), "not_found": mean(r["not_found"] for r in rows),
         "retrieve_s_per_question": mean(r["retrieve_s"] for r in rows),
         "generate_s_per_question": mean(r["generate_s"] for r in rows),

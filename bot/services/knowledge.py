@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.config import DocumentSettings, Settings
 from bot.db import queries as q
 from bot.db.models import Chunk, Document
-from bot.knowledge.chunk import chunk_document
+from bot.knowledge.chunk import chunk_document, sentence_windows
 from bot.knowledge.parse import ParsedDocument, parse_document
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Passage:
     text: str
     score: float
     dense: float  # cosine similarity to the query, for the "nothing relevant" decision
+    evidence: str = ""  # the chunk's sentence window closest to the query ("" when it has none stored)
 
     def cite(self) -> str:
         return self.document + (f", p. {self.page}" if self.page else "")
@@ -112,11 +113,17 @@ class KnowledgeBase:
             from bot.knowledge.parse import DocumentError
 
             raise DocumentError("empty", f"{parsed.name} has no text I could index.")
+        windows = [sentence_windows(c.text, docs.window_sentences) if docs.window_sentences else [] for c in chunks]
         vectors = await asyncio.to_thread(
-            self.encoder.encode, [c.text for c in chunks], 32,
+            self.encoder.encode, [c.text for c in chunks] + [w for ws in windows for w in ws], 32,
             lambda done, total: report("embedding", 0.1 + 0.85 * done / total))
-        rows = [q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
-                           embedding=v.astype(np.float32).tobytes()) for c, v in zip(chunks, vectors, strict=True)]
+        chunk_vectors, rest = vectors[: len(chunks)], vectors[len(chunks):]
+        rows = []
+        for c, v, ws in zip(chunks, chunk_vectors, windows, strict=True):
+            window_vectors, rest = rest[: len(ws)], rest[len(ws):]
+            rows.append(q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
+                                   embedding=v.astype(np.float32).tobytes(),
+                                   window_embeddings=window_vectors.astype(np.float16).tobytes() if ws else None))
         async with self.sessions() as s:
             try:
                 document = await q.add_document_with_chunks(
@@ -215,17 +222,20 @@ class KnowledgeBase:
             return []
         async with self.sessions() as s:
             chunks = await q.chunks_by_ids(s, ids)
-        cosine = {}
+        cosine, windows = {}, {}
         for c in chunks:
             vec = np.frombuffer(c.embedding, dtype=np.float32) if c.embedding else self.encoder.encode([c.text])[0]
             cosine[c.id] = float(vec @ query_vec)
+            windows[c.id] = window_cosines(c.window_embeddings, query_vec)
+        window = {i: None if w is None else float(w.max()) for i, w in windows.items()}
         if mode == "hybrid":
             idf = await self._idf(scope, index)
-            scores = hybrid_scores(query, cosine, dict(sparse), {c.id: c.text for c in chunks}, idf, docs)
+            scores = hybrid_scores(query, cosine, window, dict(sparse), {c.id: c.text for c in chunks}, idf, docs)
         else:
             scores = {int(i): float(sc) for i, sc in hits}
         best = sorted((c for c in chunks if c.id in scores), key=lambda c: (-scores[c.id], c.id))[:k]
-        return [Passage(c.id, c.document.name, c.page, c.heading, c.text, scores[c.id], cosine[c.id]) for c in best]
+        return [Passage(c.id, c.document.name, c.page, c.heading, c.text, scores[c.id], cosine[c.id],
+                        closest_window(c.text, windows[c.id], docs.window_sentences)) for c in best]
 
     async def _idf(self, scope: str, index) -> dict[str, float]:
         """BM25 idf of every word in the scope, cached until the scope's chunks change."""
@@ -249,6 +259,23 @@ def rank(index, query_vec: np.ndarray, query: str, k: int, mode: str) -> list[tu
     if mode == "rrf":
         return index.search(query_vec, query, k, fusion="rrf", rrf_k=60)
     return index.search(query_vec, query, k, mode=mode)
+
+
+def window_cosines(blob: bytes | None, query_vec: np.ndarray) -> np.ndarray | None:
+    """(W,) cosines between the query and a chunk's stored sentence windows (float16 rows); None without."""
+    if not blob:
+        return None
+    windows = np.frombuffer(blob, dtype=np.float16).reshape(-1, query_vec.shape[0])  # (W, dim)
+    return windows.astype(np.float32) @ query_vec
+
+
+def closest_window(text: str, cosines: np.ndarray | None, size: int) -> str:
+    """The text of the window with the highest cosine; "" without windows, or when the stored windows were
+    cut with another window size than `size` now asks for."""
+    if cosines is None or not size:
+        return ""
+    texts = sentence_windows(text, size)
+    return texts[int(cosines.argmax())] if len(texts) == len(cosines) else ""
 
 
 def word_idf(texts: list[str]) -> dict[str, float]:
@@ -281,20 +308,26 @@ def proximity(query_words: list[str], words: list[str], idf: dict[str, float], w
     return best / total, sum(idf[a] + idf[b] for a, b in shared) / (2 * total)
 
 
-def hybrid_scores(query: str, cosine: dict[int, float], bm25: dict[int, float], texts: dict[int, str],
-                  idf: dict[str, float], docs: DocumentSettings) -> dict[int, float]:
+def hybrid_scores(query: str, cosine: dict[int, float], window: dict[int, float | None], bm25: dict[int, float],
+                  texts: dict[int, str], idf: dict[str, float], docs: DocumentSettings) -> dict[int, float]:
     """The bot's retrieval score of each candidate chunk (higher is better).
 
-    First stage: BM25 / the best BM25 score + dense_weight * cosine (raw cosine, not min-max: it keeps
-    "nothing is close" visible). The best `rerank_depth` of them then add proximity_weight * window coverage and
-    phrase_weight * shared word pairs. Tuned on half of COVID-QA with `docent eval retrieval`: BM25 is the
-    stronger retriever on papers full of names and numbers, MiniLM adds paraphrases, and proximity is
-    what moves the chunk holding the answer up among chunks about the same topic.
+    First stage: BM25 / the best BM25 score + dense_weight * the chunk's cosine + window_weight * its best
+    sentence window's cosine (raw cosines, not min-max: they keep "nothing is close" visible). The best
+    `rerank_depth` of them then add proximity_weight * word-window coverage and phrase_weight * shared word
+    pairs. Tuned on half of COVID-QA with `docent eval retrieval`: BM25 is the stronger retriever on papers
+    full of names and numbers, MiniLM adds paraphrases (and does so far better on a sentence or two than on a
+    whole chunk), and proximity is what moves the chunk holding the answer up among chunks about the same topic.
     """
     from lm.index import bm25_tokens
 
     top = max(bm25.values(), default=0.0)
-    first = {i: (bm25.get(i, 0.0) / top if top > 0 else 0.0) + docs.dense_weight * cos for i, cos in cosine.items()}
+
+    def best_window(i: int) -> float:  # a chunk stored without windows counts as one window
+        return cosine[i] if window.get(i) is None else window[i]
+
+    first = {i: (bm25.get(i, 0.0) / top if top > 0 else 0.0) + docs.dense_weight * cos
+             + docs.window_weight * best_window(i) for i, cos in cosine.items()}
     pool = sorted(first, key=lambda i: (-first[i], i))[: docs.rerank_depth]
     query_words = bm25_tokens(query)
     scores = dict(first)  # below the pool's scores, which only go up, so a k > rerank_depth still works

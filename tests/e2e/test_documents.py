@@ -58,6 +58,7 @@ async def test_upload_ask_with_sources_docs_forget_and_isolation(tmp_path, tiny_
             fake.send_user_message(ALICE, ALICE, "When did Mount Kelvara erupt?")
             answer = await fake.wait_for(lambda: final_reply(fake, ALICE), 60)
             assert "Sources:" in answer.text and "volcano.md" in answer.text
+            assert "Closest passage (volcano.md): “Mount Kelvara erupted in 1872" in answer.text
 
             fake.send_user_message(ALICE, ALICE, "/docs")
             await fake.wait_for(lambda: "volcano.md" in (fake.last_text(ALICE) or "") and

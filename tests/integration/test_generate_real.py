@@ -108,7 +108,10 @@ def test_fast_weights_stay_close_to_fp32(loaded, fp32_reference, weights):
         for last in (full[-1], step):
             diff = (last - ref[-1]).abs().max().item()
             if weights == "bf16":
-                assert diff < 0.75 and last.argmax() == ref[-1].argmax(), (ids, diff)
+                # the top token, up to near-ties: "Translate 'good morning'..." has two tokens 0.026 apart in
+                # fp32, and which one bf16 rounds ahead depends on the CPU's bf16 kernels (AMX or not)
+                shortfall = (ref[-1].max() - ref[-1][last.argmax()]).item()
+                assert diff < 0.75 and shortfall < 0.1, (ids, diff, shortfall)
             else:
                 assert diff < 3.0 and ref[-1].argmax() in last.topk(3).indices, (ids, diff)
         agree += int((full.argmax(-1) == ref.argmax(-1)).sum())

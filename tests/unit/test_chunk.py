@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from bot.knowledge.chunk import chunk_document, chunk_text, split_sentences, token_counter
+from bot.knowledge.chunk import chunk_document, chunk_text, sentence_windows, split_sentences, token_counter
 from bot.knowledge.parse import ParsedDocument, Section, parse_document
 from lm import hub
 from tests.support import make_docs as md
@@ -68,6 +68,17 @@ def test_sentence_splitter_handles_abbreviations_decimals_and_initials():
 
 
 # -- packing
+
+
+def test_sentence_windows_slide_one_sentence_at_a_time():
+    text = "One is here. Two is there. Three, e.g. this one, is last.\nFour ends it."
+    assert sentence_windows(text, 2) == ["One is here. Two is there.", "Two is there. Three, e.g. this one, is last.",
+                                         "Three, e.g. this one, is last. Four ends it."]
+    assert sentence_windows(text, 1) == split_sentences(text)
+    assert sentence_windows("Only one sentence.", 3) == ["Only one sentence."]
+    assert sentence_windows("   ", 2) == []
+    with pytest.raises(ValueError):
+        sentence_windows(text, 0)
 
 
 def test_chunks_pack_whole_sentences_with_overlap():

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from bot.config import DocumentSettings, Settings
+from bot.db.models import Chunk
+from bot.knowledge.chunk import sentence_windows
 from bot.services import evaluate as ev
-from bot.services.knowledge import hybrid_scores, proximity, rank, word_idf
+from bot.services.knowledge import closest_window, hybrid_scores, proximity, rank, window_cosines, word_idf
 
 # ---------------------------------------------------------------------------------------- ranking
 
@@ -180,16 +183,41 @@ def test_hybrid_scores_fuse_then_rerank():
              2: "zebra stripes", 3: "a lion"}
     bm25 = {1: 4.0, 2: 4.0}
     cosine = {1: 0.1, 2: 0.1, 3: 0.9}
-    words_only = DocumentSettings(dense_weight=0.0, proximity_weight=0.0, phrase_weight=0.0)
-    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, words_only)
+    window = {1: 0.1, 2: 0.1, 3: 0.9}
+    words_only = DocumentSettings(dense_weight=0.0, window_weight=0.0, proximity_weight=0.0, phrase_weight=0.0)
+    s = hybrid_scores("zebra stripes", cosine, window, bm25, texts, idf, words_only)
     assert s[1] == s[2] == 1.0 and s[3] == 0.0
-    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, DocumentSettings(dense_weight=0.0))
+    s = hybrid_scores("zebra stripes", cosine, window, bm25, texts, idf, DocumentSettings(dense_weight=0.0,
+                                                                                         window_weight=0.0))
     assert s[2] > s[1]  # the same words, but together
-    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, DocumentSettings(dense_weight=10.0))
+    s = hybrid_scores("zebra stripes", cosine, window, bm25, texts, idf, DocumentSettings(dense_weight=10.0))
     assert max(s, key=s.get) == 3
-    s = hybrid_scores("zebra stripes", cosine, bm25, texts, idf, DocumentSettings(rerank_depth=1, dense_weight=0.0))
+    s = hybrid_scores("zebra stripes", cosine, window, bm25, texts, idf,
+                      DocumentSettings(rerank_depth=1, dense_weight=0.0, window_weight=0.0))
     # only chunk 1 (the first by id of the tied first stage) was re-ranked: half the words in one window
     assert s == {1: pytest.approx(1.5), 2: 1.0, 3: 0.0}
+
+
+def test_hybrid_scores_weigh_the_best_sentence_window():
+    """Two chunks with the same words and chunk cosine: the one with a sentence close to the question wins,
+    and a chunk stored without windows falls back to its chunk cosine."""
+    idf, texts = {"zebra": 1.0}, {1: "zebra", 2: "zebra", 3: "zebra"}
+    bm25, cosine = {1: 1.0, 2: 1.0, 3: 1.0}, {1: 0.3, 2: 0.3, 3: 0.5}
+    window = {1: 0.3, 2: 0.8, 3: None}  # chunk 3 has no windows
+    settings = DocumentSettings(dense_weight=0.0, window_weight=2.0, proximity_weight=0.0, phrase_weight=0.0)
+    s = hybrid_scores("zebra", cosine, window, bm25, texts, idf, settings)
+    assert s == {1: pytest.approx(1.6), 2: pytest.approx(2.6), 3: pytest.approx(2.0)}
+
+
+def test_window_cosines_decode_float16_rows_and_name_the_closest_window():
+    q = np.array([1.0, 0.0], dtype=np.float32)
+    text = "First one. Second one. Third one."
+    blob = np.array([[0.0, 1.0], [0.6, 0.8]], dtype=np.float16).tobytes()  # two windows of two sentences
+    cosines = window_cosines(blob, q)
+    assert cosines == pytest.approx([0.0, 0.6], abs=1e-3)
+    assert closest_window(text, cosines, 2) == "Second one. Third one."
+    assert closest_window(text, cosines, 1) == ""  # windows stored with another size: no text to show
+    assert window_cosines(None, q) is None and closest_window(text, None, 2) == ""
 
 
 def test_word_idf_matches_bm25():
@@ -216,15 +244,18 @@ PAPERS = [
 ]
 
 
+def squad(papers) -> dict:
+    return {"data": [{"paragraphs": [{"context": text, "document_id": i, "qas": [
+        {"id": f"{i}-{j}", "question": qq, "answers": [{"text": a, "answer_start": text.index(a)}]}
+        for j, (qq, a) in enumerate(qas)]}]} for i, (text, qas) in enumerate(papers)]}
+
+
 @pytest.mark.integration
 async def test_retrieval_eval_end_to_end_with_minilm(tmp_path: Path):
     from lm import hub
 
-    data = {"data": [{"paragraphs": [{"context": text, "document_id": i, "qas": [
-        {"id": f"{i}-{j}", "question": qq, "answers": [{"text": a, "answer_start": text.index(a)}]}
-        for j, (qq, a) in enumerate(qas)]}]} for i, (text, qas) in enumerate(PAPERS)]}
     path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(squad(PAPERS)))
     docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), chunk_tokens=24, chunk_overlap_tokens=4)
     settings = Settings(data_dir=tmp_path / "data", documents=docs)
 
@@ -243,6 +274,13 @@ async def test_retrieval_eval_end_to_end_with_minilm(tmp_path: Path):
     engine, kb = await ev.open_knowledge(ev.eval_settings(settings, store))
     try:
         assert len(await kb.documents(ev.SCOPE)) == 3
+        async with kb.sessions() as session:  # every chunk carries the embeddings of its sentence windows
+            stored = (await session.scalars(select(Chunk))).all()
+        for chunk in stored:
+            windows = sentence_windows(chunk.text, docs.window_sentences)
+            got = np.frombuffer(chunk.window_embeddings, dtype=np.float16).reshape(len(windows), -1)
+            cosines = (got.astype(np.float32) * kb.encoder.encode(windows)).sum(axis=1)
+            assert np.allclose(cosines, 1.0, atol=3e-3)
         index = await kb.refresh(ev.SCOPE)
         assert index.rebuilt_reason is None and len(index) == result["chunks"]
         assert await kb.refresh(ev.SCOPE) is index  # the index in memory is reused while SQL is unchanged
@@ -251,3 +289,25 @@ async def test_retrieval_eval_end_to_end_with_minilm(tmp_path: Path):
     again = await ev.retrieval_eval(settings, path, k=3, show_progress=False)
     assert again["modes"] == result["modes"]
 
+
+
+@pytest.mark.integration
+async def test_qa_eval_end_to_end_with_a_tiny_model(tmp_path: Path):
+    """The qa eval's whole path (search, relevance, prompt, generation, quote) runs and is scored: a random
+    model never says the gold answer, but the prompt holds it and the quote under the answer shows it."""
+    from lm import hub
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(squad(PAPERS)))
+    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), chunk_tokens=24, chunk_overlap_tokens=4)
+    settings = Settings(data_dir=tmp_path / "data", documents=docs)
+    settings.model.name = str(write_tiny_gguf(tmp_path / "tiny.gguf", max_seq_len=2048).path)
+    settings.documents.answer_max_new_tokens = 8
+
+    result = await ev.qa_eval(settings, path, limit=4, seed=1, show_progress=False)
+    assert result["questions"] == 4 and len(result["examples"]) == 4
+    assert result["answer_in_prompt"] == 1.0 and result["not_found"] == 0.0
+    assert result["quote_contains_gold"] >= 0.75
+    for row in result["examples"]:
+        assert row["quote"].startswith("Closest passage (tiny-")

@@ -133,6 +133,6 @@ def test_alembic_command_line_url_and_settings_default(
     command.upgrade(cfg, "head")
 
     with sqlite3.connect(explicit) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003_training",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004_chunk_windows",)]
     with sqlite3.connect(tmp_path / "data" / "docent.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002_documents",)]
