@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import DocumentSettings, Settings
@@ -113,7 +113,8 @@ class KnowledgeBase:
             from bot.knowledge.parse import DocumentError
 
             raise DocumentError("empty", f"{parsed.name} has no text I could index.")
-        windows = [sentence_windows(c.text, docs.window_sentences) if docs.window_sentences else [] for c in chunks]
+        size = docs.window_sentences
+        windows = [(sentence_windows(c.text, size) or [c.text]) if size else [] for c in chunks]
         vectors = await asyncio.to_thread(
             self.encoder.encode, [c.text for c in chunks] + [w for ws in windows for w in ws], 32,
             lambda done, total: report("embedding", 0.1 + 0.85 * done / total))
@@ -179,6 +180,7 @@ class KnowledgeBase:
         cached = self._indexes.get(scope)
         if cached is not None and cached.fingerprint == fingerprint:
             return cached
+        await self._fill_windows(scope)
         rows = await self._scope_rows(scope)
         dim = self.encoder.dim
 
@@ -189,6 +191,31 @@ class KnowledgeBase:
         index = await asyncio.to_thread(open_or_rebuild, self.index_dir(scope), dim, fingerprint, source)
         self._indexes[scope] = index
         return index
+
+    async def _fill_windows(self, scope: str) -> int:
+        """Embed the sentence windows of the scope's chunks stored without them (ingested before migration
+        0004, or while window_sentences was 0), so that old and new documents are ranked alike; returns how
+        many chunks were filled. A chunk with fewer sentences than a window gets its whole text as one."""
+        size = self.settings.documents.window_sentences
+        if not size:
+            return 0
+        async with self.sessions() as s:
+            missing = (await s.execute(
+                select(Chunk.id, Chunk.text).join(Chunk.document)
+                .where(Document.scope == scope, Chunk.window_embeddings.is_(None)))).all()
+        if not missing:
+            return 0
+        log.info("embedding sentence windows of %d chunks in %s", len(missing), scope)
+        windows = [sentence_windows(text, size) or [text] for _, text in missing]
+        vectors = await asyncio.to_thread(self.encoder.encode, [w for ws in windows for w in ws], 32)
+        async with self.sessions() as s:
+            start = 0
+            for (chunk_id, _), ws in zip(missing, windows, strict=True):
+                blob = vectors[start:start + len(ws)].astype(np.float16).tobytes()
+                start += len(ws)
+                await s.execute(update(Chunk).where(Chunk.id == chunk_id).values(window_embeddings=blob))
+            await s.commit()
+        return len(missing)
 
     async def has_documents(self, scope: str) -> bool:
         async with self.sessions() as s:
