@@ -83,7 +83,7 @@ def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     model = ChatModel.load(settings, args.model)
     sampling = Sampling.from_settings(settings.model, temperature=0.0,
                                       max_new_tokens=settings.documents.answer_max_new_tokens)
-    budget = answer.prompt_budget(model.context_tokens, settings.model.max_new_tokens)  # as the bot does
+    budget = answer.prompt_budget(model.context_tokens, settings.documents.answer_max_new_tokens)  # as the bot does
     grounded = answer.build_prompt(args.question, passages, [], budget, model.count_tokens)
     text, _ = _print_stream(lambda cancel: model.stream_chat(grounded.messages, sampling, cancel))
     print(answer.sources_note(text, grounded.passages))

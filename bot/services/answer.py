@@ -96,8 +96,8 @@ def cited_passages(answer: str, passages: list[Passage]) -> list[Passage]:
 
 
 def sources_note(answer: str, passages: list[Passage]) -> str:
-    """What goes under an answer: the sources it used, then the closest passage among them quoted, so that
-    the reader can check a small model's answer against the document's own words."""
+    """What goes under an answer: the sources it used, then the sentences of the best of them closest to the
+    question, quoted, so that the reader can check a small model's answer against the document's own words."""
     used = cited_passages(answer, passages)
     return "\n".join(part for part in (format_sources(used), format_quote(used)) if part)
 

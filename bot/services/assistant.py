@@ -117,7 +117,7 @@ class Assistant:
             if force_documents or looks_like_question(question):
                 return Prepared(messages, [], canned=answer.NOT_FOUND)
             return Prepared(messages, [])
-        budget = answer.prompt_budget(model.context_tokens, self.settings.model.max_new_tokens)
+        budget = answer.prompt_budget(model.context_tokens, self.settings.documents.answer_max_new_tokens)
         grounded = answer.build_prompt(question, passages, messages[1:-1], budget, model.count_tokens)
         return Prepared(grounded.messages, grounded.passages)
 

@@ -6,7 +6,7 @@
   answer span. recall@k and MRR per retrieval mode, for two seeded halves of the questions and for all.
 - qa: retrieval -> `answer.relevant` -> `answer.build_prompt` -> `ChatModel.stream_chat` (greedy), scored
   by "the answer contains the gold answer" and SQuAD token F1; and, apart from the model's answer, whether
-  the quote shown under it (the closest sentence window of a cited passage) contains the gold span.
+  the quote shown under it (the sentences of a cited passage closest to the question) contains the gold span.
 - summary: QMSum meetings, each parsed as a text document the way `docent summarize` reads a file, then
   `summarize.summarize` (map-reduce); ROUGE-1/2/L F1 (our own, no stemming) against the general "whole
   meeting" reference, next to a lead baseline (the first N words, N = the reference's length by default).
@@ -345,7 +345,7 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, s
         model = await asyncio.to_thread(ChatModel.load, settings)
         sampling = Sampling.from_settings(settings.model, temperature=0.0,
                                           max_new_tokens=settings.documents.answer_max_new_tokens)
-        budget = answer.prompt_budget(model.context_tokens, settings.model.max_new_tokens)
+        budget = answer.prompt_budget(model.context_tokens, settings.documents.answer_max_new_tokens)
         rows = []
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
             t0 = time.perf_counter()
@@ -356,7 +356,7 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, s
                 grounded = answer.build_prompt(q.text, passages, [], budget, model.count_tokens)
                 text = "".join(await asyncio.to_thread(lambda g=grounded: list(model.stream_chat(g.messages, sampling))))
                 used = grounded.passages
-                quote = answer.format_quote(answer.cited_passages(text, used))
+                quote = answer.format_quote(answer.cited_passages(text, used))  # as answer.sources_note
             else:
                 text, used, quote = answer.NOT_FOUND, [], ""
             t2 = time.perf_counter()

@@ -22,11 +22,13 @@ def test_cited_passages_prefers_markers_then_shared_words():
     assert answer.cited_passages("no overlap at all here", [B, A]) == [B]  # nothing shared: the best one
 
 
-def test_sources_note_lists_sources_then_quotes_the_best_cited_passage():
+def test_sources_note_lists_the_cited_sources_then_quotes_the_best_of_them():
     note = answer.sources_note("The incubation period was four days [1].", [A, B])
     assert note == ("Sources:\n• doc1.pdf, p. 3\n"
                     "Closest passage (doc1.pdf, p. 3): “Ferrets were infected. The incubation period was four days.”")
-    both = answer.sources_note("See [1] and [2].", [A, B])
+    only_b = answer.sources_note("Masks were worn by most nurses [2].", [A, B])
+    assert only_b == "Sources:\n• doc2.pdf\nClosest passage (doc2.pdf): “Masks were worn by most nurses in the survey.”"
+    both = answer.sources_note("See [1] and [2].", [B, A])
     assert both.count("•") == 2 and both.endswith("“Ferrets were infected. The incubation period was four days.”")
 
 
