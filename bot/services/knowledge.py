@@ -225,8 +225,8 @@ class KnowledgeBase:
                      query_vec: np.ndarray | None = None) -> list[Passage]:
         """The best k passages within one scope only, best first.
 
-        mode "hybrid" is the bot's retrieval: BM25 and dense candidates, fused, then re-ranked by where the
-        question's words occur in each chunk (see `hybrid_scores`). "rrf", "dense" and "bm25" are the
+        mode "hybrid" is the bot's retrieval: BM25 and dense candidates, fused with the cosine of each chunk's
+        best sentence window, then re-ranked by where the question's words occur in it (see `hybrid_scores`). "rrf", "dense" and "bm25" are the
         baselines `docent eval retrieval` compares it with. `query_vec`: the query's embedding, when the
         caller has it already (the eval encodes each question once for every mode).
         """
