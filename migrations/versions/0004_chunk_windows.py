@@ -17,7 +17,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Nullable: chunks stored before this revision have none and are scored by their chunk embedding alone.
+    # Nullable: chunks stored before this revision have none until KnowledgeBase fills them in (_fill_windows).
     op.add_column("chunks", sa.Column("window_embeddings", sa.LargeBinary(), nullable=True))
 
 
