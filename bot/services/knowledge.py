@@ -114,17 +114,14 @@ class KnowledgeBase:
 
             raise DocumentError("empty", f"{parsed.name} has no text I could index.")
         size = docs.window_sentences
-        windows = [(sentence_windows(c.text, size) or [c.text]) if size else [] for c in chunks]
+        windows = [chunk_windows(c.text, size) for c in chunks] if size else []
         vectors = await asyncio.to_thread(
             self.encoder.encode, [c.text for c in chunks] + [w for ws in windows for w in ws], 32,
             lambda done, total: report("embedding", 0.1 + 0.85 * done / total))
-        chunk_vectors, rest = vectors[: len(chunks)], vectors[len(chunks):]
-        rows = []
-        for c, v, ws in zip(chunks, chunk_vectors, windows, strict=True):
-            window_vectors, rest = rest[: len(ws)], rest[len(ws):]
-            rows.append(q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
-                                   embedding=v.astype(np.float32).tobytes(),
-                                   window_embeddings=window_vectors.astype(np.float16).tobytes() if ws else None))
+        blobs = window_blobs(windows, vectors[len(chunks):]) if size else [None] * len(chunks)
+        rows = [q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
+                           embedding=v.astype(np.float32).tobytes(), window_embeddings=blob)
+                for c, v, blob in zip(chunks, vectors[: len(chunks)], blobs, strict=True)]
         async with self.sessions() as s:
             try:
                 document = await q.add_document_with_chunks(
@@ -195,7 +192,7 @@ class KnowledgeBase:
     async def _fill_windows(self, scope: str) -> int:
         """Embed the sentence windows of the scope's chunks stored without them (ingested before migration
         0004, or while window_sentences was 0), so that old and new documents are ranked alike; returns how
-        many chunks were filled. A chunk with fewer sentences than a window gets its whole text as one."""
+        many chunks were filled."""
         size = self.settings.documents.window_sentences
         if not size:
             return 0
@@ -206,13 +203,10 @@ class KnowledgeBase:
         if not missing:
             return 0
         log.info("embedding sentence windows of %d chunks in %s", len(missing), scope)
-        windows = [sentence_windows(text, size) or [text] for _, text in missing]
+        windows = [chunk_windows(text, size) for _, text in missing]
         vectors = await asyncio.to_thread(self.encoder.encode, [w for ws in windows for w in ws], 32)
         async with self.sessions() as s:
-            start = 0
-            for (chunk_id, _), ws in zip(missing, windows, strict=True):
-                blob = vectors[start:start + len(ws)].astype(np.float16).tobytes()
-                start += len(ws)
+            for (chunk_id, _), blob in zip(missing, window_blobs(windows, vectors), strict=True):
                 await s.execute(update(Chunk).where(Chunk.id == chunk_id).values(window_embeddings=blob))
             await s.commit()
         return len(missing)
@@ -226,8 +220,8 @@ class KnowledgeBase:
         """The best k passages within one scope only, best first.
 
         mode "hybrid" is the bot's retrieval: BM25 and dense candidates, fused with the cosine of each chunk's
-        best sentence window, then re-ranked by where the question's words occur in it (see `hybrid_scores`). "rrf", "dense" and "bm25" are the
-        baselines `docent eval retrieval` compares it with. `query_vec`: the query's embedding, when the
+        best sentence window, then re-ranked by where the question's words occur in it (see `hybrid_scores`).
+        "rrf", "dense" and "bm25" are the baselines `docent eval retrieval` compares it with. `query_vec`: the query's embedding, when the
         caller has it already (the eval encodes each question once for every mode).
         """
         if mode not in SEARCH_MODES:
@@ -288,6 +282,19 @@ def rank(index, query_vec: np.ndarray, query: str, k: int, mode: str) -> list[tu
     return index.search(query_vec, query, k, mode=mode)
 
 
+def chunk_windows(text: str, size: int) -> list[str]:
+    """The windows embedded for one chunk: its runs of `size` sentences, or its whole text when no sentence
+    can be cut from it (so every chunk stores at least one and is never filled in again)."""
+    return sentence_windows(text, size) or [text]
+
+
+def window_blobs(windows: list[list[str]], vectors: np.ndarray) -> list[bytes]:
+    """Each chunk's window vectors as float16 (W, dim) bytes; `vectors` holds every chunk's, in order."""
+    ends = np.cumsum([len(ws) for ws in windows], dtype=int)
+    return [vectors[end - len(ws):end].astype(np.float16).tobytes()
+            for ws, end in zip(windows, ends, strict=True)]
+
+
 def window_cosines(blob: bytes | None, query_vec: np.ndarray) -> np.ndarray | None:
     """(W,) cosines between the query and a chunk's stored sentence windows (float16 rows); None without."""
     if not blob:
@@ -301,7 +308,7 @@ def closest_window(text: str, cosines: np.ndarray | None, size: int) -> str:
     cut with another window size than `size` now asks for."""
     if cosines is None or not size:
         return ""
-    texts = sentence_windows(text, size)
+    texts = chunk_windows(text, size)
     return texts[int(cosines.argmax())] if len(texts) == len(cosines) else ""
 
 
