@@ -21,6 +21,18 @@ DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test: tiny models on a shared 2-core machine run faster and independent of
+    timing that way. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """An async URL for a fresh SQLite file in the test's tmp dir (created on first connect)."""
     return f"sqlite+aiosqlite:///{tmp_path / 'docent.db'}"

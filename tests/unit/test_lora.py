@@ -19,12 +19,7 @@ from lm.train import TrainConfig, train
 TEXT = "lora adapts a frozen model with a low rank update. " * 60
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny(seed: int = 0) -> Transformer:

@@ -9,13 +9,7 @@ from lm import checkpoint as ckpt
 from lm.lstm import LSTMLM, LSTMConfig, sample_next
 from lm.train import TrainConfig, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def test_lstm_learns_and_generates(tmp_path):

@@ -22,13 +22,7 @@ from lm.train import TrainConfig, lr_at, main, train
 CORPUS = "the quick brown fox jumps over the lazy dog. " * 120
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: one thread is faster and timing-independent
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny_cfg(tmp_path: Path, **kw) -> TrainConfig:
