@@ -8,6 +8,7 @@
 - Sampling: temperature (0 = greedy), top-k, top-p (on the top-k set when both are given), repetition penalty
   (CTRL / HF definition: a logit l of a token already in prompt+output becomes l/p if l > 0 else l*p), and a
   seeded torch.Generator (the same seed gives the same text, for the same cache history: see reuse_cache).
+- Loops: `no_repeat_ngram` = n bans every token that would generate an n-gram of output a second time.
 - Stops: a stop id (end of turn, from `tokenizer.stop_ids`), a stop string (found in the decoded text; it is not
   emitted, and text that could be the start of one is held back until it is disambiguated), `max_new_tokens`,
   or a `cancel` event (checked before every token).
@@ -48,6 +49,7 @@ class GenerationConfig:
     top_k: int = 0  # 0 = no limit
     top_p: float = 1.0  # 1 = no limit
     repetition_penalty: float = 1.0  # 1 = off
+    no_repeat_ngram: int = 0  # n > 0: never generate an n-gram of output tokens twice (0 = off)
     seed: int | None = None  # None = a fresh random seed per call
     stop_strings: tuple[str, ...] = ()
     ignore_stop_ids: bool = False  # benchmarks: decode all max_new_tokens
@@ -68,6 +70,8 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            raise ValueError(f"no_repeat_ngram must be 0 (off) or >= 2, got {self.no_repeat_ngram}")
         self.stop_strings = tuple(s for s in self.stop_strings if s)
 
 
@@ -106,6 +110,35 @@ def allowed_logits(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torc
         before = torch.cumsum(probs, dim=-1) - probs  # probability mass of the better-ranked tokens
         vals = vals.masked_fill(before >= top_p, float("-inf"))  # the first token always stays (before = 0)
     return vals, ids
+
+
+class NgramBlocker:
+    """Bans the tokens that would repeat an n-gram of the output so far (a loop guard for small models).
+
+    Only generated tokens count: copying a phrase from the prompt stays allowed, repeating it does not.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.followers: dict[tuple[int, ...], set[int]] = {}  # (n-1) tokens -> the tokens seen after them
+
+    def add(self, out: list[int]) -> None:
+        """Record the n-gram that out's last token completes."""
+        if len(out) >= self.n:
+            self.followers.setdefault(tuple(out[-self.n:-1]), set()).add(out[-1])
+
+    def banned(self, out: list[int]) -> list[int]:
+        """Token ids that may not come next."""
+        if len(out) < self.n - 1:
+            return []
+        return list(self.followers.get(tuple(out[len(out) - self.n + 1:]), ()))
+
+    @torch.inference_mode()
+    def apply(self, logits: torch.Tensor, out: list[int]) -> torch.Tensor:
+        """In place on (V,) logits: the banned next tokens get -inf."""
+        if banned := self.banned(out):
+            logits[banned] = float("-inf")
+        return logits
 
 
 @torch.inference_mode()
@@ -256,6 +289,7 @@ class Engine:
                 seen = torch.empty(len(prompt) + budget, dtype=torch.long)
                 seen[:len(prompt)] = torch.tensor(prompt)
             text = _TextTracker(self.tokenizer, cfg.stop_strings)
+            blocker = NgramBlocker(cfg.no_repeat_ngram) if cfg.no_repeat_ngram else None
             out: list[int] = []
             finish = "length"
             t_first = None
@@ -267,6 +301,8 @@ class Engine:
                     break
                 if seen is not None:
                     apply_repetition_penalty(logits, seen[:len(prompt) + len(out)], cfg.repetition_penalty)
+                if blocker is not None:
+                    blocker.apply(logits, out)
                 tok = sample_token(logits, cfg, gen)
                 if t_first is None:
                     t_first = time.perf_counter() - t0
@@ -274,6 +310,8 @@ class Engine:
                     finish = "stop"
                     break
                 out.append(tok)
+                if blocker is not None:
+                    blocker.add(out)
                 if seen is not None:
                     seen[len(prompt) + len(out) - 1] = tok
                 delta = text.push(out)

@@ -21,6 +21,7 @@ from lm.engine import (
     ContextOverflow,
     Engine,
     GenerationConfig,
+    NgramBlocker,
     allowed_logits,
     apply_repetition_penalty,
     sample_token,
@@ -188,6 +189,34 @@ def test_repetition_penalty_in_generation_covers_prompt_and_output(random_model,
     assert len(set(penal)) == len(penal) and not set(penal) & set(prompt)
 
 
+def test_no_repeat_ngram_breaks_loops_but_allows_copying_the_prompt(random_model, tok):
+    engine = Engine(random_model, tok)
+    prompt = tok.encode("abcabc")
+    plain = engine.generate(prompt, GenerationConfig(max_new_tokens=40, ignore_stop_ids=True)).ids
+    grams = [tuple(plain[i:i + 3]) for i in range(len(plain) - 2)]
+    assert len(set(grams)) < len(grams)  # this model loops without the guard
+    guarded = engine.generate(prompt, GenerationConfig(max_new_tokens=40, no_repeat_ngram=3,
+                                                       ignore_stop_ids=True)).ids
+    grams = [tuple(guarded[i:i + 3]) for i in range(len(guarded) - 2)]
+    assert len(guarded) == 40 and len(set(grams)) == len(grams)
+    # the prompt's own 3-grams are not banned: a chain model that copies "abc" after "abc" still does
+    seq = tok.encode("abcab")
+    copier = Engine(chain_model(tok, seq), tok)
+    out = copier.generate(seq[:1], GenerationConfig(max_new_tokens=4, no_repeat_ngram=3, ignore_stop_ids=True))
+    assert out.text == "bcab"
+
+
+def test_ngram_blocker_bans_exactly_the_completions_seen_before():
+    blocker = NgramBlocker(3)
+    out = []
+    for t in [1, 2, 3, 1, 2]:
+        out.append(t)
+        blocker.add(out)
+    assert blocker.banned(out) == [3]  # "1 2" was followed by 3 once
+    assert blocker.banned(out[:-1]) == [2]  # and "3 1" by 2
+    assert blocker.banned([2, 1]) == [] and blocker.banned([1]) == []  # unseen, or shorter than n - 1
+
+
 # ---------------------------------------------------------------------------------------------- stops and text
 
 
@@ -300,3 +329,5 @@ def test_bad_config_is_rejected():
         GenerationConfig(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationConfig(max_new_tokens=0)
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        GenerationConfig(no_repeat_ngram=1)
