@@ -258,6 +258,11 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_batch_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, (start, end) character offsets of each token) of each text; the tokens of one multi-byte
+        character share its offsets."""
+        return [(e.ids, list(e.offsets)) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special)
 
