@@ -58,35 +58,25 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.services import answer
-    from bot.services.local_chat import _print_stream
-    from bot.services.models import ChatModel, Sampling
+    from bot.services.answer import answer_question
+    from bot.services.models import ChatModel
 
-    async def retrieve():
+    async def run():
         engine, kb = await _knowledge(settings)
         try:
             if not await kb.has_documents(args.scope):
                 return None
-            return await kb.search(args.scope, args.question)
+            model = await asyncio.to_thread(ChatModel.load, settings, args.model)
+            return await answer_question(args.question, knowledge=kb, model=model, scope=args.scope, force=True)
         finally:
             await engine.dispose()
 
-    passages = asyncio.run(retrieve())
-    if passages is None:
+    result = asyncio.run(run())
+    if result is None:
         print(f"scope {args.scope!r} has no documents; add some with `docent ingest PATH --scope {args.scope}`",
               file=sys.stderr)
         return 1
-    passages = answer.relevant(passages, args.question)
-    if not passages:
-        print(answer.NOT_FOUND)
-        return 0
-    model = ChatModel.load(settings, args.model)
-    sampling = Sampling.from_settings(settings.model, temperature=0.0,
-                                      max_new_tokens=settings.documents.answer_max_new_tokens)
-    budget = answer.prompt_budget(model.context_tokens, settings.documents.answer_max_new_tokens)  # as the bot does
-    grounded = answer.build_prompt(args.question, passages, [], budget, model.count_tokens)
-    text, _ = _print_stream(lambda cancel: model.stream_chat(grounded.messages, sampling, cancel))
-    print(answer.sources_note(text, grounded.passages))
+    print(result.render())
     return 0
 
 
@@ -94,8 +84,9 @@ def _cmd_summarize(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from bot.knowledge.parse import DocumentError, parse_document
-    from bot.services.models import ChatModel
     from bot.services.summarize import summarize
+    from lm import hub
+    from lm.encoder import Encoder
 
     try:
         doc = parse_document(Path(args.path), Path(args.path).name, timeout_s=settings.documents.parse_timeout_s,
@@ -104,16 +95,17 @@ def _cmd_summarize(args: argparse.Namespace, settings: Settings) -> int:
     except DocumentError as e:
         print(f"{args.path}: {e.message}", file=sys.stderr)
         return 1
-    model = ChatModel.load(settings, args.model)
+    # extractive, as in the bot: see bot.services.summarize on why the chat model does not rewrite
+    encoder = Encoder.load(hub.resolve(settings.documents.encoder, settings.cache_dir))
     bar = tqdm(desc="summarizing", unit="part")
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
-    text = summarize(model, [s.text for s in doc.sections], progress=progress)
+    summary = summarize([s.text for s in doc.sections], encoder, progress=progress)
     bar.close()
-    print(text)
+    print(summary.text or f"{args.path}: no sentences to summarize")
     return 0
 
 
@@ -129,7 +121,6 @@ def register(sub) -> None:
     p.add_argument("--model")
     p.set_defaults(func=_cmd_ask)
 
-    p = sub.add_parser("summarize", help="summarize a whole document")
+    p = sub.add_parser("summarize", help="summarize a whole document (its most salient sentences)")
     p.add_argument("path")
-    p.add_argument("--model")
     p.set_defaults(func=_cmd_summarize)

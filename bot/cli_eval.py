@@ -1,7 +1,8 @@
-"""`docent eval retrieval|qa|summary`: quality figures on SQuAD-style and QMSum-style data sets.
+"""`docent eval retrieval|qa|summary`: quality figures on SQuAD-style, QMSum-style and document-folder data sets.
 
-The work is in bot.services.evaluate; this file parses the arguments and prints a table, then ONE JSON
-line with the figures (per-example rows go to --out, not to the JSON line).
+The work is in bot.services.evaluate (retrieval), eval_qa (qa) and eval_summary (summary); this file
+parses the arguments and prints a table, then ONE JSON line with the figures (per-example rows go to
+--out, not to the JSON line).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from bot.config import Settings
 
-DEFAULT_LIMITS = {"retrieval": None, "qa": 30, "summary": 5}  # None = every question
+DEFAULT_LIMITS = {"retrieval": None, "qa": 30, "summary": None}  # None = every question / document
 
 
 def _print_retrieval(r: dict) -> None:
@@ -28,28 +29,40 @@ def _print_retrieval(r: dict) -> None:
 
 
 def _print_qa(r: dict) -> None:
-    for row in r["examples"][:5]:
-        print(f"Q: {row['question']}\n   gold: {row['gold'][:120]}\n   answer: {row['answer'][:300]}\n"
-              f"   quote: {row['quote'][:300]}\n")
-    print(f"{r['questions']} questions: answer contains gold {r['contains_gold']:.3f}, token F1 {r['f1']:.3f}, "
-          f"quote shown under it contains gold {r['quote_contains_gold']:.3f}, "
-          f"gold in prompt {r['answer_in_prompt']:.3f}, 'not found' {r['not_found']:.3f}; "
-          f"{r['retrieve_s_per_question']:.2f} s retrieval + {r['generate_s_per_question']:.1f} s generation "
-          f"per question ({r['answer_tokens_per_s']:.1f} answer tokens/s)")
+    for row in [x for x in r["examples"] if x["answerable"]][:4] + [x for x in r["examples"] if not x["answerable"]][:2]:
+        gold = "; ".join(g[:80] for g in row["gold"]) or "-"
+        kind = "gold" if row["answerable"] else "unanswerable; plausible"
+        print(f"Q: {row['question']}\n   {kind}: {gold}\n   reply: {row['reply'][:300]}\n")
+    print(f"{r['dataset']}, seed {r['seed']}")
+    print(f"{'half':<5} {'n':>4} {'contains':>8} {'F1':>6} {'quote':>6} {'in ev.':>6} {'in psg':>6} {'miss':>6} "
+          f"{'unans':>4} {'said nf':>7} {'unsupp':>6} {'loops':>5} {'s/q':>5}")
+    for half, m in r["halves"].items():
+        nf = "-" if m["unanswerable_not_found"] is None else f"{m['unanswerable_not_found']:.3f}"
+        print(f"{half:<5} {m['answerable']:>4} {m['contains_gold']:>8.3f} {m['f1']:>6.3f} "
+              f"{m['quote_contains_gold']:>6.3f} {m['gold_in_evidence']:>6.3f} {m['gold_in_passages']:>6.3f} "
+              f"{m['answerable_not_found']:>6.3f} {m['unanswerable']:>4} {nf:>7} {m['unsupported_rate']:>6.3f} "
+              f"{m['loops']:>5} {m['seconds_per_question']:>5.1f}")
+    print("contains/F1/quote/in ev./in psg/miss: answerable questions (the answer, the sentence quoted under it, "
+          "the evidence the model read and the retrieved passages contain a gold answer; miss = said not found); "
+          "said nf: unanswerable questions answered 'not found'; unsupp: answers with words the evidence lacks")
 
 
 def _print_summary(r: dict) -> None:
-    if r["examples"]:
-        print(f"first summary: {r['examples'][0]['summary'][:600]}\n")
-    print(f"{'system':<10} {'R-1':>6} {'R-2':>6} {'R-L':>6}")
-    for name in ("summarize", "lead"):
-        m = r[name]
-        print(f"{name:<10} {m['rouge1']:>6.3f} {m['rouge2']:>6.3f} {m['rougeL']:>6.3f}")
+    for row in r["examples"][:2]:
+        print(f"summary: {row['summary'][:600]}\n   reference: {row['reference'][:300]}\n")
     for row in r["examples"]:
         if row["error"]:
-            print(f"summarize failed (scored as an empty summary): {row['error']}")
-    print(f"{r['meetings']} meetings ({r['failed']} failed), {r['summary_words']:.0f} words per summary, "
-          f"{r['seconds_per_meeting']:.0f} s per meeting; lead = first {r['lead_words']} words")
+            print(f"{row['id']}: not summarized (scored as an empty summary): {row['error']}")
+    print(f"{'system':<22} {'half':<5} {'n':>4} {'R-1':>6} {'R-2':>6} {'R-Lsum':>6} {'unsupp.':>8} {'words':>6}")
+    for name, halves in r["systems"].items():
+        for half, m in halves.items():
+            print(f"{name:<22} {half:<5} {m['n']:>4} {100 * m['rouge1']:>6.2f} {100 * m['rouge2']:>6.2f} "
+                  f"{100 * m['rougeLsum']:>6.2f} {m['unsupported_rate']:>8.3f} {m['words']:>6.0f}")
+    lead = f"; lead = first {r['lead_words']} words" if r["lead_words"] else ""
+    print(f"{r['documents']} documents ({r['failed']} failed) of {r['source_words']:.0f} words on average, seed "
+          f"{r['seed']}: {r['seconds_per_document']:.2f} s per document to summarize (+ "
+          f"{r['parse_seconds_per_document']:.2f} s to parse){lead}; ROUGE: {r['rouge']}"
+          + (f"; {r['rewritten_per_document']:.1f} sentences rewritten per document" if r["rewrite"] else ""))
 
 
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -62,11 +75,15 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         result = asyncio.run(evaluate.retrieval_eval(settings, args.dataset, limit=limit, seed=args.seed, k=args.k))
         _print_retrieval(result)
     elif args.what == "qa":
-        result = asyncio.run(evaluate.qa_eval(settings, args.dataset, limit=limit, seed=args.seed))
+        from bot.services.eval_qa import qa_eval
+
+        result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed))
         _print_qa(result)
     else:
-        result = evaluate.summary_eval(settings, args.dataset, limit=limit, seed=args.seed,
-                                       lead_words=args.lead_words)
+        from bot.services.eval_summary import summary_eval
+
+        result = summary_eval(settings, args.dataset, limit=limit, seed=args.seed, lead_words=args.lead_words,
+                              rewrite=args.rewrite)
         _print_summary(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -77,12 +94,15 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub) -> None:
     p = sub.add_parser("eval", help="measure retrieval, answer and summary quality")
     p.add_argument("what", choices=["retrieval", "qa", "summary"])
-    p.add_argument("--dataset", required=True, help="SQuAD-format JSON (retrieval, qa) or QMSum JSON lines (summary)")
-    p.add_argument("--limit", type=int, help="questions or meetings to sample (default: retrieval all, qa 30, "
-                   "summary 5)")
+    p.add_argument("--dataset", required=True, help="SQuAD-format JSON (retrieval, qa); QMSum JSON lines or a "
+                   "folder with documents.txt and references.txt, one document a line (summary)")
+    p.add_argument("--limit", type=int, help="questions or documents to sample (default: retrieval all, qa 30, "
+                   "summary all)")
     p.add_argument("--seed", type=int, default=0, help="the sample and the tune/test split of the questions")
     p.add_argument("--k", type=int, default=20, help="retrieval: passages retrieved per question")
     p.add_argument("--lead-words", dest="lead_words", type=int, default=0,
-                   help="summary: words in the lead baseline (default: the reference's length)")
+                   help="summary, QMSum: words in the lead baseline (default: the reference's length)")
+    p.add_argument("--rewrite", action="store_true",
+                   help="summary: also let the chat model shorten the extracted sentences (measured, off in the bot)")
     p.add_argument("--out", help="also write every figure and example to this JSON file")
     p.set_defaults(func=_cmd_eval)

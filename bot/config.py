@@ -26,6 +26,7 @@ class ModelSettings:
     top_k: int = 40
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    no_repeat_ngram: int = 8  # a reply never repeats 8 tokens of its own: a small model falls into loops
     context_tokens: int = 2048  # budget for prompt + reply
     system_prompt: str = "You are docent, a helpful assistant. Answer concisely and accurately."
 
@@ -64,7 +65,7 @@ class DocumentSettings:
     chunk_tokens: int = 256  # capped at the encoder's window (254 text tokens for MiniLM)
     chunk_overlap_tokens: int = 64
     top_k: int = 6
-    answer_max_new_tokens: int = 160  # answers from documents: a small model rambles past a few sentences
+    answer_max_tokens: int = 48  # the longest answer copied from a document (lm.spans), in model tokens
     encoder: str = "minilm-l6"
     candidates: int = 100  # from each of BM25 and dense
     dense_weight: float = 0.0  # the chunk's cosine, against BM25 / best BM25 (the windows below do better)

@@ -170,12 +170,10 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
     text, status, note = "", "complete", ""
     try:
         prepared = await rt.assistant.prepare(model, chat_id, stored.conversation_id, force_documents)
-        if prepared.canned:
-            text = prepared.canned
+        if prepared.answer is not None:
+            text = prepared.answer.render()
         else:
-            limit = {"max_new_tokens": rt.settings.documents.answer_max_new_tokens} if prepared.grounded else {}
-            text, note = await _generate(rt, model, prepared.messages, chat_id, stream, **limit)
-            text = rt.assistant.with_sources(text.strip(), prepared) if text.strip() else text
+            text, note = await _generate(rt, model, prepared.messages, chat_id, stream)
     except Exception as e:
         from lm.engine import ContextOverflow
 

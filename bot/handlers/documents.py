@@ -14,8 +14,9 @@ from bot.db import queries as q
 from bot.handlers.chat import answer_text
 from bot.handlers.runtime import Runtime
 from bot.knowledge.parse import DocumentError
+from bot.render import StreamingMessage
 from bot.services.knowledge import chat_scope
-from bot.services.summarize import CONVERSATION_PROMPT, conversation_text, summarize
+from bot.services.summarize import conversation_text, summarize
 
 log = logging.getLogger(__name__)
 
@@ -174,34 +175,41 @@ async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     replied = message.reply_to_message
     if not target and replied is not None and replied.document is not None:
         target = replied.document.file_name or ""
-    model = await rt.models.current()
     if target:
         pieces, label = await _document_pieces(rt, scope, target)
         if pieces is None:
             await message.reply_text(label)
             return
+        title = f"`{label}`" if "`" not in label else label  # a file name as code: its _ and * stay literal
     else:
         async with rt.sessions() as s:
             conversation = await q.current_conversation(s, message.chat.id)
         turns = await rt.assistant.conversation(message.chat.id, conversation.id)
         pieces, label = conversation_text(turns), "this conversation"
+        title = label
         if not pieces:
             await message.reply_text("There is nothing to summarize yet: this conversation is empty.")
             return
     status = StatusLine(await message.reply_text(f"Summarizing {label}…"))
     cancel = threading.Event()
-    instruction = CONVERSATION_PROMPT if not target else None
     with status:
         try:
-            text = await asyncio.to_thread(
-                summarize, model, pieces, progress=lambda i, n: status.set(f"Summarizing {label}: part {i} of {n}"),
-                cancel=cancel, **({"instruction": instruction} if instruction else {}))
+            summary = await asyncio.to_thread(
+                lambda: summarize(pieces, rt.knowledge.encoder, conversation=not target, cancel=cancel,
+                                  progress=lambda i, n: status.set(f"Summarizing {label}: part {i} of {n}")))
         except Exception:
-            cancel.set()
             log.exception("summary failed in chat %s", message.chat.id)
             await status.done("Sorry, the summary failed on my side.")
             return
-    await status.done(f"Summary of {label}:\n\n{text}"[:4096])
+        finally:
+            cancel.set()  # the handler was cancelled (shutdown): the worker thread stops at its next window
+    if not summary.sentences:
+        await status.done(f"There is nothing I could summarize in {label}.")
+        return
+    # the final text is rendered like every reply (Markdown -> Telegram HTML, split at the limit), in place
+    # of the status line; only the status line showed progress
+    stream = StreamingMessage.resume(context.bot, message.chat.id, status.message.message_id)
+    await stream.finish(f"**Summary of {title}:**\n\n{summary.text}")
 
 
 async def _document_pieces(rt: Runtime, scope: str, target: str) -> tuple[list[str] | None, str]:

@@ -17,7 +17,7 @@ from bot.config import Settings
 from bot.db import queries as q
 from bot.db.models import Message
 from bot.services import answer
-from bot.services.knowledge import KnowledgeBase, Passage, chat_scope
+from bot.services.knowledge import KnowledgeBase, chat_scope
 from bot.services.models import ChatModel, ModelManager, Sampling, stream_in_thread
 
 INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
@@ -39,26 +39,12 @@ class Incoming:
     reply_to_telegram_message_id: int | None = None
 
 
-_QUESTION = ("what", "who", "whom", "whose", "which", "when", "where", "why", "how", "is", "are", "does", "do",
-             "did", "can", "could", "should", "list", "explain", "describe", "tell", "give", "summarize", "compare")
-
-
-def looks_like_question(text: str) -> bool:
-    words = text.strip().lower().split()
-    return text.strip().endswith("?") or bool(words and words[0] in _QUESTION)
-
-
 @dataclass
 class Prepared:
-    """What to send to the model for one reply, and the passages it was grounded on (if any)."""
+    """The reply to prepare: a chat reply from `messages`, or a document answer that is already complete."""
 
     messages: list[dict]
-    passages: list[Passage]
-    canned: str | None = None  # a fixed reply that needs no generation (nothing found in the documents)
-
-    @property
-    def grounded(self) -> bool:
-        return bool(self.passages)
+    answer: answer.Answer | None = None
 
 
 class Assistant:
@@ -97,36 +83,22 @@ class Assistant:
         turns = [{"role": m.role, "content": m.text} for m in rows if m.role in ("user", "assistant") and m.text]
         return [{"role": "system", "content": await self.system_prompt(chat_id)}, *turns]
 
-    async def prepare(self, model: ChatModel, chat_id: int, conversation_id: int, force_documents: bool = False,
-                      min_dense: float = answer.MIN_DENSE) -> Prepared:
-        """The prompt for the reply to the conversation's last user message.
+    async def prepare(self, model: ChatModel, chat_id: int, conversation_id: int,
+                      force_documents: bool = False) -> Prepared:
+        """The reply to the conversation's last user message.
 
-        In a chat with documents, a question is answered from them (the best passages, numbered); when
-        nothing relevant is found the reply says so instead of inventing an answer. Small talk in such a chat,
-        and every message in a chat without documents, gets a plain conversational reply.
+        In a chat with documents, a message that retrieval finds them to be about is answered from them
+        (answer.answer_question); small talk and general questions there, and every message in a chat without
+        documents, get a chat reply. `/ask` (force_documents) always answers from the documents.
         """
         messages = await self.conversation(chat_id, conversation_id)
         scope = chat_scope(chat_id)
         if self.knowledge is None or not (force_documents or await self.knowledge.has_documents(scope)):
-            return Prepared(messages, [])
-        question = messages[-1]["content"]
+            return Prepared(messages)
         earlier = [m["content"] for m in messages[1:-1] if m["role"] == "user"]
-        passages = await self.knowledge.search(scope, answer.retrieval_query(question, earlier))
-        passages = answer.relevant(passages, question, min_dense)
-        if not passages:
-            if force_documents or looks_like_question(question):
-                return Prepared(messages, [], canned=answer.NOT_FOUND)
-            return Prepared(messages, [])
-        budget = answer.prompt_budget(model.context_tokens, self.settings.documents.answer_max_new_tokens)
-        grounded = answer.build_prompt(question, passages, messages[1:-1], budget, model.count_tokens)
-        return Prepared(grounded.messages, grounded.passages)
-
-    def with_sources(self, text: str, prepared: Prepared) -> str:
-        """The answer followed by the documents and pages of the passages it used, and the closest quote."""
-        if not prepared.grounded:
-            return text
-        sources = answer.sources_note(text, prepared.passages)
-        return f"{text}\n\n{sources}" if sources else text
+        result = await answer.answer_question(messages[-1]["content"], knowledge=self.knowledge, model=model,
+                                              scope=scope, recent_questions=earlier, force=force_documents)
+        return Prepared(messages, result if result.about_documents or force_documents else None)
 
     async def begin_reply(self, user_message: Message, telegram_message_id: int | None,
                           version_id: int | None) -> Message:

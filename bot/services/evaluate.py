@@ -1,23 +1,18 @@
-"""Quality figures for retrieval, answers and summaries, measured through the product's own code paths.
+"""Quality figures for retrieval and answers, measured through the product's own code paths.
 
 - retrieval: a SQuAD-style data set's papers are ingested into one scope with `KnowledgeBase.ingest` (a
   SQLite database + index files kept under the data dir, so reruns skip the embedding), then each question
   is searched with `KnowledgeBase.search`; a question is found at rank r when the r-th chunk contains an
   answer span. recall@k and MRR per retrieval mode, for two seeded halves of the questions and for all.
-- qa: retrieval -> `answer.relevant` -> `answer.build_prompt` -> `ChatModel.stream_chat` (greedy), scored
-  by "the answer contains the gold answer" and SQuAD token F1; and, apart from the model's answer, whether
-  the quote shown under it (the sentences of a cited passage closest to the question) contains the gold span.
-- summary: QMSum meetings, each parsed as a text document the way `docent summarize` reads a file, then
-  `summarize.summarize` (map-reduce); ROUGE-1/2/L F1 (our own, no stemming) against the general "whole
-  meeting" reference, next to a lead baseline (the first N words, N = the reference's length by default).
+- qa: in bot.services.eval_qa (the answer metrics `contains_answer` and `token_f1` are here).
+- summary: in bot.services.eval_summary (it shares `half_of`, `sample` and `mean` from here).
 
-The metric functions at the top are pure and small; the three `*_eval` functions do the work and return
-a dict of figures that the CLI prints as a table and a final JSON line.
+The metric functions at the top are pure and small; the `*_eval` functions do the work and return a dict
+of figures that the CLI prints as a table and a final JSON line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -27,7 +22,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.config import DatabaseSettings, Settings
@@ -43,19 +38,21 @@ RETRIEVAL_MODES = ("bm25", "dense", "rrf", "hybrid")  # rrf = the index's plain 
 class Question:
     qid: str
     text: str
-    answers: list[str]
+    answers: list[str]  # for an unanswerable question: SQuAD 2.0's plausible (wrong) answers
     paper: str  # the document name of the paper it is about
+    answerable: bool = True
 
 
 @dataclass
 class Paper:
     name: str
     text: str
-    questions: list[Question]
+    questions: list[Question]  # answerable, with at least one gold answer
+    unanswerable: list[Question] = field(default_factory=list)  # SQuAD 2.0's is_impossible questions
 
 
 def load_squad(path: str | Path) -> list[Paper]:
-    """Papers (one document per `data[i]`, its paragraphs joined) with their answerable questions."""
+    """Papers (one document per `data[i]`, its paragraphs joined) with their questions."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -71,39 +68,19 @@ def load_squad(path: str | Path) -> list[Paper]:
             doc_id = paragraphs[0].get("document_id", i)
             name = f"{path.stem}-{i:03d}-{doc_id}.txt"
             questions = [
-                Question(str(qa["id"]), qa["question"], [a["text"] for a in qa["answers"] if a["text"].strip()], name)
-                for p in paragraphs for qa in p["qas"] if not qa.get("is_impossible")
+                Question(str(qa["id"]), qa["question"],
+                         [a["text"] for a in qa.get("plausible_answers" if qa.get("is_impossible") else "answers", [])
+                          if a["text"].strip()], name, answerable=not qa.get("is_impossible"))
+                for p in paragraphs for qa in p["qas"]
             ]
             text = "\n\n".join(p["context"] for p in paragraphs)
         except (KeyError, TypeError, IndexError) as e:
             raise ValueError(f"{path}: data[{i}] is not a SQuAD article (paragraphs/context/qas): {e!r}") from None
-        papers.append(Paper(name, text, [q for q in questions if q.answers]))
+        papers.append(Paper(name, text, [q for q in questions if q.answerable and q.answers],
+                            [q for q in questions if not q.answerable]))
     if not papers:
         raise ValueError(f"{path}: no articles in data")
     return papers
-
-
-def load_qmsum(path: str | Path) -> list[dict]:
-    """QMSum meetings: {"transcript": [ "Speaker: words", ...], "reference": general summary}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data set not found: {path}")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            turns = [f"{t['speaker']}: {t['content']}" for t in row["meeting_transcripts"]]
-            general = row["general_query_list"]
-            reference = general[0]["answer"]
-        except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise ValueError(f"{path}:{n}: not a QMSum line (meeting_transcripts, general_query_list): {e!r}") \
-                from None
-        out.append({"transcript": turns, "reference": reference, "query": general[0]["query"]})
-    if not out:
-        raise ValueError(f"{path}: no meetings")
-    return out
 
 
 # ------------------------------------------------------------------------------------- the metrics
@@ -165,52 +142,6 @@ def contains_answer(prediction: str, answers: Iterable[str]) -> bool:
     """The prediction contains one gold answer, compared after SQuAD normalisation."""
     p = f" {squad_normalize(prediction)} "
     return any(f" {squad_normalize(a)} " in p for a in answers if squad_normalize(a))
-
-
-_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def rouge_tokens(text: str) -> list[str]:
-    """ROUGE's tokenisation without stemming: lower-cased runs of ASCII letters and digits."""
-    return _ROUGE_TOKEN.findall(text.lower())
-
-
-def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
-    if overlap == 0 or n_pred == 0 or n_ref == 0:
-        return 0.0
-    p, r = overlap / n_pred, overlap / n_ref
-    return 2 * p * r / (p + r)
-
-
-def rouge_n(prediction: str, reference: str, n: int) -> float:
-    """ROUGE-N F1: clipped n-gram overlap."""
-    def grams(tokens: list[str]) -> Counter:
-        return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
-    p, r = grams(rouge_tokens(prediction)), grams(rouge_tokens(reference))
-    return _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence (O(len(a) * len(b)) time, O(len(b)) memory)."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over the whole text (summary-level LCS without sentence splitting)."""
-    p, r = rouge_tokens(prediction), rouge_tokens(reference)
-    return _f1(lcs_length(p, r), len(p), len(r))
-
-
-def rouge(prediction: str, reference: str) -> dict[str, float]:
-    return {"rouge1": rouge_n(prediction, reference, 1), "rouge2": rouge_n(prediction, reference, 2),
-            "rougeL": rouge_l(prediction, reference)}
 
 
 def mean(values: Iterable[float]) -> float:
@@ -327,119 +258,4 @@ async def retrieval_eval(settings: Settings, dataset: str | Path, *, limit: int 
         "answer_in_some_chunk": mean(coverage),
         "ms_per_query": 1000 * seconds / max(1, len(questions) * len(modes)),
         "modes": {m: split_figures(ranks[m], halves) for m in modes},
-    }
-
-
-async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int = 30, seed: int = 0,
-                  min_dense: float | None = None, show_progress: bool = True) -> dict:
-    """Answers end to end (search -> relevant -> build_prompt -> greedy stream_chat), scored against gold."""
-    from tqdm import tqdm
-
-    from bot.services import answer
-    from bot.services.models import ChatModel, Sampling
-
-    dataset = Path(dataset)
-    engine, kb, papers = await prepare_store(settings, dataset, show_progress)
-    try:
-        questions = sample([q for p in papers for q in p.questions], limit, seed)
-        model = await asyncio.to_thread(ChatModel.load, settings)
-        sampling = Sampling.from_settings(settings.model, temperature=0.0,
-                                          max_new_tokens=settings.documents.answer_max_new_tokens)
-        budget = answer.prompt_budget(model.context_tokens, settings.documents.answer_max_new_tokens)
-        rows = []
-        for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
-            t0 = time.perf_counter()
-            passages = answer.relevant(await kb.search(SCOPE, q.text), q.text,
-                                       answer.MIN_DENSE if min_dense is None else min_dense)
-            t1 = time.perf_counter()
-            if passages:
-                grounded = answer.build_prompt(q.text, passages, [], budget, model.count_tokens)
-                text = "".join(await asyncio.to_thread(lambda g=grounded: list(model.stream_chat(g.messages, sampling))))
-                used = grounded.passages
-                quote = answer.format_quote(answer.cited_passages(text, used))  # as answer.sources_note
-            else:
-                text, used, quote = answer.NOT_FOUND, [], ""
-            t2 = time.perf_counter()
-            rows.append({"qid": q.qid, "question": q.text, "gold": q.answers[0], "answer": text.strip(),
-                         "contains": contains_answer(text, q.answers), "f1": max(token_f1(text, a) for a in q.answers),
-                         "quote": quote, "quote_contains": first_hit([quote], q.answers) is not None,
-                         "in_prompt": first_hit([p.text for p in used], q.answers) is not None,
-                         "not_found": not used, "retrieve_s": t1 - t0, "generate_s": t2 - t1,
-                         "tokens": model.count_tokens(text)})
-    finally:
-        await engine.dispose()
-    gen_s = sum(r["generate_s"] for r in rows)
-    return {
-        "eval": "qa", "dataset": dataset.name, "questions": len(rows), "seed": seed, "model": settings.model.name,
-        "contains_gold": mean(r["contains"] for r in rows), "f1": mean(r["f1"] for r in rows),
-        "quote_contains_gold": mean(r["quote_contains"] for r in rows),
-        "answer_in_prompt": mean(r["in_prompt"] for r in rows), "not_found": mean(r["not_found"] for r in rows),
-        "retrieve_s_per_question": mean(r["retrieve_s"] for r in rows),
-        "generate_s_per_question": mean(r["generate_s"] for r in rows),
-        "answer_tokens_per_s": sum(r["tokens"] for r in rows) / gen_s if gen_s > 0 else 0.0,
-        "examples": rows,
-    }
-
-
-def lead(transcript: list[str], words: int) -> str:
-    """The first `words` words of the transcript: the lead baseline."""
-    return " ".join(" ".join(transcript).split()[:words])
-
-
-def transcript_sections(turns: list[str], settings: Settings) -> list[str]:
-    """The transcript as `docent summarize meeting.txt` sees it: one turn a line, parsed as a text document.
-
-    (Passing the ~900 turns as separate pieces fails: summarize.windows counts each piece but not the
-    separators between them, so a window of many short turns overflows the context.)
-    """
-    from bot.knowledge.parse import parse_document
-
-    docs = settings.documents
-    parsed = parse_document("\n".join(turns).encode("utf-8"), "meeting.txt", "text/plain",
-                            timeout_s=docs.parse_timeout_s, memory_mb=docs.parse_memory_mb,
-                            max_bytes=int(docs.max_file_mb * 2**20))
-    return [section.text for section in parsed.sections]
-
-
-def summary_eval(settings: Settings, dataset: str | Path, *, limit: int = 5, seed: int = 0, lead_words: int = 0,
-                 show_progress: bool = True) -> dict:
-    """ROUGE-1/2/L F1 of `summarize` (map-reduce) against QMSum's general summary, and of a lead baseline.
-
-    lead_words = 0: the lead baseline takes as many words as the reference has; else that fixed count.
-    """
-    from tqdm import tqdm
-
-    from bot.services.models import ChatModel
-    from bot.services.summarize import summarize
-
-    dataset = Path(dataset)
-    meetings = sample(load_qmsum(dataset), limit, seed)
-    model = ChatModel.load(settings)
-    rows = []
-    for i, m in enumerate(meetings):
-        bar = tqdm(desc=f"meeting {i + 1}/{len(meetings)}", unit="part", disable=not show_progress)
-
-        def progress(done: int, total: int, bar=bar) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        t0 = time.perf_counter()
-        try:
-            text, error = summarize(model, transcript_sections(m["transcript"], settings), progress=progress), None
-        except ValueError as e:  # the product could not summarize this meeting: counted, not hidden
-            text, error = "", str(e)
-        bar.close()
-        n_lead = lead_words or len(m["reference"].split())
-        rows.append({"summary": text, "error": error, "reference": m["reference"], "seconds": time.perf_counter() - t0,
-                     "transcript_words": sum(len(t.split()) for t in m["transcript"]),
-                     "model": rouge(text, m["reference"]), "lead": rouge(lead(m["transcript"], n_lead), m["reference"])})
-    return {
-        "eval": "summary", "dataset": dataset.name, "meetings": len(rows), "seed": seed, "model": settings.model.name,
-        "lead_words": lead_words or "reference length", "rouge": "own implementation, no stemming",
-        "failed": sum(1 for r in rows if r["error"]),
-        "summarize": {k: mean(r["model"][k] for r in rows) for k in ("rouge1", "rouge2", "rougeL")},
-        "lead": {k: mean(r["lead"][k] for r in rows) for k in ("rouge1", "rouge2", "rougeL")},
-        "summary_words": mean(len(r["summary"].split()) for r in rows),
-        "seconds_per_meeting": mean(r["seconds"] for r in rows),
-        "examples": rows,
     }

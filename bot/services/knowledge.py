@@ -258,6 +258,15 @@ class KnowledgeBase:
         return [Passage(c.id, c.document.name, c.page, c.heading, c.text, scores[c.id], cosine[c.id],
                         closest_window(c.text, windows[c.id], docs.window_sentences)) for c in best]
 
+    async def evidence(self, scope: str, question: str, passages: list[Passage], n: int) -> list:
+        """The n sentences of the passages that best match the question (bot.services.evidence), best first."""
+        from bot.services.evidence import select
+
+        if not passages:
+            return []
+        idf = await self._idf(scope, await self.refresh(scope))
+        return await asyncio.to_thread(select, question, passages, self.encoder.encode, idf, n)
+
     async def _idf(self, scope: str, index) -> dict[str, float]:
         """BM25 idf of every word in the scope, cached until the scope's chunks change."""
         cached = self._idfs.get(scope)

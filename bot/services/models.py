@@ -33,6 +33,7 @@ class Sampling:
     top_k: int = 40
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    no_repeat_ngram: int = 0
     seed: int | None = None
     stop_strings: list[str] = field(default_factory=list)
 
@@ -53,6 +54,7 @@ class ChatModel:
         self.model, self.tokenizer = model, tokenizer
         self.context_tokens = min(context_tokens, model.config.max_seq_len)
         self.engine = Engine(model, tokenizer, max_len=self.context_tokens)
+        self._spans = None  # lm.spans.SpanDecoder, made on the first document answer
         self.version_id = version_id
         self.label = label
 
@@ -90,6 +92,7 @@ class ChatModel:
             top_k=sampling.top_k,
             top_p=sampling.top_p,
             repetition_penalty=sampling.repetition_penalty,
+            no_repeat_ngram=sampling.no_repeat_ngram,
             seed=sampling.seed,
             stop_strings=tuple(sampling.stop_strings),
         )
@@ -100,6 +103,28 @@ class ChatModel:
         messages = self.fit(messages, sampling)
         ids, _ = self.tokenizer.render_chat(messages, add_generation_prompt=True)
         yield from self.engine.stream(ids, self._config(sampling, len(ids)), cancel=cancel)
+
+    def spans(self, messages: list[dict], evidence: list[str], *, baseline: list[dict] | None = None,
+              calibration: float = 0.0, max_tokens: int = 48, keep: int = 8) -> list:
+        """Answers copied from `evidence` (lm.spans.Span, best first) for the chat `messages`, rescored against
+        the `baseline` chat when given (SpanDecoder.calibrated). Blocking."""
+        from lm.spans import SpanDecoder
+
+        def ids(chat: list[dict]) -> list[int]:
+            return list(self.tokenizer.render_chat(chat, add_generation_prompt=True)[0])
+
+        with self.engine.lock:  # one forward at a time on these weights, whatever the caller
+            if self._spans is None:
+                self._spans = SpanDecoder(self.model, self.tokenizer, max_len=self.context_tokens)
+            spans = self._spans.spans(ids(messages), evidence, max_tokens=max_tokens, keep=keep)
+            if baseline is not None and calibration:
+                spans = self._spans.calibrated(spans, ids(baseline), calibration)
+            return spans
+
+    async def copy_spans(self, messages: list[dict], evidence: list[str], **options) -> list:
+        """`spans` in the generation thread, queued behind the replies already generating."""
+        return await asyncio.get_running_loop().run_in_executor(
+            _EXECUTOR, lambda: self.spans(messages, evidence, **options))
 
     def stream_text(self, prompt: str, sampling: Sampling, cancel: threading.Event | None = None) -> Iterator[str]:
         """Continue raw text without the chat template."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.services.answer import NOT_FOUND
+from bot.services.answer import NO_ANSWER, NOT_FOUND
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -57,8 +57,18 @@ async def test_upload_ask_with_sources_docs_forget_and_isolation(tmp_path, tiny_
 
             fake.send_user_message(ALICE, ALICE, "When did Mount Kelvara erupt?")
             answer = await fake.wait_for(lambda: final_reply(fake, ALICE), 60)
-            assert "Sources:" in answer.text and "volcano.md" in answer.text
-            assert "Closest passage (volcano.md): “Mount Kelvara erupted in 1872" in answer.text
+            # the tiny random model copies some span of a sentence that (with the one before it) names Mount
+            # Kelvara, or finds none and quotes the closest; either way the reply cites the document
+            if answer.text.startswith(NO_ANSWER):
+                assert "(volcano.md) says:\n“Mount Kelvara erupted in 1872" in answer.text
+            else:
+                head, _, quoted = answer.text.partition("\n\nSource: volcano.md\n“")
+                assert quoted and head.lower() in quoted.lower(), answer.text  # copied from the quoted sentence
+
+            # small talk in a chat with documents gets a chat reply, not a search result
+            fake.send_user_message(ALICE, ALICE, "Tell me a short joke about cats.")
+            chat = await fake.wait_for(lambda: final_reply(fake, ALICE, after=1), 60)
+            assert "volcano.md" not in chat.text and NOT_FOUND not in chat.text and NO_ANSWER not in chat.text
 
             fake.send_user_message(ALICE, ALICE, "/docs")
             await fake.wait_for(lambda: "volcano.md" in (fake.last_text(ALICE) or "") and

@@ -1,58 +1,115 @@
-"""bot.services.answer: which passages an answer used, the sources and the quote shown under it, the
-follow-up query, the relevance filter and the prompt budget."""
+"""bot.services.answer: the support check and the choice among copied spans, "not found", the rendering,
+follow-up queries, routing between documents and chat, and the prompt; bot.services.evidence's scoring."""
 
 from __future__ import annotations
 
+import pytest
+
 from bot.services import answer
+from bot.services.evidence import Evidence, coverage
 from bot.services.knowledge import Passage
+from lm.spans import Span
+
+P1 = Passage(1, "normans.txt", 3, None, "text", 2.0, dense=0.5)
+P2 = Passage(2, "crusades.pdf", None, None, "text", 1.0, dense=0.4)
 
 
-def passage(i: int, text: str, score: float, evidence: str = "", page: int | None = None) -> Passage:
-    return Passage(i, f"doc{i}.pdf", page, None, text, score, dense=0.5, evidence=evidence)
+def ev(text: str, passage: Passage = P1, before: str = "", cosine: float = 0.6, cov: float = 0.5) -> Evidence:
+    return Evidence(text, passage, before, cosine, cov)
 
 
-A = passage(1, "Ferrets were infected. The incubation period was four days.", 2.0,
-            "Ferrets were infected. The incubation period was four days.", page=3)
-B = passage(2, "Masks were worn by most nurses in the survey.", 1.5, "Masks were worn by most nurses in the survey.")
+CRISPIN = ev("Robert Crispin led the Normans of Edessa against the Turks in the 1060s.")
+HASTINGS = ev("In 1066, Duke William II of Normandy conquered England killing King Harold II.", P2)
 
 
-def test_cited_passages_prefers_markers_then_shared_words():
-    assert answer.cited_passages("It was four days [2].", [A, B]) == [B]
-    assert answer.cited_passages("the incubation period was four days", [B, A]) == [A]
-    assert answer.cited_passages("no overlap at all here", [B, A]) == [B]  # nothing shared: the best one
+def test_key_terms_are_the_names_and_numbers_asked_about():
+    assert answer.key_terms("When did Herve go up against the Turks?") == {"herve", "turk"}
+    assert answer.key_terms("Who gave their name to Normandy in the 1000's and 1100s?") == {"normandy", "1000", "1100"}
+    assert answer.key_terms("What was the Normans' main export in the 11th century?") == {"norman", "11"}
+    assert answer.key_terms("what is the capital of france") == set()  # nothing capitalised after the first word
 
 
-def test_sources_note_lists_the_cited_sources_then_quotes_the_best_of_them():
-    note = answer.sources_note("The incubation period was four days [1].", [A, B])
-    assert note == ("Sources:\n• doc1.pdf, p. 3\n"
-                    "Closest passage (doc1.pdf, p. 3): “Ferrets were infected. The incubation period was four days.”")
-    only_b = answer.sources_note("Masks were worn by most nurses [2].", [A, B])
-    assert only_b == "Sources:\n• doc2.pdf\nClosest passage (doc2.pdf): “Masks were worn by most nurses in the survey.”"
-    both = answer.sources_note("See [1] and [2].", [B, A])
-    assert both.count("•") == 2 and both.endswith("“Ferrets were infected. The incubation period was four days.”")
+def test_an_answer_whose_source_does_not_name_what_was_asked_is_refused():
+    spans = [Span("the 1060s", -1.0), Span("Robert Crispin", -2.0)]
+    assert answer.choose(spans, "When did Herve go up against the Turks?", [CRISPIN]) is None
+    span, source = answer.choose(spans, "When did Robert Crispin go up against the Turks?", [CRISPIN])
+    assert (span.text, source) == ("the 1060s", CRISPIN)
 
 
-def test_quote_is_cut_at_a_word_and_absent_without_evidence():
-    long = passage(3, "x", 1.0, evidence="word " * 200)
-    quote = answer.format_quote([long], limit=50)
-    assert quote.endswith("…”") and len(quote) < 50 + len("Closest passage (doc3.pdf): “”")
-    assert answer.format_quote([passage(4, "text", 1.0)]) == ""
+def test_the_sentence_before_counts_for_pronouns():
+    after = ev("He led them against the Turks in the 1060s.", before="Robert Crispin came to Edessa.")
+    span, source = answer.choose([Span("the 1060s", -1.0)], "When did Robert Crispin fight the Turks?", [after])
+    assert source is after
 
 
-def test_follow_up_questions_carry_the_previous_one():
-    assert answer.retrieval_query("and the second one?", ["What vaccines were tested?"]) == \
-        "and the second one? What vaccines were tested?"
-    long = "Which vaccines against influenza were tested in ferrets during the 2009 pandemic?"
-    assert answer.retrieval_query(long, ["earlier"]) == long
+def test_a_span_repeating_the_question_gives_way_to_the_next_within_the_margin():
+    spans = [Span("Dyrrachium", -1.0), Span("the Adriatic", -2.5), Span("Edessa", -9.0)]
+    place = ev("Dyrrachium was a naval base on the Adriatic.")
+    span, _ = answer.choose(spans, "Where was Dyrrachium located?", [place], margin=3.0)
+    assert span.text == "the Adriatic"
+    assert answer.choose([spans[0], spans[2]], "Where was Dyrrachium located?", [place], margin=3.0) is None
+    assert answer.choose(spans, "Where was Dyrrachium located?", [place], margin=0.0) is None
 
 
-def test_relevant_keeps_passages_about_the_question():
-    far = Passage(5, "d.txt", None, None, "Completely different matter entirely.", 1.0, dense=0.1)
-    close = Passage(6, "d.txt", None, None, "Nothing shared.", 1.0, dense=0.6)
-    words = Passage(7, "d.txt", None, None, "The incubation period of ferrets.", 1.0, dense=0.1)
-    assert answer.relevant([far, close, words], "incubation period ferrets?") == [close, words]
+def test_support_check_wants_every_content_word_and_number_in_the_evidence():
+    texts = [HASTINGS.text]
+    assert answer.supported("Duke William II of Normandy", texts)
+    assert answer.supported("in 1066", texts)
+    assert not answer.supported("in 1067", texts)  # an invented number
+    assert not answer.supported("Duke William the Bastard", texts)  # an invented name
 
 
-def test_prompt_budget_reserves_reply_room_capped_at_a_quarter():
-    assert answer.prompt_budget(2048, 160) == 2048 - 160 - 64
-    assert answer.prompt_budget(2048, 4096) == 2048 - 512 - 64
+def test_render_leads_with_the_answer_then_its_source_and_sentence():
+    found = answer.Answer("When?", "1066", HASTINGS, [HASTINGS], about_documents=True)
+    assert found.render() == f"1066\n\nSource: crusades.pdf\n“{HASTINGS.text}”"
+    assert found.passages == [P2]
+    missed = answer.Answer("When did Herve fight?", evidence=[CRISPIN, HASTINGS], about_documents=True)
+    assert missed.render().startswith(answer.NO_ANSWER + " The closest passage (normans.txt, p. 3) says:\n“Robert")
+    assert not missed.found and missed.passages == [P1]
+    assert answer.Answer("Hi", about_documents=False).render() == answer.NOT_FOUND
+
+
+def test_quote_is_cut_at_a_word():
+    q = answer.quote("word " * 200, limit=50)
+    assert q.endswith("…") and len(q) <= 50 and "wor…" not in q
+
+
+def test_follow_ups_carry_the_previous_question_and_other_messages_do_not():
+    earlier = ["Who was the Norse leader?"]
+    assert answer.retrieval_query("And when did he die?", earlier) == "And when did he die? Who was the Norse leader?"
+    assert answer.retrieval_query("what about his son?", earlier).endswith("Norse leader?")
+    assert answer.retrieval_query("thanks!", earlier) == "thanks!"
+    assert answer.retrieval_query("Tell me a short joke about cats.", earlier) == "Tell me a short joke about cats."
+    assert answer.retrieval_query("when did he die?", []) == "when did he die?"
+
+
+def test_a_message_is_about_the_documents_when_its_best_sentence_is_close_or_shares_its_words():
+    assert answer.about_documents([ev("x", cosine=0.7, cov=0.0)])
+    assert answer.about_documents([ev("x", cosine=0.1, cov=0.8)])
+    assert not answer.about_documents([ev("x", cosine=0.2, cov=0.1)])
+    assert not answer.about_documents([])
+
+
+def test_phrase_questions_are_told_apart_from_questions_wanting_a_statement():
+    for q in ("Who ruled Normandy?", "When did it fall?", "In what year did they invade?", "How many men?",
+              "What river bounded the Duchy?", "What was the naval base called?", "To whom was Emma married?"):
+        assert answer.wants_a_phrase(q), q
+    for q in ("Why is iron critical to bacteria?", "How does hepcidin affect macrophages?",
+              "What is the treatment for MERS-CoV?", "Describe the method.", "Is it safe?"):
+        assert not answer.wants_a_phrase(q), q
+
+
+def test_the_prompt_shows_examples_then_the_evidence_best_last_then_the_question():
+    messages = answer.span_prompt("When?", [HASTINGS, CRISPIN], earlier="Who invaded England?")
+    assert messages[0]["role"] == "system"
+    assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * len(answer.EXAMPLES)
+    last = messages[-1]["content"]
+    assert last.index(CRISPIN.text) < last.index(HASTINGS.text) < last.index("Earlier question: Who invaded")
+    assert last.endswith("Question: When?")
+
+
+def test_coverage_weighs_the_question_words_by_idf():
+    idf = {"kelvara": 4.0, "erupt": 1.0}
+    assert coverage({"kelvara", "erupt"}, {"kelvara"}, idf) == pytest.approx(0.8)
+    assert coverage({"kelvara", "unknown"}, {"unknown"}, idf) == pytest.approx(0.5)  # unknown counts as rarest
+    assert coverage(set(), {"x"}, idf) == 0.0

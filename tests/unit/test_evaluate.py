@@ -1,5 +1,6 @@
-"""bot.services.evaluate: the metrics on hand-made cases, the seeded split, the data-set readers, the hybrid
-ranking settings, and (integration) a tiny retrieval eval through the real KnowledgeBase and MiniLM."""
+"""bot.services.evaluate: the metrics on hand-made cases, the seeded split, the SQuAD reader, the hybrid
+ranking settings, and (integration) a tiny retrieval eval through the real KnowledgeBase and MiniLM.
+The summary eval's tests are in test_eval_summary.py."""
 
 from __future__ import annotations
 
@@ -81,28 +82,6 @@ def test_squad_normalisation_and_f1():
     assert not ev.contains_answer("incubation periods", ["incubation period"])  # whole words only
 
 
-# ------------------------------------------------------------------------------------------ ROUGE
-
-
-def test_rouge_on_tiny_known_strings():
-    pred, ref = "The cat sat on the mat.", "the cat lay on the mat"
-    # unigrams: 5 of 6 shared both ways; bigrams: the-cat, on-the, the-mat = 3 of 5; LCS "the cat on the mat" = 5
-    assert ev.rouge_n(pred, ref, 1) == pytest.approx(5 / 6)
-    assert ev.rouge_n(pred, ref, 2) == pytest.approx(3 / 5)
-    assert ev.rouge_l(pred, ref) == pytest.approx(5 / 6)
-    assert ev.rouge("a b c d", "a b c d") == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
-    assert ev.rouge("x y", "a b")["rougeL"] == 0.0
-    assert ev.rouge_l("", "a b") == 0.0
-    # LCS keeps order: "a c" is common, "c a" is not
-    assert ev.lcs_length(list("abcde"), list("ace")) == 3
-    assert ev.lcs_length(list("ca"), list("ac")) == 1
-    assert ev.rouge_tokens("COVID-19's R0, 2.5") == ["covid", "19", "s", "r0", "2", "5"]
-
-
-def test_lead_baseline_takes_the_first_words():
-    assert ev.lead(["A: hello there", "B: general  kenobi now"], 4) == "A: hello there B:"
-
-
 # ------------------------------------------------------------------------------------------ data sets
 
 
@@ -111,11 +90,13 @@ def test_load_squad_reads_papers_and_rejects_bad_files(tmp_path: Path):
     path.write_text(json.dumps({"data": [
         {"paragraphs": [{"context": "Alpha text.", "document_id": 5, "qas": [
             {"id": 1, "question": "q1?", "answers": [{"text": "Alpha", "answer_start": 0}]},
-            {"id": 2, "question": "q2?", "answers": [], "is_impossible": True}]}]},
+            {"id": 2, "question": "q2?", "answers": [], "is_impossible": True,
+             "plausible_answers": [{"text": "text", "answer_start": 6}]}]}]},
     ]}))
     (paper,) = ev.load_squad(path)
     assert paper.name == "mini-000-5.txt" and paper.text == "Alpha text."
     assert [(q.qid, q.answers, q.paper) for q in paper.questions] == [("1", ["Alpha"], "mini-000-5.txt")]
+    assert [(q.qid, q.answers, q.answerable) for q in paper.unanswerable] == [("2", ["text"], False)]
     bad = tmp_path / "bad.json"
     bad.write_text('{"rows": []}')
     with pytest.raises(ValueError, match="not a SQuAD-format JSON"):
@@ -125,23 +106,6 @@ def test_load_squad_reads_papers_and_rejects_bad_files(tmp_path: Path):
         ev.load_squad(bad)
     with pytest.raises(FileNotFoundError, match="data set not found"):
         ev.load_squad(tmp_path / "missing.json")
-
-
-def test_transcript_is_read_like_a_text_document():
-    sections = ev.transcript_sections(["Professor E: So . OK .", "Grad G: It  crashed ."], Settings())
-    assert sections == ["Professor E: So . OK .\nGrad G: It crashed ."]
-
-
-def test_load_qmsum(tmp_path: Path):
-    path = tmp_path / "m.jsonl"
-    row = {"general_query_list": [{"query": "Summarize the whole meeting", "answer": "They met."}],
-           "specific_query_list": [], "meeting_transcripts": [{"speaker": "A", "content": "hi"}]}
-    path.write_text(json.dumps(row) + "\n\n" + json.dumps(row) + "\n")
-    meetings = ev.load_qmsum(path)
-    assert len(meetings) == 2 and meetings[0]["transcript"] == ["A: hi"] and meetings[0]["reference"] == "They met."
-    path.write_text('{"meeting_transcripts": []}\n')
-    with pytest.raises(ValueError, match=r"m.jsonl:1: not a QMSum line"):
-        ev.load_qmsum(path)
 
 
 # --------------------------------------------------------------------------- hybrid ranking settings
@@ -288,26 +252,3 @@ async def test_retrieval_eval_end_to_end_with_minilm(tmp_path: Path):
         await engine.dispose()
     again = await ev.retrieval_eval(settings, path, k=3, show_progress=False)
     assert again["modes"] == result["modes"]
-
-
-
-@pytest.mark.integration
-async def test_qa_eval_end_to_end_with_a_tiny_model(tmp_path: Path):
-    """The qa eval's whole path (search, relevance, prompt, generation, quote) runs and is scored: a random
-    model never says the gold answer, but the prompt holds it and the quote under the answer shows it."""
-    from lm import hub
-    from tests.support.tiny_gguf import write_tiny_gguf
-
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(squad(PAPERS)))
-    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), chunk_tokens=24, chunk_overlap_tokens=4)
-    settings = Settings(data_dir=tmp_path / "data", documents=docs)
-    settings.model.name = str(write_tiny_gguf(tmp_path / "tiny.gguf", max_seq_len=2048).path)
-    settings.documents.answer_max_new_tokens = 8
-
-    result = await ev.qa_eval(settings, path, limit=4, seed=1, show_progress=False)
-    assert result["questions"] == 4 and len(result["examples"]) == 4
-    assert result["answer_in_prompt"] == 1.0 and result["not_found"] == 0.0
-    assert result["quote_contains_gold"] >= 0.75
-    for row in result["examples"]:
-        assert row["quote"].startswith("Closest passage (tiny-")

@@ -1,0 +1,111 @@
+"""`docent eval qa`: answers from documents, measured on the product's own pipeline (`answer.answer_question`).
+
+The data set's papers are ingested into an eval scope as `docent ingest` would (see evaluate.prepare_store);
+then every sampled question goes through exactly what a Telegram user's `/ask` goes through. Scored:
+
+- answerable questions: the answer contains a gold answer (after SQuAD normalisation) and SQuAD token F1,
+  which punishes a long answer that merely contains it; how often the sentence quoted under the reply
+  contains it; how often the gold answer was in the evidence the model read, and in the retrieved passages;
+  how often we said "not found" although there was an answer;
+- unanswerable questions (SQuAD 2.0's is_impossible): how often the reply is "not found" rather than an
+  answer;
+- every reply: the unsupported rate (answers with a content word or number the evidence does not have) and
+  loops (a line, or 8 words in a row, said 3 times).
+
+Each figure is given for the tuning half, the held-out half (evaluate.half_of) and all questions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+from bot.config import Settings
+from bot.services.evaluate import (
+    SCOPE,
+    contains_answer,
+    first_hit,
+    half_of,
+    mean,
+    prepare_store,
+    sample,
+    token_f1,
+)
+
+
+def loops(text: str, n: int = 8, times: int = 3) -> bool:
+    """A line, or a run of n words, that occurs `times` times or more: the mark of a decoding loop."""
+    lines = Counter(line.strip() for line in text.splitlines() if line.strip())
+    words = text.split()
+    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return any(c >= times for c in lines.values()) or any(c >= times for c in grams.values())
+
+
+def score_row(q, result, seconds: float) -> dict:
+    """One question's figures from its answer_question result."""
+    from bot.services import answer
+
+    reply = result.render()
+    quoted = result.source.text if result.source else (result.evidence[0].text if result.evidence else "")
+    row = {"qid": q.qid, "question": q.text, "answerable": q.answerable, "gold": q.answers[:3],
+           "answer": result.text, "reply": reply, "not_found": not result.found, "seconds": seconds,
+           "unsupported": result.found and not answer.supported(result.text, [e.text for e in result.evidence]),
+           "loops": loops(reply)}
+    if q.answerable:
+        row |= {"contains": result.found and contains_answer(result.text, q.answers),
+                "f1": max(token_f1(result.text, a) for a in q.answers) if result.found else 0.0,
+                "quote_contains": first_hit([quoted], q.answers) is not None,
+                "in_evidence": first_hit([e.text for e in result.evidence], q.answers) is not None,
+                "in_passages": first_hit([p.text for p in result.retrieved], q.answers) is not None}
+    return row
+
+
+def figures(rows: list[dict]) -> dict:
+    """The summary figures of a set of rows."""
+    ans = [r for r in rows if r["answerable"]]
+    imp = [r for r in rows if not r["answerable"]]
+    given = [r for r in rows if not r["not_found"]]
+    return {
+        "answerable": len(ans), "unanswerable": len(imp),
+        "contains_gold": mean(r["contains"] for r in ans), "f1": mean(r["f1"] for r in ans),
+        "quote_contains_gold": mean(r["quote_contains"] for r in ans),
+        "gold_in_evidence": mean(r["in_evidence"] for r in ans),
+        "gold_in_passages": mean(r["in_passages"] for r in ans),
+        "answerable_not_found": mean(r["not_found"] for r in ans),
+        "unanswerable_not_found": mean(r["not_found"] for r in imp) if imp else None,
+        "unsupported_rate": mean(r["unsupported"] for r in given), "loops": sum(r["loops"] for r in rows),
+        "seconds_per_question": mean(r["seconds"] for r in rows),
+    }
+
+
+async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None = 30, seed: int = 0,
+                  show_progress: bool = True) -> dict:
+    """Answers end to end through `answer.answer_question`, scored against gold. `limit` samples that many
+    answerable questions and, where the set has them, that many unanswerable ones (None: all)."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from bot.services import answer
+    from bot.services.models import ChatModel
+
+    dataset = Path(dataset)
+    engine, kb, papers = await prepare_store(settings, dataset, show_progress)
+    try:
+        questions = (sample([q for p in papers for q in p.questions], limit, seed)
+                     + sample([q for p in papers for q in p.unanswerable], limit, seed))
+        model = await asyncio.to_thread(ChatModel.load, settings)
+        rows = []
+        for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
+            t0 = time.perf_counter()
+            result = await answer.answer_question(q.text, knowledge=kb, model=model, scope=SCOPE, force=True)
+            rows.append(score_row(q, result, time.perf_counter() - t0) | {"half": half_of(q.qid, seed)})
+    finally:
+        await engine.dispose()
+    return {
+        "eval": "qa", "dataset": dataset.name, "seed": seed, "model": settings.model.name,
+        "halves": {"tune": figures([r for r in rows if r["half"] == 0]),
+                   "test": figures([r for r in rows if r["half"] == 1]), "all": figures(rows)},
+        "examples": rows,
+    }

@@ -1,0 +1,68 @@
+"""bot.services.eval_qa: the loop detector, the figures, and (integration) the whole qa eval through the
+product's answer pipeline with MiniLM and a tiny random chat model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.config import DocumentSettings, Settings
+from bot.services import eval_qa
+from tests.unit.test_evaluate import PAPERS, squad
+
+
+def test_loops_finds_a_line_or_eight_words_said_three_times():
+    assert eval_qa.loops("1. Obtain a copy of the program.\n" * 3)
+    assert eval_qa.loops(" ".join(["the duke of normandy ruled the land well"] * 3))
+    assert not eval_qa.loops("1. Obtain a copy of the program.\n" * 2)
+    assert not eval_qa.loops("The Normans came from Normandy. The Normans were Vikings. The Normans won.")
+
+
+def test_figures_split_answerable_and_unanswerable_questions():
+    rows = [
+        {"answerable": True, "contains": True, "f1": 1.0, "quote_contains": True, "in_evidence": True,
+         "in_passages": True, "not_found": False, "unsupported": False, "loops": False, "seconds": 1.0},
+        {"answerable": True, "contains": False, "f1": 0.0, "quote_contains": True, "in_evidence": True,
+         "in_passages": True, "not_found": True, "unsupported": False, "loops": False, "seconds": 3.0},
+        {"answerable": False, "not_found": True, "unsupported": False, "loops": False, "seconds": 2.0},
+        {"answerable": False, "not_found": False, "unsupported": True, "loops": True, "seconds": 2.0},
+    ]
+    f = eval_qa.figures(rows)
+    assert (f["answerable"], f["unanswerable"]) == (2, 2)
+    assert f["contains_gold"] == 0.5 and f["answerable_not_found"] == 0.5 and f["quote_contains_gold"] == 1.0
+    assert f["unanswerable_not_found"] == 0.5
+    assert f["unsupported_rate"] == 0.5  # of the two replies that gave an answer
+    assert f["loops"] == 1 and f["seconds_per_question"] == 2.0
+    assert eval_qa.figures(rows[:2])["unanswerable_not_found"] is None
+
+
+@pytest.mark.integration
+async def test_qa_eval_runs_the_answer_pipeline_end_to_end(tmp_path: Path):
+    """A random model's answers are still copied from the evidence (never unsupported, never looping), and a
+    question about a name the papers never mention is answered "not found", whatever the model prefers."""
+    from lm import hub
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    data = squad(PAPERS)
+    data["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "x-1", "question": "How long was the incubation period of the Qarlax virus?", "answers": [],
+         "is_impossible": True, "plausible_answers": [{"text": "four days on average", "answer_start": 0}]})
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(data))
+    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), chunk_tokens=24, chunk_overlap_tokens=4)
+    settings = Settings(data_dir=tmp_path / "data", documents=docs)
+    settings.model.name = str(write_tiny_gguf(tmp_path / "tiny.gguf", max_seq_len=2048).path)
+
+    result = await eval_qa.qa_eval(settings, path, limit=4, seed=1, show_progress=False)
+    every = result["halves"]["all"]
+    assert (every["answerable"], every["unanswerable"]) == (4, 1) and len(result["examples"]) == 5
+    assert every["gold_in_evidence"] == 1.0 and every["gold_in_passages"] == 1.0
+    assert every["unsupported_rate"] == 0.0 and every["loops"] == 0
+    assert every["unanswerable_not_found"] == 1.0
+    for row in result["examples"]:
+        if not row["not_found"]:
+            assert "\n\nSource: tiny-" in row["reply"] and row["answer"] in row["reply"]
+    halves = result["halves"]
+    assert halves["tune"]["answerable"] + halves["test"]["answerable"] == 4
