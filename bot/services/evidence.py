@@ -10,7 +10,7 @@ contains. Meaning finds paraphrases; coverage finds the one sentence that names 
 SQuAD 2.0's Normans article the best five sentences hold the answer for 0.93 of the answerable questions
 (the best one alone: 0.76).
 
-The same two figures of the best sentence say whether a message is about the documents at all.
+The same figures of the best sentence say whether a message is about the documents at all.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Evidence:
     before: str  # the sentence before it in the passage ("" for the first): what "he" or "it" refers to
     cosine: float
     coverage: float
+    shared: int = 0  # how many of the question's words (stopwords aside) it contains
 
     @property
     def score(self) -> float:
@@ -66,8 +67,10 @@ def select(question: str, passages: Sequence[Passage], encode: Callable[[list[st
     vectors = encode([s for s, _, _ in found] + [question])  # (S + 1, dim), unit length
     cosines = vectors[:-1] @ vectors[-1]
     words = set(bm25_tokens(question))
-    scored = [Evidence(s, p, before, float(c), coverage(words, set(bm25_tokens(s)), idf))
-              for (s, p, before), c in zip(found, cosines, strict=True)]
+    scored = []
+    for (s, p, before), c in zip(found, cosines, strict=True):
+        have = set(bm25_tokens(s))
+        scored.append(Evidence(s, p, before, float(c), coverage(words, have, idf), len(words & have)))
     scored.sort(key=lambda e: -e.score)
     return scored[:n]
 

@@ -65,3 +65,23 @@ async def test_markdown_with_special_characters_arrives_as_valid_html(tmp_path, 
     assert "<pre>" in final.raw or "<code" in final.raw, "the model's code block became a code entity"
     assert "<" in reply.text, "the model's tags are shown as text (escaped in the HTML), not interpreted"
     assert "&lt;" in final.raw
+
+
+async def test_a_chat_with_a_document_answers_from_it_then_chats_normally(tmp_path, smollm2):
+    """The document answer is the copied phrase with its source and sentence; small talk right after it in
+    the same chat gets a chat reply, not a search result or "not found"."""
+    from bot.services.answer import NO_ANSWER, NOT_FOUND
+    from tests.e2e.test_documents import GUIDE
+
+    async with FakeTelegram() as fake:
+        settings = _real_settings(tmp_path, fake, smollm2)
+        async with running_bot(settings):
+            fake.send_user_document(USER, USER, "volcano.md", GUIDE, "text/markdown")
+            await fake.wait_for(lambda: "Indexed volcano.md" in (fake.last_text(USER) or ""), timeout=120)
+            fake.send_user_message(USER, USER, "When did Mount Kelvara erupt?")
+            answer = await fake.wait_for(lambda: final_reply(fake, USER), timeout=120)
+            fake.send_user_message(USER, USER, "Tell me a short joke about cats.")
+            chat = await fake.wait_for(lambda: final_reply(fake, USER, after=1), timeout=120)
+    assert answer.text.startswith("1872\n\nSource: volcano.md\n“Mount Kelvara erupted in 1872")
+    assert "volcano.md" not in chat.text and NOT_FOUND not in chat.text and NO_ANSWER not in chat.text
+    assert len(chat.text) > 10

@@ -14,8 +14,9 @@ P1 = Passage(1, "normans.txt", 3, None, "text", 2.0, dense=0.5)
 P2 = Passage(2, "crusades.pdf", None, None, "text", 1.0, dense=0.4)
 
 
-def ev(text: str, passage: Passage = P1, before: str = "", cosine: float = 0.6, cov: float = 0.5) -> Evidence:
-    return Evidence(text, passage, before, cosine, cov)
+def ev(text: str, passage: Passage = P1, before: str = "", cosine: float = 0.6, cov: float = 0.5,
+       shared: int = 2) -> Evidence:
+    return Evidence(text, passage, before, cosine, cov, shared)
 
 
 CRISPIN = ev("Robert Crispin led the Normans of Edessa against the Turks in the 1060s.")
@@ -84,8 +85,9 @@ def test_follow_ups_carry_the_previous_question_and_other_messages_do_not():
 
 
 def test_a_message_is_about_the_documents_when_its_best_sentence_is_close_or_shares_its_words():
-    assert answer.about_documents([ev("x", cosine=0.7, cov=0.0)])
-    assert answer.about_documents([ev("x", cosine=0.1, cov=0.8)])
+    assert answer.about_documents([ev("x", cosine=0.7, cov=0.0, shared=0)])
+    assert answer.about_documents([ev("x", cosine=0.1, cov=0.8, shared=2)])
+    assert not answer.about_documents([ev("x", cosine=0.1, cov=1.0, shared=1)])  # "Hi!" next to "HI titres"
     assert not answer.about_documents([ev("x", cosine=0.2, cov=0.1)])
     assert not answer.about_documents([])
 
