@@ -105,7 +105,7 @@ class ChatModel:
         yield from self.engine.stream(ids, self._config(sampling, len(ids)), cancel=cancel)
 
     def spans(self, messages: list[dict], evidence: list[str], *, baseline: list[dict] | None = None,
-              calibration: float = 0.0, max_tokens: int = 48, keep: int = 8) -> list:
+              calibration: float = 0.0, max_tokens: int = 48, beams: int = 8, keep: int = 8) -> list:
         """Answers copied from `evidence` (lm.spans.Span, best first) for the chat `messages`, rescored against
         the `baseline` chat when given (SpanDecoder.calibrated). Blocking."""
         from lm.spans import SpanDecoder
@@ -116,7 +116,7 @@ class ChatModel:
         with self.engine.lock:  # one forward at a time on these weights, whatever the caller
             if self._spans is None:
                 self._spans = SpanDecoder(self.model, self.tokenizer, max_len=self.context_tokens)
-            spans = self._spans.spans(ids(messages), evidence, max_tokens=max_tokens, keep=keep)
+            spans = self._spans.spans(ids(messages), evidence, beams=beams, max_tokens=max_tokens, keep=keep)
             if baseline is not None and calibration:
                 spans = self._spans.calibrated(spans, ids(baseline), calibration)
             return spans

@@ -52,6 +52,16 @@ def test_a_span_repeating_the_question_gives_way_to_the_next_within_the_margin()
     assert answer.choose(spans, "Where was Dyrrachium located?", [place], margin=0.0) is None
 
 
+def test_a_statement_question_skips_spans_that_only_name_its_subject():
+    cause = ev("Mother-to-child transmission is the main cause of HIV-1 infection in children.")
+    spans = [Span("HIV-1 infection in children", -1.0), Span("Mother-to-child transmission", -4.0)]
+    question = "What is the main cause of HIV-1 infection in children?"
+    assert answer.choose(spans, question, [cause]) is None  # as a phrase question: the model found nothing new
+    span, source = answer.choose(spans, question, [cause], statement=True)
+    assert (span.text, source) == ("Mother-to-child transmission", cause)
+    assert answer.choose(spans[:1], question, [cause], statement=True) is None  # nothing but the subject
+
+
 def test_support_check_wants_every_content_word_and_number_in_the_evidence():
     texts = [HASTINGS.text]
     assert answer.supported("Duke William II of Normandy", texts)
