@@ -66,13 +66,29 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_bot(settings)
 
 
+def bounded(kind: type, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: a number of `kind` in [low, high] ((low, high] when low_open), else a clear error
+    naming the accepted range (argparse then exits with status 2, before anything is loaded)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if (value <= low if low_open else value < low) or (high is not None and value > high):
+            where = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {where}, not {text}")
+        return value
+    return parse
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="hub name, .gguf path or trained model directory (default: settings)")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", dest="top_k", type=int)
-    p.add_argument("--top-p", dest="top_p", type=float)
-    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=float)
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=bounded(int, 1))
+    p.add_argument("--temperature", type=bounded(float, 0), help="0 = greedy")
+    p.add_argument("--top-k", dest="top_k", type=bounded(int, 0), help="0 = no limit")
+    p.add_argument("--top-p", dest="top_p", type=bounded(float, 0, 1, low_open=True))
+    p.add_argument("--repetition-penalty", dest="repetition_penalty", type=bounded(float, 0, low_open=True),
+                   help="1 = off")
     p.add_argument("--seed", type=int)
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 from pathlib import Path
 
+from bot.cli import bounded
 from bot.config import Settings
 
 DEFAULT_LIMITS = {"retrieval": None, "qa": 30, "summary": None}  # None = every question / document
@@ -96,11 +97,11 @@ def register(sub) -> None:
     p.add_argument("what", choices=["retrieval", "qa", "summary"])
     p.add_argument("--dataset", required=True, help="SQuAD-format JSON (retrieval, qa); QMSum JSON lines or a "
                    "folder with documents.txt and references.txt, one document a line (summary)")
-    p.add_argument("--limit", type=int, help="questions or documents to sample (default: retrieval all, qa 30, "
+    p.add_argument("--limit", type=bounded(int, 1), help="questions or documents to sample (default: retrieval all, qa 30, "
                    "summary all)")
     p.add_argument("--seed", type=int, default=0, help="the sample and the tune/test split of the questions")
-    p.add_argument("--k", type=int, default=20, help="retrieval: passages retrieved per question")
-    p.add_argument("--lead-words", dest="lead_words", type=int, default=0,
+    p.add_argument("--k", type=bounded(int, 1), default=20, help="retrieval: passages retrieved per question")
+    p.add_argument("--lead-words", dest="lead_words", type=bounded(int, 0), default=0,
                    help="summary, QMSum: words in the lead baseline (default: the reference's length)")
     p.add_argument("--rewrite", action="store_true",
                    help="summary: also let the chat model shorten the extracted sentences (measured, off in the bot)")

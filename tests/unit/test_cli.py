@@ -1,0 +1,40 @@
+"""The docent command line refuses bad flag values with a clear message before loading anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.cli import build_parser
+
+
+def refused(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--max-new-tokens", "0", "must be >= 1, not 0"),
+    ("--max-new-tokens", "ten", "'ten' is not an integer"),
+    ("--temperature", "-0.5", "must be >= 0, not -0.5"),
+    ("--top-k", "-1", "must be >= 0, not -1"),
+    ("--top-p", "0", "must be > 0 and <= 1, not 0"),
+    ("--top-p", "1.5", "must be > 0 and <= 1, not 1.5"),
+    ("--repetition-penalty", "0", "must be > 0, not 0"),
+])
+def test_bad_sampling_values_are_refused_with_the_accepted_range(flag, value, says, capsys):
+    err = refused(["generate", "hi", flag, value], capsys)
+    assert says in err and flag in err
+
+
+def test_good_sampling_values_are_taken():
+    args = build_parser().parse_args(["generate", "hi", "--max-new-tokens", "1", "--temperature", "0",
+                                      "--top-k", "0", "--top-p", "1", "--repetition-penalty", "1.1"])
+    assert (args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty) == (1, 0.0, 0, 1.0, 1.1)
+
+
+def test_eval_wants_a_positive_limit_and_k(capsys):
+    assert "must be >= 1, not 0" in refused(["eval", "qa", "--dataset", "x.json", "--limit", "0"], capsys)
+    assert "must be >= 1, not -3" in refused(["eval", "retrieval", "--dataset", "x.json", "--k", "-3"], capsys)
+    assert build_parser().parse_args(["eval", "qa", "--dataset", "x.json", "--limit", "5"]).limit == 5
