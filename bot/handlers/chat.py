@@ -9,6 +9,7 @@ import time
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction, ChatType
+from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
 from bot.handlers.access import addressed_to_bot, is_allowed, strip_mention
@@ -80,14 +81,19 @@ async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         await update.effective_message.reply_text("System prompt reset to the default." if not prompt
                                                   else "System prompt updated.")
         return
-    sampling = await rt.assistant.sampling_for(chat.id)
-    system = await rt.assistant.system_prompt(chat.id)
+    text, keyboard = await _settings_view(rt, chat.id)
+    await update.effective_message.reply_text(text, reply_markup=keyboard)
+
+
+async def _settings_view(rt: Runtime, chat_id: int) -> tuple[str, InlineKeyboardMarkup]:
+    """The /settings message for a chat's current settings, the current temperature marked with •."""
+    sampling = await rt.assistant.sampling_for(chat_id)
+    system = await rt.assistant.system_prompt(chat_id)
     buttons = [[InlineKeyboardButton(("• " if abs(sampling.temperature - t) < 1e-6 else "") + f"{t:g}",
                                      callback_data=f"temp:{t:g}") for t in TEMPERATURES]]
-    await update.effective_message.reply_text(
-        f"System prompt:\n{system}\n\nTemperature: {sampling.temperature:g}\n\n"
-        "Change the prompt with /settings system YOUR PROMPT (empty for the default). Pick a temperature:",
-        reply_markup=InlineKeyboardMarkup(buttons))
+    text = (f"System prompt:\n{system}\n\nTemperature: {sampling.temperature:g}\n\n"
+            "Change the prompt with /settings system YOUR PROMPT (empty for the default). Pick a temperature:")
+    return text, InlineKeyboardMarkup(buttons)
 
 
 async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -102,6 +108,12 @@ async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         value = float(data.split(":", 1)[1])
         await rt.set_chat_settings(update.effective_chat.id, temperature=value)
         await query.answer(f"Temperature set to {value:g}")
+        text, keyboard = await _settings_view(rt, update.effective_chat.id)
+        try:  # the message now marks the new choice
+            await query.edit_message_text(text, reply_markup=keyboard)
+        except BadRequest as exc:
+            if "not modified" not in str(exc):  # the same button pressed again changes nothing
+                raise
     elif data.startswith("fb:"):
         value = 1 if data == "fb:1" else -1
         ok = await rt.assistant.set_feedback(update.effective_chat.id, query.message.message_id,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.db.models import Message, ProcessedUpdate
+from bot.db.models import ChatSettings, Message, ProcessedUpdate
 from bot.db.session import create_engine, session_factory
 from bot.services.assistant import INTERRUPTED_NOTE
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
@@ -239,3 +239,24 @@ def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, endless_mo
     rows = asyncio.run(_rows(settings, chat_id=USER))
     assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")]
     assert len(asyncio.run(_rows(settings, ProcessedUpdate, update_id=update_id))) == 1
+
+
+async def test_settings_keyboard_marks_the_temperature_just_chosen(tmp_path, tiny_model):
+    def marked(message) -> list[str]:
+        return [b["text"] for row in message.reply_markup["inline_keyboard"] for b in row if b["text"].startswith("• ")]
+
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "/settings")
+            menu = await fake.wait_for(lambda: next((m for m in fake.messages(USER) if m.reply_markup), None),
+                                       timeout=20)
+            assert marked(menu) == [f"• {settings.model.temperature:g}"]
+            fake.press_button(USER, USER, menu.message_id, "temp:1")
+            menu = await fake.wait_for(lambda: next((m for m in fake.messages(USER) if m.message_id == menu.message_id
+                                                     and marked(m) == ["• 1"]), None), timeout=20)
+            assert "Temperature: 1\n" in menu.text
+            fake.press_button(USER, USER, menu.message_id, "temp:1")  # again: nothing to change, still answered
+            await fake.wait_for(lambda: len(fake.calls("answerCallbackQuery")) == 2, timeout=20)
+        rows = await _rows(settings, model=ChatSettings, chat_id=USER)
+        assert rows[0].temperature == 1.0
