@@ -17,7 +17,7 @@ from telegram.ext import (
 
 from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.handlers import chat
+from bot.handlers import chat, fallback
 from bot.handlers.runtime import Runtime
 from bot.redact import redact
 from bot.render import StreamingMessage
@@ -101,6 +101,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     register_features(app, runtime)
     app.add_handler(CallbackQueryHandler(chat.on_button))
     app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))
+    fallback.register(app)
     app.add_error_handler(_on_error)
     return app
 

@@ -56,8 +56,10 @@ def addressed_to_bot(message: Message, bot_id: int, bot_username: str) -> bool:
             message.reply_to_message.from_user.id == bot_id:
         return True
     mention = f"@{bot_username}".lower()
-    mentions = message.parse_entities([MessageEntityType.MENTION]).values()
-    return any(text.lower() == mention for text in mentions) or mention in (message.text or "").lower()
+    mentions = [*message.parse_entities([MessageEntityType.MENTION]).values(),
+                *message.parse_caption_entities([MessageEntityType.MENTION]).values()]  # a photo's caption
+    said = message.text or message.caption or ""
+    return any(text.lower() == mention for text in mentions) or mention in said.lower()
 
 
 def strip_mention(text: str, bot_username: str) -> str:

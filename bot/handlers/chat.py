@@ -12,7 +12,7 @@ from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
-from bot.handlers.access import addressed_to_bot, is_allowed, strip_mention
+from bot.handlers.access import addressed_to_bot, is_admin, is_allowed, strip_mention
 from bot.handlers.runtime import Runtime
 from bot.render import StreamingMessage
 from bot.services.assistant import Incoming
@@ -22,10 +22,34 @@ log = logging.getLogger(__name__)
 HELP = (
     "I am docent, a chat assistant running a small local language model.\n\n"
     "Just write to me. In groups, mention me or reply to my messages.\n\n"
+    "Send a PDF, DOCX, HTML, Markdown or text file as a document and ask about it: I answer from it with the "
+    "document and the sentence the answer comes from, or say that it is not there.\n\n"
+    "/ask QUESTION – answer only from this chat's documents\n"
+    "/docs – the documents of this chat\n"
+    "/forget NAME – remove a document\n"
+    "/summarize – summarize a document (reply to it or name it) or else this conversation\n"
     "/reset – start a new conversation\n"
     "/settings – system prompt and temperature for this chat\n"
-    "/help – this message"
+    "/training – whether this chat's messages may be used to improve the model (on / off)\n"
+    "/help – this message\n\n"
+    "Rate my replies with the 👍/👎 buttons under them: rated replies guide retraining."
 )
+ADMIN_HELP = (
+    "\n\nAdmin commands:\n"
+    "/retrain – plan a fine-tune on what the bot has seen, then start it (/retrain resume continues one)\n"
+    "/train_status – the run in flight or the latest runs\n"
+    "/train_cancel – stop the run in flight\n"
+    "/models – the model versions\n"
+    "/rollback ID – serve another version (/rollback base for the configured model)"
+)
+
+
+def help_text(update: Update, rt: Runtime) -> str:
+    """HELP, with the admin commands for admins only."""
+    user = update.effective_user
+    return HELP + (ADMIN_HELP if is_admin(rt.settings.telegram, user.id if user else None) else "")
+
+
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 
 
@@ -40,17 +64,19 @@ def feedback_markup() -> InlineKeyboardMarkup:
 
 async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Greet the user."""
-    if not await _runtime(context).admit(update):
+    rt = _runtime(context)
+    if not await rt.admit(update):
         return
     name = update.effective_user.first_name if update.effective_user else "there"
-    await update.effective_message.reply_text(f"Hello {name}! {HELP}")
+    await update.effective_message.reply_text(f"Hello {name}! {help_text(update, rt)}")
 
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Explain what the bot does."""
-    if not await _runtime(context).admit(update):
+    rt = _runtime(context)
+    if not await rt.admit(update):
         return
-    await update.effective_message.reply_text(HELP)
+    await update.effective_message.reply_text(help_text(update, rt))
 
 
 async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

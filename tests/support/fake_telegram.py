@@ -234,7 +234,7 @@ class FakeMessage:
     chat_id: int
     message_id: int
     sender: dict[str, Any]
-    kind: str  # "text" | "document" | "photo"
+    kind: str  # "text" | "document" | "photo" | "voice" | "sticker"
     versions: list[Version]
     reply_to_message_id: int | None = None
     message_thread_id: int | None = None
@@ -580,6 +580,24 @@ class FakeTelegram:
             payload = self._message_dict(msg)
         return self._push_update("message", payload)
 
+    def send_user_media(self, chat_id: int, user_id: int, kind: str, caption: str | None = None,
+                        chat_type: str = "private", reply_to_message_id: int | None = None) -> int:
+        """A user sends a photo, a voice message or a sticker (a few bytes stand in for the media)."""
+        if kind not in ("photo", "voice", "sticker"):
+            raise ValueError(f"unsupported media kind {kind!r}")
+        self.add_chat(chat_id, chat_type)
+        mime = {"photo": "image/jpeg", "voice": "audio/ogg", "sticker": "image/webp"}[kind]
+        with self._lock:
+            file = self._store_file(b"\x00media", kind + "s", None, mime)
+            caption = caption if kind != "sticker" else None
+            text = caption or ""
+            version = Version(text, text, None, self._auto_entities(text) if text else [], None, time.monotonic(),
+                              int(time.time()))
+            msg = self._new_message(chat_id, self._user(user_id, None, None), kind, version,
+                                    reply_to=reply_to_message_id, file=file)
+            payload = self._message_dict(msg)
+        return self._push_update("message", payload)
+
     def press_button(self, chat_id: int, user_id: int, message_id: int, callback_data: str,
                      username: str | None = None) -> int:
         """A user presses an inline button of a bot message; returns the update_id."""
@@ -776,10 +794,16 @@ class FakeTelegram:
         else:
             if msg.kind == "document":
                 d["document"] = msg.file.as_dict()
-            else:
+            elif msg.kind == "photo":
                 d["photo"] = [{**msg.file.as_dict(), "width": 320, "height": 240}]
                 d["photo"][0].pop("file_name", None)
                 d["photo"][0].pop("mime_type", None)
+            elif msg.kind == "voice":
+                d["voice"] = {**msg.file.as_dict(), "duration": 3}
+            elif msg.kind == "sticker":
+                d["sticker"] = {**msg.file.as_dict(), "width": 512, "height": 512, "is_animated": False,
+                                "is_video": False, "type": "regular", "emoji": "👍"}
+                d["sticker"].pop("mime_type", None)
             if v.text:
                 d["caption"] = v.text
                 if v.entities:
