@@ -4,21 +4,29 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 TORCH := torch==2.13.0
 
-.PHONY: chat test run install models lint bench clean
+.PHONY: chat test run install install-dev models lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch is installed first and pinned so that no CUDA build is ever resolved.
+# torch is installed first and pinned so that no CUDA build is ever resolved. `make chat` and `make run`
+# need only what the bot needs; the tests' extras (pytest, aiohttp, ruff) come with `make test`.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e .
 	touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 models: install
 	$(BIN)/docent model pull smollm2-135m
@@ -31,10 +39,10 @@ chat: install
 run: install
 	$(BIN)/docent run
 
-test: models
+test: install-dev models
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check lm bot tests bench migrations
 
 clean:
