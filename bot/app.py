@@ -60,6 +60,7 @@ async def _post_init(app: Application) -> None:
                                             message_id=message.telegram_message_id)
         except TelegramError as e:
             log.warning("could not mark interrupted reply %s: %s", message.id, e)
+    log.info("docent is running as @%s (%s)", app.bot.username, rt.settings.telegram.mode)
 
 
 async def _post_stop(app: Application) -> None:

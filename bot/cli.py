@@ -134,14 +134,37 @@ def _extra_commands(sub) -> None:
     cli_train.register(sub)
 
 
+OWN_LOGGERS = ("bot", "lm")
+
+
+class OwnProgress(logging.Filter):
+    """Lets through warnings from anyone and everything of our own (bot.*, lm.*)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+def configure_logging(verbose: bool) -> None:
+    """Warnings from everyone and our own progress; with -v, everything.
+
+    Libraries are quiet by default: Alembic announces each plugin and migration, faiss which CPU builds it
+    tried, httpx every Bot API request, and bm25s sets its own logger to DEBUG when imported. A filter on
+    the handler, not logger levels, so that a library importing later cannot undo it.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(OwnProgress())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "pass_through", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         settings = load_settings(args.config)
         return args.func(args, settings) or 0

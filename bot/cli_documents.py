@@ -49,7 +49,8 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 bar.close()
                 what = "already indexed" if result.duplicate else "indexed"
                 pages = f"{result.pages} pages, " if result.pages else ""
-                print(f"{path}: {what} as {result.document.name!r} ({pages}{result.chunks} chunks) in scope {args.scope!r}")
+                chunks = f"{result.chunks} chunk" + ("" if result.chunks == 1 else "s")
+                print(f"{path}: {what} as {result.document.name!r} ({pages}{chunks}) in scope {args.scope!r}")
         finally:
             await engine.dispose()
         return 1 if failures else 0

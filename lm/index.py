@@ -348,9 +348,12 @@ def open_or_rebuild(dir: Path, dim: int, fingerprint: str,
         if idx.fingerprint == fingerprint:
             return idx
         reason = f"stale: fingerprint {idx.fingerprint} on disk, {fingerprint} expected"
+    except IndexCorrupt as e:  # damage is worth a warning; a missing or outdated index is routine
+        reason = f"{type(e).__name__}: {e}"
+        log.warning("index %s is damaged (%s); rebuilding it from the database", dir, e)
     except IndexLoadError as e:
         reason = f"{type(e).__name__}: {e}"
-    log.info("rebuilding index %s (%s)", dir, reason)
+    log.debug("building index %s (%s)", dir, reason)
     idx = HybridIndex(dir, dim)
     batch: list[tuple[int, np.ndarray, str]] = []
     for row in rows():

@@ -234,7 +234,7 @@ def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, endless_mo
         fake.close()
     assert len(fake.messages(USER)) == 1, "no second reply was sent after the restart"
     log_text = (tmp_path / "bot.log").read_text()
-    assert "Application started" in log_text and fake._token.split(":", 1)[1] not in log_text
+    assert "docent is running as @docent_test_bot" in log_text and fake._token.split(":", 1)[1] not in log_text
     settings = bot_settings(tmp_path, fake, tiny_model)
     rows = asyncio.run(_rows(settings, chat_id=USER))
     assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")]

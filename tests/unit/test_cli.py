@@ -38,3 +38,25 @@ def test_eval_wants_a_positive_limit_and_k(capsys):
     assert "must be >= 1, not 0" in refused(["eval", "qa", "--dataset", "x.json", "--limit", "0"], capsys)
     assert "must be >= 1, not -3" in refused(["eval", "retrieval", "--dataset", "x.json", "--k", "-3"], capsys)
     assert build_parser().parse_args(["eval", "qa", "--dataset", "x.json", "--limit", "5"]).limit == 5
+
+
+def test_default_logging_keeps_warnings_and_our_own_progress_and_v_shows_everything(caplog):
+    import logging
+
+    from bot.cli import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        for verbose, library_info_shown in ((False, False), (True, True)):
+            configure_logging(verbose)
+            handler = root.handlers[0]
+            records = [logging.LogRecord(name, level, __file__, 1, "m", None, None) for name, level in (
+                ("alembic.runtime.migration", logging.INFO), ("faiss.loader", logging.INFO),
+                ("bm25s", logging.DEBUG), ("bot.services.knowledge", logging.INFO), ("lm.train", logging.INFO),
+                ("alembic.runtime.migration", logging.WARNING))]
+            shown = [bool(handler.filter(r)) and r.levelno >= root.level for r in records]
+            assert shown == [library_info_shown, library_info_shown, library_info_shown, True, True, True]
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
