@@ -57,6 +57,12 @@ def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.check:
+        from bot.services.preflight import preflight
+
+        checks = asyncio.run(preflight(settings))
+        print("\n".join(c.line() for c in checks))
+        return 0 if all(c.ok for c in checks) else 1
     if not settings.telegram.token:
         print("docent run: no Telegram bot token configured. Set DOCENT_TELEGRAM_TOKEN (or [telegram] token in "
               "config.toml). `docent chat` works without one.", file=sys.stderr)
@@ -99,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="start the Telegram bot")
+    p.add_argument("--check", action="store_true", help="check the configuration, token, database and models, "
+                                                         "print what is wrong, and exit (1 if anything is)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("chat", help="chat with the model in the terminal")

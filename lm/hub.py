@@ -123,6 +123,11 @@ def pull(name: str, cache_dir: Path | None = None, quiet: bool = False) -> Path:
     return target / spec.main if spec.main else target
 
 
+def is_pulled(name: str, cache_dir: Path | None = None) -> bool:
+    """Whether a known model's files are all in the cache (nothing is fetched)."""
+    return name in REGISTRY and _is_complete(REGISTRY[name], model_dir(name, cache_dir))
+
+
 def resolve(name_or_path: str, cache_dir: Path | None = None) -> Path:
     """A hub name is pulled if needed; anything else must be an existing local path."""
     if name_or_path in REGISTRY:

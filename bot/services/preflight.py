@@ -1,0 +1,101 @@
+"""`docent run --check`: what would stop the bot from starting, found before it starts.
+
+Each check says what it looked at and, when it fails, what to do. Nothing here prints the token or a
+database password, and nothing is downloaded: a model that is not pulled yet is reported, not fetched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import Settings
+
+TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")  # "<bot id>:<secret>", as @BotFather hands it out
+SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what the Bot API accepts as a webhook secret_token
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+def check_telegram(settings: Settings) -> list[Check]:
+    tg = settings.telegram
+    if not tg.token:
+        token = Check("token", False, "not set: DOCENT_TELEGRAM_TOKEN or [telegram] token")
+    elif not TOKEN.fullmatch(tg.token):
+        token = Check("token", False, "set, but not in the form <digits>:<secret> that @BotFather gives")
+    else:
+        token = Check("token", True, "set, in the right form")
+    checks = [token]
+    if tg.mode == "polling":
+        checks.append(Check("mode", True, "polling"))
+    elif tg.mode == "webhook":
+        url_ok = tg.webhook_url.startswith("https://")
+        checks.append(Check("webhook url", url_ok, tg.webhook_url if url_ok else
+                            f"{tg.webhook_url or 'not set'}: Telegram only calls https:// URLs"))
+        checks.append(Check("webhook secret", bool(SECRET.fullmatch(tg.webhook_secret)),
+                            "set" if SECRET.fullmatch(tg.webhook_secret) else
+                            "not set, or not 1-256 of A-Z a-z 0-9 _ -"))
+    else:
+        checks.append(Check("mode", False, f"{tg.mode!r}: must be polling or webhook"))
+    return checks
+
+
+async def check_database(settings: Settings) -> Check:
+    from sqlalchemy import make_url, text
+
+    from bot.db.session import create_engine
+
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    try:
+        engine = create_engine(settings.database_url)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+    except Exception as e:  # any driver's error: say which database and why, and go on with the others
+        return Check("database", False, f"{shown}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return Check("database", True, f"{shown} reachable (migrated at start)")
+
+
+def check_model_files(what: str, name: str, settings: Settings) -> Check:
+    from lm.hub import REGISTRY, is_pulled
+
+    if name in REGISTRY:
+        if is_pulled(name, settings.cache_dir):
+            return Check(what, True, f"{name}, pulled")
+        return Check(what, False, f"{name} is not pulled yet: run docent model pull {name}")
+    if Path(name).expanduser().exists():
+        return Check(what, True, name)
+    return Check(what, False, f"{name}: neither a known model ({', '.join(sorted(REGISTRY))}) nor an existing path")
+
+
+def check_model_loads(settings: Settings) -> Check:
+    from bot.services.models import ChatModel
+
+    try:
+        model = ChatModel.load(settings)
+    except Exception as e:  # a corrupt or foreign file: the message is the useful part
+        return Check("chat model loads", False, f"{type(e).__name__}: {e}")
+    return Check("chat model loads", True, f"{model.context_tokens} tokens of context")
+
+
+async def preflight(settings: Settings) -> list[Check]:
+    """Every check, in the order a start-up would meet them."""
+    checks = check_telegram(settings)
+    checks.append(await check_database(settings))
+    chat = check_model_files("chat model", settings.model.name, settings)
+    checks.append(chat)
+    if chat.ok:
+        checks.append(check_model_loads(settings))
+    checks.append(check_model_files("encoder", settings.documents.encoder, settings))
+    return checks

@@ -1,0 +1,63 @@
+"""`docent run --check`: each thing that would stop the bot is reported, and no secret is printed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.cli import main
+from bot.config import Settings
+from bot.services.preflight import preflight
+from tests.support.tiny_gguf import write_tiny_gguf
+
+GOOD_TOKEN = "1234567:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawQ"
+
+
+def settings_for(tmp_path, **telegram) -> Settings:
+    s = Settings()
+    s.data_dir, s.cache_dir = tmp_path / "data", tmp_path / "cache"
+    s.model.name = str(write_tiny_gguf(tmp_path / "tiny.gguf").path)
+    s.model.weights = "fp32"
+    s.documents.encoder = "minilm-l6"  # not in this empty cache
+    for key, value in telegram.items():
+        setattr(s.telegram, key, value)
+    return s
+
+
+def by_name(checks) -> dict:
+    return {c.name: c for c in checks}
+
+
+def test_a_good_setup_passes_every_check_but_the_missing_encoder(tmp_path):
+    checks = by_name(asyncio.run(preflight(settings_for(tmp_path, token=GOOD_TOKEN))))
+    assert all(checks[n].ok for n in ("token", "mode", "database", "chat model", "chat model loads"))
+    assert not checks["encoder"].ok and "docent model pull minilm-l6" in checks["encoder"].detail
+
+
+def test_bad_token_webhook_and_database_are_each_reported_without_secrets(tmp_path):
+    s = settings_for(tmp_path, token="12345:short-secret-value", mode="webhook", webhook_url="http://bot.example",
+                     webhook_secret="has spaces")
+    s.database.url = "postgresql+asyncpg://docent:hunter2@127.0.0.1:1/docent"  # nothing listens on port 1
+    checks = by_name(asyncio.run(preflight(s)))
+    assert not checks["token"].ok and "@BotFather" in checks["token"].detail
+    assert not checks["webhook url"].ok and "https://" in checks["webhook url"].detail
+    assert not checks["webhook secret"].ok
+    assert not checks["database"].ok and "127.0.0.1:1" in checks["database"].detail
+    printed = "\n".join(c.line() for c in checks.values())
+    assert "hunter2" not in printed and "short-secret-value" not in printed
+
+
+def test_a_model_that_is_not_there_is_reported_and_not_loaded(tmp_path):
+    s = settings_for(tmp_path, token=GOOD_TOKEN)
+    s.model.name = str(tmp_path / "nowhere.gguf")
+    checks = by_name(asyncio.run(preflight(s)))
+    assert not checks["chat model"].ok and "chat model loads" not in checks
+
+
+def test_the_command_exits_1_and_prints_what_is_wrong(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DOCENT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DOCENT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DOCENT_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.delenv("DOCENT_TELEGRAM_TOKEN", raising=False)
+    assert main(["run", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  token: not set" in out and "FAIL  chat model: smollm2-135m is not pulled yet" in out
