@@ -130,7 +130,8 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     buttons = InlineKeyboardMarkup([[InlineKeyboardButton("▶️ Start", callback_data=f"train:start:{plan.token}"),
                                      InlineKeyboardButton("✖️ Cancel", callback_data=f"train:drop:{plan.token}")]])
-    await message.reply_text(plan.describe(), reply_markup=buttons)
+    shown = await message.reply_text(plan.describe(), reply_markup=buttons)
+    plan.shown_in = (shown.chat_id, shown.message_id)
 
 
 async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -223,10 +224,24 @@ async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     rt = _runtime(context)
     if not await _admin(update, rt):
         return
-    run_id = await _service(rt).cancel()
-    await update.effective_message.reply_text(
-        "No training run is in progress." if run_id is None else
-        f"Stopping training run #{run_id}; it saves a checkpoint at its next step. The active model is unchanged.")
+    service = _service(rt)
+    run_id = await service.cancel()
+    plans = service.drop_plans()
+    for plan in plans:  # its message loses its buttons and says why
+        if plan.shown_in is not None:
+            try:
+                await context.bot.edit_message_text("Retraining cancelled with /train_cancel; nothing was trained.",
+                                                    chat_id=plan.shown_in[0], message_id=plan.shown_in[1])
+            except TelegramError as e:
+                log.warning("could not mark a cancelled plan: %s", e)
+    if run_id is not None:
+        text = (f"Stopping training run #{run_id}; it saves a checkpoint at its next step. "
+                "The active model is unchanged.")
+    elif plans:
+        text = "Cancelled the open retraining plan; nothing was trained."
+    else:
+        text = "No training run is in progress and no plan is open."
+    await update.effective_message.reply_text(text)
 
 
 # ---------------------------------------------------------------------------------------- versions

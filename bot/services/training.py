@@ -255,6 +255,7 @@ class Plan:
     est_source: str
     force: bool = False
     created: float = field(default_factory=time.monotonic)
+    shown_in: tuple[int, int] | None = None  # (chat id, message id) of the message with its buttons
 
     @property
     def examples(self) -> int:
@@ -609,6 +610,11 @@ class TrainingService:
 
     def drop_plan(self, token: str) -> bool:
         return self._plans.pop(token, None) is not None
+
+    def drop_plans(self) -> list[Plan]:
+        """Every open plan, dropped: their buttons start nothing from now on."""
+        plans, self._plans = list(self._plans.values()), {}
+        return plans
 
     # ---------------------------------------------------------------- start, run, cancel
 

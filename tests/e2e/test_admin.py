@@ -170,3 +170,27 @@ async def test_cancel_stops_the_run_resumably_and_keeps_the_active_model(tmp_pat
             assert rt.models._current is None or rt.models._current.version_id is None  # nothing swapped
             status = await _command(fake, ADMIN, "/train_status", "Recent training runs")
             assert f"#{run.id} resumable" in status.text
+
+
+async def test_train_cancel_cancels_an_open_plan_and_its_buttons_start_nothing(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
+        async with running_bot(settings) as app:
+            app.bot_data["runtime"].extras["training"].options = small(steps=6)
+            await _command(fake, USER, "/training on", "may now be used")
+            for i, text in enumerate(["hello there", "what is a fox?", "tell me about dogs"]):
+                fake.send_user_message(USER, USER, text)
+                await fake.wait_for(lambda i=i: final_reply(fake, USER, after=i), timeout=60)
+            plan = await _command(fake, ADMIN, "/retrain force", "Retraining plan")
+            assert plan.reply_markup, plan.text
+            start = _button(plan, "train:start:")
+            await _command(fake, ADMIN, "/train_cancel", "Cancelled the open retraining plan")
+            shown = await fake.wait_for(lambda: next((m for m in fake.messages(ADMIN) if m.message_id == plan.message_id
+                                                      and "cancelled with /train_cancel" in m.text), None), timeout=20)
+            assert not shown.reply_markup  # no buttons left to press
+            fake.press_button(ADMIN, ADMIN, plan.message_id, start)  # an old client may still show them
+            answer = await fake.wait_for(lambda: next((c for c in fake.calls("answerCallbackQuery")
+                                                       if "expired" in (c.params.get("text") or "")), None), timeout=20)
+            assert answer is not None
+            await _command(fake, ADMIN, "/train_cancel", "No training run is in progress and no plan is open")
+        assert await _count(settings, TrainingRun) == 0
