@@ -117,20 +117,22 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         status = await message.reply_text(f"Resuming training run #{run.id}…")
         _follow(context, service, status, run.id, resume=True)
         return
+    # reading every chat and document and measuring a step takes a while: say so at once, then edit
+    shown = await message.reply_text("Preparing a retraining plan: reading the opted-in chats and documents…")
     try:
         plan = await service.plan(force=args == ["force"])
     except Exception as e:
         log.exception("could not plan a training run")
-        await message.reply_text(f"I could not prepare a training run: {e}")
+        await shown.edit_text(f"I could not prepare a training run: {e}")
         return
     if not plan.ready:
-        await message.reply_text(plan.describe() + "\n\nNot enough data to train on yet: a run needs at least "
-                                 "two examples. Chats opt in with /training on.")
+        await shown.edit_text(plan.describe() + "\n\nNot enough data to train on yet: a run needs at least "
+                              "two examples. Chats opt in with /training on.")
         service.drop_plan(plan.token)
         return
     buttons = InlineKeyboardMarkup([[InlineKeyboardButton("▶️ Start", callback_data=f"train:start:{plan.token}"),
                                      InlineKeyboardButton("✖️ Cancel", callback_data=f"train:drop:{plan.token}")]])
-    shown = await message.reply_text(plan.describe(), reply_markup=buttons)
+    await shown.edit_text(plan.describe(), reply_markup=buttons)
     plan.shown_in = (shown.chat_id, shown.message_id)
 
 

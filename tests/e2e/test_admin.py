@@ -183,6 +183,7 @@ async def test_train_cancel_cancels_an_open_plan_and_its_buttons_start_nothing(t
                 await fake.wait_for(lambda i=i: final_reply(fake, USER, after=i), timeout=60)
             plan = await _command(fake, ADMIN, "/retrain force", "Retraining plan")
             assert plan.reply_markup, plan.text
+            assert plan.texts[0].startswith("Preparing a retraining plan")  # shown at once, then edited
             start = _button(plan, "train:start:")
             await _command(fake, ADMIN, "/train_cancel", "Cancelled the open retraining plan")
             shown = await fake.wait_for(lambda: next((m for m in fake.messages(ADMIN) if m.message_id == plan.message_id
