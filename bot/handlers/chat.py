@@ -45,9 +45,11 @@ ADMIN_HELP = (
 
 
 def help_text(update: Update, rt: Runtime) -> str:
-    """HELP, with the admin commands for admins only."""
-    user = update.effective_user
-    return HELP + (ADMIN_HELP if is_admin(rt.settings.telegram, user.id if user else None) else "")
+    """HELP, with the admin commands for an admin in a private chat (a group need not learn them)."""
+    user, chat = update.effective_user, update.effective_chat
+    admin = is_admin(rt.settings.telegram, user.id if user else None) and chat is not None \
+        and chat.type == ChatType.PRIVATE
+    return HELP + (ADMIN_HELP if admin else "")
 
 
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)

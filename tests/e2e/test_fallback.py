@@ -1,6 +1,6 @@
 """What users send that the bot cannot handle gets a short, specific reply through the real client:
 photos, voice messages, stickers and unknown commands; /help shows everything, and the admin commands
-to admins only."""
+to admins only, in private."""
 
 from __future__ import annotations
 
@@ -34,10 +34,13 @@ async def test_help_lists_documents_commands_and_feedback_and_admin_commands_onl
             user_help = (await _reply(fake, USER, 0)).text
             fake.send_user_message(ADMIN, ADMIN, "/help")
             admin_help = (await _reply(fake, ADMIN, 0)).text
+            fake.send_user_message(GROUP, ADMIN, "/help@docent_test_bot", chat_type="group")
+            group_help = (await _reply(fake, GROUP, 0)).text
     for command in ("/ask", "/docs", "/forget", "/summarize", "/training", "/reset", "/settings"):
         assert command in user_help and command in admin_help
     assert "PDF" in user_help and "👍" in user_help
     assert "/retrain" not in user_help and "/rollback" not in user_help
+    assert "/ask" in group_help and "/retrain" not in group_help  # an admin's group need not see them
     for command in ("/retrain", "/train_status", "/train_cancel", "/models", "/rollback"):
         assert command in admin_help
 
