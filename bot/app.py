@@ -60,11 +60,15 @@ async def _post_init(app: Application) -> None:
                                             message_id=message.telegram_message_id)
         except TelegramError as e:
             log.warning("could not mark interrupted reply %s: %s", message.id, e)
+    app.bot_data["warm_up"] = rt.models.warm_up()  # kept referenced until done; replies meanwhile say so
     log.info("docent is running as @%s (%s)", app.bot.username, rt.settings.telegram.mode)
 
 
 async def _post_stop(app: Application) -> None:
     """Stop a training run cleanly (it stays resumable) and close the database."""
+    warm_up = app.bot_data.get("warm_up")
+    if warm_up is not None and not warm_up.done():
+        warm_up.cancel()  # stopped before the model finished loading: nothing waits for it any more
     training = app.bot_data["runtime"].extras.get("training")
     if training is not None:
         await training.shutdown()

@@ -53,6 +53,7 @@ def help_text(update: Update, rt: Runtime) -> str:
 
 
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
+STARTING_UP = "Starting up, one moment…"  # the placeholder while the model still loads after a start
 
 
 def _runtime(context: ContextTypes.DEFAULT_TYPE) -> Runtime:
@@ -199,7 +200,7 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
         else rt.settings.telegram.edit_interval_group_s
     await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
     stream = StreamingMessage(context.bot, chat_id, min_interval=interval, reply_to_message_id=reply_to)
-    first = await stream.start("…")
+    first = await stream.start("…" if rt.models.loaded else STARTING_UP)
     try:
         model = await rt.models.current()
     except Exception:

@@ -203,6 +203,15 @@ class ModelManager:
                         None, ChatModel.load, self.settings)
         return self._current
 
+    def warm_up(self) -> asyncio.Task:
+        """Load the model in the background (at start-up), so that the first message does not wait for it."""
+        async def load() -> None:
+            try:
+                await self.current()
+            except Exception:  # the first reply reports it to the user; the log says why
+                log.exception("could not load the chat model at start-up")
+        return asyncio.get_running_loop().create_task(load())
+
     async def swap(self, name_or_path: str, version_id: int | None = None) -> ChatModel:
         """Load another model (in a thread) and make it the active one."""
         loaded = await asyncio.get_running_loop().run_in_executor(

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from bot.db.models import ChatSettings, Message, ProcessedUpdate
 from bot.db.session import create_engine, session_factory
 from bot.services.assistant import INTERRUPTED_NOTE
+from bot.services.models import ModelManager
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -260,3 +261,21 @@ async def test_settings_keyboard_marks_the_temperature_just_chosen(tmp_path, tin
             await fake.wait_for(lambda: len(fake.calls("answerCallbackQuery")) == 2, timeout=20)
         rows = await _rows(settings, model=ChatSettings, chat_id=USER)
         assert rows[0].temperature == 1.0
+
+
+async def test_the_model_loads_at_start_up_and_a_message_meanwhile_is_told_to_wait(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings) as app:  # nobody has written yet
+            await fake.wait_for(lambda: app.bot_data["runtime"].models.loaded, timeout=30)
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path / "slow", fake, tiny_model)
+        models = ModelManager(settings)
+        await models._lock.acquire()  # the start-up load is held back, as a slow disk would
+        async with running_bot(settings, models):
+            fake.send_user_message(USER, USER, "hello")
+            waiting = await fake.wait_for(lambda: fake.last_message(USER), timeout=20)
+            assert waiting.text == "Starting up, one moment…"
+            models._lock.release()
+            reply = await fake.wait_for(lambda: final_reply(fake, USER), timeout=60)
+            assert reply.message_id == waiting.message_id and reply.text != waiting.text
