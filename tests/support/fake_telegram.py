@@ -598,6 +598,12 @@ class FakeTelegram:
             payload = self._message_dict(msg)
         return self._push_update("message", payload)
 
+    def take_updates(self) -> list[dict[str, Any]]:
+        """The queued updates, removed from the queue: what Telegram would POST to a webhook instead."""
+        with self._lock:
+            updates, self._updates[:] = list(self._updates), []
+        return updates
+
     def press_button(self, chat_id: int, user_id: int, message_id: int, callback_data: str,
                      username: str | None = None) -> int:
         """A user presses an inline button of a bot message; returns the update_id."""
