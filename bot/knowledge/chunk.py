@@ -218,7 +218,7 @@ def _fit(sentence: str, count: CountTokens, max_tokens: int) -> list[str]:
             pieces.append(" ".join(cur))
             cur, cur_tokens = [], 0
         if n > max_tokens:  # one "word" (a URL, base64...) longer than the window
-            pieces.extend(_cut_chars(word, count, max_tokens))
+            pieces.extend(cut_chars(word, count, max_tokens))
             continue
         cur.append(word)
         cur_tokens += n
@@ -237,10 +237,12 @@ def _halve(text: str, count: CountTokens, max_tokens: int) -> list[str]:
     return _fit(" ".join(words[:mid]), count, max_tokens) + _fit(" ".join(words[mid:]), count, max_tokens)
 
 
-def _cut_chars(word: str, count: CountTokens, max_tokens: int) -> list[str]:
+def cut_chars(word: str, count: CountTokens, max_tokens: int) -> list[str]:
+    """A "word" over the budget (a URL, base64) in the longest prefixes that fit, found by bisection among the
+    first 32 characters per token (no real token is longer), so that a huge word costs linear time."""
     pieces = []
     while word:
-        lo, hi = 1, len(word)  # longest prefix that fits, by bisection
+        lo, hi = 1, min(len(word), 32 * max_tokens)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if count(word[:mid]) <= max_tokens:

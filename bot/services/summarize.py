@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.knowledge.chunk import split_sentences
+from bot.knowledge.chunk import CountTokens, cut_chars, split_sentences
 
-CountTokens = Callable[[str], int]
 Progress = Callable[[int, int], None]
 
 WINDOW_TOKENS = 2048  # encoder tokens embedded between two progress reports
@@ -55,23 +54,6 @@ REWRITE_PROMPT = ("Rewrite the user's sentence as one shorter sentence for a sum
 _WORD = re.compile(r"\s*\S+")  # a word with the blanks before it: byte-level BPE counts " word" as in context
 
 
-def _cut_chars(word: str, budget: int, count: CountTokens) -> list[str]:
-    """A "word" over the budget (a URL, base64) in the longest prefixes that fit, found by bisection among the
-    first 32 characters per token (no real token is longer), so that a huge word costs linear time."""
-    out = []
-    while word:
-        lo, hi = 1, min(len(word), 32 * budget)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if count(word[:mid]) <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        out.append(word[:lo])
-        word = word[lo:]
-    return out
-
-
 def cut_words(text: str, budget: int, count: CountTokens) -> list[tuple[str, int]]:
     """(piece, tokens) of `text` cut at word boundaries into pieces of at most `budget` tokens; each word is
     counted once, each piece once more."""
@@ -86,7 +68,7 @@ def cut_words(text: str, budget: int, count: CountTokens) -> list[tuple[str, int
             word = word.lstrip()
             n = count(word)
         if n > budget:
-            pieces.extend(_cut_chars(word, budget, count))
+            pieces.extend(cut_chars(word, count, budget))
             continue
         current += word
         size += n
