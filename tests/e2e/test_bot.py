@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from bot.db.models import ChatSettings, Message, ProcessedUpdate
 from bot.db.session import create_engine, session_factory
 from bot.services.assistant import INTERRUPTED_NOTE
 from bot.services.models import ModelManager
-from tests.support.bot_harness import bot_settings, final_reply, running_bot
+from tests.support.bot_harness import bot_settings, final_reply, running_bot, start_bot_process
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
 
@@ -196,18 +194,9 @@ async def test_reply_generated_but_not_delivered_before_a_crash_is_delivered_on_
 
 
 def _start_bot_process(tmp_path: Path, fake: FakeTelegram, model: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_")}
-    env.update({
-        "DOCENT_TELEGRAM_TOKEN": fake._token, "DOCENT_TELEGRAM_API_URL": fake.base_url,
-        "DOCENT_TELEGRAM_FILE_URL": fake.base_file_url, "DOCENT_DATA_DIR": str(tmp_path / "data"),
-        "DOCENT_CACHE_DIR": str(tmp_path / "cache"), "DOCENT_MODEL_NAME": str(model),
-        "DOCENT_MODEL_WEIGHTS": "fp32", "DOCENT_MODEL_TEMPERATURE": "0", "DOCENT_MODEL_MAX_NEW_TOKENS": "3000",
-        "DOCENT_MODEL_CONTEXT_TOKENS": "4096", "DOCENT_TELEGRAM_EDIT_INTERVAL_PRIVATE_S": "0.1",
-        "DOCENT_CONFIG": str(tmp_path / "absent.toml"),
-    })
-    log = open(tmp_path / "bot.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, stdout=log, stderr=log,
-                            cwd=Path(__file__).resolve().parents[2])
+    return start_bot_process(tmp_path, fake, model, DOCENT_MODEL_TEMPERATURE="0",
+                             DOCENT_MODEL_MAX_NEW_TOKENS="3000", DOCENT_MODEL_CONTEXT_TOKENS="4096",
+                             DOCENT_TELEGRAM_EDIT_INTERVAL_PRIVATE_S="0.1")
 
 
 def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, endless_model):

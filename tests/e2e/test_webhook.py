@@ -4,18 +4,14 @@ are refused. The fake Bot API records setWebhook; the test POSTs the updates as 
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.support.bot_harness import final_reply
+from tests.support.bot_harness import final_reply, start_bot_process
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
 
@@ -46,19 +42,9 @@ def test_webhook_handles_signed_updates_once_and_refuses_the_rest(tmp_path):
     model = write_tiny_gguf(tmp_path / "tiny.gguf").path
     fake = FakeTelegram.start_in_thread()
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_")}
-    env.update({
-        "DOCENT_TELEGRAM_TOKEN": fake._token, "DOCENT_TELEGRAM_API_URL": fake.base_url,
-        "DOCENT_TELEGRAM_FILE_URL": fake.base_file_url, "DOCENT_DATA_DIR": str(tmp_path / "data"),
-        "DOCENT_CACHE_DIR": str(tmp_path / "cache"), "DOCENT_MODEL_NAME": str(model),
-        "DOCENT_MODEL_WEIGHTS": "fp32", "DOCENT_CONFIG": str(tmp_path / "absent.toml"),
-        "DOCENT_TELEGRAM_MODE": "webhook", "DOCENT_TELEGRAM_WEBHOOK_URL": "https://bot.example/",
-        "DOCENT_TELEGRAM_WEBHOOK_SECRET": SECRET, "DOCENT_TELEGRAM_WEBHOOK_LISTEN": "127.0.0.1",
-        "DOCENT_TELEGRAM_WEBHOOK_PORT": str(port),
-    })
-    log = open(tmp_path / "bot.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=env, stdout=log, stderr=log,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc = start_bot_process(tmp_path, fake, model, DOCENT_TELEGRAM_MODE="webhook",
+                             DOCENT_TELEGRAM_WEBHOOK_URL="https://bot.example/", DOCENT_TELEGRAM_WEBHOOK_SECRET=SECRET,
+                             DOCENT_TELEGRAM_WEBHOOK_LISTEN="127.0.0.1", DOCENT_TELEGRAM_WEBHOOK_PORT=str(port))
     try:
         fake.wait_for_sync(lambda: fake.webhook_url == "https://bot.example/", timeout=60)
         fake.send_user_message(USER, USER, "hello")

@@ -2,12 +2,16 @@
 
 `running_bot(settings)` starts the application in this event loop and stops it afterwards;
 `bot_settings(tmp_path, fake, model_path, **telegram)` makes Settings that point everything at
-temporary directories and at the fake server.
+temporary directories and at the fake server; `start_bot_process` runs `docent run` as a child process
+configured the same way through DOCENT_* variables (for kill -9 and webhook tests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -54,3 +58,18 @@ def final_reply(fake: FakeTelegram, chat_id: int, after: int = 0):
     """The bot's latest finished reply in a chat (a reply carries the 👍/👎 buttons when complete)."""
     msgs = [m for m in fake.messages(chat_id) if m.reply_markup and "fb:1" in str(m.reply_markup)]
     return msgs[-1] if len(msgs) > after else None
+
+
+def start_bot_process(tmp_path: Path, fake: FakeTelegram, model: Path, **env: str) -> subprocess.Popen:
+    """`docent run` in a child process against the fake server, logging to tmp_path/bot.log; `env` adds or
+    overrides DOCENT_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_")}
+    clean.update({
+        "DOCENT_TELEGRAM_TOKEN": fake._token, "DOCENT_TELEGRAM_API_URL": fake.base_url,
+        "DOCENT_TELEGRAM_FILE_URL": fake.base_file_url, "DOCENT_DATA_DIR": str(tmp_path / "data"),
+        "DOCENT_CACHE_DIR": str(tmp_path / "cache"), "DOCENT_MODEL_NAME": str(model),
+        "DOCENT_MODEL_WEIGHTS": "fp32", "DOCENT_CONFIG": str(tmp_path / "absent.toml"), **env,
+    })
+    log = open(tmp_path / "bot.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=clean, stdout=log, stderr=log,
+                            cwd=Path(__file__).resolve().parents[2])
