@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from bot.config import Settings
 
@@ -68,15 +67,16 @@ async def check_database(settings: Settings) -> Check:
 
 
 def check_model_files(what: str, name: str, settings: Settings) -> Check:
-    from lm.hub import REGISTRY, is_pulled
+    from lm.hub import REGISTRY, HubError, is_pulled, resolve
 
-    if name in REGISTRY:
+    if name in REGISTRY:  # resolve() would pull it: only say whether it is there
         if is_pulled(name, settings.cache_dir):
             return Check(what, True, f"{name}, pulled")
         return Check(what, False, f"{name} is not pulled yet: run docent model pull {name}")
-    if Path(name).expanduser().exists():
-        return Check(what, True, name)
-    return Check(what, False, f"{name}: neither a known model ({', '.join(sorted(REGISTRY))}) nor an existing path")
+    try:
+        return Check(what, True, str(resolve(name, settings.cache_dir)))
+    except HubError as e:
+        return Check(what, False, str(e))
 
 
 def check_model_loads(settings: Settings) -> Check:
