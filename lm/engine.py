@@ -153,7 +153,7 @@ def sample_token(logits: torch.Tensor, cfg: GenerationConfig, generator: torch.G
 
 # ---------------------------------------------------------------------------------------------- text
 
-def _stop_holdback(text: str, stops: Sequence[str]) -> int:
+def stop_holdback(text: str, stops: Sequence[str]) -> int:
     """How many trailing characters of text could be the beginning of a stop string."""
     hold = 0
     for s in stops:
@@ -164,7 +164,7 @@ def _stop_holdback(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
-class _TextTracker:
+class TextTracker:
     """Turns the growing list of generated ids into safe text deltas (whole characters, no stop strings)."""
 
     def __init__(self, tokenizer: Any, stops: Sequence[str]):
@@ -186,7 +186,7 @@ class _TextTracker:
                 self.stopped = True
                 self.text = text[:min(hits)]
                 return self._emit(len(self.text))
-            safe -= _stop_holdback(text[:safe], self.stops)
+            safe -= stop_holdback(text[:safe], self.stops)
         return self._emit(safe)
 
     def flush(self) -> str:
@@ -200,16 +200,73 @@ class _TextTracker:
         return delta
 
 
+class Decoder:
+    """One sequence's side of generation: sampling, the loop guard, stops and text deltas.
+
+    The engine (one sequence) and lm.serve (many sequences in a batch) both feed it the logits of the
+    sequence's last position, one step at a time.
+    """
+
+    def __init__(self, tokenizer: Any, prompt: list[int], cfg: GenerationConfig, max_len: int):
+        self.cfg = cfg
+        self.stops = set() if cfg.ignore_stop_ids else set(getattr(tokenizer, "stop_ids", ()) or ())
+        # no seed: a fresh one from the OS (torch.seed() would also reseed torch's global generator)
+        self.generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else secrets.randbits(63))
+        self.budget = min(cfg.max_new_tokens, max_len - len(prompt))
+        self.n_prompt = len(prompt)
+        self.seen = None
+        if cfg.repetition_penalty != 1.0:  # every id of prompt + output, preallocated
+            self.seen = torch.empty(len(prompt) + self.budget, dtype=torch.long)
+            self.seen[:len(prompt)] = torch.tensor(prompt)
+        self.text = TextTracker(tokenizer, cfg.stop_strings)
+        self.blocker = NgramBlocker(cfg.no_repeat_ngram) if cfg.no_repeat_ngram else None
+        self.out: list[int] = []
+        self.finish: str | None = None  # set once generation has ended: see Result.finish_reason
+
+    @torch.inference_mode()
+    def push(self, logits: torch.Tensor) -> str:
+        """Pick the next token from (V,) float32 logits (changed in place); returns the new text delta."""
+        cfg, out = self.cfg, self.out
+        if self.seen is not None:
+            apply_repetition_penalty(logits, self.seen[:self.n_prompt + len(out)], cfg.repetition_penalty)
+        if self.blocker is not None:
+            self.blocker.apply(logits, out)
+        tok = sample_token(logits, cfg, self.generator)
+        if tok in self.stops:
+            self.finish = "stop"
+            return ""
+        out.append(tok)
+        if self.blocker is not None:
+            self.blocker.add(out)
+        if self.seen is not None:
+            self.seen[self.n_prompt + len(out) - 1] = tok
+        delta = self.text.push(out)
+        if self.text.stopped:
+            self.finish = "stop_string"
+        elif len(out) >= self.budget:
+            self.finish = "length"
+        return delta
+
+    def flush(self) -> str:
+        """The text held back so far (the end of generation resolves every hold-back)."""
+        return self.text.flush()
+
+    def result(self, timings: dict[str, float]) -> Result:
+        return Result(self.text.text, self.out, self.finish or "length", self.n_prompt, len(self.out), timings)
+
+
 # ---------------------------------------------------------------------------------------------- engine
 
 class Engine:
     """Generation over one model and tokenizer with one reusable KV cache (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_len: int | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_len: int | None = None,
+                 kv_dtype: torch.dtype = torch.float32):
         self.model, self.tokenizer = model, tokenizer
         self.max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
+        self.kv_dtype = kv_dtype
         self.lock = threading.Lock()
-        self._cache: KVCache | None = None  # allocated on first use: (n_layers, 1, KV, max_len, D) float32 x 2
+        self._cache: KVCache | None = None  # allocated on first use: (n_layers, 1, KV, max_len, D) x 2
         self._cached_ids: list[int] = []  # the tokens whose keys/values are in the cache, in order
         self.last_prefilled = 0  # prompt tokens the last generation actually ran (the rest came from the cache)
 
@@ -261,7 +318,7 @@ class Engine:
 
     def _prefill(self, prompt: list[int], reuse_cache: bool = True) -> torch.Tensor:
         if self._cache is None:
-            self._cache = KVCache(self.model.config, batch_size=1, max_len=self.max_len, dtype=torch.float32)
+            self._cache = KVCache(self.model.config, batch_size=1, max_len=self.max_len, dtype=self.kv_dtype)
         # reuse the cached prefix, but always run at least the last prompt token to get its logits
         reuse = 0
         for a, b in zip(self._cached_ids if reuse_cache else [], prompt[:-1], strict=False):
@@ -280,63 +337,40 @@ class Engine:
         """Yields text deltas, then the Result as the last item."""
         with self.lock:
             t0 = time.perf_counter()
-            stops = set() if cfg.ignore_stop_ids else set(getattr(self.tokenizer, "stop_ids", ()) or ())
-            # no seed: a fresh one from the OS (torch.seed() would also reseed torch's global generator)
-            gen = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else secrets.randbits(63))
-            budget = min(cfg.max_new_tokens, self.max_len - len(prompt))
-            seen = None
-            if cfg.repetition_penalty != 1.0:  # every id of prompt + output, preallocated
-                seen = torch.empty(len(prompt) + budget, dtype=torch.long)
-                seen[:len(prompt)] = torch.tensor(prompt)
-            text = _TextTracker(self.tokenizer, cfg.stop_strings)
-            blocker = NgramBlocker(cfg.no_repeat_ngram) if cfg.no_repeat_ngram else None
-            out: list[int] = []
-            finish = "length"
+            dec = Decoder(self.tokenizer, prompt, cfg, self.max_len)
             t_first = None
             logits = self._prefill(prompt, cfg.reuse_cache)
             t_prefill = time.perf_counter() - t0
             while True:
                 if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
+                    dec.finish = "cancelled"
                     break
-                if seen is not None:
-                    apply_repetition_penalty(logits, seen[:len(prompt) + len(out)], cfg.repetition_penalty)
-                if blocker is not None:
-                    blocker.apply(logits, out)
-                tok = sample_token(logits, cfg, gen)
+                delta = dec.push(logits)
                 if t_first is None:
                     t_first = time.perf_counter() - t0
-                if tok in stops:
-                    finish = "stop"
-                    break
-                out.append(tok)
-                if blocker is not None:
-                    blocker.add(out)
-                if seen is not None:
-                    seen[len(prompt) + len(out) - 1] = tok
-                delta = text.push(out)
                 if delta:
                     yield delta
-                if text.stopped:
-                    finish = "stop_string"
+                if dec.finish:
                     break
-                if len(out) >= budget:
-                    break
-                logits = self._forward([tok])
-                self._cached_ids.append(tok)
-            tail = text.flush()
+                logits = self._forward([dec.out[-1]])
+                self._cached_ids.append(dec.out[-1])
+            tail = dec.flush()
             if tail:
                 yield tail
-            total = time.perf_counter() - t0
-            decode_s = total - (t_first or total)
-            timings = {
-                "prefill_s": t_prefill, "ttft_s": t_first or total, "decode_s": decode_s, "total_s": total,
-                "prefilled_tokens": self.last_prefilled,
-                "prefill_tok_s": self.last_prefilled / t_prefill if t_prefill else 0.0,
-                # tokens after the first, over the time after the first (the first comes from the prefill)
-                "decode_tok_s": (len(out) - 1) / decode_s if len(out) > 1 and decode_s > 0 else 0.0,
-            }
-            yield Result(text.text, out, finish, len(prompt), len(out), timings)
+            yield dec.result(timings(t0, t_prefill, t_first, self.last_prefilled, len(dec.out)))
+
+
+def timings(t0: float, t_prefill: float, t_first: float | None, prefilled: int, new_tokens: int) -> dict[str, float]:
+    """A generation's seconds and tokens/s, measured from t0 (perf_counter) to now."""
+    total = time.perf_counter() - t0
+    decode_s = total - (t_first or total)
+    return {
+        "prefill_s": t_prefill, "ttft_s": t_first or total, "decode_s": decode_s, "total_s": total,
+        "prefilled_tokens": prefilled,
+        "prefill_tok_s": prefilled / t_prefill if t_prefill else 0.0,
+        # tokens after the first, over the time after the first (the first comes from the prefill)
+        "decode_tok_s": (new_tokens - 1) / decode_s if new_tokens > 1 and decode_s > 0 else 0.0,
+    }
 
 
 class TextStream:

@@ -3,10 +3,16 @@
 `forward(idx, targets=None, cache=None)`:
 - with `targets`: returns the mean cross-entropy loss (positions whose target is -100 are ignored; the
   chat template's loss mask is applied that way);
-- with a `KVCache`: appends the new tokens' keys/values at `cache.pos`, advances it, and returns the logits of
-  the LAST position only, (B, 1, V), since that is all generation needs (a 1,024-token prefill would otherwise
-  spend a third of its time on a 1024 x 49152 head);
+- with a cache: appends the new tokens' keys/values at the cache's position(s), advances it, and returns the
+  logits of the LAST position only, (B, 1, V), since that is all generation needs (a 1,024-token prefill would
+  otherwise spend a third of its time on a 1024 x 49152 head);
 - otherwise: logits for every position, (B, T, V).
+
+A cache is anything with the four methods of `KVCache`: `rope` (the positions of the new tokens), `update`
+(store new keys/values, return all of them), `mask` (which keys each query may see) and `advance`. `KVCache`
+has one position for the whole batch; `lm.serve.SlotBatch` gives every row its own, for continuous batching.
+Keys and values are kept in the cache's dtype (bf16 halves the memory and the attention time of a long
+context); queries are cast to it for the attention and the output cast back.
 
 Q/K/V and gate/up projections are fused (one matmul each instead of three and two) because at batch size 1 the
 cost of a decode step is dominated by the number of kernel launches, not by FLOPs.
@@ -42,14 +48,14 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (..., D) with cos/sin broadcasting against it: (T, D) for x (B, H, T, D), (T, 1, D) for (B, T, H, D)."""
+    """x: (B, T, H, D) with cos/sin broadcasting against it: (T, 1, D), or (B, T, 1, D) for per-row positions."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer: (n_layers, B, n_kv_heads, max_len, head_dim)."""
+    """Pre-allocated keys and values for every layer: (n_layers, B, n_kv_heads, max_len, head_dim), one position."""
 
     def __init__(self, config: ModelConfig, batch_size: int = 1, max_len: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
@@ -58,10 +64,24 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0  # number of positions already filled
+        self._mask: tuple[int, int, torch.Tensor | None] | None = None  # (pos, T, mask) of the current forward
+
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor, pos: int) -> KVCache:
+        """A cache that writes into existing tensors (views of a larger store), with `pos` positions filled."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.max_len, cache.pos, cache._mask = k, v, k.shape[3], pos, None
+        return cache
 
     def reset(self, pos: int = 0) -> None:
         """Forget everything after `pos` (0 = empty); kept values before it stay valid."""
         self.pos = pos
+
+    def rope(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables' rows for the T new positions, (T, 1, D): they broadcast over (B, T, H, D)."""
+        if self.pos + T > cos.shape[0]:
+            raise ValueError(f"sequence of {self.pos + T} tokens exceeds the model's context of {cos.shape[0]}")
+        return cos[self.pos:self.pos + T, None], sin[self.pos:self.pos + T, None]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v (B, KV, T, D) at self.pos and return all keys/values so far, (B, KV, pos+T, D)."""
@@ -72,6 +92,49 @@ class KVCache:
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
+        """(attn_mask, is_causal) for T new queries after self.pos cached keys."""
+        if T == 1:
+            return None, False  # one query sees every cached key
+        if self.pos == 0:
+            return None, True
+        if self._mask is None or self._mask[:2] != (self.pos, T):  # made once per forward, not once per layer
+            # new tokens continue a cached prefix: token i may see keys 0 .. pos+i
+            keys = torch.arange(self.pos + T, device=self.k.device)
+            self._mask = (self.pos, T, keys[None, :] <= (self.pos + torch.arange(T, device=self.k.device))[:, None])
+        return self._mask[2], False
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     causal: bool) -> torch.Tensor:
+    """q (B, H, T, D) over cached k/v (B, KV, S, D), query head h using key/value head h // (H / KV).
+
+    mask: None, (T, S) or (B, 1, T, S), True where a key may be seen. float32 caches use SDPA's fused kernel
+    (matmul, softmax, matmul as three multi-threaded kernels per layer were 10x slower with 2 threads on 2 busy
+    cores). In torch 2.13 that kernel is ~10x slower in bf16 than in float32 on CPU, while bf16 matmuls are
+    fast, so a bf16 cache is read by two bf16 matmuls around a float32 softmax (R=8 rows at S=512: 215 us per
+    layer, against 350 us for float32 SDPA and 3.7 ms for bf16 SDPA, 1 thread).
+    """
+    if k.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+    B, H, T, D = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    G = H // KV
+    # 3-D batched matmuls over (B*KV) on views of the cache: a 4-D matmul would first copy the cache slice
+    # (its rows are max_len apart), which cost more than the attention itself
+    keys, values = k.flatten(0, 1), v.flatten(0, 1)  # (B*KV, S, D), no copy
+    scores = torch.bmm(q.to(k.dtype).reshape(B * KV, G * T, D), keys.transpose(1, 2))  # (B*KV, G*T, S)
+    scores = scores.float().view(B, KV, G, T, S) * D ** -0.5
+    if causal:  # query i (the (S-T+i)-th position) sees keys 0 .. S-T+i
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~(mask[:, :, None] if mask.dim() == 4 else mask), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(B * KV, G * T, S)
+    return torch.bmm(probs, values).view(B, H, T, D)
 
 
 class Attention(nn.Module):
@@ -89,25 +152,17 @@ class Attention(nn.Module):
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(x).view(B, T, H + 2 * KV, D)
         # rotate the q and k heads in one go (half the small ops of a decode step's RoPE)
-        qk = apply_rope(qkv[:, :, :H + KV], cos[:, None], sin[:, None])  # (B, T, H+KV, D)
+        qk = apply_rope(qkv[:, :, :H + KV], cos, sin)  # (B, T, H+KV, D)
         q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
         k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, D)
         v = qkv[:, :, H + KV:].transpose(1, 2)  # (B, KV, T, D)
-        start = 0
-        if cache is not None:
-            start = cache.pos
-            k, v = cache.update(self.layer, k, v)  # (B, KV, start+T, D)
-        if T == 1:
-            # one query sees every cached key: no mask. SDPA's fused kernel instead of matmul, softmax, matmul:
-            # three multi-threaded kernels per layer were 10x slower with 2 threads on 2 busy cores
-            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # (B, H, 1, D)
-        elif start == 0:
+        if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
-            # new tokens continue a cached prefix: token i may see keys 0 .. start+i
-            keep = torch.arange(start + T, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=True)
+            k, v = cache.update(self.layer, k, v)  # (B, KV, S, D): every key this query may see, and padding
+            mask, causal = cache.mask(T)
+            y = cached_attention(q, k, v, mask, causal).to(x.dtype)  # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -172,16 +227,17 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None) -> torch.Tensor:
         """idx: (B, T) token ids. See the module docstring for what is returned."""
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.config.max_seq_len}")
-        cos = self.rope_cos[start:start + T]  # (T, D)
-        sin = self.rope_sin[start:start + T]
+        if cache is None:
+            if T > self.config.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.config.max_seq_len}")
+            cos, sin = self.rope_cos[:T, None], self.rope_sin[:T, None]  # (T, 1, D)
+        else:
+            cos, sin = cache.rope(self.rope_cos, self.rope_sin, T)
         x = self.tok_embeddings(idx)  # (B, T, C)
         for block in self.layers:
             x = block(x, cos, sin, cache)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
             x = x[:, -1:]  # only the last position's logits are needed to generate
         x = self.norm(x)
         logits = self.output(x)  # (B, T, V)

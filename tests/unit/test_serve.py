@@ -1,0 +1,278 @@
+"""lm.serve on tiny real Transformers: batched decoding equals single-stream decoding, requests join and leave
+mid-batch, cancellation, the prefix cache, the queue, chunked prefill and priorities."""
+
+# ruff: noqa: F811 (test_engine's fixtures are imported, and test arguments of the same name use them)
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from lm.engine import Engine, GenerationConfig
+from lm.serve import PrefixCache, Queued, Server, Started
+from tests.unit.test_engine import chain_model, full_greedy, random_model, tok  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GREEDY = GenerationConfig(max_new_tokens=12, ignore_stop_ids=True)
+
+
+def prompts(tok, n: int) -> list[list[int]]:
+    """n prompts of different lengths (so the batch rows sit at different positions)."""
+    return [tok.encode(f"prompt number {i}: " + "abc" * i) for i in range(n)]
+
+
+@pytest.fixture
+def server(random_model, tok):
+    s = Server(random_model, tok, slots=4, prefill_chunk=64, kv_dtype=torch.float32)
+    yield s
+    s.close()
+
+
+def test_batched_greedy_equals_single_stream(server, random_model, tok):
+    ps = prompts(tok, 4)
+    tickets = [server.submit(p, GREEDY) for p in ps]
+    batched = [list(_drain(t).ids) for t in tickets]
+    engine = Engine(random_model, tok)
+    single = [engine.generate(p, GenerationConfig(max_new_tokens=12, ignore_stop_ids=True,
+                                                  reuse_cache=False)).ids for p in ps]
+    assert batched == single
+    assert batched[0] == full_greedy(random_model, ps[0], 12)
+    assert len({tuple(b) for b in batched}) > 1  # the rows really differ
+
+
+def test_bf16_keys_and_values_batched_equal_single_stream(random_model, tok):
+    server = Server(random_model, tok, slots=4, kv_dtype=torch.bfloat16)
+    ps = prompts(tok, 4)
+    try:
+        batched = [_drain(t).ids for t in [server.submit(p, GREEDY) for p in ps]]
+    finally:
+        server.close()
+    engine = Engine(random_model, tok, kv_dtype=torch.bfloat16)
+    assert batched == [engine.generate(p, GREEDY).ids for p in ps]
+
+
+def test_sampling_keeps_each_requests_seed_and_settings(server, random_model, tok):
+    ps = prompts(tok, 3)
+    cfgs = [GenerationConfig(max_new_tokens=10, temperature=t, top_k=k, seed=s, ignore_stop_ids=True)
+            for t, k, s in ((0.8, 0, 1), (1.2, 20, 2), (0.5, 5, 3))]
+    tickets = [server.submit(p, c) for p, c in zip(ps, cfgs, strict=True)]
+    batched = [_drain(t).ids for t in tickets]
+    engine = Engine(random_model, tok)
+    assert batched == [engine.generate(p, c).ids for p, c in zip(ps, cfgs, strict=True)]
+
+
+def test_requests_join_and_leave_mid_batch(random_model, tok):
+    """B joins while A decodes and leaves before A ends; C waits for a slot; every output is unaffected."""
+    server = Server(random_model, tok, slots=2, prefill_chunk=64, kv_dtype=torch.float32)
+    ps = prompts(tok, 3)
+    long_cfg = GenerationConfig(max_new_tokens=30, ignore_stop_ids=True)
+    short_cfg = GenerationConfig(max_new_tokens=4, ignore_stop_ids=True)
+    events: list[tuple[str, object]] = []
+    tickets: dict[str, object] = {}
+    done = threading.Event()
+    results = {}
+
+    def listen(name):
+        def on(event):
+            events.append((name, event))
+            if name == "A" and isinstance(event, str) and sum(1 for n, e in events if n == "A"
+                                                               and isinstance(e, str)) == 5:
+                tickets["B"] = server.submit(ps[1], short_cfg, listener=listen("B"))
+                tickets["C"] = server.submit(ps[2], short_cfg, listener=listen("C"))
+            if hasattr(event, "finish_reason"):
+                results[name] = event
+                if len(results) == 3:
+                    done.set()
+        return on
+
+    try:
+        server.submit(ps[0], long_cfg, listener=listen("A"))
+        assert done.wait(60)
+    finally:
+        server.close()
+    engine = Engine(random_model, tok)
+    assert results["A"].ids == engine.generate(ps[0], long_cfg).ids
+    assert results["B"].ids == engine.generate(ps[1], short_cfg).ids
+    assert results["C"].ids == engine.generate(ps[2], short_cfg).ids
+    order = [n for n, e in events if hasattr(e, "finish_reason")]
+    assert order.index("B") < order.index("A")  # B left mid-batch while A went on
+    assert ("C", Queued(0)) in events  # both slots were busy: C waited, then ran
+    a_after_b = [e for n, e in events[[i for i, (n, e) in enumerate(events) if n == "B"][0]:]
+                 if n == "A" and isinstance(e, str)]
+    assert a_after_b  # A kept streaming while B was in the batch
+
+
+def test_cancelling_one_stream_leaves_the_others_untouched(server, random_model, tok):
+    ps = prompts(tok, 3)
+    cfg = GenerationConfig(max_new_tokens=20, ignore_stop_ids=True)
+    cancel = threading.Event()
+    seen = []
+
+    def on_b(event):
+        seen.append(event)
+        if sum(isinstance(e, str) for e in seen) == 3:
+            cancel.set()
+
+    a = server.submit(ps[0], cfg)
+    b_done = threading.Event()
+    server.submit(ps[1], cfg, cancel=cancel, listener=lambda e: (on_b(e), hasattr(e, "finish_reason")
+                                                                 and b_done.set()))
+    c = server.submit(ps[2], cfg)
+    results = [_drain(a), _drain(c)]
+    assert b_done.wait(30)
+    b = seen[-1]
+    assert b.finish_reason == "cancelled" and 3 <= len(b.ids) < 20
+    engine = Engine(random_model, tok)
+    assert [r.ids for r in results] == [engine.generate(ps[i], cfg).ids for i in (0, 2)]
+
+
+def test_next_turn_prefills_only_its_new_tokens(server, random_model, tok):
+    p1 = tok.encode("the first turn of a chat")
+    r1 = server.generate(p1, GREEDY)
+    assert r1.timings["prefilled_tokens"] == len(p1)
+    p2 = p1 + r1.ids + tok.encode(" and the second turn")
+    r2 = server.generate(p2, GREEDY)
+    # the last answer token was never fed, so it is prefilled with the new text
+    assert r2.timings["prefilled_tokens"] == len(p2) - (len(p1) + len(r1.ids) - 1)
+    assert r2.ids == full_greedy(random_model, p2, 12)
+    fresh = server.generate(p2, GenerationConfig(max_new_tokens=12, ignore_stop_ids=True, reuse_cache=False))
+    assert fresh.timings["prefilled_tokens"] == len(p2)
+
+
+def test_prefix_cache_evicts_least_recently_used(random_model, tok):
+    server = Server(random_model, tok, slots=2, prefill_chunk=64, cache_tokens=60, kv_dtype=torch.float32)
+    try:
+        a, b = tok.encode("a" * 20 + " first chat"), tok.encode("b" * 20 + " second chat")
+        ra = server.generate(a, GREEDY)
+        server.generate(b, GREEDY)  # both fit: 2 x ~42 positions > 60, so a (the older) is evicted
+        assert server.load()["cached_tokens"] <= 60
+        again = server.generate(a + ra.ids + tok.encode("!"), GREEDY)
+        assert again.timings["prefilled_tokens"] == len(a) + len(ra.ids) + 1  # a was evicted: all prefilled
+    finally:
+        server.close()
+    cache = PrefixCache(100)
+    cache.put([1, 2, 3], (torch.zeros(1), torch.zeros(1)))
+    cache.put([1, 2, 3, 4, 5], (torch.ones(1), torch.ones(1)))  # holds [1, 2, 3]: the shorter one goes
+    assert list(cache.entries) == [(1, 2, 3, 4, 5)] and cache.tokens == 5
+    assert cache.longest([1, 2, 3, 9])[0] == 3 and cache.longest([7])[0] == 0
+
+
+class Events:
+    """Events of several requests by name; `done` is set once `expect` of them have ended."""
+
+    def __init__(self, expect: int):
+        self.log: list[tuple[str, object]] = []
+        self.expect, self.done = expect, threading.Event()
+
+    def of(self, name: str) -> list:
+        return [e for n, e in self.log if n == name]
+
+    def listener(self, name: str, then=None):
+        def on(event):
+            self.log.append((name, event))
+            if then is not None:
+                then(event)
+            if sum(hasattr(e, "finish_reason") for _, e in self.log) == self.expect:
+                self.done.set()
+        return on
+
+
+def test_requests_over_the_slots_wait_in_order_and_say_so(random_model, tok):
+    server = Server(random_model, tok, slots=1, prefill_chunk=64, kv_dtype=torch.float32)
+    ps = prompts(tok, 3)
+    events = Events(3)
+    try:
+        with server._wake:  # hold the scheduler so that all three are queued before it looks
+            for i, p in enumerate(ps):
+                server.submit(p, GREEDY, listener=events.listener(str(i)))
+        assert events.done.wait(60)
+    finally:
+        server.close()
+    logs = {i: events.of(str(i)) for i in range(3)}
+    assert logs[0][0] == Started()
+    assert logs[1][:2] == [Queued(0), Started()]
+    assert logs[2][:3] == [Queued(1), Queued(0), Started()]
+    assert all(log[-1].finish_reason == "length" for log in logs.values())
+
+
+def test_background_requests_wait_for_interactive_ones(random_model, tok):
+    server = Server(random_model, tok, slots=1, prefill_chunk=64, kv_dtype=torch.float32)
+    ps = prompts(tok, 3)
+    events = Events(3)
+    try:
+        with server._wake:
+            for name, p, prio in (("first", ps[0], 0), ("summary", ps[1], 1), ("chat", ps[2], 0)):
+                server.submit(p, GREEDY, priority=prio, listener=events.listener(name))
+        assert events.done.wait(60)
+    finally:
+        server.close()
+    assert [n for n, e in events.log if isinstance(e, Started)] == ["first", "chat", "summary"]
+
+
+def test_chunked_prefill_keeps_running_streams_going(random_model, tok):
+    """A newcomer's long prompt is prefilled 8 tokens per step, between the running stream's tokens."""
+    server = Server(random_model, tok, slots=2, prefill_chunk=8, kv_dtype=torch.float32)
+    long_prompt = tok.encode("x" * 120)
+    recorder = Events(2)
+
+    def join(event):
+        if isinstance(event, str) and len(recorder.of("A")) == 4:  # Started and 3 deltas
+            server.submit(long_prompt, GREEDY, listener=recorder.listener("B"))
+
+    try:
+        server.submit(tok.encode("short"), GenerationConfig(max_new_tokens=40, ignore_stop_ids=True),
+                      listener=recorder.listener("A", then=join))
+        assert recorder.done.wait(60)
+    finally:
+        server.close()
+    events = recorder.log
+    start = events.index(("B", Started()))
+    first_b = next(i for i, (n, e) in enumerate(events) if n == "B" and isinstance(e, str))
+    a_between = [e for n, e in events[start:first_b] if n == "A" and isinstance(e, str)]
+    assert len(a_between) >= len(long_prompt) // 8 - 1  # A got a token after (almost) every chunk of B
+    result_b = next(e for n, e in events if n == "B" and hasattr(e, "finish_reason"))
+    assert result_b.ids == full_greedy(random_model, long_prompt, 12)
+
+
+def test_stop_strings_and_stop_ids_end_only_their_request(tok):
+    text = "quick brown"  # every character once: each has one successor
+    seq = tok.encode(text) + [tok.encode("<|im_end|>")[0]]
+    model = chain_model(tok, seq)
+    server = Server(model, tok, slots=2, kv_dtype=torch.float32)
+    try:
+        prompt = seq[:1]
+        a = server.submit(prompt, GenerationConfig(max_new_tokens=40, stop_strings=(" bro",)))
+        b = server.submit(prompt, GenerationConfig(max_new_tokens=40))
+        ra, rb = _drain(a), _drain(b)
+    finally:
+        server.close()
+    assert (ra.text, ra.finish_reason) == ("uick", "stop_string")
+    assert (rb.text, rb.finish_reason) == ("uick brown", "stop")
+
+
+def test_a_call_runs_in_the_scheduler_between_steps(server, tok):
+    ticket = server.submit(prompts(tok, 1)[0], GenerationConfig(max_new_tokens=30, ignore_stop_ids=True))
+    future = server.call(lambda: threading.current_thread().name)
+    assert future.result(30) == "docent-serve"
+    failing = server.call(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(30)
+    assert _drain(ticket).finish_reason == "length"  # the stream went on around both
+
+
+def test_submit_refuses_prompts_that_do_not_fit(server, tok):
+    from lm.engine import ContextOverflow
+
+    with pytest.raises(ContextOverflow):
+        server.submit(list(range(3, 3 + 256)), GREEDY)
+    with pytest.raises(ValueError):
+        server.submit([], GREEDY)
+
+
+def _drain(ticket):
+    for _ in ticket:
+        pass
+    return ticket.result
