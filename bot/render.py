@@ -356,12 +356,14 @@ class StreamingMessage:
             return None
         return ReplyParameters(self.reply_to_message_id, allow_sending_without_reply=True)
 
-    async def update(self, text_so_far: str) -> bool:
-        """Shows the text so far if `min_interval` has passed since the last edit; True if it edited."""
+    async def update(self, text_so_far: str, urgent: bool = False) -> bool:
+        """Shows the text so far if `min_interval` has passed since the last edit (or at once: a change of
+        state, such as a place in the queue, that must not wait for the next edit); True if it edited."""
         if self.message is None:
             raise RuntimeError("StreamingMessage.update() before start()")
         now = time.monotonic()
-        if self._lost or now < self._blocked_until or now - self._last_edit < self.min_interval:
+        early = now - self._last_edit < self.min_interval and not urgent
+        if self._lost or now < self._blocked_until or early:
             return False
         shown = truncate_utf16(text_so_far.strip(), self.limit)
         if not shown or shown == self._shown:

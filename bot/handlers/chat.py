@@ -15,7 +15,7 @@ from telegram.ext import ContextTypes
 from bot.handlers.access import addressed_to_bot, is_admin, is_allowed, strip_mention
 from bot.handlers.runtime import Runtime
 from bot.render import StreamingMessage
-from bot.services.assistant import Incoming
+from bot.services.assistant import Incoming, Queued, Started
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +241,27 @@ async def _generate(rt: Runtime, model, messages: list[dict], chat_id: int, stre
     """Stream the model's reply into the Telegram message; returns (text, note about how it ended)."""
     sampling = await rt.assistant.sampling_for(chat_id, **overrides)
     cancel = threading.Event()
+    limit = rt.settings.telegram.generation_timeout_s
     text, started = "", time.monotonic()
     try:
-        async with asyncio.timeout(rt.settings.telegram.generation_timeout_s):
-            async for delta in rt.assistant.stream(model, messages, sampling, cancel):
-                text += delta
-                await stream.update(text)
+        # the time limit counts from the start of generation: a reply waiting for its turn is not late
+        async with asyncio.timeout(None) as deadline:
+            async for event in rt.assistant.stream(model, messages, sampling, cancel):
+                if isinstance(event, str):
+                    text += event
+                    await stream.update(text)
+                elif isinstance(event, Queued):
+                    await stream.update(queued_text(event.ahead), urgent=True)
+                elif isinstance(event, Started):
+                    started = time.monotonic()
+                    deadline.reschedule(asyncio.get_running_loop().time() + limit)
+                    await stream.update("…", urgent=True)  # replaces a queued note
     except TimeoutError:
         log.warning("generation timeout in chat %s after %.0fs", chat_id, time.monotonic() - started)
         return text, "\n\n⏱️ (stopped: the reply took too long)"
     return text, ""
+
+
+def queued_text(ahead: int) -> str:
+    """The placeholder of a reply waiting for a place in the batch."""
+    return "⏳ queued: you are next…" if ahead == 0 else f"⏳ queued: {ahead} ahead of you…"

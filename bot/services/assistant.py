@@ -18,7 +18,8 @@ from bot.db import queries as q
 from bot.db.models import Message
 from bot.services import answer
 from bot.services.knowledge import KnowledgeBase, chat_scope
-from bot.services.models import ChatModel, ModelManager, Sampling, stream_in_thread
+from bot.services.models import ChatModel, ModelManager, Sampling
+from lm.serve import Queued, Started  # noqa: F401 (reply events, for the handlers)
 
 INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
 
@@ -113,10 +114,11 @@ class Assistant:
             await q.update_message(s, reply.id, text=text, status=status, token_count=token_count)
 
     async def stream(self, model: ChatModel, messages: list[dict], sampling: Sampling,
-                     cancel: threading.Event) -> AsyncIterator[str]:
-        """Text deltas of the model's reply, generated in the worker thread."""
-        async for delta in stream_in_thread(lambda: model.stream_chat(messages, sampling, cancel), cancel):
-            yield delta
+                     cancel: threading.Event) -> AsyncIterator:
+        """The model's reply as it is generated: text deltas (str), and lm.serve.Queued / Started while it
+        waits for its place in the batch (ChatModel.reply_events)."""
+        async for event in model.reply_events(messages, sampling, cancel):
+            yield event
 
     async def reset(self, chat_id: int) -> None:
         """Start a new conversation; the old one stays in SQL but is no longer sent to the model."""

@@ -1,8 +1,10 @@
-"""The active chat model: loading, hot swapping, and streaming generation off the event loop.
+"""The active chat model: loading, hot swapping, and generation for every chat at once.
 
-This is the one place where `bot` talks to `lm.engine`. A reply takes a reference to the current
-`ChatModel` when it starts, so a swap (a new model version promoted) never disturbs replies already
-streaming: they finish on the model they began with.
+This is the one place where `bot` talks to `lm`. Each `ChatModel` owns an `lm.serve.Server`, whose scheduler
+thread batches the decoding of every chat's reply (and runs copy decoding for document answers between its
+steps), so a reply never waits for a whole other reply. A reply takes a reference to the current `ChatModel`
+when it starts, so a swap (a new model version promoted) never disturbs replies already streaming: they
+finish on the model they began with, whose server then stops.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,9 +20,7 @@ from bot.config import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
-# One worker: generation already uses every core through torch's intra-op threads; two at once
-# would only oversubscribe them. Replies queue here in arrival order.
-_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docent-generate")
+INTERACTIVE, BACKGROUND = 0, 1  # request priorities: a summary's rewriting never holds up a chat reply
 
 
 @dataclass
@@ -48,12 +47,14 @@ class ChatModel:
     """A loaded model with its tokenizer and engine, plus the version it came from."""
 
     def __init__(self, model: Any, tokenizer: Any, context_tokens: int, version_id: int | None = None,
-                 label: str = ""):
-        from lm.engine import Engine
+                 label: str = "", settings: ModelSettings | None = None):
+        from lm.serve import Server
 
+        settings = settings or ModelSettings()
         self.model, self.tokenizer = model, tokenizer
         self.context_tokens = min(context_tokens, model.config.max_seq_len)
-        self.engine = Engine(model, tokenizer, max_len=self.context_tokens)
+        self.server = Server(model, tokenizer, max_len=self.context_tokens, slots=settings.batch_size,
+                             prefill_chunk=settings.prefill_chunk, cache_tokens=settings.prefix_cache_tokens)
         self._spans = None  # lm.spans.SpanDecoder, made on the first document answer
         self.version_id = version_id
         self.label = label
@@ -70,7 +71,7 @@ class ChatModel:
         else:
             model, tokenizer = load_chat_model(name, weights=settings.model.weights, threads=settings.model.threads,
                                                cache_dir=settings.cache_dir, max_seq_len=settings.model.context_tokens)
-        return cls(model, tokenizer, settings.model.context_tokens, version_id, label=name)
+        return cls(model, tokenizer, settings.model.context_tokens, version_id, label=name, settings=settings.model)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -97,39 +98,75 @@ class ChatModel:
             stop_strings=tuple(sampling.stop_strings),
         )
 
-    def stream_chat(self, messages: list[dict], sampling: Sampling,
-                    cancel: threading.Event | None = None) -> Iterator[str]:
-        """Text deltas of the reply to `messages` (blocking; run it in a worker thread)."""
-        messages = self.fit(messages, sampling)
-        ids, _ = self.tokenizer.render_chat(messages, add_generation_prompt=True)
-        yield from self.engine.stream(ids, self._config(sampling, len(ids)), cancel=cancel)
+    def prompt(self, messages: list[dict], sampling: Sampling) -> tuple[list[int], Any]:
+        """(token ids, lm.engine.GenerationConfig) of the reply to `messages`, trimmed to fit the context."""
+        ids, _ = self.tokenizer.render_chat(self.fit(messages, sampling), add_generation_prompt=True)
+        return list(ids), self._config(sampling, len(ids))
+
+    async def reply_events(self, messages: list[dict], sampling: Sampling, cancel: threading.Event,
+                           priority: int = INTERACTIVE) -> AsyncIterator[Any]:
+        """The reply to `messages` as it is generated: text deltas (str), and lm.serve.Queued / Started while
+        it waits for and gets its place in the batch. Leaving early cancels it."""
+        from lm.engine import Result
+
+        ids, config = self.prompt(messages, sampling)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        self.server.submit(ids, config, cancel, priority=priority,
+                           listener=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        try:
+            while not isinstance(event := await events.get(), Result):
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            cancel.set()
+
+    def stream_chat(self, messages: list[dict], sampling: Sampling, cancel: threading.Event | None = None,
+                    priority: int = INTERACTIVE) -> Iterator[str]:
+        """Text deltas of the reply to `messages` (blocking: for threads and the command line)."""
+        ids, config = self.prompt(messages, sampling)
+        yield from self._stream(ids, config, cancel, priority)
+
+    def stream_text(self, prompt: str, sampling: Sampling, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Continue raw text without the chat template."""
+        ids = self.tokenizer.encode(prompt)
+        yield from self._stream(ids, self._config(sampling, len(ids)), cancel, INTERACTIVE)
+
+    def _stream(self, ids: list[int], config, cancel: threading.Event | None, priority: int) -> Iterator[str]:
+        ticket = self.server.submit(ids, config, cancel, priority=priority)
+        try:
+            yield from ticket
+        finally:
+            ticket.close()  # a reader that stops early ends the generation
 
     def spans(self, messages: list[dict], evidence: list[str], *, baseline: list[dict] | None = None,
               calibration: float = 0.0, max_tokens: int = 48, beams: int = 8, keep: int = 8) -> list:
         """Answers copied from `evidence` (lm.spans.Span, best first) for the chat `messages`, rescored against
-        the `baseline` chat when given (SpanDecoder.calibrated). Blocking."""
+        the `baseline` chat when given (SpanDecoder.calibrated). Blocking; runs in the server's thread."""
+        return self.server.call(lambda: self._copy(messages, evidence, baseline, calibration, max_tokens,
+                                                   beams, keep)).result()
+
+    async def copy_spans(self, messages: list[dict], evidence: list[str], **options) -> list:
+        """`spans` without blocking the event loop."""
+        return await asyncio.to_thread(lambda: self.spans(messages, evidence, **options))
+
+    def _copy(self, messages, evidence, baseline, calibration, max_tokens, beams, keep) -> list:
         from lm.spans import SpanDecoder
 
         def ids(chat: list[dict]) -> list[int]:
             return list(self.tokenizer.render_chat(chat, add_generation_prompt=True)[0])
 
-        with self.engine.lock:  # one forward at a time on these weights, whatever the caller
-            if self._spans is None:
-                self._spans = SpanDecoder(self.model, self.tokenizer, max_len=self.context_tokens)
-            spans = self._spans.spans(ids(messages), evidence, beams=beams, max_tokens=max_tokens, keep=keep)
-            if baseline is not None and calibration:
-                spans = self._spans.calibrated(spans, ids(baseline), calibration)
-            return spans
+        if self._spans is None:
+            self._spans = SpanDecoder(self.model, self.tokenizer, max_len=self.context_tokens)
+        spans = self._spans.spans(ids(messages), evidence, beams=beams, max_tokens=max_tokens, keep=keep)
+        if baseline is not None and calibration:
+            spans = self._spans.calibrated(spans, ids(baseline), calibration)
+        return spans
 
-    async def copy_spans(self, messages: list[dict], evidence: list[str], **options) -> list:
-        """`spans` in the generation thread, queued behind the replies already generating."""
-        return await asyncio.get_running_loop().run_in_executor(
-            _EXECUTOR, lambda: self.spans(messages, evidence, **options))
-
-    def stream_text(self, prompt: str, sampling: Sampling, cancel: threading.Event | None = None) -> Iterator[str]:
-        """Continue raw text without the chat template."""
-        ids = self.tokenizer.encode(prompt)
-        yield from self.engine.stream(ids, self._config(sampling, len(ids)), cancel=cancel)
+    def close(self, wait: bool = True) -> None:
+        """Stop the server once the replies in flight have ended (wait=False: without waiting here)."""
+        self.server.close(cancel=False, wait=wait)
 
 
 def _load_model_dir(path, settings: Settings):
@@ -144,43 +181,6 @@ def _load_model_dir(path, settings: Settings):
     if not isinstance(model, Transformer):
         raise ValueError(f"{path} holds a {type(model).__name__}; only Transformer models can chat")
     return quantize_model(model.eval(), settings.model.weights), tokenizer
-
-
-_END = object()
-
-
-async def stream_in_thread(produce: Iterator[str] | Any, cancel: threading.Event) -> AsyncIterator[str]:
-    """Run a blocking iterator of text deltas in the generation thread and yield its items here.
-
-    Closing the async iterator early (timeout, error, /reset) sets `cancel`, which the engine checks
-    between tokens, so the worker thread is free again within one token.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-
-    def work() -> None:
-        try:
-            for delta in produce() if callable(produce) else produce:
-                loop.call_soon_threadsafe(queue.put_nowait, delta)
-                if cancel.is_set():
-                    break
-        except BaseException as e:  # handed to the awaiting side, which re-raises it
-            loop.call_soon_threadsafe(queue.put_nowait, e)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-    future = loop.run_in_executor(_EXECUTOR, work)
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        cancel.set()
-        await asyncio.shield(future)
 
 
 class ModelManager:
@@ -219,4 +219,6 @@ class ModelManager:
         async with self._lock:
             old, self._current = self._current, loaded
         log.info("active model is now %s (was %s)", loaded.label, old.label if old else None)
+        if old is not None:
+            old.close(wait=False)  # its replies in flight finish on it first
         return loaded

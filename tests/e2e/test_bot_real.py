@@ -31,25 +31,24 @@ def _real_settings(tmp_path, fake, model):
     return settings
 
 
-async def test_third_answer_depends_on_the_first_turn(tmp_path, smollm2):
-    """SmolLM2-135M recalls few facts across turns; with the default int8 weights its greedy reply recalls
-    this one (checked at 1 and 2 threads), and without the first turn it cannot."""
+async def test_the_answer_depends_on_the_earlier_turn(tmp_path, smollm2):
+    """SmolLM2-135M recalls few facts across turns, and which ones flips with the last bits of the kernels (a
+    turn about France in between, or lm.serve's bf16 batch instead of the single-stream engine, turned "Rex"
+    into "Lionel"). With the default int8 weights on the serving path its greedy reply recalls this one
+    (checked at 1 and 2 threads), and without the first turn it cannot."""
     async with FakeTelegram() as fake:
         settings = _real_settings(tmp_path, fake, smollm2)
         async with running_bot(settings):
             fake.send_user_message(USER, USER, "My dog is called Rex.")
             await fake.wait_for(lambda: final_reply(fake, USER), timeout=120)
-            fake.send_user_message(USER, USER, "What is the capital of France?")
-            second = await fake.wait_for(lambda: final_reply(fake, USER, after=1), timeout=120)
             fake.send_user_message(USER, USER, "What is my dog called?")
-            third = await fake.wait_for(lambda: final_reply(fake, USER, after=2), timeout=120)
+            second = await fake.wait_for(lambda: final_reply(fake, USER, after=1), timeout=120)
             fake.send_user_message(USER, USER, "/reset")
             await fake.wait_for(lambda: "new conversation" in (fake.last_text(USER) or ""), timeout=30)
             fake.send_user_message(USER, USER, "What is my dog called?")
-            fresh = await fake.wait_for(lambda: final_reply(fake, USER, after=3), timeout=120)
-    assert "Paris" in second.text
-    assert "Rex" in third.text
-    assert fresh.text != third.text, "without the earlier turns the same question gets another answer"
+            fresh = await fake.wait_for(lambda: final_reply(fake, USER, after=2), timeout=120)
+    assert "Rex" in second.text
+    assert "Rex" not in fresh.text, "without the earlier turn the model cannot know the name"
 
 
 async def test_markdown_with_special_characters_arrives_as_valid_html(tmp_path, smollm2):
