@@ -136,8 +136,11 @@ class FakeModel:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def stream_chat(self, messages, sampling, cancel=None):
+    def stream_chat(self, messages, sampling, cancel=None, priority=0):
+        from bot.services.models import BACKGROUND
+
         assert sampling.no_repeat_ngram >= 2 and sampling.temperature == 0.0  # loop-proof, greedy
+        assert priority == BACKGROUND  # a summary's rewrites never hold up chat replies
         self.prompts.append(messages[-1]["content"])
         yield from self.reply.split(" ")[:1] + [" " + w for w in self.reply.split(" ")[1:]]
 
