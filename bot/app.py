@@ -75,7 +75,14 @@ async def _post_stop(app: Application) -> None:
 
 
 async def _on_error(update: object, context) -> None:
+    """Log what a handler raised; a button press it failed on is still answered, so no spinner is left turning."""
     log.error("error while handling an update", exc_info=context.error)
+    query = update.callback_query if isinstance(update, Update) else None
+    if query is not None:
+        try:
+            await query.answer("Sorry, that did not work.")
+        except TelegramError as e:  # answered already, or too old to answer
+            log.debug("could not answer the callback query: %s", e)
 
 
 def build_application(settings: Settings, models: ModelManager | None = None) -> Application:
@@ -103,6 +110,9 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     app.add_handler(CommandHandler("help", chat.help_command))
     app.add_handler(CommandHandler("reset", chat.reset))
     app.add_handler(CommandHandler("settings", chat.settings_command))
+    # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
+    # come first (and refuse it); the catch-all after the features answers every other unknown press
+    app.add_handler(CallbackQueryHandler(chat.on_button, pattern=r"^(temp|fb):"))
     register_features(app, runtime)
     app.add_handler(CallbackQueryHandler(chat.on_button))
     app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 
@@ -125,8 +126,22 @@ async def _settings_view(rt: Runtime, chat_id: int) -> tuple[str, InlineKeyboard
     return text, InlineKeyboardMarkup(buttons)
 
 
+def button_temperature(data: str) -> float | None:
+    """The temperature a "temp:" button asks for, or None unless it is a number from 0 to 2 (the range chat
+    settings accept): callback data comes from the client and can be anything."""
+    try:
+        value = float(data.removeprefix("temp:"))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0.0 <= value <= 2.0 else None
+
+
+FEEDBACK = {"fb:1": 1, "fb:-1": -1}
+BAD_BUTTON = "That button is not valid any more. Send /settings or ask again."
+
+
 async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Inline buttons: temperature choice and 👍/👎 feedback."""
+    """Inline buttons: temperature choice and 👍/👎 feedback; every press is answered, a bad one refused."""
     rt = _runtime(context)
     query = update.callback_query
     if not is_allowed(rt.settings.telegram, update):
@@ -134,22 +149,31 @@ async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     data = query.data or ""
     if data.startswith("temp:"):
-        value = float(data.split(":", 1)[1])
-        await rt.set_chat_settings(update.effective_chat.id, temperature=value)
-        await query.answer(f"Temperature set to {value:g}")
-        text, keyboard = await _settings_view(rt, update.effective_chat.id)
-        try:  # the message now marks the new choice
-            await query.edit_message_text(text, reply_markup=keyboard)
-        except BadRequest as exc:
-            if "not modified" not in str(exc):  # the same button pressed again changes nothing
-                raise
-    elif data.startswith("fb:"):
-        value = 1 if data == "fb:1" else -1
+        await _set_temperature(rt, update, button_temperature(data))
+    elif data in FEEDBACK:
+        await rt.ensure_chat(update)  # a group member who never wrote to the bot may vote too
         ok = await rt.assistant.set_feedback(update.effective_chat.id, query.message.message_id,
-                                             update.effective_user.id, value)
+                                             update.effective_user.id, FEEDBACK[data])
         await query.answer("Thanks for the feedback!" if ok else "That reply is no longer known.")
     else:
-        await query.answer()
+        await query.answer(BAD_BUTTON)
+
+
+async def _set_temperature(rt: Runtime, update: Update, value: float | None) -> None:
+    """Store a temperature chosen with a /settings button and mark it in the message."""
+    query = update.callback_query
+    if value is None:
+        await query.answer(BAD_BUTTON)
+        return
+    await rt.ensure_chat(update)
+    await rt.set_chat_settings(update.effective_chat.id, temperature=value)
+    await query.answer(f"Temperature set to {value:g}")
+    text, keyboard = await _settings_view(rt, update.effective_chat.id)
+    try:  # the message now marks the new choice
+        await query.edit_message_text(text, reply_markup=keyboard)
+    except BadRequest as exc:
+        if "not modified" not in str(exc):  # the same button pressed again changes nothing
+            raise
 
 
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

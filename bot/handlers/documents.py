@@ -13,8 +13,9 @@ from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandl
 from bot.db import queries as q
 from bot.handlers.chat import answer_text
 from bot.handlers.runtime import Runtime
-from bot.knowledge.parse import DocumentError
+from bot.knowledge.parse import MAX_NAME_CHARS, DocumentError
 from bot.render import StreamingMessage
+from bot.safe_text import shorten_name
 from bot.services.knowledge import chat_scope
 from bot.services.summarize import conversation_text, summarize
 
@@ -87,7 +88,7 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     if not await rt.admit(update, rate_limited=True):
         return
     doc = message.document
-    name = doc.file_name or "document"
+    name = shorten_name(doc.file_name or "document", MAX_NAME_CHARS)  # a 5,000-character name fits no message
     limit_mb = rt.settings.documents.max_file_mb
     if doc.file_size and doc.file_size > limit_mb * 2**20:
         await message.reply_text(f"{name} is {doc.file_size / 2**20:.1f} MB; I can index files up to {limit_mb:g} MB.")
@@ -102,7 +103,7 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     with status:
         try:
             result = await rt.knowledge.ingest(
-                chat_scope(message.chat.id), data, name, doc.mime_type, chat_id=message.chat.id,
+                chat_scope(message.chat.id), data, doc.file_name or name, doc.mime_type, chat_id=message.chat.id,
                 progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"))
         except DocumentError as e:
             await status.done(e.message)
