@@ -17,7 +17,7 @@ from telegram.ext import (
 
 from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.handlers import chat, fallback
+from bot.handlers import chat, fallback, stats
 from bot.handlers.runtime import Runtime
 from bot.redact import redact
 from bot.render import StreamingMessage
@@ -30,6 +30,7 @@ COMMANDS = [
     BotCommand("help", "what I can do"),
     BotCommand("reset", "start a new conversation"),
     BotCommand("settings", "system prompt and temperature"),
+    BotCommand("stats", "your messages, tokens and documents in this chat"),
 ]
 
 
@@ -110,6 +111,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     app.add_handler(CommandHandler("help", chat.help_command))
     app.add_handler(CommandHandler("reset", chat.reset))
     app.add_handler(CommandHandler("settings", chat.settings_command))
+    app.add_handler(CommandHandler("stats", stats.stats_command))
     # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
     # come first (and refuse it); the catch-all after the features answers every other unknown press
     app.add_handler(CallbackQueryHandler(chat.on_button, pattern=r"^(temp|fb):"))

@@ -140,6 +140,8 @@ class Message(Base):
         one_of("role", get_args(Role), "role"),
         one_of("status", get_args(MessageStatus), "status"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # a chat's messages (/stats) and the one behind a Telegram message (feedback, a reply's question)
+        Index("ix_messages_chat_id_telegram_message_id", "chat_id", "telegram_message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True)
@@ -180,6 +182,7 @@ class Document(Base):
     # scope is the retrieval namespace: "chat:<id>" for a chat's uploads, any label from the CLI.
     scope: Mapped[str] = mapped_column(String(255), index=True)
     chat_id: Mapped[int | None] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))  # who uploaded it
     name: Mapped[str] = mapped_column(String(255))
     mime: Mapped[str] = mapped_column(String(127))
     sha256: Mapped[str] = mapped_column(String(64))

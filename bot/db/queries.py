@@ -358,6 +358,7 @@ async def add_document_with_chunks(
     size_bytes: int,
     chunks: Sequence[NewChunk],
     chat_id: int | None = None,
+    user_id: int | None = None,
     pages: int | None = None,
     status: DocumentStatus = "ready",
 ) -> Document:
@@ -369,6 +370,7 @@ async def add_document_with_chunks(
     document = Document(
         scope=scope,
         chat_id=chat_id,
+        user_id=user_id,
         name=name,
         mime=mime,
         sha256=sha256,

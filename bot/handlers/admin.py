@@ -19,7 +19,8 @@ from bot.db import queries as q
 from bot.handlers.access import is_admin
 from bot.handlers.documents import StatusLine
 from bot.handlers.runtime import Runtime
-from bot.services.training import RunOutcome, TrainingBusy, TrainingService, format_duration, format_loss
+from bot.services.training import RunOutcome, TrainingBusy, TrainingService, format_loss
+from bot.services.training_plan import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +118,17 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         status = await message.reply_text(f"Resuming training run #{run.id}…")
         _follow(context, service, status, run.id, resume=True)
         return
-    # reading every chat and document and measuring a step takes a while: say so at once, then edit
-    shown = await message.reply_text("Preparing a retraining plan: reading the opted-in chats and documents…")
+    # reading every chat and document and timing training steps takes a while: say so at once, then edit
+    shown = await message.reply_text("Preparing a retraining plan: reading the opted-in chats and documents, "
+                                     "then timing a few training steps…")
     try:
         plan = await service.plan(force=args == ["force"])
     except Exception as e:
         log.exception("could not plan a training run")
         await shown.edit_text(f"I could not prepare a training run: {e}")
         return
-    if not plan.ready:
-        await shown.edit_text(plan.describe() + "\n\nNot enough data to train on yet: a run needs at least "
-                              "two examples. Chats opt in with /training on.")
+    if not plan.ready:  # the plan says why, and offers nothing to start
+        await shown.edit_text(plan.describe())
         service.drop_plan(plan.token)
         return
     buttons = InlineKeyboardMarkup([[InlineKeyboardButton("▶️ Start", callback_data=f"train:start:{plan.token}"),

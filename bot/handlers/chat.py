@@ -31,6 +31,7 @@ HELP = (
     "/summarize – summarize a document (reply to it or name it) or else this conversation\n"
     "/reset – start a new conversation\n"
     "/settings – system prompt and temperature for this chat\n"
+    "/stats – your messages, reply tokens and documents in this chat, today and in all\n"
     "/training – whether this chat's messages may be used to improve the model (on / off)\n"
     "/help – this message\n\n"
     "Rate my replies with the 👍/👎 buttons under them: rated replies guide retraining."
@@ -41,7 +42,8 @@ ADMIN_HELP = (
     "/train_status – the run in flight or the latest runs\n"
     "/train_cancel – stop the run in flight\n"
     "/models – the model versions\n"
-    "/rollback ID – serve another version (/rollback base for the configured model)"
+    "/rollback ID – serve another version (/rollback base for the configured model)\n"
+    "/stats – here, also every chat's totals and the model version in use"
 )
 
 

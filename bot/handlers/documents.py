@@ -104,7 +104,8 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         try:
             result = await rt.knowledge.ingest(
                 chat_scope(message.chat.id), data, doc.file_name or name, doc.mime_type, chat_id=message.chat.id,
-                progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"))
+                progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"),
+                user_id=update.effective_user.id if update.effective_user else None)
         except DocumentError as e:
             await status.done(e.message)
             return

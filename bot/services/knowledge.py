@@ -89,8 +89,10 @@ class KnowledgeBase:
     # ---- ingest --------------------------------------------------------------------------------
 
     async def ingest(self, scope: str, data: bytes, filename: str, mime: str | None = None,
-                     chat_id: int | None = None, progress: Progress | None = None) -> Ingested:
-        """Parse (in a child process), chunk, embed and index one file; nothing is stored on failure.
+                     chat_id: int | None = None, progress: Progress | None = None,
+                     user_id: int | None = None) -> Ingested:
+        """Parse (in a child process), chunk, embed and index one file (uploaded by `user_id`, when known);
+        nothing is stored on failure.
 
         Raises bot.knowledge.parse.DocumentError for a bad file. A file already in the scope (same
         sha256) is not indexed twice: the existing document is returned with duplicate=True.
@@ -126,7 +128,7 @@ class KnowledgeBase:
             try:
                 document = await q.add_document_with_chunks(
                     s, scope=scope, name=parsed.name, mime=mime or parsed.kind, sha256=sha, size_bytes=len(data),
-                    chunks=rows, chat_id=chat_id, pages=parsed.pages)
+                    chunks=rows, chat_id=chat_id, user_id=user_id, pages=parsed.pages)
             except q.DuplicateDocumentError as dup:  # the same file arrived twice at once
                 return Ingested(dup.existing, dup.existing.chunk_count, dup.existing.pages, duplicate=True)
         report("indexing", 0.97)

@@ -36,11 +36,12 @@ async def test_help_lists_documents_commands_and_feedback_and_admin_commands_onl
             admin_help = (await _reply(fake, ADMIN, 0)).text
             fake.send_user_message(GROUP, ADMIN, "/help@docent_test_bot", chat_type="group")
             group_help = (await _reply(fake, GROUP, 0)).text
-    for command in ("/ask", "/docs", "/forget", "/summarize", "/training", "/reset", "/settings"):
+    for command in ("/ask", "/docs", "/forget", "/summarize", "/training", "/reset", "/settings", "/stats"):
         assert command in user_help and command in admin_help
     assert "PDF" in user_help and "👍" in user_help
     assert "/retrain" not in user_help and "/rollback" not in user_help
     assert "/ask" in group_help and "/retrain" not in group_help  # an admin's group need not see them
+    assert "every chat's totals" in admin_help and "every chat's totals" not in user_help + group_help
     for command in ("/retrain", "/train_status", "/train_cancel", "/models", "/rollback"):
         assert command in admin_help
 

@@ -116,6 +116,39 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
     assert await tables(db_url) == set()
 
 
+async def test_documents_keep_their_rows_and_uploader_across_0005(db_url: str) -> None:
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    insert = ("INSERT INTO documents (id, scope, chat_id, {user}name, mime, sha256, size_bytes) "
+              "VALUES ({id}, 'chat:7', 7, {uid}'{name}', 'text/plain', '{sha}', 3)")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO users (id) VALUES (42)"))
+            await conn.execute(text("INSERT INTO chats (id, type) VALUES (7, 'private')"))
+            await conn.execute(text(insert.format(user="user_id, ", id=1, uid="42, ", name="a.txt", sha="a" * 64)))
+    finally:
+        await engine.dispose()
+    await downgrade(db_url, "0004_chunk_windows")  # SQLite rebuilds documents to drop the column
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            assert (await conn.execute(text("SELECT id, name FROM documents"))).all() == [(1, "a.txt")]
+            await conn.execute(text(insert.format(user="", id=2, uid="", name="b.txt", sha="b" * 64)))
+    finally:
+        await engine.dispose()
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            rows = (await conn.execute(text("SELECT id, user_id FROM documents ORDER BY id"))).all()
+            assert rows == [(1, None), (2, None)]  # uploaders from before 0005 are unknown
+            await conn.execute(text("UPDATE documents SET user_id = 42 WHERE id = 2"))
+            await conn.execute(text("DELETE FROM users WHERE id = 42"))  # a user gone: the document stays
+            assert (await conn.execute(text("SELECT id, user_id FROM documents WHERE id = 2"))).all() == [(2, None)]
+    finally:
+        await engine.dispose()
+
+
 def test_alembic_command_line_url_and_settings_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,6 +166,6 @@ def test_alembic_command_line_url_and_settings_default(
     command.upgrade(cfg, "head")
 
     with sqlite3.connect(explicit) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004_chunk_windows",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005_stats",)]
     with sqlite3.connect(tmp_path / "data" / "docent.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002_documents",)]
