@@ -25,6 +25,7 @@ TABLES = {
     "documents",
     "chunks",
     "feedback",
+    "message_sources",
     "model_versions",
     "training_runs",
 }
@@ -99,6 +100,17 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
                 )
             )
             await conn.execute(text("UPDATE chats SET current_conversation_id = 1"))
+            await conn.execute(text("INSERT INTO documents (id, scope, chat_id, name, mime, sha256, size_bytes)"
+                                    " VALUES (1, 'chat:-100123', -100123, 'a.txt', 'text/plain', 'ab', 2)"))
+    finally:
+        await engine.dispose()
+    # 0005's downgrade rebuilds messages and documents on SQLite to drop their new columns: rows must survive.
+    await downgrade(db_url, "0004_chunk_windows")
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT text FROM messages"))).all() == [("hello",)]
+            assert (await conn.execute(text("SELECT name FROM documents"))).all() == [("a.txt",)]
     finally:
         await engine.dispose()
     # 0003's downgrade rebuilds messages on SQLite to drop its foreign key: rows must survive.
@@ -111,7 +123,8 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT current_conversation_id FROM chats"))).scalar() == 1
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "model_versions", "training_runs"}
+    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "model_versions",
+                                          "training_runs"}
     await downgrade(db_url, "base")
     assert await tables(db_url) == set()
 
@@ -133,6 +146,6 @@ def test_alembic_command_line_url_and_settings_default(
     command.upgrade(cfg, "head")
 
     with sqlite3.connect(explicit) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004_chunk_windows",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005_message_sources",)]
     with sqlite3.connect(tmp_path / "data" / "docent.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002_documents",)]
