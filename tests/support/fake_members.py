@@ -1,11 +1,14 @@
-"""Chat members for the fake Bot API (mixed into FakeTelegram).
+"""Chat members and edited messages for the fake Bot API (mixed into FakeTelegram).
 
 Tests say who owns or administers a group with `set_member`; the bot asks with getChatMember,
-answered as Telegram does (a user the test never named is a plain "member").
+answered as Telegram does (a user the test never named is a plain "member"). `edit_user_message` plays a
+user editing a message they sent: the text gets a new version and the bot receives an `edited_message`
+update, with `edit_date`, as from Telegram.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 STATUSES = ("creator", "administrator", "member", "restricted", "left", "kicked")
@@ -47,3 +50,20 @@ class ChatMembers:
             raise _bad("invalid user_id specified")
         with self._lock:
             return self._member(chat_id, user_id)
+
+
+class UserEdits:
+    """The part of FakeTelegram about users editing what they said."""
+
+    def edit_user_message(self, chat_id: int, message_id: int, text: str) -> int:
+        """The user who sent message `message_id` changes its text; returns the update_id."""
+        from tests.support.fake_telegram import Version
+
+        with self._lock:
+            msg = self._messages.get(chat_id, {}).get(message_id)
+            if msg is None or msg.deleted or msg.from_bot or msg.kind != "text":
+                raise ValueError(f"no text message {message_id} from a user in chat {chat_id}")
+            msg.versions.append(Version(text, text, None, self._auto_entities(text), None, time.monotonic(),
+                                        int(time.time())))
+            payload = self._message_dict(msg)
+        return self._push_update("edited_message", payload)
