@@ -470,9 +470,9 @@ async def add_version(
 
 
 async def get_version(session: AsyncSession, id_or_name: int | str) -> ModelVersion | None:
-    """A model version by id or by name."""
+    """A model version by id or by name (None: no such version, also for an id no table could hold)."""
     if isinstance(id_or_name, int):
-        return await session.get(ModelVersion, id_or_name)
+        return await session.get(ModelVersion, id_or_name) if 0 < id_or_name < 2**31 else None
     return await session.scalar(select(ModelVersion).where(ModelVersion.name == id_or_name))
 
 
