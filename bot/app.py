@@ -17,7 +17,7 @@ from telegram.ext import (
 
 from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.handlers import chat, fallback, stats
+from bot.handlers import chat, edits, fallback, stats
 from bot.handlers.runtime import Runtime
 from bot.redact import redact
 from bot.render import StreamingMessage
@@ -107,6 +107,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     app.bot_data["runtime"] = runtime
     app.bot_data["commands"] = list(COMMANDS)
     app.bot_data["db_engine"] = engine
+    edits.register(app)
     app.add_handler(CommandHandler("start", chat.start))
     app.add_handler(CommandHandler("help", chat.help_command))
     app.add_handler(CommandHandler("reset", chat.reset))

@@ -123,9 +123,10 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
                                      "then timing a few training steps…")
     try:
         plan = await service.plan(force=args == ["force"])
-    except Exception as e:
+    except Exception:
         log.exception("could not plan a training run")
-        await shown.edit_text(f"I could not prepare a training run: {e}")
+        await shown.edit_text("I could not prepare a training run: the configured base model or the stored data "
+                              "could not be read. The bot's log has the details.")
         return
     if not plan.ready:  # the plan says why, and offers nothing to start
         await shown.edit_text(plan.describe())
@@ -161,10 +162,11 @@ async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     except TrainingBusy as e:
         await query.answer(f"Busy: {e}")
         return
-    except Exception as e:
+    except Exception:
         log.exception("could not start a training run")
         await query.answer("Could not start")
-        await query.edit_message_text(f"The training run could not start: {e}")
+        await query.edit_message_text("The training run could not start: its data could not be written on the "
+                                      "server. The bot's log has the details.")
         return
     await query.answer(f"Training run #{run.id} started")
     status = await query.edit_message_text(f"Training run #{run.id}: starting…")
@@ -283,9 +285,11 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     except ValueError as e:
         await message.reply_text(str(e))
         return
-    except Exception as e:
+    except Exception:
         log.exception("could not switch to model version %s", target)
-        await message.reply_text(f"That model could not be loaded; the current one stays active. ({e})")
+        which = "The configured base model" if target is None else f"Version #{target}"
+        await message.reply_text(f"{which} could not be loaded: its files are damaged or not a model I can read. "
+                                 "The current one stays active; the bot's log has the details.")
         return
     await message.reply_text(f"Now serving {rt.settings.model.name} (the configured base model)." if version is None
                              else f"Now serving version #{version.id} ({version.name}).")

@@ -236,7 +236,7 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
     reply = await rt.assistant.begin_reply(stored, first.message_id, model.version_id)
     text, status, note = "", "complete", ""
     try:
-        prepared = await rt.assistant.prepare(model, chat_id, stored.conversation_id, force_documents)
+        prepared = await rt.assistant.prepare(model, stored, reply, force_documents)
         if prepared.answer is not None:
             text = prepared.answer.render()
         else:

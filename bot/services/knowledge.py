@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.config import DocumentSettings, Settings
 from bot.db import queries as q
 from bot.db.models import Chunk, Document
+from bot.db.sources import Forgotten, forget_document
 from bot.knowledge.chunk import chunk_document, sentence_windows
 from bot.knowledge.parse import ParsedDocument, parse_document
 
@@ -136,13 +137,18 @@ class KnowledgeBase:
         report("done", 1.0)
         return Ingested(document, len(rows), parsed.pages)
 
-    async def forget(self, scope: str, name_or_id: str) -> Document | None:
-        """Delete a document from SQL, then from the scope's index."""
+    async def forget(self, scope: str, name_or_id: str, *, requester_id: int | None = None,
+                     any_document: bool = True) -> Forgotten | None:
+        """Delete a document from SQL, marking every turn that drew on it forgotten, then from the scope's index.
+
+        Without `any_document` only its uploader may (bot.db.sources.forget_document raises NotAllowedToForget).
+        """
         async with self.sessions() as s:
-            document = await q.delete_document(s, scope, name_or_id)
-        if document is not None:
+            forgotten = await forget_document(s, scope, name_or_id, requester_id=requester_id,
+                                              any_document=any_document)
+        if forgotten is not None:
             await self.refresh(scope)
-        return document
+        return forgotten
 
     async def documents(self, scope: str) -> list[Document]:
         async with self.sessions() as s:

@@ -601,10 +601,10 @@ class TrainingService:
             await self._stop_child(job)
             await self._settle(run_id, paths, outcome, "the bot stopped during the run")
             raise
-        except Exception as e:
+        except Exception:
             log.exception("training run %s failed", run_id)
             await self._stop_child(job)
-            await self._settle(run_id, paths, outcome, f"{type(e).__name__}: {e}")
+            await self._settle(run_id, paths, outcome, "The run failed on the bot's side; the bot's log has the details.")
         finally:
             self.job = None
         return outcome
@@ -747,9 +747,9 @@ class TrainingService:
             try:
                 await self.activate(version.id)
                 outcome.promoted = True
-            except Exception as e:
+            except Exception:
                 log.exception("could not activate version %s", version.id)
-                outcome.note = f"The new version could not be loaded, so the current model stays: {e}"
+                outcome.note = "The new version could not be loaded, so the current model stays (see the bot's log)."
         outcome.status = "succeeded"
         async with self.sessions() as s:
             await q.update_run(s, run_id, status="succeeded", finished_at=_now(), result_version_id=version.id,
@@ -769,7 +769,8 @@ class TrainingService:
 
     async def activate(self, version_id: int | None) -> ModelVersion | None:
         """Serve a version (None: the configured model). It is loaded first, so one that does not load never
-        becomes active; replies already streaming finish on the old model. Raises ValueError for an unknown id."""
+        becomes active; replies already streaming finish on the old model. Raises ValueError (a message for the
+        admin) for an unknown id or missing files, RuntimeError (the cause chained) when the model does not load."""
         async with self._switch:
             if version_id is None:
                 path = self.settings.model.name
@@ -779,9 +780,14 @@ class TrainingService:
                 if version is None:
                     raise ValueError(f"There is no model version {version_id}. See /models.")
                 if not Path(version.path).is_dir():
-                    raise ValueError(f"Version {version_id}'s files are missing ({version.path}).")
+                    log.warning("version %s's directory %s is missing", version_id, version.path)
+                    raise ValueError(f"Version #{version_id}'s files are missing on the server, so it cannot be "
+                                     "served; the current model stays active. The bot's log names the folder.")
                 path = version.path
-            await self.models.swap(path, version_id)
+            try:
+                await self.models.swap(path, version_id)
+            except Exception as e:  # a damaged file's ValueError (bad JSON) must not pass for a bad argument
+                raise RuntimeError(f"could not load {path}") from e
             async with self.sessions() as s:
                 return await q.set_active(s, version_id)
 
