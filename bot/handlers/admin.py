@@ -126,7 +126,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     except Exception:
         log.exception("could not plan a training run")
         await shown.edit_text("I could not prepare a training run: the configured base model or the stored data "
-                              "could not be read. The bot's log has the details.")
+                              "could not be read, or its timed trial steps failed. The bot's log has the details.")
         return
     if not plan.ready:  # the plan says why, and offers nothing to start
         await shown.edit_text(plan.describe())

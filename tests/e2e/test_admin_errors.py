@@ -4,6 +4,7 @@ detail: /rollback to a version whose files are gone or damaged, or to an id no d
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,15 +81,17 @@ async def test_retrain_failures_are_explained_without_internals(tmp_path, tiny_m
 
         settings = bot_settings(tmp_path / "b", fake, tiny_model, admins=[ADMIN])
         settings.training.use_chats_by_default = True
+        settings.training.min_examples = 2  # a plan needs at least this many examples to offer Start
         async with running_bot(settings):  # a plan, but its data cannot be written: no run
             fake.send_user_message(ADMIN, ADMIN, "hello there")  # two conversations: two training examples
             await fake.wait_for(lambda: final_reply(fake, ADMIN), 60)
             await _command(fake, ADMIN, "/reset", "Started a new conversation")
             fake.send_user_message(ADMIN, ADMIN, "what is a fox?")
             await fake.wait_for(lambda: final_reply(fake, ADMIN, after=1), 60)
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            (settings.data_dir / "runs").write_text("in the way")  # the runs folder cannot be made
-            plan = await _command(fake, ADMIN, "/retrain", "Retraining plan")
+            plan = await _command(fake, ADMIN, "/retrain", "Retraining plan")  # its timed steps use runs/
+            runs = settings.data_dir / "runs"
+            shutil.rmtree(runs)
+            runs.write_text("in the way")  # the run's folder cannot be made
             start = next(b["callback_data"] for row in plan.reply_markup["inline_keyboard"] for b in row
                          if b["callback_data"].startswith("train:start:"))
             fake.press_button(ADMIN, ADMIN, plan.message_id, start)
