@@ -17,7 +17,7 @@ from telegram.ext import (
 
 from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.handlers import chat, fallback
+from bot.handlers import chat, edits, fallback, stats
 from bot.handlers.runtime import Runtime
 from bot.redact import redact
 from bot.render import StreamingMessage
@@ -30,6 +30,7 @@ COMMANDS = [
     BotCommand("help", "what I can do"),
     BotCommand("reset", "start a new conversation"),
     BotCommand("settings", "system prompt and temperature"),
+    BotCommand("stats", "your messages, tokens and documents in this chat"),
 ]
 
 
@@ -75,7 +76,14 @@ async def _post_stop(app: Application) -> None:
 
 
 async def _on_error(update: object, context) -> None:
+    """Log what a handler raised; a button press it failed on is still answered, so no spinner is left turning."""
     log.error("error while handling an update", exc_info=context.error)
+    query = update.callback_query if isinstance(update, Update) else None
+    if query is not None:
+        try:
+            await query.answer("Sorry, that did not work.")
+        except TelegramError as e:  # answered already, or too old to answer
+            log.debug("could not answer the callback query: %s", e)
 
 
 def build_application(settings: Settings, models: ModelManager | None = None) -> Application:
@@ -99,10 +107,15 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     app.bot_data["runtime"] = runtime
     app.bot_data["commands"] = list(COMMANDS)
     app.bot_data["db_engine"] = engine
+    edits.register(app)
     app.add_handler(CommandHandler("start", chat.start))
     app.add_handler(CommandHandler("help", chat.help_command))
     app.add_handler(CommandHandler("reset", chat.reset))
     app.add_handler(CommandHandler("settings", chat.settings_command))
+    app.add_handler(CommandHandler("stats", stats.stats_command))
+    # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
+    # come first (and refuse it); the catch-all after the features answers every other unknown press
+    app.add_handler(CallbackQueryHandler(chat.on_button, pattern=r"^(temp|fb):"))
     register_features(app, runtime)
     app.add_handler(CallbackQueryHandler(chat.on_button))
     app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))

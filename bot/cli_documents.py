@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
 from bot.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 async def _knowledge(settings: Settings):
@@ -46,9 +49,16 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"{path}: {getattr(e, 'message', e)}", file=sys.stderr)
                     failures += 1
                     continue
+                except Exception:  # our failure on this file: say so, keep going with the next ones
+                    bar.close()
+                    log.exception("ingest of %s failed", path)
+                    print(f"{path}: indexing failed on our side (see the log above); nothing was stored",
+                          file=sys.stderr)
+                    failures += 1
+                    continue
                 bar.close()
                 what = "already indexed" if result.duplicate else "indexed"
-                pages = f"{result.pages} pages, " if result.pages else ""
+                pages = f"{result.pages} page{'' if result.pages == 1 else 's'}, " if result.pages else ""
                 chunks = f"{result.chunks} chunk" + ("" if result.chunks == 1 else "s")
                 print(f"{path}: {what} as {result.document.name!r} ({pages}{chunks}) in scope {args.scope!r}")
         finally:

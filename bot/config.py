@@ -86,14 +86,15 @@ class DocumentSettings:
 class TrainingSettings:
     lora_rank: int = 8
     lora_alpha: float = 16.0
-    steps: int = 200
+    epochs: float = 3.0  # passes over the training examples a run makes...
+    max_steps: int = 200  # ...in at most this many steps
+    min_examples: int = 5  # with fewer, /retrain explains that there is not enough data yet
     learning_rate: float = 2e-4
     use_chats_by_default: bool = False
     block_size: int = 384
-    batch_size: int = 4
+    batch_size: int = 4  # at most; a smaller training set gets a smaller batch
     eval_batches: int = 8
     max_examples: int = 2000
-    ms_per_step: float = 20000.0  # the time estimate until a finished run has measured it
     threads: int = 0
 
 

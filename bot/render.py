@@ -25,6 +25,8 @@ from telegram import Bot, Chat, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, RetryAfter
 
+from bot.safe_text import replace_lone_surrogates
+
 log = logging.getLogger(__name__)
 
 TELEGRAM_LIMIT = 4096  # characters per message, in UTF-16 code units, after entity parsing
@@ -37,7 +39,9 @@ def utf16_len(s: str) -> int:
 
 
 def truncate_utf16(s: str, limit: int) -> str:
-    """`s` cut to at most `limit` UTF-16 units, with an ellipsis when something was cut."""
+    """`s` cut to at most `limit` UTF-16 units, with an ellipsis when something was cut; a lone surrogate
+    (which no encoder can send) becomes U+FFFD."""
+    s = replace_lone_surrogates(s)
     if utf16_len(s) <= limit:
         return s
     head = s.encode("utf-16-le")[: 2 * (limit - 1)].decode("utf-16-le", errors="ignore")  # no half pairs
@@ -259,12 +263,13 @@ def _candidates(text: str) -> list[tuple[int, int, str]]:
 def split_message(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
     """Markdown -> parts whose rendered HTML is at most `limit` UTF-16 units each, cut at a paragraph, then
     a line, a sentence, a space; inside a code block only when it alone is too long (the fence is closed
-    and reopened). Every part renders to valid HTML on its own. Blank text gives []."""
+    and reopened). Every part renders to valid HTML on its own. Blank text gives []. A lone surrogate (a
+    document's broken character map, a model's half of an emoji) becomes U+FFFD: it cannot be sent."""
 
     def fits(part: str) -> bool:
         return utf16_len(markdown_to_telegram_html(part)) <= limit
 
-    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    text = replace_lone_surrogates(text).replace("\r\n", "\n").replace("\r", "\n").strip()
     parts: list[str] = []
     while text:
         if fits(text):

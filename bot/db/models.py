@@ -140,6 +140,8 @@ class Message(Base):
         one_of("role", get_args(Role), "role"),
         one_of("status", get_args(MessageStatus), "status"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # a chat's messages (/stats) and the one behind a Telegram message (feedback, a reply's question)
+        Index("ix_messages_chat_id_telegram_message_id", "chat_id", "telegram_message_id"),
     )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True)
@@ -157,6 +159,9 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), server_default=func.now(), onupdate=func.now(), nullable=False
     )
+    # Set when a document this turn drew on was forgotten: the row stays (the chat's record), but it is never
+    # again sent to the model nor exported for training (bot.db.sources).
+    forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ProcessedUpdate(Base):
@@ -180,6 +185,8 @@ class Document(Base):
     # scope is the retrieval namespace: "chat:<id>" for a chat's uploads, any label from the CLI.
     scope: Mapped[str] = mapped_column(String(255), index=True)
     chat_id: Mapped[int | None] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
+    # who sent the file (None: the CLI, or stored before uploads were recorded per person); may /forget it
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     name: Mapped[str] = mapped_column(String(255))
     mime: Mapped[str] = mapped_column(String(127))
     sha256: Mapped[str] = mapped_column(String(64))
@@ -209,6 +216,18 @@ class Chunk(Base):
     window_embeddings: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     document: Mapped[Document] = relationship(back_populates="chunks")
+
+
+class MessageSource(Base):
+    """A turn drew on a document: an answer grounded on it, the question that answer replied to, or a reply
+    whose prompt held such a turn. Forgetting the document marks these messages (Message.forgotten_at)."""
+
+    __tablename__ = "message_sources"
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class Feedback(Base):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -265,10 +265,11 @@ async def message_by_telegram_id(session: AsyncSession, chat_id: int, telegram_m
 
 
 async def history(session: AsyncSession, conversation_id: int, limit: int = 50) -> list[Message]:
-    """The last `limit` complete or interrupted messages of a conversation, oldest first."""
+    """The last `limit` complete or interrupted messages of a conversation not forgotten, oldest first."""
     newest = await session.scalars(
         select(Message)
-        .where(Message.conversation_id == conversation_id, Message.status.in_(("complete", "interrupted")))
+        .where(Message.conversation_id == conversation_id, Message.status.in_(("complete", "interrupted")),
+               Message.forgotten_at.is_(None))
         .order_by(Message.id.desc())
         .limit(limit)
     )
@@ -358,6 +359,7 @@ async def add_document_with_chunks(
     size_bytes: int,
     chunks: Sequence[NewChunk],
     chat_id: int | None = None,
+    user_id: int | None = None,
     pages: int | None = None,
     status: DocumentStatus = "ready",
 ) -> Document:
@@ -369,6 +371,7 @@ async def add_document_with_chunks(
     document = Document(
         scope=scope,
         chat_id=chat_id,
+        user_id=user_id,
         name=name,
         mime=mime,
         sha256=sha256,
@@ -405,32 +408,6 @@ async def list_documents(session: AsyncSession, scope: str) -> list[Document]:
     """The documents of a scope, oldest first."""
     rows = await session.scalars(select(Document).where(Document.scope == scope).order_by(Document.id))
     return list(rows)
-
-
-async def delete_document(session: AsyncSession, scope: str, name_or_id: str | int) -> Document | None:
-    """Delete a document of `scope` (by id, or by name) with its chunks; commits.
-
-    Returns the deleted document, or None when nothing matched. Raises ValueError when a name is ambiguous.
-    """
-    document = None
-    if isinstance(name_or_id, int) or name_or_id.isdigit():
-        document = await session.scalar(
-            select(Document).where(Document.scope == scope, Document.id == int(name_or_id))
-        )
-    if document is None and isinstance(name_or_id, str):
-        matches = list(
-            await session.scalars(select(Document).where(Document.scope == scope, Document.name == name_or_id))
-        )
-        if len(matches) > 1:
-            ids = ", ".join(str(d.id) for d in matches)
-            raise ValueError(f"{len(matches)} documents are named {name_or_id!r} (ids {ids}); give the id")
-        document = matches[0] if matches else None
-    if document is None:
-        return None
-    # A bulk DELETE: chunks go by the database's ON DELETE CASCADE, not by loading them all.
-    await session.execute(delete(Document).where(Document.id == document.id))
-    await session.commit()
-    return document
 
 
 async def chunks_for_scope(session: AsyncSession, scope: str) -> list[Chunk]:
@@ -493,9 +470,9 @@ async def add_version(
 
 
 async def get_version(session: AsyncSession, id_or_name: int | str) -> ModelVersion | None:
-    """A model version by id or by name."""
+    """A model version by id or by name (None: no such version, also for an id no table could hold)."""
     if isinstance(id_or_name, int):
-        return await session.get(ModelVersion, id_or_name)
+        return await session.get(ModelVersion, id_or_name) if 0 < id_or_name < 2**31 else None
     return await session.scalar(select(ModelVersion).where(ModelVersion.name == id_or_name))
 
 

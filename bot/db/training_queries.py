@@ -61,7 +61,8 @@ async def system_prompts(session: AsyncSession, chat_ids: Sequence[int]) -> dict
 
 
 async def conversation_turns(session: AsyncSession, chat_ids: Sequence[int]) -> list[Turn]:
-    """Every user and assistant message of these chats, by conversation then in order, with net feedback."""
+    """Every user and assistant message of these chats, by conversation then in order, with net feedback; not
+    the messages that drew on a forgotten document (bot.db.sources)."""
     if not chat_ids:
         return []
     score = (
@@ -73,7 +74,8 @@ async def conversation_turns(session: AsyncSession, chat_ids: Sequence[int]) -> 
         select(Message.id, Message.conversation_id, Message.chat_id, Message.role, Message.text, Message.status,
                func.coalesce(score.c.score, 0))
         .outerjoin(score, score.c.message_id == Message.id)
-        .where(Message.chat_id.in_(chat_ids), Message.role.in_(("user", "assistant")))
+        .where(Message.chat_id.in_(chat_ids), Message.role.in_(("user", "assistant")),
+               Message.forgotten_at.is_(None))
         .order_by(Message.conversation_id, Message.id)
     )
     return [Turn(*row[:6], score=int(row[6])) for row in rows]

@@ -1,15 +1,19 @@
-"""Who may talk to the bot, how often, and whether a group message is addressed to it."""
+"""Who may talk to the bot, how often, whether a group message is addressed to it, and who manages a chat."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from telegram import Message, Update
-from telegram.constants import ChatType, MessageEntityType
+from telegram import Bot, Message, Update
+from telegram.constants import ChatMemberStatus, ChatType, MessageEntityType
+from telegram.error import TelegramError
 
 from bot.config import TelegramSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +50,27 @@ def is_allowed(cfg: TelegramSettings, update: Update) -> bool:
         # a private chat's id is the user's id, so an allowed user may always talk privately
         return chat is not None and chat.type == ChatType.PRIVATE and bool(cfg.allowed_users)
     return True
+
+
+async def manages_chat(bot: Bot, cfg: TelegramSettings, update: Update) -> bool:
+    """Whether the sender may act on everything in this chat: in their own private chat, as one of the bot's
+    admins, or as the group's owner or an administrator (asked of Telegram; an anonymous admin posts as the
+    group itself)."""
+    user, chat, message = update.effective_user, update.effective_chat, update.effective_message
+    if chat is None:
+        return False
+    if chat.type == ChatType.PRIVATE or (user is not None and is_admin(cfg, user.id)):
+        return True
+    if message is not None and message.sender_chat is not None and message.sender_chat.id == chat.id:
+        return True
+    if user is None:
+        return False
+    try:
+        member = await bot.get_chat_member(chat.id, user.id)
+    except TelegramError as e:  # unknown counts as "no": the uploader may still act on their own things
+        log.warning("could not look up user %s in chat %s: %s", user.id, chat.id, e)
+        return False
+    return member.status in (ChatMemberStatus.OWNER, ChatMemberStatus.ADMINISTRATOR)
 
 
 def addressed_to_bot(message: Message, bot_id: int, bot_username: str) -> bool:

@@ -19,7 +19,8 @@ from bot.db import queries as q
 from bot.handlers.access import is_admin
 from bot.handlers.documents import StatusLine
 from bot.handlers.runtime import Runtime
-from bot.services.training import RunOutcome, TrainingBusy, TrainingService, format_duration, format_loss
+from bot.services.training import RunOutcome, TrainingBusy, TrainingService, format_loss
+from bot.services.training_plan import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +118,18 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         status = await message.reply_text(f"Resuming training run #{run.id}…")
         _follow(context, service, status, run.id, resume=True)
         return
-    # reading every chat and document and measuring a step takes a while: say so at once, then edit
-    shown = await message.reply_text("Preparing a retraining plan: reading the opted-in chats and documents…")
+    # reading every chat and document and timing training steps takes a while: say so at once, then edit
+    shown = await message.reply_text("Preparing a retraining plan: reading the opted-in chats and documents, "
+                                     "then timing a few training steps…")
     try:
         plan = await service.plan(force=args == ["force"])
-    except Exception as e:
+    except Exception:
         log.exception("could not plan a training run")
-        await shown.edit_text(f"I could not prepare a training run: {e}")
+        await shown.edit_text("I could not prepare a training run: the configured base model or the stored data "
+                              "could not be read, or its timed trial steps failed. The bot's log has the details.")
         return
-    if not plan.ready:
-        await shown.edit_text(plan.describe() + "\n\nNot enough data to train on yet: a run needs at least "
-                              "two examples. Chats opt in with /training on.")
+    if not plan.ready:  # the plan says why, and offers nothing to start
+        await shown.edit_text(plan.describe())
         service.drop_plan(plan.token)
         return
     buttons = InlineKeyboardMarkup([[InlineKeyboardButton("▶️ Start", callback_data=f"train:start:{plan.token}"),
@@ -160,10 +162,11 @@ async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     except TrainingBusy as e:
         await query.answer(f"Busy: {e}")
         return
-    except Exception as e:
+    except Exception:
         log.exception("could not start a training run")
         await query.answer("Could not start")
-        await query.edit_message_text(f"The training run could not start: {e}")
+        await query.edit_message_text("The training run could not start: its data could not be written on the "
+                                      "server. The bot's log has the details.")
         return
     await query.answer(f"Training run #{run.id} started")
     status = await query.edit_message_text(f"Training run #{run.id}: starting…")
@@ -282,9 +285,11 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     except ValueError as e:
         await message.reply_text(str(e))
         return
-    except Exception as e:
+    except Exception:
         log.exception("could not switch to model version %s", target)
-        await message.reply_text(f"That model could not be loaded; the current one stays active. ({e})")
+        which = "The configured base model" if target is None else f"Version #{target}"
+        await message.reply_text(f"{which} could not be loaded: its files are damaged or not a model I can read. "
+                                 "The current one stays active; the bot's log has the details.")
         return
     await message.reply_text(f"Now serving {rt.settings.model.name} (the configured base model)." if version is None
                              else f"Now serving version #{version.id} ({version.name}).")

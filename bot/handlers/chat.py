@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 
@@ -26,11 +27,13 @@ HELP = (
     "document and the sentence the answer comes from, or say that it is not there.\n\n"
     "/ask QUESTION – answer only from this chat's documents\n"
     "/docs – the documents of this chat\n"
-    "/forget NAME – remove a document\n"
+    "/forget NAME – remove a document and the answers drawn from it (in groups: its uploader or an admin)\n"
     "/summarize – summarize a document (reply to it or name it) or else this conversation\n"
     "/reset – start a new conversation\n"
     "/settings – system prompt and temperature for this chat\n"
+    "/stats – your messages, reply tokens and documents in this chat, today and in all\n"
     "/training – whether this chat's messages may be used to improve the model (on / off)\n"
+    "/start – say hello\n"
     "/help – this message\n\n"
     "Rate my replies with the 👍/👎 buttons under them: rated replies guide retraining."
 )
@@ -40,7 +43,8 @@ ADMIN_HELP = (
     "/train_status – the run in flight or the latest runs\n"
     "/train_cancel – stop the run in flight\n"
     "/models – the model versions\n"
-    "/rollback ID – serve another version (/rollback base for the configured model)"
+    "/rollback ID – serve another version (/rollback base for the configured model)\n"
+    "/stats – here, also every chat's totals and the model version in use"
 )
 
 
@@ -125,8 +129,22 @@ async def _settings_view(rt: Runtime, chat_id: int) -> tuple[str, InlineKeyboard
     return text, InlineKeyboardMarkup(buttons)
 
 
+def button_temperature(data: str) -> float | None:
+    """The temperature a "temp:" button asks for, or None unless it is a number from 0 to 2 (the range chat
+    settings accept): callback data comes from the client and can be anything."""
+    try:
+        value = float(data.removeprefix("temp:"))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0.0 <= value <= 2.0 else None
+
+
+FEEDBACK = {"fb:1": 1, "fb:-1": -1}
+BAD_BUTTON = "That button is not valid any more. Send /settings or ask again."
+
+
 async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Inline buttons: temperature choice and 👍/👎 feedback."""
+    """Inline buttons: temperature choice and 👍/👎 feedback; every press is answered, a bad one refused."""
     rt = _runtime(context)
     query = update.callback_query
     if not is_allowed(rt.settings.telegram, update):
@@ -134,22 +152,31 @@ async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     data = query.data or ""
     if data.startswith("temp:"):
-        value = float(data.split(":", 1)[1])
-        await rt.set_chat_settings(update.effective_chat.id, temperature=value)
-        await query.answer(f"Temperature set to {value:g}")
-        text, keyboard = await _settings_view(rt, update.effective_chat.id)
-        try:  # the message now marks the new choice
-            await query.edit_message_text(text, reply_markup=keyboard)
-        except BadRequest as exc:
-            if "not modified" not in str(exc):  # the same button pressed again changes nothing
-                raise
-    elif data.startswith("fb:"):
-        value = 1 if data == "fb:1" else -1
+        await _set_temperature(rt, update, button_temperature(data))
+    elif data in FEEDBACK:
+        await rt.ensure_chat(update)  # a group member who never wrote to the bot may vote too
         ok = await rt.assistant.set_feedback(update.effective_chat.id, query.message.message_id,
-                                             update.effective_user.id, value)
+                                             update.effective_user.id, FEEDBACK[data])
         await query.answer("Thanks for the feedback!" if ok else "That reply is no longer known.")
     else:
-        await query.answer()
+        await query.answer(BAD_BUTTON)
+
+
+async def _set_temperature(rt: Runtime, update: Update, value: float | None) -> None:
+    """Store a temperature chosen with a /settings button and mark it in the message."""
+    query = update.callback_query
+    if value is None:
+        await query.answer(BAD_BUTTON)
+        return
+    await rt.ensure_chat(update)
+    await rt.set_chat_settings(update.effective_chat.id, temperature=value)
+    await query.answer(f"Temperature set to {value:g}")
+    text, keyboard = await _settings_view(rt, update.effective_chat.id)
+    try:  # the message now marks the new choice
+        await query.edit_message_text(text, reply_markup=keyboard)
+    except BadRequest as exc:
+        if "not modified" not in str(exc):  # the same button pressed again changes nothing
+            raise
 
 
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -210,7 +237,7 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
     reply = await rt.assistant.begin_reply(stored, first.message_id, model.version_id)
     text, status, note = "", "complete", ""
     try:
-        prepared = await rt.assistant.prepare(model, chat_id, stored.conversation_id, force_documents)
+        prepared = await rt.assistant.prepare(model, stored, reply, force_documents)
         if prepared.answer is not None:
             text = prepared.answer.render()
         else:

@@ -11,11 +11,13 @@ from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot.db import queries as q
+from bot.handlers.access import manages_chat
 from bot.handlers.chat import answer_text
 from bot.handlers.runtime import Runtime
-from bot.knowledge.parse import DocumentError
+from bot.knowledge.parse import MAX_NAME_CHARS, DocumentError
 from bot.render import StreamingMessage
-from bot.services.knowledge import chat_scope
+from bot.safe_text import shorten_name
+from bot.services.knowledge import Forgotten, chat_scope
 from bot.services.summarize import conversation_text, summarize
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     if not await rt.admit(update, rate_limited=True):
         return
     doc = message.document
-    name = doc.file_name or "document"
+    name = shorten_name(doc.file_name or "document", MAX_NAME_CHARS)  # a 5,000-character name fits no message
     limit_mb = rt.settings.documents.max_file_mb
     if doc.file_size and doc.file_size > limit_mb * 2**20:
         await message.reply_text(f"{name} is {doc.file_size / 2**20:.1f} MB; I can index files up to {limit_mb:g} MB.")
@@ -102,8 +104,9 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     with status:
         try:
             result = await rt.knowledge.ingest(
-                chat_scope(message.chat.id), data, name, doc.mime_type, chat_id=message.chat.id,
-                progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"))
+                chat_scope(message.chat.id), data, doc.file_name or name, doc.mime_type, chat_id=message.chat.id,
+                progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"),
+                user_id=update.effective_user.id if update.effective_user else None)
         except DocumentError as e:
             await status.done(e.message)
             return
@@ -146,7 +149,7 @@ async def list_docs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Remove a document from this chat (SQL and both indexes)."""
+    """Remove a document from this chat with every answer drawn from it, for its uploader or the chat's admins."""
     rt = _runtime(context)
     if not await rt.admit(update):
         return
@@ -154,13 +157,26 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not target:
         await update.effective_message.reply_text("Usage: /forget NAME (or the number shown by /docs)")
         return
+    user = update.effective_user
     try:
-        removed = await rt.knowledge.forget(chat_scope(update.effective_chat.id), target)
-    except ValueError as e:
+        removed = await rt.knowledge.forget(
+            chat_scope(update.effective_chat.id), target, requester_id=user.id if user else None,
+            any_document=await manages_chat(context.bot, rt.settings.telegram, update))
+    except ValueError as e:  # an ambiguous name, or not theirs to forget: the message says which
         await update.effective_message.reply_text(str(e))
         return
     await update.effective_message.reply_text(
-        f"Forgot {removed.name}." if removed else f"No document called {target!r} here. See /docs.")
+        forgot_text(removed) if removed else f"No document called {target!r} here. See /docs.")
+
+
+def forgot_text(removed: Forgotten) -> str:
+    """What /forget removed: the document's parts and the answers that drew on it."""
+    doc, n = removed.document, removed.answers
+    parts = f"{doc.chunk_count} part{'s' * (doc.chunk_count != 1)}"
+    if not n:
+        return f"Forgot {doc.name}: {parts}."
+    answers = "1 answer that used it is" if n == 1 else f"{n} answers that used it are"
+    return f"Forgot {doc.name}: {parts}, and {answers} no longer in this chat's history or training data."
 
 
 async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

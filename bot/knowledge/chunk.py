@@ -1,10 +1,12 @@
 """Cut parsed documents into overlapping, sentence-aligned chunks that fit the sentence encoder's window.
 
 A section is split into sentences (a regex splitter that knows "e.g.", "Fig. 2", "et al." and
-decimals); sentences are packed greedily up to `max_tokens`; the next chunk starts with the trailing
-whole sentences of the previous one worth at most `overlap_tokens`. A sentence longer than
-`max_tokens` is cut at word boundaries (a single giant "word" at character boundaries). Chunks stay
-inside one section (so inside one PDF page) except that tiny sections are merged into the next one.
+decimals); sentences are packed greedily up to `max_tokens` tokens and `max_chars` characters; the next
+chunk starts with the trailing whole sentences of the previous one worth at most `overlap_tokens`. A
+sentence over either bound is cut at word boundaries (a single giant "word" at character boundaries).
+Chunks stay inside one section (so inside one PDF page) except that tiny sections are merged into the
+next one. The cost is linear in the input: the token counter is never given more than `max_chars`
+characters, so a megabyte without a space costs what a megabyte of prose does.
 
 Token counts come from the caller (`count_tokens`), so this module needs no model; `token_counter`
 builds one from a Hugging Face `tokenizers.Tokenizer`.
@@ -19,6 +21,10 @@ from dataclasses import dataclass
 from bot.knowledge.parse import ParsedDocument, Section
 
 CountTokens = Callable[[str], int]
+# A chunk's character bound, per token of its token bound. English averages 4-5 characters per WordPiece
+# token; a word the encoder cannot split (over 100 characters) counts as one token however long it is, so
+# without this bound 2 MB of "x" would be one chunk.
+CHARS_PER_TOKEN = 8
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def _is_boundary(s: str, m: re.Match, following: str) -> bool:
         return False
     if not m.group().startswith("."):  # "!", "?", "..."
         return True
-    word = s[: m.start()].rsplit(" ", 1)[-1].lstrip("([{\"'“‘")
+    word = s[s.rfind(" ", 0, m.start()) + 1 : m.start()].lstrip("([{\"'“‘")  # no copy of all before it
     low = word.lower()
     if low in _ABBREVIATIONS or _DOTTED.fullmatch(low):
         return False
@@ -141,10 +147,12 @@ def chunk_document(
     overlap_tokens: int = 40,
     *,
     min_section_tokens: int | None = None,
+    max_chars: int | None = None,
 ) -> list[Chunk]:
-    """Chunks of a parsed document, in order. Sections smaller than `min_section_tokens`
-    (default max_tokens // 10, at least 8) are merged into the next section."""
-    return _chunk_sections(doc.sections, count_tokens, max_tokens, overlap_tokens, min_section_tokens)
+    """Chunks of a parsed document, in order, each at most `max_tokens` tokens and `max_chars` characters
+    (default CHARS_PER_TOKEN per token). Sections smaller than `min_section_tokens` (default max_tokens // 10,
+    at least 8) are merged into the next section."""
+    return _chunk_sections(doc.sections, count_tokens, max_tokens, overlap_tokens, min_section_tokens, max_chars)
 
 
 def chunk_text(
@@ -155,9 +163,10 @@ def chunk_text(
     *,
     page: int | None = None,
     heading: str | None = None,
+    max_chars: int | None = None,
 ) -> list[Chunk]:
     """Chunks of one plain string, treated as a single section."""
-    return _chunk_sections([Section(text, page, heading)], count_tokens, max_tokens, overlap_tokens, None)
+    return _chunk_sections([Section(text, page, heading)], count_tokens, max_tokens, overlap_tokens, None, max_chars)
 
 
 def _chunk_sections(
@@ -166,21 +175,27 @@ def _chunk_sections(
     max_tokens: int,
     overlap_tokens: int,
     min_section_tokens: int | None,
+    max_chars: int | None,
 ) -> list[Chunk]:
     if max_tokens < 1 or not 0 <= overlap_tokens < max_tokens:
         raise ValueError(
             f"need max_tokens >= 1 and 0 <= overlap_tokens < max_tokens, got {max_tokens}, {overlap_tokens}"
         )
+    max_chars = CHARS_PER_TOKEN * max_tokens if max_chars is None else max_chars
+    if max_chars < 1:
+        raise ValueError(f"need max_chars >= 1, got {max_chars}")
     min_tokens = max(8, max_tokens // 10) if min_section_tokens is None else min_section_tokens
     groups: list[list[_Unit]] = []
     pending: list[_Unit] = []  # tiny sections waiting to be merged into the next one
+    pending_tokens = 0
     for section in sections:
-        units = pending + _units(section, count, max_tokens)
-        if sum(u.tokens for u in units) < min_tokens:
-            pending = units
+        units = _units(section, count, max_tokens, max_chars)
+        pending.extend(units)
+        pending_tokens += sum(u.tokens for u in units)
+        if pending_tokens < min_tokens:
             continue
-        groups.append(units)
-        pending = []
+        groups.append(pending)
+        pending, pending_tokens = [], 0
     if pending:  # a tiny last section joins the one before it
         if groups:
             pending[0].new_paragraph = True
@@ -189,69 +204,119 @@ def _chunk_sections(
             groups.append(pending)
     chunks: list[Chunk] = []
     for units in groups:
-        for a, _b, text, n in _pack(units, count, max_tokens, overlap_tokens):
+        for a, _b, text, n in _pack(units, count, max_tokens, max_chars, overlap_tokens):
             chunks.append(Chunk(len(chunks), text, units[a].page, units[a].heading, n))
     return chunks
 
 
-def _units(section: Section, count: CountTokens, max_tokens: int) -> list[_Unit]:
+def _units(section: Section, count: CountTokens, max_tokens: int, max_chars: int) -> list[_Unit]:
     units = []
     for paragraph in re.split(r"\n[ \t]*\n", section.text):
         first = True
         for sentence in split_sentences(paragraph):
-            for piece in _fit(sentence, count, max_tokens):
-                units.append(_Unit(piece, count(piece), section.page, section.heading, first))
+            for piece, n in _fit(sentence, count, max_tokens, max_chars):
+                units.append(_Unit(piece, n, section.page, section.heading, first))
                 first = False
     return units
 
 
-def _fit(sentence: str, count: CountTokens, max_tokens: int) -> list[str]:
-    """The sentence itself when it fits, else pieces cut at word boundaries that each fit."""
-    if count(sentence) <= max_tokens:
-        return [sentence]
-    pieces: list[str] = []
+def _fit(sentence: str, count: CountTokens, max_tokens: int, max_chars: int) -> list[tuple[str, int]]:
+    """(piece, tokens): the sentence itself when it fits both bounds, else pieces cut at word boundaries that
+    each fit. `count` never sees more than max_chars characters: a longer word is cut without being counted
+    whole, so a huge input costs time linear in its length."""
+    if len(sentence) <= max_chars:
+        n = count(sentence)
+        if n <= max_tokens:
+            return [(sentence, n)]
+    pieces: list[tuple[str, int]] = []
     cur: list[str] = []
-    cur_tokens = 0
+    cur_tokens = cur_chars = 0
     for word in sentence.split(" "):
-        n = count(word)
-        if cur and cur_tokens + n > max_tokens:
-            pieces.append(" ".join(cur))
-            cur, cur_tokens = [], 0
-        if n > max_tokens:  # one "word" (a URL, base64...) longer than the window
-            pieces.extend(cut_chars(word, count, max_tokens))
+        n = count(word) if len(word) <= max_chars else max_tokens + 1
+        if cur and (cur_tokens + n > max_tokens or cur_chars + 1 + len(word) > max_chars):
+            pieces.append((" ".join(cur), cur_tokens))
+            cur, cur_tokens, cur_chars = [], 0, 0
+        if n > max_tokens:  # one "word" (a URL, base64, minified JSON...) longer than the window
+            pieces.extend(_cut_counted(word, count, max_tokens, max_chars))
             continue
+        cur_chars += len(word) + (1 if cur else 0)
         cur.append(word)
         cur_tokens += n
     if cur:
-        pieces.append(" ".join(cur))
-    # Counting words one by one is exact for WordPiece; for other tokenizers re-check and halve.
-    out: list[str] = []
-    for p in pieces:
-        out.extend([p] if count(p) <= max_tokens or " " not in p else _halve(p, count, max_tokens))
+        pieces.append((" ".join(cur), cur_tokens))
+    # Counting words one by one is exact for WordPiece; for other tokenizers re-check pieces of several words
+    # and halve those over the bound.
+    out: list[tuple[str, int]] = []
+    for p, n in pieces:
+        if " " in p:
+            n = count(p)
+        out.extend([(p, n)] if n <= max_tokens or " " not in p else _halve(p, count, max_tokens, max_chars))
     return out
 
 
-def _halve(text: str, count: CountTokens, max_tokens: int) -> list[str]:
+def _halve(text: str, count: CountTokens, max_tokens: int, max_chars: int) -> list[tuple[str, int]]:
     words = text.split(" ")
     mid = len(words) // 2
-    return _fit(" ".join(words[:mid]), count, max_tokens) + _fit(" ".join(words[mid:]), count, max_tokens)
+    return (_fit(" ".join(words[:mid]), count, max_tokens, max_chars)
+            + _fit(" ".join(words[mid:]), count, max_tokens, max_chars))
 
 
-def cut_chars(word: str, count: CountTokens, max_tokens: int) -> list[str]:
-    """A "word" over the budget (a URL, base64) in the longest prefixes that fit, found by bisection among the
-    first 32 characters per token (no real token is longer), so that a huge word costs linear time."""
-    pieces = []
-    while word:
-        lo, hi = 1, min(len(word), 32 * max_tokens)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if count(word[:mid]) <= max_tokens:
-                lo = mid
-            else:
-                hi = mid - 1
-        pieces.append(word[:lo])
-        word = word[lo:]
+def cut_chars(word: str, count: CountTokens, max_tokens: int, max_chars: int | None = None) -> list[str]:
+    """A "word" over the budget (a URL, base64) in the longest prefixes of at most `max_tokens` tokens and
+    `max_chars` characters (default 32 per token: no real token is longer).
+
+    Each prefix is searched for from a guess: the first from the token density of the longest prefix, each
+    next one from the length of the one before (a long run tends to go on as it started). So a huge word
+    costs linear time: a few counts, of at most max_chars characters each, per piece."""
+    return [piece for piece, _ in _cut_counted(word, count, max_tokens, max_chars or 32 * max_tokens)]
+
+
+def _cut_counted(word: str, count: CountTokens, max_tokens: int, max_chars: int) -> list[tuple[str, int]]:
+    """cut_chars's pieces with their token counts (each piece was counted while it was searched for)."""
+    pieces: list[tuple[str, int]] = []
+    start, guess = 0, 0
+    while start < len(word):
+        longest = min(len(word) - start, max_chars)
+        counted: dict[int, int] = {}
+
+        def fits(k: int, start: int = start, counted: dict[int, int] = counted) -> bool:
+            counted[k] = count(word[start : start + k])
+            return counted[k] <= max_tokens
+
+        if not guess:
+            n = count(word[start : start + longest])
+            size = longest if n <= max_tokens else _longest_fit(fits, longest * max_tokens // n, longest)
+            counted.setdefault(longest, n)
+        else:
+            size = _longest_fit(fits, guess, longest + 1)
+        piece = word[start : start + size]
+        pieces.append((piece, counted[size] if size in counted else count(piece)))
+        start, guess = start + size, size
     return pieces
+
+
+def _longest_fit(fits: Callable[[int], bool], guess: int, too_long: int) -> int:
+    """The largest k < too_long with fits(k), by galloping from `guess` and then bisecting; 1 when not even
+    one character fits (a piece must make progress)."""
+    good, bad = 0, too_long  # invariant: fits(good) or good == 0; not fits(bad)
+    guess, step = min(max(guess, 1), too_long - 1), 1
+    if fits(guess):
+        good = guess
+        while good + step < bad and fits(good + step):
+            good, step = good + step, step * 2
+        bad = min(bad, good + step)
+    else:
+        bad = guess
+        while bad - step > 0 and not fits(bad - step):
+            bad, step = bad - step, step * 2
+        good = max(0, bad - step)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return max(good, 1)
 
 
 def _join(units: list[_Unit]) -> str:
@@ -262,21 +327,34 @@ def _join(units: list[_Unit]) -> str:
 
 
 def _pack(
-    units: list[_Unit], count: CountTokens, max_tokens: int, overlap_tokens: int
+    units: list[_Unit], count: CountTokens, max_tokens: int, max_chars: int, overlap_tokens: int
 ) -> list[tuple[int, int, str, int]]:
-    """Greedy packing of units[a:b] spans -> (a, b, text, token_count); consecutive spans overlap."""
-    tok = [u.tokens for u in units]
+    """Greedy packing of units[a:b] spans -> (a, b, text, token_count); consecutive spans overlap.
+
+    Running sums give any span's tokens and characters (units are joined by one separator each) without
+    joining it, so packing is linear however small the units are."""
+    tok_sum, char_sum = [0], [0]
+    for u in units:
+        tok_sum.append(tok_sum[-1] + u.tokens)
+        char_sum.append(char_sum[-1] + len(u.text) + 1)
+
+    def tokens(a: int, b: int) -> int:
+        return tok_sum[b] - tok_sum[a]
+
+    def fits(a: int, b: int) -> bool:
+        return tokens(a, b) <= max_tokens and char_sum[b] - char_sum[a] - 1 <= max_chars
+
     spans = []
     a = b = 0
     while b < len(units):
-        while a < b and sum(tok[a:b]) + tok[b] > max_tokens:  # carried sentences must leave room
+        while a < b and not fits(a, b + 1):  # carried sentences must leave room
             a += 1
-        first_new, total = b, sum(tok[a:b])
-        while b < len(units) and (b == first_new or total + tok[b] <= max_tokens):
-            total += tok[b]
+        first_new = b
+        b += 1  # the first new unit always goes in: _fit made each one fit alone
+        while b < len(units) and fits(a, b + 1):
             b += 1
         text = _join(units[a:b])
-        n = count(text)
+        n = units[a].tokens if b - a == 1 else count(text)  # one unit's count is exact already
         while n > max_tokens and b - a > 1:  # joining added tokens (not WordPiece): shed sentences
             if b - 1 > first_new:
                 b -= 1
@@ -288,7 +366,7 @@ def _pack(
         if b >= len(units):
             break
         c = b  # the next chunk repeats the trailing whole sentences worth <= overlap_tokens
-        while c - 1 > a and sum(tok[c - 1 : b]) <= overlap_tokens:
+        while c - 1 > a and tokens(c - 1, b) <= overlap_tokens:
             c -= 1
         a = c
     return spans

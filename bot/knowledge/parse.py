@@ -1,9 +1,9 @@
 """Turn an uploaded file (PDF, DOCX, HTML, Markdown, plain text) into sections of clean text.
 
 `parse_document` is what callers use: it checks the size, sniffs the type, then runs the real parser
-(`_parse_bytes`) in a child Python process with a wall-time limit and an address-space limit
-(RLIMIT_AS), so a hostile or pathological file can neither hang nor crash the bot; the child is
-killed on timeout. It blocks, so async code calls it through `asyncio.to_thread`.
+(`_parse_bytes`; PDFs are read by bot.knowledge.pdf) in a child Python process with a wall-time limit
+and an address-space limit (RLIMIT_AS), so a hostile or pathological file can neither hang nor crash
+the bot; the child is killed on timeout. It blocks, so async code calls it through `asyncio.to_thread`.
 
 Every failure a person can cause is a `DocumentError(code, message)` whose message can be shown to
 them as is. Nothing is returned half-done: a document either parses completely or raises.
@@ -25,9 +25,12 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bot.safe_text import replace_lone_surrogates, shorten_name
+
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 20 * 2**20
+MAX_NAME_CHARS = 200  # a document's name as stored and shown; longer names keep their extension
 # Zip-bomb limits, checked on the zip directory before anything is decompressed. A real .docx is
 # XML that compresses 5-30x; a bomb is one huge member that compresses 1000x.
 ZIP_MAX_TOTAL = 256 * 2**20  # declared uncompressed bytes, all members together
@@ -46,6 +49,7 @@ TEXT_EXTS = {
     "", ".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".html", ".htm", ".xhtml", ".csv", ".tsv",
     ".log", ".rst", ".json", ".xml", ".yaml", ".yml", ".tex", ".srt", ".org", ".adoc",
 }  # fmt: skip
+RTF_MIMES = {"application/rtf", "text/rtf", "application/x-rtf"}
 HTML_EXTS = {".html", ".htm", ".xhtml"}
 MARKDOWN_EXTS = {".md", ".markdown", ".mdown", ".mkd"}
 UNSUPPORTED_EXTS = {
@@ -71,7 +75,6 @@ MAGIC = (
     (b"Rar!", "a RAR archive"),
     (b"ID3", "an MP3 audio file"),
     (b"OggS", "an Ogg audio/video file"),
-    (b"{\\rtf", "an RTF document"),
     (b"\xca\xfe\xba\xbe", "a Java class / Mach-O program"),
 )
 
@@ -160,7 +163,7 @@ def _size(n: int) -> str:
 def _clean_name(filename: str) -> str:
     name = Path(str(filename).replace("\\", "/")).name
     name = "".join(c for c in name if c.isprintable()).strip()
-    return name[:200] or "document"
+    return shorten_name(name, MAX_NAME_CHARS) or "document"
 
 
 # ----------------------------------------------------------------------------- the child process
@@ -273,6 +276,11 @@ def detect_kind(data: bytes, filename: str, mime: str | None = None) -> str:
         if ext in UNSUPPORTED_EXTS - {".doc"}:
             raise _unsupported(name, f"a {ext} file")
         return "docx"
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{\\rtf") or ext == ".rtf" or mime in RTF_MIMES:
+        raise DocumentError(
+            "unsupported", f"{name} is an RTF document. RTF is not supported yet; save it as DOCX, PDF or "
+            "text and send it again."
+        )  # fmt: skip
     label = next((what for magic, what in MAGIC if data.startswith(magic)), None)
     if label is None and data[4:8] == b"ftyp":
         label = "a video or audio file (MP4/MOV)"
@@ -322,12 +330,14 @@ def _parse_bytes(data: bytes, filename: str, mime: str | None = None) -> ParsedD
     if not data.strip():
         raise _empty(name)
     kind = detect_kind(data, name, mime)
-    parser = {"pdf": _parse_pdf, "docx": _parse_docx, "html": _parse_html, "markdown": _parse_markdown}
+    from bot.knowledge.pdf import parse_pdf
+
+    parser = {"pdf": parse_pdf, "docx": _parse_docx, "html": _parse_html, "markdown": _parse_markdown}
     if kind == "text":
         sections, pages = [Section(_clean(_decode(data, name)))], None
     else:
         sections, pages = parser[kind](data, name)
-    sections = [s for s in sections if s.text.strip()]
+    sections = [_encodable(s) for s in sections if s.text.strip()]
     if not sections:
         raise _empty(name)
     return ParsedDocument(name, kind, sections, pages, hashlib.sha256(data).hexdigest())
@@ -337,50 +347,11 @@ def _empty(name: str) -> DocumentError:
     return DocumentError("empty", f"{name} contains no text.")
 
 
-# -- PDF
-
-
-def _parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
-    from pypdf import PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError
-
-    corrupt = DocumentError("corrupt", f"{name} is damaged or truncated; it could not be read as a PDF.")
-    if b"%%EOF" not in data[-4096:] and b"%%EOF" not in data:
-        raise corrupt  # a cut-off download: pypdf would guess at the rest
-    try:
-        reader = PdfReader(io.BytesIO(data), strict=False)
-        if reader.is_encrypted:
-            try:
-                opened = reader.decrypt("")
-            except (DependencyError, NotImplementedError):
-                opened = 0
-            if not opened:
-                raise DocumentError(
-                    "encrypted", f"{name} is password-protected. Remove the password (for example "
-                    "print it to a new PDF) and send it again."
-                )  # fmt: skip
-        pages = [_clean_pdf_text(p.extract_text() or "") for p in reader.pages]
-    except (DocumentError, MemoryError, RecursionError):
-        raise
-    except FileNotDecryptedError:
-        raise DocumentError(
-            "encrypted", f"{name} is password-protected; remove the password first."
-        ) from None
-    except Exception:  # pypdf raises many types on damaged input
-        raise corrupt from None
-    if not pages:
-        raise _empty(name)
-    if not any(p.strip() for p in pages):
-        raise DocumentError(
-            "scanned", f"{name} looks like a scanned PDF; it has no text layer, try OCR first "
-            "(for example `ocrmypdf`), then send the result."
-        )  # fmt: skip
-    return [Section(text, page=i) for i, text in enumerate(pages, 1)], len(pages)
-
-
-def _clean_pdf_text(text: str) -> str:
-    text = re.sub(r"(?<=[a-z])-\n(?=[a-z])", "", text)  # words hyphenated across lines
-    return _clean(text)
+def _encodable(section: Section) -> Section:
+    """The section with lone surrogates replaced: whatever a parser returns, the text leaving the parse can be
+    tokenized, stored and sent."""
+    heading = replace_lone_surrogates(section.heading) if section.heading else section.heading
+    return Section(replace_lone_surrogates(section.text), section.page, heading)
 
 
 # -- DOCX

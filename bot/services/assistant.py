@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.db import queries as q
+from bot.db import sources
 from bot.db.models import Message
 from bot.services import answer
 from bot.services.knowledge import KnowledgeBase, chat_scope
@@ -77,29 +78,44 @@ class Assistant:
             prefs = await q.get_chat_settings(s, chat_id)
         return (prefs.system_prompt if prefs and prefs.system_prompt else None) or self.settings.model.system_prompt
 
-    async def conversation(self, chat_id: int, conversation_id: int) -> list[dict]:
-        """The system prompt plus this conversation's stored turns, oldest first."""
+    async def turns(self, conversation_id: int) -> list[Message]:
+        """The conversation's stored user and assistant messages that go into a prompt, oldest first."""
         async with self.sessions() as s:
             rows = await q.history(s, conversation_id, limit=200)
-        turns = [{"role": m.role, "content": m.text} for m in rows if m.role in ("user", "assistant") and m.text]
-        return [{"role": "system", "content": await self.system_prompt(chat_id)}, *turns]
+        return [m for m in rows if m.role in ("user", "assistant") and m.text]
 
-    async def prepare(self, model: ChatModel, chat_id: int, conversation_id: int,
+    async def conversation(self, chat_id: int, conversation_id: int,
+                           turns: list[Message] | None = None) -> list[dict]:
+        """The system prompt plus this conversation's stored turns (or the `turns` given), oldest first."""
+        rows = await self.turns(conversation_id) if turns is None else turns
+        return [{"role": "system", "content": await self.system_prompt(chat_id)},
+                *({"role": m.role, "content": m.text} for m in rows)]
+
+    async def prepare(self, model: ChatModel, question: Message, reply: Message,
                       force_documents: bool = False) -> Prepared:
-        """The reply to the conversation's last user message.
+        """The reply to the conversation's last user message, `question`; `reply` is its stored reply row.
 
         In a chat with documents, a message that retrieval finds them to be about is answered from them
         (answer.answer_question); small talk and general questions there, and every message in a chat without
-        documents, get a chat reply. `/ask` (force_documents) always answers from the documents.
+        documents, get a chat reply. `/ask` (force_documents) always answers from the documents. The documents
+        the reply draws on, by its answer or through its prompt, are recorded against the turn (bot.db.sources),
+        so that forgetting one of them takes the turn out of later prompts and training data.
         """
-        messages = await self.conversation(chat_id, conversation_id)
-        scope = chat_scope(chat_id)
-        if self.knowledge is None or not (force_documents or await self.knowledge.has_documents(scope)):
-            return Prepared(messages)
-        earlier = [m["content"] for m in messages[1:-1] if m["role"] == "user"]
-        result = await answer.answer_question(messages[-1]["content"], knowledge=self.knowledge, model=model,
-                                              scope=scope, recent_questions=earlier, force=force_documents)
-        return Prepared(messages, result if result.about_documents or force_documents else None)
+        turns = await self.turns(question.conversation_id)
+        messages = await self.conversation(question.chat_id, question.conversation_id, turns)
+        prepared = Prepared(messages)
+        scope = chat_scope(question.chat_id)
+        if self.knowledge is not None and (force_documents or await self.knowledge.has_documents(scope)):
+            earlier = [m["content"] for m in messages[1:-1] if m["role"] == "user"]
+            result = await answer.answer_question(messages[-1]["content"], knowledge=self.knowledge, model=model,
+                                                  scope=scope, recent_questions=earlier, force=force_documents)
+            if result.about_documents or force_documents:
+                prepared.answer = result
+        read = prepared.answer.evidence if prepared.answer is not None else []  # what the answer was drawn from
+        async with self.sessions() as s:
+            await sources.record_sources(s, [question.id, reply.id], [e.passage.chunk_id for e in read],
+                                         [m.id for m in turns])
+        return prepared
 
     async def begin_reply(self, user_message: Message, telegram_message_id: int | None,
                           version_id: int | None) -> Message:

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.config import DocumentSettings, Settings
 from bot.db import queries as q
 from bot.db.models import Chunk, Document
+from bot.db.sources import Forgotten, forget_document
 from bot.knowledge.chunk import chunk_document, sentence_windows
 from bot.knowledge.parse import ParsedDocument, parse_document
 
@@ -89,8 +90,10 @@ class KnowledgeBase:
     # ---- ingest --------------------------------------------------------------------------------
 
     async def ingest(self, scope: str, data: bytes, filename: str, mime: str | None = None,
-                     chat_id: int | None = None, progress: Progress | None = None) -> Ingested:
-        """Parse (in a child process), chunk, embed and index one file; nothing is stored on failure.
+                     chat_id: int | None = None, progress: Progress | None = None,
+                     user_id: int | None = None) -> Ingested:
+        """Parse (in a child process), chunk, embed and index one file (uploaded by `user_id`, when known);
+        nothing is stored on failure.
 
         Raises bot.knowledge.parse.DocumentError for a bad file. A file already in the scope (same
         sha256) is not indexed twice: the existing document is returned with duplicate=True.
@@ -126,7 +129,7 @@ class KnowledgeBase:
             try:
                 document = await q.add_document_with_chunks(
                     s, scope=scope, name=parsed.name, mime=mime or parsed.kind, sha256=sha, size_bytes=len(data),
-                    chunks=rows, chat_id=chat_id, pages=parsed.pages)
+                    chunks=rows, chat_id=chat_id, user_id=user_id, pages=parsed.pages)
             except q.DuplicateDocumentError as dup:  # the same file arrived twice at once
                 return Ingested(dup.existing, dup.existing.chunk_count, dup.existing.pages, duplicate=True)
         report("indexing", 0.97)
@@ -134,13 +137,18 @@ class KnowledgeBase:
         report("done", 1.0)
         return Ingested(document, len(rows), parsed.pages)
 
-    async def forget(self, scope: str, name_or_id: str) -> Document | None:
-        """Delete a document from SQL, then from the scope's index."""
+    async def forget(self, scope: str, name_or_id: str, *, requester_id: int | None = None,
+                     any_document: bool = True) -> Forgotten | None:
+        """Delete a document from SQL, marking every turn that drew on it forgotten, then from the scope's index.
+
+        Without `any_document` only its uploader may (bot.db.sources.forget_document raises NotAllowedToForget).
+        """
         async with self.sessions() as s:
-            document = await q.delete_document(s, scope, name_or_id)
-        if document is not None:
+            forgotten = await forget_document(s, scope, name_or_id, requester_id=requester_id,
+                                              any_document=any_document)
+        if forgotten is not None:
             await self.refresh(scope)
-        return document
+        return forgotten
 
     async def documents(self, scope: str) -> list[Document]:
         async with self.sessions() as s:

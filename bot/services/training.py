@@ -1,6 +1,6 @@
 """Retraining the chat model on what the bot has seen, from a plan to a promoted model version.
 
-    plan = await service.plan()                 # data from SQL, sizes, estimated time; nothing written
+    plan = await service.plan()                 # data from SQL, sized to it, timed (training_plan); nothing written
     run = await service.start(plan, admin_id)   # a training_runs row + data.jsonl in data_dir/runs/<id>/
     outcome = await service.run(run.id, progress=print)   # child processes; metrics -> progress lines
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -40,7 +39,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
@@ -48,56 +47,26 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import Settings, TrainingSettings
+from bot.config import Settings
 from bot.db import queries as q
 from bot.db import training_queries as tq
 from bot.db.models import ModelVersion, TrainingRun
+from bot.services.training_children import ROOT, child_env, child_setup
+from bot.services.training_plan import (
+    Plan,
+    StepTime,
+    StepTimer,
+    TrainingOptions,
+    fit_to_data,
+    format_duration,
+    measured_by_a_run,
+    not_enough_data,
+)
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]  # holds the `bot` and `lm` packages the children import
 PLAN_TTL_S = 15 * 60
 DOCUMENT_QUESTION = "What does {doc}{page} say{about}?"
-
-
-# ------------------------------------------------------------------------------------------- options
-
-
-@dataclass
-class TrainingOptions:
-    """How a run trains. The first five come from [training]; the rest have defaults sized for a 2-core CPU
-    and are read from [training] too when the settings grow such keys."""
-
-    steps: int = 200
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    learning_rate: float = 2e-4
-    use_chats_by_default: bool = False
-    block_size: int = 384  # tokens per example; longer conversations are split into several examples
-    batch_size: int = 4
-    eval_batches: int = 8
-    max_examples: int = 2000
-    ms_per_step: float = 20000.0  # estimate (135M, batch 4, 2 cores) until a finished run has measured it
-    threads: int = 0  # torch threads in the children; 0 = torch's default
-    seed: int = 1337
-
-    @classmethod
-    def from_settings(cls, training: TrainingSettings) -> TrainingOptions:
-        defaults = cls()
-        return cls(**{f: getattr(training, f, getattr(defaults, f)) for f in asdict(defaults)})
-
-    @property
-    def warmup(self) -> int:
-        return min(20, self.steps // 10)
-
-    @property
-    def eval_interval(self) -> int:
-        return max(1, self.steps // 4)
-
-    @property
-    def evals(self) -> int:
-        """Evaluations in one run: the "before" measurement, the periodic ones and the final one."""
-        return 1 + self.steps // self.eval_interval + (self.steps % self.eval_interval != 0)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -239,70 +208,7 @@ def write_jsonl(path: Path, examples: list[Example]) -> Path:
                                            for e in examples))
 
 
-@dataclass
-class Plan:
-    """What a run would train on, shown to the admin before anything is written."""
-
-    token: str
-    base: str
-    active: str  # what serves replies now: the configured model or a version directory
-    active_version_id: int | None
-    train: list[Example]
-    heldout: list[Example]
-    stats: DataStats
-    options: TrainingOptions
-    est_seconds: float
-    est_source: str
-    force: bool = False
-    created: float = field(default_factory=time.monotonic)
-    shown_in: tuple[int, int] | None = None  # (chat id, message id) of the message with its buttons
-
-    @property
-    def examples(self) -> int:
-        return len(self.train) + len(self.heldout)
-
-    @property
-    def tokens(self) -> int:
-        return sum(e.tokens for e in self.train) + sum(e.tokens for e in self.heldout)
-
-    @property
-    def train_tokens(self) -> int:
-        return sum(e.tokens for e in self.train)
-
-    @property
-    def ready(self) -> bool:
-        return len(self.train) >= 1 and len(self.heldout) >= 1
-
-    def describe(self) -> str:
-        s, o = self.stats, self.options
-        lines = [
-            "Retraining plan",
-            f"• Conversations: {s.conversations} from {s.chats} opted-in chat(s), {s.exchanges} exchanges "
-            f"({s.liked} rated 👍 first; {s.disliked} rated 👎 left out)",
-            f"• Documents: {s.documents} ({s.chunks} chunks, trained as question -> passage examples)",
-            f"• Examples: {self.examples} ({len(self.heldout)} held out for the before/after loss), "
-            f"{self.tokens:,} tokens" + (f"; {s.dropped} left out (too long or over the cap)" if s.dropped else ""),
-            f"• LoRA rank {o.lora_rank} on {self.base}: {o.steps} steps × batch {o.batch_size}, "
-            f"lr {o.learning_rate:g}, block {o.block_size}",
-            f"• Estimated time: {format_duration(self.est_seconds)} ({self.est_source})",
-            "• The new version replaces the current model only if its held-out loss is lower."
-            if not self.force else "• force: the new version becomes the active model whatever its loss.",
-        ]
-        return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------- runs
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def format_loss(value: float | None) -> str:
@@ -467,14 +373,6 @@ class RunOutcome:
         return "\n".join(lines)
 
 
-def _child_setup() -> None:
-    """Runs in the child before exec: lower priority, and SIGTERM when the bot dies (lm.train checkpoints)."""
-    with contextlib.suppress(OSError):
-        os.nice(10)
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
-
-
 def _alive(pid: int | None, marker: str) -> bool:
     """Whether `pid` is still a process whose command line mentions `marker` (pids get reused)."""
     if not pid:
@@ -498,7 +396,7 @@ class TrainingService:
     """Plans, runs, watches and cancels training runs, and switches model versions."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models,
-                 options: TrainingOptions | None = None):
+                 options: TrainingOptions | None = None, timer: StepTimer | None = None):
         self.settings = settings
         self.sessions = sessions
         self.models = models
@@ -508,6 +406,7 @@ class TrainingService:
         self._plans: dict[str, Plan] = {}
         self._switch = asyncio.Lock()
         self._tokenizers: dict[str, tuple[Any, int | None]] = {}
+        self.timer = timer or StepTimer()  # plans time training steps; a timing is reused for a while
 
     # ---------------------------------------------------------------- paths and names
 
@@ -556,23 +455,16 @@ class TrainingService:
     def block_size(self, context: int | None) -> int:
         return min(self.options.block_size, context) if context else self.options.block_size
 
-    async def _estimate(self) -> tuple[float, str]:
-        """Seconds for a run: steps plus evaluations (a forward pass is about a third of a training step)."""
-        o = self.options
-        ms, source = o.ms_per_step, f"{o.ms_per_step / 1000:.1f}s/step, configured estimate"
+    async def step_time(self, base: str, o: TrainingOptions, examples: list[Example]) -> StepTime:
+        """Seconds per step of `o`: measured by an earlier run with the same shape, else timed on `examples`."""
         async with self.sessions() as s:
-            for version in reversed(await q.list_versions(s)):
-                notes = _notes(version)
-                same = notes.get("batch_size") == o.batch_size and notes.get("block_size") == o.block_size
-                if notes.get("ms_per_step") and same:
-                    ms = float(notes["ms_per_step"])
-                    source = f"{ms / 1000:.1f}s/step as measured by run #{notes.get('run_id', '?')}"
-                    break
-        return ms / 1000 * (o.steps + o.evals * o.eval_batches / 3), source
+            known = await measured_by_a_run(s, base, o)
+        return known or await self.timer.measure(self.settings, base, o, lambda path: write_jsonl(path, examples))
 
     async def plan(self, force: bool = False) -> Plan:
-        """Everything an admin needs to decide; nothing is written. Raises ValueError when the base model's
-        tokenizer cannot be read."""
+        """Everything an admin needs to decide: the data, a run sized to it and its measured duration, or why
+        there is too little to train on. Nothing is stored. Raises ValueError when the base model's tokenizer
+        cannot be read."""
         self._expire_plans()
         o = self.options
         base = self.settings.model.name
@@ -593,8 +485,11 @@ class TrainingService:
             return arrange(convs, docs, o.max_examples, stats)
 
         train, heldout = await asyncio.to_thread(build)
-        est, source = await self._estimate()
-        plan = Plan(secrets.token_hex(4), base, active, active_id, train, heldout, stats, o, est, source, force)
+        fitted = replace(fit_to_data(o, len(train), len(heldout)), block_size=block)
+        refusal = not_enough_data(stats, len(train), len(heldout), o.min_examples)
+        step = None if refusal else await self.step_time(base, fitted, train + heldout)
+        plan = Plan(secrets.token_hex(4), base, active, active_id, train, heldout, stats, fitted, step, refusal,
+                    force)
         self._plans[plan.token] = plan
         return plan
 
@@ -623,7 +518,7 @@ class TrainingService:
         if self.busy:
             raise TrainingBusy(f"run #{self.job.run_id} is still in progress")
         if not plan.ready:
-            raise ValueError("not enough data: a run needs at least two examples (one is held out)")
+            raise ValueError(plan.refusal)
         self.job = Job(run_id=0, steps=plan.options.steps)
         try:
             async with self.sessions() as s:
@@ -677,7 +572,7 @@ class TrainingService:
         async with self.sessions() as s:
             run = await q.get_run(s, run_id)
         cfg = run.config
-        options = TrainingOptions(**cfg["options"])
+        options = TrainingOptions.from_stored(cfg["options"])
         outcome = RunOutcome(run_id, "failed", steps=options.steps, forced=bool(cfg.get("force")))
         try:
             paths.cancel.unlink(missing_ok=True)
@@ -706,20 +601,13 @@ class TrainingService:
             await self._stop_child(job)
             await self._settle(run_id, paths, outcome, "the bot stopped during the run")
             raise
-        except Exception as e:
+        except Exception:
             log.exception("training run %s failed", run_id)
             await self._stop_child(job)
-            await self._settle(run_id, paths, outcome, f"{type(e).__name__}: {e}")
+            await self._settle(run_id, paths, outcome, "The run failed on the bot's side; the bot's log has the details.")
         finally:
             self.job = None
         return outcome
-
-    def _child_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_TELEGRAM")}  # no token
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-        env["DOCENT_CACHE_DIR"] = str(self.settings.cache_dir)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
 
     async def _spawn(self, job: Job, args: list[str], log_path: Path) -> asyncio.subprocess.Process:
         with open(log_path, "ab") as log_f:
@@ -727,7 +615,7 @@ class TrainingService:
             log_f.flush()
             job.proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=log_f, stderr=log_f, cwd=str(ROOT),
-                env=self._child_env(), preexec_fn=_child_setup)
+                env=child_env(self.settings), preexec_fn=child_setup)
         return job.proc
 
     async def _measure_before(self, job: Job, paths: RunPaths, active: str,
@@ -859,9 +747,9 @@ class TrainingService:
             try:
                 await self.activate(version.id)
                 outcome.promoted = True
-            except Exception as e:
+            except Exception:
                 log.exception("could not activate version %s", version.id)
-                outcome.note = f"The new version could not be loaded, so the current model stays: {e}"
+                outcome.note = "The new version could not be loaded, so the current model stays (see the bot's log)."
         outcome.status = "succeeded"
         async with self.sessions() as s:
             await q.update_run(s, run_id, status="succeeded", finished_at=_now(), result_version_id=version.id,
@@ -881,7 +769,8 @@ class TrainingService:
 
     async def activate(self, version_id: int | None) -> ModelVersion | None:
         """Serve a version (None: the configured model). It is loaded first, so one that does not load never
-        becomes active; replies already streaming finish on the old model. Raises ValueError for an unknown id."""
+        becomes active; replies already streaming finish on the old model. Raises ValueError (a message for the
+        admin) for an unknown id or missing files, RuntimeError (the cause chained) when the model does not load."""
         async with self._switch:
             if version_id is None:
                 path = self.settings.model.name
@@ -891,9 +780,14 @@ class TrainingService:
                 if version is None:
                     raise ValueError(f"There is no model version {version_id}. See /models.")
                 if not Path(version.path).is_dir():
-                    raise ValueError(f"Version {version_id}'s files are missing ({version.path}).")
+                    log.warning("version %s's directory %s is missing", version_id, version.path)
+                    raise ValueError(f"Version #{version_id}'s files are missing on the server, so it cannot be "
+                                     "served; the current model stays active. The bot's log names the folder.")
                 path = version.path
-            await self.models.swap(path, version_id)
+            try:
+                await self.models.swap(path, version_id)
+            except Exception as e:  # a damaged file's ValueError (bad JSON) must not pass for a bad argument
+                raise RuntimeError(f"could not load {path}") from e
             async with self.sessions() as s:
                 return await q.set_active(s, version_id)
 
@@ -934,13 +828,6 @@ class TrainingService:
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("training task failed", exc_info=task.exception())
-
-
-def _notes(version: ModelVersion) -> dict:
-    try:
-        return json.loads(version.notes or "{}")
-    except ValueError:
-        return {}
 
 
 async def restore_active_model(runtime) -> ModelVersion | None:

@@ -27,9 +27,10 @@ def tiny_model(tmp_path_factory) -> Path:
     return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf", max_seq_len=4096).path
 
 
-def small(steps: int, **more) -> TrainingOptions:
-    return TrainingOptions(steps=steps, lora_rank=4, lora_alpha=8.0, learning_rate=1e-2, batch_size=2,
-                           block_size=128, eval_batches=2, threads=1, **more)
+def small(**more) -> TrainingOptions:
+    """Options for the tiny model: a run on the few examples of a test sized as /retrain sizes any run."""
+    return TrainingOptions(**{"lora_rank": 4, "lora_alpha": 8.0, "learning_rate": 1e-2, "batch_size": 2,
+                              "block_size": 128, "eval_batches": 2, "threads": 1, "min_examples": 2, **more})
 
 
 async def _count(settings, model) -> int:
@@ -69,8 +70,10 @@ async def test_non_admin_is_refused_and_nothing_happens(tmp_path, tiny_model):
         async with running_bot(settings) as app:
             for command in ("/retrain", "/retrain force", "/train_cancel", "/rollback base", "/models"):
                 await _command(fake, USER, command, "Only the bot's admins")
-            assert not app.bot_data["runtime"].models.loaded  # no model was even loaded
-            assert not app.bot_data["runtime"].extras["training"].busy
+            rt = app.bot_data["runtime"]
+            # the chat model loads at start-up anyway (warm-up); what must not happen is a switch of version
+            assert rt.models._current is None or rt.models._current.version_id is None
+            assert not rt.extras["training"].busy
         assert await _count(settings, TrainingRun) == 0
         assert await _count(settings, ModelVersion) == 0
         assert not (settings.data_dir / "runs").exists()
@@ -83,7 +86,7 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
         async with running_bot(settings) as app:
             rt = app.bot_data["runtime"]
             service = rt.extras["training"]
-            service.options = small(steps=6)
+            service.options = small()  # 3 epochs, at most 200 steps
             await _command(fake, USER, "/training on", "may now be used")
             for i, text in enumerate(["hello there", "what is a fox?", "tell me about dogs"]):
                 fake.send_user_message(USER, USER, text)
@@ -93,8 +96,12 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
             fake.press_button(USER, USER, replies[1].message_id, "fb:-1")
             await fake.wait_for(lambda: len([c for c in fake.calls("answerCallbackQuery")]) >= 2, timeout=10)
 
-            plan = await _command(fake, ADMIN, "/retrain force", "Retraining plan")
-            assert "1 rated 👍 first; 1 rated 👎 left out" in plan.text and "Estimated time" in plan.text
+            plan = await _command(fake, ADMIN, "/retrain force", "Retraining plan", timeout=60)
+            assert "1 rated 👍 first; 1 rated 👎 left out" in plan.text
+            # two examples (the 👎 cut the conversation in two): one to train on, one held out; a plan that fits
+            assert "Examples: 2 (1 held out" in plan.text, plan.text
+            assert "3 steps × batch 1 ≈ 3 epochs over the 1 training example," in plan.text, plan.text
+            assert "timed on 3 training steps of this data just now" in plan.text, plan.text
             assert await _count(settings, TrainingRun) == 0  # a plan writes nothing
             fake.press_button(ADMIN, ADMIN, plan.message_id, _button(plan, "train:start:"))
             photo = await fake.wait_for(lambda: next((m for m in fake.messages(ADMIN) if m.kind == "photo"), None),
@@ -102,6 +109,7 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
             status = next(m for m in fake.messages(ADMIN) if m.message_id == plan.message_id)
             assert any("step " in t and "ETA" in t for t in status.texts), status.texts  # edited while training
             assert "finished" in status.text and "is now the active model" in status.text, status.text
+            assert "(step 3/3)" in status.text  # the run trained as the plan said
             assert photo.file.data[:8] == PNG_MAGIC
 
             version = await _one(settings, q.active_version)
@@ -135,26 +143,49 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
             assert (await rt.models.current()).version_id == version.id
 
 
+async def _seed_conversations(settings, n: int) -> None:
+    """n finished exchanges of USER, each its own conversation, stored earlier (no chatting through the model)."""
+    settings.data_dir.mkdir(parents=True)
+    await upgrade(settings.database_url)
+
+    async def seed(s):
+        await q.ensure_user_and_chat(s, USER, "private", USER, "u", "U")
+        for i in range(n):
+            user = await q.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
+            await q.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
+                                          status="complete", telegram_message_id=2000 + i)
+            await q.start_new_conversation(s, USER)
+
+    await _one(settings, seed)
+
+
+async def test_too_little_data_gets_a_plan_that_says_so_without_a_start_button(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
+        await _seed_conversations(settings, 3)
+        async with running_bot(settings) as app:
+            service = app.bot_data["runtime"].extras["training"]
+            service.options = small(min_examples=5, use_chats_by_default=True)
+            plan = await _command(fake, ADMIN, "/retrain", "Retraining plan")
+            assert "Conversations: 3 from 1 opted-in chat(s)" in plan.text, plan.text
+            assert "Not enough data to train on yet: 3 examples, and a run needs at least 5" in plan.text
+            assert not plan.reply_markup and "Estimated time" not in plan.text
+            await _command(fake, ADMIN, "/train_cancel", "No training run is in progress and no plan is open")
+        assert await _count(settings, TrainingRun) == 0
+        assert not (settings.data_dir / "runs").exists()  # nothing was exported or timed
+
+
 async def test_cancel_stops_the_run_resumably_and_keeps_the_active_model(tmp_path, tiny_model):
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
-        settings.data_dir.mkdir(parents=True)
-        await upgrade(settings.database_url)
-
-        async def seed(s):  # conversations stored earlier (no need to chat through the model here)
-            await q.ensure_user_and_chat(s, USER, "private", USER, "u", "U")
-            for i in range(6):
-                user = await q.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
-                await q.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
-                                              status="complete", telegram_message_id=2000 + i)
-                await q.start_new_conversation(s, USER)
-
-        await _one(settings, seed)
+        await _seed_conversations(settings, 6)
         async with running_bot(settings) as app:
             rt = app.bot_data["runtime"]
             service = rt.extras["training"]
-            service.options = small(steps=400, use_chats_by_default=True)  # USER never said /training on
-            plan = await _command(fake, ADMIN, "/retrain", "Retraining plan")
+            # USER never said /training on; epochs enough that the run is still going when it is cancelled
+            service.options = small(epochs=1000, max_steps=400, use_chats_by_default=True)
+            plan = await _command(fake, ADMIN, "/retrain", "Retraining plan", timeout=60)
+            assert "400 steps × batch 2" in plan.text and "capped at max_steps 400" in plan.text, plan.text
             fake.press_button(ADMIN, ADMIN, plan.message_id, _button(plan, "train:start:"))
             await fake.wait_for(lambda: service.job is not None and service.job.last.get("step"), timeout=120)
             await _command(fake, ADMIN, "/train_status", "step ")
@@ -176,12 +207,12 @@ async def test_train_cancel_cancels_an_open_plan_and_its_buttons_start_nothing(t
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
         async with running_bot(settings) as app:
-            app.bot_data["runtime"].extras["training"].options = small(steps=6)
+            app.bot_data["runtime"].extras["training"].options = small()
             await _command(fake, USER, "/training on", "may now be used")
             for i, text in enumerate(["hello there", "what is a fox?", "tell me about dogs"]):
                 fake.send_user_message(USER, USER, text)
                 await fake.wait_for(lambda i=i: final_reply(fake, USER, after=i), timeout=60)
-            plan = await _command(fake, ADMIN, "/retrain force", "Retraining plan")
+            plan = await _command(fake, ADMIN, "/retrain force", "Retraining plan", timeout=60)
             assert plan.reply_markup, plan.text
             assert plan.texts[0].startswith("Preparing a retraining plan")  # shown at once, then edited
             start = _button(plan, "train:start:")

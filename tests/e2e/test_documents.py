@@ -117,3 +117,19 @@ async def test_bad_files_get_a_specific_message_and_store_nothing(tmp_path, tiny
             fake.send_user_message(ALICE, ALICE, "/docs")
             await fake.wait_for(lambda: "No documents yet" in (fake.last_text(ALICE) or ""), 10)
     assert expect.lower() in final.lower(), final
+
+
+async def test_a_five_thousand_character_file_name_is_shortened_keeping_its_extension(tmp_path, tiny_model):
+    name = "volcano-" + "v" * 4992 + ".md"
+    async with FakeTelegram() as fake:
+        settings = _settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings):
+            fake.send_user_document(ALICE, ALICE, name, GUIDE, "text/markdown")
+            done = await fake.wait_for(lambda: next((m for m in fake.messages(ALICE) if m.text.startswith("Indexed ")),
+                                                    None), 60)
+            fake.send_user_message(ALICE, ALICE, "/docs")
+            await fake.wait_for(lambda: "Documents in this chat" in (fake.last_text(ALICE) or ""), 10)
+    shown = done.text.split(":", 1)[0].removeprefix("Indexed ")
+    assert len(shown) == 200 and shown.startswith("volcano-vvv") and shown.endswith("v….md"), done.text
+    assert shown in fake.last_text(ALICE)  # the stored name is the shortened one
+    assert all(len(v.text) <= 4096 for m in fake.messages(ALICE) for v in m.versions)

@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from telegram.ext import CommandHandler
 
 from tests.support.bot_harness import bot_settings, running_bot
 from tests.support.fake_telegram import FakeTelegram
@@ -29,20 +30,27 @@ async def _reply(fake: FakeTelegram, chat: int, before: int, timeout: float = 20
 
 async def test_help_lists_documents_commands_and_feedback_and_admin_commands_only_for_admins(tmp_path, tiny_model):
     async with FakeTelegram() as fake:
-        async with running_bot(bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])):
+        async with running_bot(bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])) as app:
+            registered = {c for group in app.handlers.values() for h in group if isinstance(h, CommandHandler)
+                          for c in h.commands}
+            menu = {c.command for c in app.bot_data["commands"]}
             fake.send_user_message(USER, USER, "/help")
             user_help = (await _reply(fake, USER, 0)).text
             fake.send_user_message(ADMIN, ADMIN, "/help")
             admin_help = (await _reply(fake, ADMIN, 0)).text
             fake.send_user_message(GROUP, ADMIN, "/help@docent_test_bot", chat_type="group")
             group_help = (await _reply(fake, GROUP, 0)).text
-    for command in ("/ask", "/docs", "/forget", "/summarize", "/training", "/reset", "/settings"):
+    for command in ("/ask", "/docs", "/forget", "/summarize", "/training", "/reset", "/settings", "/stats"):
         assert command in user_help and command in admin_help
     assert "PDF" in user_help and "👍" in user_help
     assert "/retrain" not in user_help and "/rollback" not in user_help
     assert "/ask" in group_help and "/retrain" not in group_help  # an admin's group need not see them
+    assert "every chat's totals" in admin_help and "every chat's totals" not in user_help + group_help
     for command in ("/retrain", "/train_status", "/train_cancel", "/models", "/rollback"):
         assert command in admin_help
+    # every command the bot answers is in its menu and in an admin's /help, whichever branch added it
+    assert menu == registered and "stats" in registered
+    assert [c for c in sorted(registered) if f"/{c} " not in admin_help] == []
 
 
 @pytest.mark.parametrize(("kind", "says"), [

@@ -14,8 +14,9 @@ It keeps what a test wants to assert on: per chat, every message the bot sent wi
 like Telegram where bots usually get it wrong: HTML parse mode is validated (supported tags only, nesting,
 entities), the 4096 UTF-16 unit limit, "message is not modified", unknown chats/messages, the 20 MB download
 limit, and injected faults (`fail_next`, e.g. 429 with retry_after). Tests play the users with
-`send_user_message`, `send_user_document` and `press_button`; the bot receives them through getUpdates long
-polling. The token is never logged (aiohttp's access log is off, errors never echo the path).
+`send_user_message`, `send_user_document`, `press_button`, and `set_member` and `edit_user_message` (in
+fake_members.py); the bot receives them through getUpdates long polling. The token is never logged (aiohttp's
+access log is off, errors never echo the path).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from html.parser import HTMLParser
 from typing import Any, NoReturn
 
 from aiohttp import web
+
+from tests.support.fake_members import ChatMembers, UserEdits
 
 MAX_TEXT_UTF16 = 4096
 MAX_CAPTION_UTF16 = 1024
@@ -341,7 +344,7 @@ _MENTION_RE = re.compile(r"(?<![\w@])@[A-Za-z][A-Za-z0-9_]{3,31}")
 # The server
 
 
-class FakeTelegram:
+class FakeTelegram(ChatMembers, UserEdits):
     """A fake Bot API on 127.0.0.1 (random port); an async context manager, or `start_in_thread()`."""
 
     def __init__(self, token: str = "123456:TEST-TOKEN", *, bot_username: str = "docent_test_bot",
@@ -358,6 +361,7 @@ class FakeTelegram:
         self.commands: dict[str, list[dict[str, Any]]] = {}  # scope/language key -> commands
         self._lock = threading.RLock()  # tests may drive us from another thread than the server's loop
         self._chats: dict[int, dict[str, Any]] = {}
+        self._members: dict[int, dict[int, tuple[str, str | None, str | None]]] = {}  # see ChatMembers
         self._messages: dict[int, dict[int, FakeMessage]] = {}
         self._next_message_id: dict[int, int] = {}
         self._files: dict[str, FakeFile] = {}

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from bot.knowledge.chunk import chunk_document, chunk_text, sentence_windows, split_sentences, token_counter
+from bot.knowledge.chunk import (
+    CHARS_PER_TOKEN,
+    chunk_document,
+    chunk_text,
+    sentence_windows,
+    split_sentences,
+    token_counter,
+)
 from bot.knowledge.parse import ParsedDocument, Section, parse_document
 from lm import hub
 from tests.support import make_docs as md
@@ -114,6 +121,35 @@ def test_a_giant_word_is_cut_to_fit(minilm):
     chunks = chunk_text(f"Data: {blob} end.", minilm, max_tokens=50, overlap_tokens=0)
     assert all(c.token_count <= 50 for c in chunks)
     assert "".join(c.text for c in chunks).replace(" ", "") == f"Data:{blob}end."
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("run, size", [("*_", 2**20), ("x", 2**20), ('{"id":17,"tags":["a","b"],"v":-0.5},', 2**18)],
+                         ids=["punctuation", "one-letter", "minified-json"])
+def test_a_megabyte_without_spaces_is_chunked_within_both_bounds_in_linear_time(minilm, run, size):
+    """Each character of "*_" is a token; a run of "x" is one token per word however long (WordPiece gives up
+    after 100 characters), so only the character bound keeps its chunks small."""
+    text = (run * (size // len(run) + 1))[:size]
+    seen: list[int] = []
+
+    def counting(s: str) -> int:
+        seen.append(len(s))
+        return minilm(s)
+
+    chunks = chunk_text(text, counting, max_tokens=254, overlap_tokens=64)
+    max_chars = CHARS_PER_TOKEN * 254
+    assert all(c.token_count == minilm(c.text) <= 254 and 0 < len(c.text) <= max_chars for c in chunks)
+    assert "".join(c.text for c in chunks) == text  # every character kept, in order, none repeated
+    assert max(seen) <= max_chars  # the tokenizer never sees more than a bounded string ...
+    assert sum(seen) < 8 * len(text)  # ... and each character only a few times
+
+
+def test_a_huge_word_between_sentences_is_cut_at_the_character_bound(minilm):
+    text = "It starts here. " + "x" * 50_000 + " It ends here."
+    chunks = chunk_text(text, minilm, max_tokens=100, overlap_tokens=10, max_chars=500)
+    assert all(len(c.text) <= 500 and c.token_count <= 100 for c in chunks)
+    assert chunks[0].text == "It starts here." and chunks[-1].text.endswith("It ends here.")
+    assert "".join(c.text for c in chunks).replace(" ", "").replace(".", "").count("x") == 50_000
 
 
 def test_token_limit_holds_even_when_the_count_is_not_additive():

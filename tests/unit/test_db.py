@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.db import queries as q
 from bot.db.models import Chat, Chunk, Document, Feedback, Message, ModelVersion, ProcessedUpdate, User
 from bot.db.session import create_engine, session_factory, upgrade
+from bot.db.sources import forget_document
 
 CHAT = -1001234567890123  # supergroup ids do not fit in 32 bits
 USER = 5_000_000_001
@@ -166,13 +167,13 @@ async def test_deleting_a_document_deletes_its_chunks(s: AsyncSession) -> None:
     assert [d.name for d in await q.list_documents(s, scope)] == ["a.pdf", "b.txt"]
     assert [(c.document.name, c.ordinal) for c in await q.chunks_for_scope(s, scope)][:2] == [("a.pdf", 0), ("a.pdf", 1)]
 
-    deleted = await q.delete_document(s, scope, "a.pdf")
-    assert deleted is not None and deleted.id == a.id
+    deleted = await forget_document(s, scope, "a.pdf")
+    assert deleted is not None and deleted.document.id == a.id
     assert await count(s, Chunk, Chunk.document_id == a.id) == 0  # ON DELETE CASCADE in the database
     assert [c.document_id for c in await q.chunks_for_scope(s, scope)] == [b.id, b.id]
-    assert await q.delete_document(s, scope, "a.pdf") is None
-    assert await q.delete_document(s, "other-scope", str(b.id)) is None  # ids only match inside the scope
-    assert (await q.delete_document(s, scope, str(b.id))).name == "b.txt"
+    assert await forget_document(s, scope, "a.pdf") is None
+    assert await forget_document(s, "other-scope", str(b.id)) is None  # ids only match inside the scope
+    assert (await forget_document(s, scope, str(b.id))).document.name == "b.txt"
     assert await count(s, Chunk) == 0
 
 

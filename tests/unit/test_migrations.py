@@ -25,6 +25,7 @@ TABLES = {
     "documents",
     "chunks",
     "feedback",
+    "message_sources",
     "model_versions",
     "training_runs",
 }
@@ -99,6 +100,30 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
                 )
             )
             await conn.execute(text("UPDATE chats SET current_conversation_id = 1"))
+            await conn.execute(text("INSERT INTO users (id) VALUES (42)"))
+            await conn.execute(text("INSERT INTO documents (id, scope, chat_id, user_id, name, mime, sha256, size_bytes)"
+                                    " VALUES (1, 'chat:-100123', -100123, 42, 'a.txt', 'text/plain', 'ab', 2)"))
+            await conn.execute(text("UPDATE messages SET forgotten_at = CURRENT_TIMESTAMP"))
+            await conn.execute(text("INSERT INTO message_sources (message_id, document_id) SELECT id, 1 FROM messages"))
+    finally:
+        await engine.dispose()
+    # 0006's downgrade rebuilds messages on SQLite to drop forgotten_at: rows, and 0005's uploader, must survive.
+    await downgrade(db_url, "0005_stats")
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT text FROM messages"))).all() == [("hello",)]
+            assert (await conn.execute(text("SELECT name, user_id FROM documents"))).all() == [("a.txt", 42)]
+    finally:
+        await engine.dispose()
+    assert await tables(db_url) == TABLES - {"message_sources"}
+    # 0005's downgrade rebuilds documents on SQLite to drop user_id: rows must survive.
+    await downgrade(db_url, "0004_chunk_windows")
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT text FROM messages"))).all() == [("hello",)]
+            assert (await conn.execute(text("SELECT name FROM documents"))).all() == [("a.txt",)]
     finally:
         await engine.dispose()
     # 0003's downgrade rebuilds messages on SQLite to drop its foreign key: rows must survive.
@@ -111,9 +136,69 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT current_conversation_id FROM chats"))).scalar() == 1
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "model_versions", "training_runs"}
+    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "model_versions",
+                                          "training_runs"}
     await downgrade(db_url, "base")
     assert await tables(db_url) == set()
+
+
+async def test_documents_keep_their_rows_and_uploader_across_0005(db_url: str) -> None:
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    insert = ("INSERT INTO documents (id, scope, chat_id, {user}name, mime, sha256, size_bytes) "
+              "VALUES ({id}, 'chat:7', 7, {uid}'{name}', 'text/plain', '{sha}', 3)")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO users (id) VALUES (42)"))
+            await conn.execute(text("INSERT INTO chats (id, type) VALUES (7, 'private')"))
+            await conn.execute(text(insert.format(user="user_id, ", id=1, uid="42, ", name="a.txt", sha="a" * 64)))
+    finally:
+        await engine.dispose()
+    await downgrade(db_url, "0004_chunk_windows")  # SQLite rebuilds documents to drop the column
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            assert (await conn.execute(text("SELECT id, name FROM documents"))).all() == [(1, "a.txt")]
+            await conn.execute(text(insert.format(user="", id=2, uid="", name="b.txt", sha="b" * 64)))
+    finally:
+        await engine.dispose()
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            rows = (await conn.execute(text("SELECT id, user_id FROM documents ORDER BY id"))).all()
+            assert rows == [(1, None), (2, None)]  # uploaders from before 0005 are unknown
+            await conn.execute(text("UPDATE documents SET user_id = 42 WHERE id = 2"))
+            await conn.execute(text("DELETE FROM users WHERE id = 42"))  # a user gone: the document stays
+            assert (await conn.execute(text("SELECT id, user_id FROM documents WHERE id = 2"))).all() == [(2, None)]
+    finally:
+        await engine.dispose()
+
+
+async def test_0006_keeps_each_documents_uploader_and_leaves_turns_unforgotten(db_url: str) -> None:
+    # 0006 (message sources) follows 0005 (stats): the uploader recorded by 0005 is the one /forget checks.
+    await upgrade(db_url, "0005_stats")
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO users (id) VALUES (42)"))
+            await conn.execute(text("INSERT INTO chats (id, type) VALUES (7, 'private')"))
+            await conn.execute(text("INSERT INTO conversations (id, chat_id) VALUES (1, 7)"))
+            await conn.execute(text("INSERT INTO messages (conversation_id, chat_id, role, text) "
+                                    "VALUES (1, 7, 'user', 'hi')"))
+            await conn.execute(text("INSERT INTO documents (id, scope, chat_id, user_id, name, mime, sha256, "
+                                    "size_bytes) VALUES (1, 'chat:7', 7, 42, 'a.txt', 'text/plain', 'ab', 2)"))
+    finally:
+        await engine.dispose()
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT name, user_id FROM documents"))).all() == [("a.txt", 42)]
+            assert (await conn.execute(text("SELECT text, forgotten_at FROM messages"))).all() == [("hi", None)]
+            assert (await conn.execute(text("SELECT count(*) FROM message_sources"))).scalar() == 0
+    finally:
+        await engine.dispose()
 
 
 def test_alembic_command_line_url_and_settings_default(
@@ -133,6 +218,6 @@ def test_alembic_command_line_url_and_settings_default(
     command.upgrade(cfg, "head")
 
     with sqlite3.connect(explicit) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004_chunk_windows",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006_message_sources",)]
     with sqlite3.connect(tmp_path / "data" / "docent.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002_documents",)]

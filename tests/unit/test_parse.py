@@ -10,6 +10,7 @@ import pytest
 
 from bot.knowledge import parse as parse_mod
 from bot.knowledge.parse import DocumentError, parse_document
+from tests.support import hostile_files as hostile
 from tests.support import make_docs as md
 
 PAGES = [
@@ -51,6 +52,20 @@ def test_image_only_pdf_is_reported_as_scanned():
     err = error_of(md.make_image_pdf(2), "scan.pdf")
     assert err.code == "scanned"
     assert "scanned PDF" in err.message and "no text layer" in err.message and "OCR" in err.message
+
+
+def test_lone_surrogates_from_a_pdf_character_map_are_replaced_so_the_text_can_be_encoded():
+    doc = parse_document(hostile.surrogate_pdf(), "cmap.pdf")
+    assert doc.sections[0].text == "The tide tables of Osterby: \ufffd rising, \ufffd falling."
+    doc.sections[0].text.encode("utf-8")  # what the tokenizer, SQL and Telegram need
+
+
+def test_a_flate_bomb_pdf_is_too_large_not_scanned():
+    data = hostile.flate_bomb_pdf(1024)
+    assert len(data) < 2 * 2**20  # 1 GiB once unpacked
+    err = error_of(data, "bomb.pdf")
+    assert err.code == "too_large" and "too large once unpacked" in err.message and "scanned" not in err.message
+    assert error_of(md.make_image_pdf(1), "scan.pdf").code == "scanned"  # a real scan is still called one
 
 
 @pytest.mark.parametrize(
@@ -200,6 +215,21 @@ def test_unsupported_types_say_what_is_supported(data, name):
     err = error_of(data, name)
     assert err.code == "unsupported"
     assert "PDF" in err.message and ".docx" in err.message and "Markdown" in err.message
+
+
+@pytest.mark.parametrize("name, mime", [("notes.rtf", None), ("notes.txt", None), ("notes", "application/rtf")])
+def test_rtf_is_named_with_what_to_do_instead(name, mime):
+    err = error_of(hostile.RTF, name, mime=mime)
+    assert err.code == "unsupported"
+    assert err.message == f"{name} is an RTF document. RTF is not supported yet; save it as DOCX, PDF or text " \
+                          "and send it again."
+
+
+def test_a_very_long_file_name_is_shortened_keeping_its_extension():
+    doc = parse_document(b"Short text about tides.", "t" * 5000 + ".txt")
+    assert len(doc.name) == 200 and doc.name.endswith("t….txt")
+    err = error_of(b"", "e" * 5000 + ".md")
+    assert err.message == "e" * 196 + "….md contains no text."
 
 
 # -- limits

@@ -182,3 +182,14 @@ def test_truncate_never_splits_a_surrogate_pair() -> None:
     cut = truncate_utf16("a" + "😀" * 10, 6)
     assert cut == "a😀😀…" and utf16_len(cut) <= 6
     assert truncate_utf16("short", 10) == "short"
+
+
+def test_lone_surrogates_are_replaced_so_every_part_can_be_sent() -> None:
+    text = "Osterby: \ud800 rising, \udfff falling. " * 300 + "😀"
+    parts = split_message(text, 1000)
+    assert len(parts) > 1 and all(utf16_len(markdown_to_telegram_html(p)) <= 1000 for p in parts)
+    for part in parts:
+        part.encode("utf-8")  # what sending it as JSON needs
+        render(part)
+    assert "Osterby: \ufffd rising, \ufffd falling." in parts[0] and parts[-1].endswith("😀")
+    assert truncate_utf16("tide \ud800" * 10, 12) == "tide \ufffdtide …"

@@ -21,6 +21,7 @@ from bot.services.training import (
     Example,
     MetricsTail,
     RunOutcome,
+    StepTimer,
     TrainingOptions,
     TrainingService,
     arrange,
@@ -71,15 +72,22 @@ def settings_for(tmp_path: Path, tiny: Path, **training) -> Settings:
     return s
 
 
+@pytest.fixture(scope="module")
+def timer() -> StepTimer:
+    """One step timer for the module: the tiny model's steps are timed once, not once per test."""
+    return StepTimer()
+
+
 @pytest.fixture
-async def service(tmp_path, tiny):
+async def service(tmp_path, tiny, timer):
     settings = settings_for(tmp_path, tiny)
     url = settings.database_url
     settings.data_dir.mkdir(parents=True)
     await upgrade(url)
     engine = create_engine(url)
     svc = TrainingService(settings, session_factory(engine), ModelManager(settings),
-                          TrainingOptions(steps=4, batch_size=2, block_size=128, eval_batches=2, ms_per_step=1000))
+                          TrainingOptions(max_steps=4, batch_size=2, block_size=128, eval_batches=2, min_examples=2),
+                          timer=timer)
     yield svc
     await engine.dispose()
 
@@ -169,14 +177,62 @@ async def test_plan_numbers_match_what_lm_train_will_see(service, tiny):
                                                                         tokenizer, 128)]
     assert "tokens" in plan.describe() and str(plan.examples) in plan.describe()
 
-    # the estimate: configured ms/step, then what a finished run measured with the same batch and block
-    assert "configured" in plan.est_source and plan.est_seconds >= plan.options.steps * 1.0
+    # the estimate: real training steps timed on this data, then what a finished run measured with the same
+    # base model, batch and block size (a run on another base is no guide)
+    o = plan.options
+    assert plan.step.ms > 0 and " per step, timed on 3 training steps" in plan.step.describe()
+    assert f"({plan.step.describe()})" in plan.describe()
+    assert plan.est_seconds == pytest.approx(plan.step.ms / 1000 * (o.steps + o.evals * o.eval_batches / 3))
     async with service.sessions() as ses:
-        await q.add_version(ses, name="run-x", base="b", path="/nowhere", notes=json.dumps(
-            {"run_id": 42, "ms_per_step": 3000.0, "batch_size": 2, "block_size": 128}))
+        await q.add_version(ses, name="run-x", base=str(tiny), path="/nowhere", notes=json.dumps(
+            {"run_id": 42, "ms_per_step": 3000.0, "batch_size": o.batch_size, "block_size": o.block_size}))
+        await q.add_version(ses, name="run-y", base="another-model", path="/nowhere", notes=json.dumps(
+            {"run_id": 43, "ms_per_step": 9000.0, "batch_size": o.batch_size, "block_size": o.block_size}))
     again = await service.plan()
-    assert "run #42" in again.est_source
-    assert again.est_seconds == pytest.approx(plan.est_seconds * 3)
+    assert "3.0s per step, as measured by run #42" in again.describe()
+    assert again.est_seconds == pytest.approx(3.0 * (o.steps + o.evals * o.eval_batches / 3))
+
+
+async def test_the_plan_and_the_run_it_starts_fit_the_small_data_set(service):
+    await fill(service)  # 5 examples: 4 to train on, 1 held out
+    service.options = TrainingOptions(epochs=1.5, max_steps=200, batch_size=2, block_size=128, eval_batches=8,
+                                      min_examples=2)
+    plan = await service.plan()
+    assert (len(plan.train), len(plan.heldout)) == (4, 1)
+    assert (plan.options.steps, plan.options.batch_size, plan.options.eval_batches) == (3, 2, 1)
+    assert "3 steps × batch 2 ≈ 1.5 epochs over the 4 training examples" in plan.describe()
+    run = await service.start(plan, requested_by=ADMIN)
+    service.job = None
+    async with service.sessions() as s:
+        stored = TrainingOptions.from_stored((await q.get_run(s, run.id)).config["options"])
+    args = service.train_args(service.paths(run.id), plan.base, stored, resume=False)
+    assert args[args.index("--steps") + 1] == "3" and args[args.index("--batch") + 1] == "2"
+    assert args[args.index("--eval-batches") + 1] == "1"
+
+
+async def test_too_little_data_gets_a_plan_that_says_so_and_cannot_start(service):
+    await fill(service)
+    service.options.min_examples = 6
+    plan = await service.plan()
+    assert not plan.ready and plan.step is None  # nothing was timed for it
+    assert "Not enough data to train on yet: 5 examples, and a run needs at least 6" in plan.describe()
+    assert "Estimated time" not in plan.describe()
+    with pytest.raises(ValueError, match="Not enough data"):
+        await service.start(plan, requested_by=ADMIN)
+    async with service.sessions() as s:
+        assert await q.list_runs(s) == []
+    assert not service.busy and not service.runs_dir.exists()
+
+
+async def test_a_step_timing_is_reused_for_the_same_model_and_batch_shape(service, timer):
+    await fill(service)
+    plan = await service.plan()
+
+    def must_not_time_again(path):
+        raise AssertionError("the steps were timed again")
+
+    again = await timer.measure(service.settings, plan.base, plan.options, must_not_time_again)
+    assert again.ms == plan.step.ms and again.basis.endswith(" ago")
 
 
 def test_liked_examples_come_first_and_survive_the_cap_and_the_held_out_choice_is_stable():

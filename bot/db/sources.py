@@ -1,0 +1,116 @@
+"""Which documents each turn drew on, and forgetting a document together with every turn derived from it.
+
+A turn (a user message and the reply to it) is linked to a document when the reply was answered from its
+passages, or when the reply's prompt held a turn already linked to it: whatever the model saw of a document can
+come back in any later reply of that conversation. Forgetting a document deletes it with its chunks and marks
+every linked message forgotten (Message.forgotten_at); `queries.history` and the training export
+(`training_queries.conversation_turns`) skip forgotten messages, so nothing derived from the document reaches
+the model again, after a restart too. Same conventions as `queries.py`: writers commit, bad input raises
+ValueError with a message fit to show a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import Chunk, Document, Message, MessageSource, User
+
+
+class NotAllowedToForget(ValueError):
+    """The requester neither uploaded the document nor may manage the chat; the message names who may."""
+
+
+@dataclass
+class Forgotten:
+    document: Document
+    answers: int  # replies that drew on it, now kept out of prompts and training data (with their questions)
+
+
+async def find_document(session: AsyncSession, scope: str, name_or_id: str | int) -> Document | None:
+    """A document of `scope` by id, or by name; None when nothing matches. Raises ValueError when a name is
+    ambiguous."""
+    document = None
+    if isinstance(name_or_id, int) or name_or_id.isdigit():
+        document = await session.scalar(select(Document).where(Document.scope == scope, Document.id == int(name_or_id)))
+    if document is None and isinstance(name_or_id, str):
+        matches = list(await session.scalars(select(Document).where(Document.scope == scope, Document.name == name_or_id)))
+        if len(matches) > 1:
+            ids = ", ".join(str(d.id) for d in matches)
+            raise ValueError(f"{len(matches)} documents are named {name_or_id!r} (ids {ids}); give the id")
+        document = matches[0] if matches else None
+    return document
+
+
+async def forget_document(session: AsyncSession, scope: str, name_or_id: str | int, *,
+                          requester_id: int | None = None, any_document: bool = True) -> Forgotten | None:
+    """Delete a document of `scope` with its chunks and mark every message that drew on it forgotten, in one
+    transaction; commits. None when nothing matched.
+
+    Without `any_document` (the requester does not manage the chat) only the uploader may forget it: anyone
+    else gets NotAllowedToForget, and nothing changes.
+    """
+    document = await find_document(session, scope, name_or_id)
+    if document is None:
+        return None
+    if not any_document and (document.user_id is None or document.user_id != requester_id):
+        uploader = await session.get(User, document.user_id) if document.user_id is not None else None
+        raise NotAllowedToForget(_who_may(document, uploader))
+    linked = select(MessageSource.message_id).where(MessageSource.document_id == document.id)
+    marked = await session.execute(
+        update(Message).where(Message.id.in_(linked), Message.forgotten_at.is_(None))
+        .values(forgotten_at=datetime.now(UTC)).returning(Message.role)
+        .execution_options(synchronize_session=False))
+    answers = sum(role == "assistant" for role in marked.scalars())
+    # links and chunks go by ON DELETE CASCADE; the marks stay on the messages
+    await session.execute(delete(Document).where(Document.id == document.id))
+    await session.commit()
+    return Forgotten(document, answers)
+
+
+def _who_may(document: Document, uploader: User | None) -> str:
+    if uploader is None:
+        return f"Only an admin of this chat can forget {document.name}."
+    name = f"@{uploader.username}" if uploader.username else (uploader.first_name or "the person")
+    return f"Only {name}, who uploaded {document.name}, or an admin of this chat can forget it."
+
+
+async def record_sources(session: AsyncSession, turn_ids: Sequence[int], chunk_ids: Sequence[int],
+                         prompt_ids: Sequence[int]) -> bool:
+    """Link the turn's messages (question and reply) to the documents of `chunk_ids`, the passages the reply
+    was answered from, and to every document the prompt's messages are linked to; commits.
+
+    A document forgotten while the reply was being prepared (a chunk gone, or a prompt message marked) cannot be
+    linked any more: the turn is then marked forgotten at once. Returns whether it was.
+    """
+    found = (await session.execute(select(Chunk.id, Chunk.document_id).where(Chunk.id.in_(chunk_ids)))).all()
+    documents = {document_id for _, document_id in found}
+    documents |= set(await session.scalars(
+        select(MessageSource.document_id).where(MessageSource.message_id.in_(prompt_ids))))
+    forgotten = await session.scalar(
+        select(Message.id).where(Message.id.in_(prompt_ids), Message.forgotten_at.is_not(None)).limit(1))
+    gone = len(found) < len(set(chunk_ids)) or forgotten is not None
+    if documents and not gone:
+        session.add_all(MessageSource(message_id=m, document_id=d) for m in turn_ids for d in documents)
+        try:
+            await session.commit()
+            return False
+        except IntegrityError:  # a document was deleted between the reads above and this insert
+            await session.rollback()
+            gone = True
+    if gone:
+        await mark_forgotten(session, turn_ids)
+    return gone
+
+
+async def mark_forgotten(session: AsyncSession, message_ids: Sequence[int]) -> None:
+    """Keep these messages out of prompts and training data from now on; commits."""
+    await session.execute(update(Message).where(Message.id.in_(message_ids), Message.forgotten_at.is_(None))
+                          .values(forgotten_at=datetime.now(UTC)).execution_options(synchronize_session=False))
+    await session.commit()
+

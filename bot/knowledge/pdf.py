@@ -1,0 +1,98 @@
+"""PDF text for bot.knowledge.parse, which calls `parse_pdf` inside its limited child process.
+
+One section per page. The ways a PDF can be bad are told apart, each with its own message: damaged or
+cut off, password-protected, scanned (no text layer), or a "flate bomb": compressed streams that unpack to
+far more than any real document holds (a 1 MB file can unpack to 1 GB). pypdf stops inflating one stream
+at its own limit and raises; a bomb it never inflates (in a form it skips) leaves the pages without text,
+so before calling such a PDF scanned its streams are measured here, up to INFLATED_MAX bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zlib
+
+from bot.knowledge.parse import DocumentError, Section, _clean, _empty
+
+INFLATED_MAX = 256 * 2**20  # all zlib streams together, unpacked (parse.ZIP_MAX_TOTAL is the same for .docx)
+_STREAM_START = re.compile(rb"(?<!end)stream\r?\n")
+# Input is fed in small slices (what follows a stream's end is copied once, into unused_data) and output taken
+# in bounded pieces, so measuring a bomb never holds it in memory.
+_IN, _OUT = 2**14, 2**20
+
+
+def parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
+
+    corrupt = DocumentError("corrupt", f"{name} is damaged or truncated; it could not be read as a PDF.")
+    if b"%%EOF" not in data[-4096:] and b"%%EOF" not in data:
+        raise corrupt  # a cut-off download: pypdf would guess at the rest
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            try:
+                opened = reader.decrypt("")
+            except (DependencyError, NotImplementedError):
+                opened = 0
+            if not opened:
+                raise DocumentError(
+                    "encrypted", f"{name} is password-protected. Remove the password (for example "
+                    "print it to a new PDF) and send it again."
+                )  # fmt: skip
+        pages = [_clean_pdf_text(p.extract_text() or "") for p in reader.pages]
+    except (DocumentError, MemoryError, RecursionError):
+        raise
+    except FileNotDecryptedError:
+        raise DocumentError(
+            "encrypted", f"{name} is password-protected; remove the password first."
+        ) from None
+    except LimitReachedError:
+        raise _bomb(name) from None
+    except Exception:  # pypdf raises many types on damaged input
+        raise corrupt from None
+    if not pages:
+        raise _empty(name)
+    if not any(p.strip() for p in pages):
+        if inflated_size(data, INFLATED_MAX) > INFLATED_MAX:
+            raise _bomb(name)
+        raise DocumentError(
+            "scanned", f"{name} looks like a scanned PDF; it has no text layer, try OCR first "
+            "(for example `ocrmypdf`), then send the result."
+        )  # fmt: skip
+    return [Section(text, page=i) for i, text in enumerate(pages, 1)], len(pages)
+
+
+def _bomb(name: str) -> DocumentError:
+    return DocumentError(
+        "too_large", f"{name} is too large once unpacked: its content is compressed far beyond the limit for "
+        "a PDF, so it was not read. Export or print it to a new PDF and send that."
+    )  # fmt: skip
+
+
+def inflated_size(data: bytes, budget: int) -> int:
+    """How many bytes the zlib streams of a PDF unpack to, all together; counting stops once past `budget`,
+    so the cost is bounded by the budget whatever the file claims."""
+    total, view = 0, memoryview(data)
+    for match in _STREAM_START.finditer(data):
+        inflater, pos = zlib.decompressobj(), match.end()
+        try:
+            while not inflater.eof and total <= budget:
+                if inflater.unconsumed_tail:
+                    piece = inflater.unconsumed_tail
+                else:
+                    piece, pos = view[pos : pos + _IN], pos + _IN
+                    if not piece:
+                        break
+                total += len(inflater.decompress(piece, _OUT))
+        except zlib.error:  # not zlib data (an image, a raw stream) or damaged: it unpacks to nothing more
+            pass
+        if total > budget:
+            break
+    return total
+
+
+def _clean_pdf_text(text: str) -> str:
+    text = re.sub(r"(?<=[a-z])-\n(?=[a-z])", "", text)  # words hyphenated across lines
+    return _clean(text)

@@ -1,0 +1,43 @@
+"""Usage statistics for /stats: what a user did in a chat (today, UTC, and in all) and, for admins, every
+chat's totals and the model version that serves replies. Numbers only; the wording is the handler's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db import queries as q
+from bot.db import stats_queries as sq
+from bot.db.models import ModelVersion
+
+
+@dataclass
+class Overview:
+    """What admins see besides their own numbers."""
+
+    chats: list[sq.ChatTotals]  # busiest first
+    version: ModelVersion | None  # the active trained version; None: the configured model serves
+    configured_model: str
+
+
+@dataclass
+class Stats:
+    user: sq.UserStats  # `since` is the start of today, UTC
+    overview: Overview | None  # only when asked for (admins)
+
+
+def start_of_day(now: datetime | None = None) -> datetime:
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+async def chat_stats(sessions: async_sessionmaker[AsyncSession], configured_model: str, chat_id: int,
+                     user_id: int, overview: bool) -> Stats:
+    """`user_id`'s numbers in `chat_id`, plus every chat's totals and the model in use when `overview`."""
+    async with sessions() as s:
+        mine = await sq.user_stats(s, chat_id, user_id, start_of_day())
+        if not overview:
+            return Stats(mine, None)
+        return Stats(mine, Overview(await sq.chat_totals(s), await q.active_version(s), configured_model))
