@@ -356,6 +356,11 @@ class StreamingMessage:
         self._shown, self._last_edit = placeholder, time.monotonic()
         return self.message
 
+    def adopt(self, message: Message, shown: str) -> Message:
+        """Stream into a message already sent (a placeholder showing `shown`) instead of sending one."""
+        self.message, self._shown, self._last_edit = message, shown, time.monotonic()
+        return message
+
     def _reply_parameters(self) -> ReplyParameters | None:
         if self.reply_to_message_id is None:
             return None

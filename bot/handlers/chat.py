@@ -58,6 +58,7 @@ def help_text(update: Update, rt: Runtime) -> str:
 
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 STARTING_UP = "Starting up, one moment…"  # the placeholder while the model still loads after a start
+AFTER_YOUR_PREVIOUS = "⏳ I'll answer this right after your previous message."
 
 
 def _runtime(context: ContextTypes.DEFAULT_TYPE) -> Runtime:
@@ -204,30 +205,41 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
         await message.reply_text(f"That message is too long ({len(text):,} characters); "
                                  f"I take at most {rt.settings.telegram.max_input_chars:,}.")
         return
-    async with rt.one_at_a_time(user.id if user else message.chat.id) as free:
-        if not free:
-            await message.reply_text("I'm still answering your previous message – please wait for it to finish.")
-            return
+    placeholder = None
+
+    async def tell_it_waits() -> None:
+        nonlocal placeholder
+        placeholder = await message.reply_text(AFTER_YOUR_PREVIOUS)
+
+    async with rt.turn_of(user.id if user else message.chat.id, on_wait=tell_it_waits):
         replied = message.reply_to_message
         stored = await rt.assistant.accept(Incoming(
             update_id=update.update_id, chat_id=message.chat.id, chat_type=message.chat.type,
             user_id=user.id if user else None, text=text, telegram_message_id=message.message_id,
             username=user.username if user else None, first_name=user.first_name if user else None,
             title=message.chat.title, reply_to_telegram_message_id=replied.message_id if replied else None))
-        if stored is None:
-            return  # Telegram delivered this update again; it was handled before
+        if stored is None:  # Telegram delivered this update again; it was handled before
+            if placeholder is not None:
+                await placeholder.delete()
+            return
         await reply_streaming(rt, context, message.chat.id, message.chat.type, message.message_id, stored,
-                              force_documents)
+                              force_documents, placeholder)
 
 
 async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_id: int, chat_type: str,
-                          reply_to: int | None, stored, force_documents: bool = False) -> None:
-    """Generate the reply to a stored user message, editing one Telegram message as text arrives."""
+                          reply_to: int | None, stored, force_documents: bool = False, placeholder=None) -> None:
+    """Generate the reply to a stored user message, editing one Telegram message as text arrives (the
+    `placeholder` already sent for it, if any)."""
     interval = rt.settings.telegram.edit_interval_private_s if chat_type == ChatType.PRIVATE \
         else rt.settings.telegram.edit_interval_group_s
     await context.bot.send_chat_action(chat_id, ChatAction.TYPING)
     stream = StreamingMessage(context.bot, chat_id, min_interval=interval, reply_to_message_id=reply_to)
-    first = await stream.start("…" if rt.models.loaded else STARTING_UP)
+    opening = "…" if rt.models.loaded else STARTING_UP
+    if placeholder is not None:
+        first = stream.adopt(placeholder, AFTER_YOUR_PREVIOUS)
+        await stream.update(opening, urgent=True)
+    else:
+        first = await stream.start(opening)
     try:
         model = await rt.models.current()
     except Exception:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -48,19 +48,15 @@ class Runtime:
         return True
 
     @contextlib.asynccontextmanager
-    async def one_at_a_time(self, key: int, wait_s: float = 5.0) -> AsyncIterator[bool]:
-        """One reply in flight per user: a second message waits up to `wait_s` for the first to finish
-        (it usually is in its last steps), then yields False so the caller can ask the user to wait."""
-        lock = self._busy.setdefault(key, asyncio.Lock())
-        try:
-            await asyncio.wait_for(lock.acquire(), wait_s)
-        except TimeoutError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+    async def turn_of(self, key: int, on_wait: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+        """One reply in flight per user, in order: a message sent while the previous reply is being written
+        waits for it (`on_wait` is awaited first, to tell the user), then is answered with that reply in its
+        history."""
+        lock = self._busy.setdefault(key, asyncio.Lock())  # asyncio.Lock wakes its waiters first come, first served
+        if lock.locked() and on_wait is not None:
+            await on_wait()
+        async with lock:
+            yield
 
     async def ensure_chat(self, update: Update) -> None:
         chat, user = update.effective_chat, update.effective_user

@@ -1,4 +1,4 @@
-"""One reply in flight per user: a second message waits briefly for the first, else is told to wait."""
+"""One reply in flight per user: a second message waits for the first, in order, and is told it waits."""
 
 from __future__ import annotations
 
@@ -14,30 +14,35 @@ def _runtime(tmp_path) -> Runtime:
     return Runtime(settings, sessions=None, models=ModelManager(settings))
 
 
-async def test_second_message_waits_for_a_reply_that_is_finishing(tmp_path):
-    rt, order = _runtime(tmp_path), []
+async def test_messages_of_one_user_are_answered_in_order_after_each_other(tmp_path):
+    rt, order, told = _runtime(tmp_path), [], []
 
-    async def first():
-        async with rt.one_at_a_time(7) as free:
-            order.append(("first", free))
-            await asyncio.sleep(0.2)
+    async def message(name: str, delay: float, work: float):
+        await asyncio.sleep(delay)
 
-    async def second():
-        await asyncio.sleep(0.05)
-        async with rt.one_at_a_time(7, wait_s=2.0) as free:
-            order.append(("second", free))
+        async def on_wait():
+            told.append(name)
 
-    await asyncio.gather(first(), second())
-    assert order == [("first", True), ("second", True)]
+        async with rt.turn_of(7, on_wait):
+            order.append(f"{name} starts")
+            await asyncio.sleep(work)
+            order.append(f"{name} ends")
+
+    await asyncio.gather(message("first", 0, 0.3), message("second", 0.05, 0), message("third", 0.1, 0))
+    assert order == ["first starts", "first ends", "second starts", "second ends", "third starts", "third ends"]
+    assert told == ["second", "third"]  # each waiting message was told so before it waited
 
 
-async def test_second_message_is_refused_while_a_long_reply_runs_and_other_users_are_free(tmp_path):
-    rt = _runtime(tmp_path)
-    async with rt.one_at_a_time(7) as free:
-        assert free
-        async with rt.one_at_a_time(7, wait_s=0.1) as again:
-            assert again is False
-        async with rt.one_at_a_time(8, wait_s=0.1) as other:
-            assert other is True
-    async with rt.one_at_a_time(7, wait_s=0.1) as after:
-        assert after is True
+async def test_other_users_do_not_wait_and_a_free_turn_tells_nothing(tmp_path):
+    rt, told = _runtime(tmp_path), []
+
+    async def on_wait():
+        told.append("waited")
+
+    async with rt.turn_of(7, on_wait):
+        async with asyncio.timeout(1):
+            async with rt.turn_of(8, on_wait):  # another user: at once
+                pass
+    async with rt.turn_of(7, on_wait):  # free again
+        pass
+    assert told == []

@@ -1,0 +1,57 @@
+"""Replies that have to wait, through the real bot and the fake Bot API: a user's second message is answered
+after the first (not dropped), and chats beyond the batch see their place in the queue until their reply
+starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.db.models import Message
+from bot.handlers.chat import AFTER_YOUR_PREVIOUS
+from tests.e2e.test_bot import _rows, endless_model  # noqa: F401 (a fixture)
+from tests.support.bot_harness import bot_settings, final_reply, running_bot
+from tests.support.fake_telegram import FakeTelegram
+
+pytestmark = pytest.mark.e2e
+USER = 3003
+
+
+async def test_a_second_message_sent_while_the_first_is_answered_is_answered_after_it(tmp_path, endless_model):  # noqa: F811
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, endless_model)
+        settings.model.max_new_tokens = 40  # the endless model writes all of them: the first reply takes a while
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "first question")
+            await fake.wait_for(lambda: fake.messages(USER) and any(m.from_bot for m in fake.messages(USER)),
+                                timeout=60)
+            fake.send_user_message(USER, USER, "second question")
+            second = await fake.wait_for(lambda: final_reply(fake, USER, after=1), timeout=120)
+            first = [m for m in fake.messages(USER) if m.from_bot and m.reply_markup][0]
+        assert second.versions[0].text == AFTER_YOUR_PREVIOUS  # told at once, then edited into the answer
+        assert second.message_id != first.message_id and second.text.strip()
+        rows = await _rows(settings, chat_id=USER)
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "complete")] * 2
+    assert [m.text for m in rows if m.role == "user"] == ["first question", "second question"]
+    assert rows[3].telegram_message_id == second.message_id
+
+
+async def test_chats_beyond_the_batch_see_their_place_and_are_all_answered(tmp_path, endless_model):  # noqa: F811
+    users = [4100 + i for i in range(5)]
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, endless_model)
+        settings.model.batch_size = 1  # one reply at a time: the others queue
+        settings.model.max_new_tokens = 16
+        settings.telegram.edit_interval_private_s = 0.0
+        async with running_bot(settings):
+            for user in users:
+                fake.send_user_message(user, user, f"hello from {user}")
+            replies = [await fake.wait_for(lambda u=user: final_reply(fake, u), timeout=180) for user in users]
+    shown = [[v.text for v in reply.versions] for reply in replies]
+    queued = [texts for texts in shown if any(t.startswith("⏳ queued:") for t in texts)]
+    assert queued, shown  # with one slot, later chats waited and were told so
+    assert any("ahead of you" in t for texts in queued for t in texts)  # a place, not just "waiting"
+    for texts in shown:
+        assert not texts[-1].startswith("⏳")  # every placeholder became the reply
+    rows = [m for u in users for m in await _rows(settings, chat_id=u)]
+    assert sorted((m.role, m.status) for m in rows if isinstance(m, Message)) == \
+        sorted([("user", "complete"), ("assistant", "complete")] * len(users))
