@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/generate.py                       # ours only
     .venv/bin/python bench/generate.py --vs-transformers     # + HF transformers fp32 on the same GGUF, ratios
+    .venv/bin/python bench/generate.py --llama-bench PATH    # + llama.cpp's llama-bench on the same GGUF, ratio
 
 Each engine runs in its own subprocess (so peak RSS, threads and allocator state do not mix) on the SAME token
 ids: a 1,024-token prompt cut from a COVID-QA paper (or repeated filler text when the shared data is missing),
@@ -29,7 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COVIDQA = ROOT.parent / "shared" / "eval" / "covidqa.json"
-LLAMA_CPP_DECODE_TOK_S = 85.0  # llama.cpp on the same Q4_1 file on this machine (shared/README.md: 83-87)
 
 
 def peak_rss_mb() -> float:
@@ -138,6 +138,20 @@ def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: li
     return json.loads(lines[-1])
 
 
+def llama_bench(path: str, gguf: str, args) -> dict:
+    """llama.cpp's own benchmark on the same file, threads and depth: decode (-n) after the prompt's depth (-d)
+    and prefill (-p) tokens/s, from its JSON output."""
+    cmd = [path, "-m", gguf, "-t", str(args.threads), "-p", str(args.prompt_tokens), "-n", str(args.new_tokens),
+           "-d", str(args.prompt_tokens), "-r", str(args.repeats), "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"llama-bench failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    rows = json.loads(proc.stdout)
+    decode = next(r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0)
+    prefill = next((r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0 and not r.get("n_gen")), 0.0)
+    return {"decode_tok_s": decode, "prefill_tok_s": prefill, "command": " ".join(cmd)}
+
+
 def hf_python(args) -> str | None:
     for python in (sys.executable, args.hf_python):
         if python and Path(python).exists():
@@ -158,6 +172,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--vs-transformers", action="store_true")
     ap.add_argument("--hf-python", default="/tmp/hf/bin/python")
+    ap.add_argument("--llama-bench", metavar="PATH", help="llama.cpp's llama-bench binary: run it on the same GGUF")
     ap.add_argument("--worker", choices=["prepare", "ours", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
@@ -202,11 +217,15 @@ def main() -> None:
                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                "first_load_s": round(prep["first_load_s"], 2), "first_load_converted": prep["first_load_converted"],
                "first_load_peak_rss_mb": round(prep["first_load_peak_rss_mb"]),
-               "ours": {k: round(v, 3) for k, v in results[0].items() if isinstance(v, float)},
-               "vs_llama_cpp_decode": round(results[0]["decode_tok_s"] / LLAMA_CPP_DECODE_TOK_S, 3)}
+               "ours": {k: round(v, 3) for k, v in results[0].items() if isinstance(v, float)}}
     print(f"first load (GGUF -> {args.weights}{', converted' if prep['first_load_converted'] else ', from cache'}): "
           f"{prep['first_load_s']:.2f} s, peak RSS {prep['first_load_peak_rss_mb']:.0f} MB")
-    print(f"decode vs llama.cpp reference ({LLAMA_CPP_DECODE_TOK_S:.0f} tok/s): {summary['vs_llama_cpp_decode']:.2f}x")
+    if args.llama_bench:  # in the same run, on the same file, after ours
+        llama = llama_bench(args.llama_bench, prep["gguf"], args)
+        summary["llama_cpp"] = llama
+        summary["vs_llama_cpp_decode"] = round(results[0]["decode_tok_s"] / llama["decode_tok_s"], 3)
+        print(f"llama.cpp ({llama['command']}): decode {llama['decode_tok_s']:.1f} tok/s at depth "
+              f"{args.prompt_tokens}; ours {summary['vs_llama_cpp_decode']:.2f}x")
     if len(results) > 1:
         hf, ours = results[1], results[0]
         agree = next((i for i, (a, b) in enumerate(zip(ours["ids"], hf["ids"], strict=False)) if a != b),

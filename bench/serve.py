@@ -1,0 +1,251 @@
+"""Many chats at once: the bot's batched serving (lm.serve through bot.services.models.ChatModel) against the
+serialised engine it replaced (one lm.engine.Engine in one worker thread), in the same run, on the same prompts.
+
+    .venv/bin/python bench/serve.py                       # N = 1, 4, 8, 16 conversations
+    .venv/bin/python bench/serve.py --ns 8 --new-tokens 64
+
+For each N, both paths get the same N conversations at the same moment (asyncio tasks, as the bot's handlers
+are), with the bot's sampling settings (config defaults) and a seed per conversation, and the two paths take
+turns, repeated `--rounds` times (this machine is shared and noisy: compare ratios, not absolute numbers).
+- aggregate tok/s = all conversations' new tokens / the time from submitting them to the last one's end;
+- TTFT = submit to first text, per conversation: median and p95;
+- bot path vs bench: one conversation's decode tok/s through the bot's path (an asyncio listener on the
+  server thread), over bench/generate.py's (run as it is, in its own process), both greedy on its 1,024-token
+  prompt with 128 new tokens;
+- peak memory: a child process runs 8 chats of ~1,500-token history each through ChatModel and reports its
+  peak RSS.
+Ends with one JSON line: speedup_at_8, p95_ttft_s_at_8, bot_path_vs_bench_decode, peak_rss_mb_8x1500, ...
+
+As in the bot, no torch work runs on the main thread: once the process's main thread has run one of torch's
+parallel (OpenMP) regions, other threads' parallel regions run ~1.5x slower (measured: a batch-8 decode step
+23 ms on the main thread, 23 ms on another thread, 34-40 ms on that thread once the main thread had done one
+matmul; with OMP_WAIT_POLICY=ACTIVE 2x slower). So the model is loaded in a worker thread here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+GENERATE_PROMPT_TOKENS = 1024  # bench/generate.py's default
+
+QUESTIONS = ["Tell me about the history of the printing press.", "How do vaccines train the immune system?",
+             "Explain how a bicycle stays upright.", "What makes bread rise?", "Describe the water cycle.",
+             "Why is the sky blue?", "How does a refrigerator keep food cold?", "What causes earthquakes?",
+             "Explain what a compiler does.", "How do bees make honey?", "Why do leaves change colour?",
+             "How does GPS find your position?", "What is inflation in economics?", "How do tides work?",
+             "Explain how a battery stores energy.", "Why do we dream?"]
+
+
+def chat_messages(i: int, history_words: int = 0) -> list[dict]:
+    messages = [{"role": "system", "content": "You are docent, a helpful assistant. Answer concisely and accurately."}]
+    if history_words:  # an earlier exchange that fills the context, as in a long chat
+        filler = " ".join(f"Note {k} of chat {i}: the meeting moved to room {k % 17}." for k in range(history_words // 10))
+        messages += [{"role": "user", "content": filler}, {"role": "assistant", "content": "Noted."}]
+    return messages + [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+
+
+# ---------------------------------------------------------------------------------------------- the two paths
+
+async def run_batched(chat_model, sampling, n: int, tokenizer) -> list[dict]:
+    """N conversations through ChatModel.reply_events, the bot's path."""
+    async def one(i: int) -> dict:
+        t0, first, text = time.perf_counter(), None, ""
+        async for event in chat_model.reply_events(chat_messages(i), seeded(sampling, i), threading.Event()):
+            if isinstance(event, str):
+                first = first or time.perf_counter()
+                text += event
+        return {"ttft": (first or time.perf_counter()) - t0, "end": time.perf_counter(),
+                "tokens": len(tokenizer.encode(text))}
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def run_serialised(engine, chat_model, sampling, n: int, tokenizer, pool: ThreadPoolExecutor) -> list[dict]:
+    """N conversations on one Engine in one worker thread: how the bot generated before lm.serve."""
+    loop = asyncio.get_running_loop()
+
+    async def one(i: int) -> dict:
+        ids, config = chat_model.prompt(chat_messages(i), seeded(sampling, i))
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def work() -> None:
+            for delta in engine.stream(ids, config):
+                loop.call_soon_threadsafe(queue.put_nowait, delta)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        t0, first, text = time.perf_counter(), None, ""
+        future = loop.run_in_executor(pool, work)
+        while (delta := await queue.get()) is not None:
+            first = first or time.perf_counter()
+            text += delta
+        await future
+        return {"ttft": (first or time.perf_counter()) - t0, "end": time.perf_counter(),
+                "tokens": len(tokenizer.encode(text))}
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def seeded(sampling, seed: int):
+    """The same settings with a seed of their own (each conversation samples reproducibly)."""
+    from dataclasses import replace
+
+    return replace(sampling, seed=seed)
+
+
+def figures(results: list[dict], t0: float) -> dict:
+    ttfts = sorted(r["ttft"] for r in results)
+    p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
+    wall = max(r["end"] for r in results) - t0
+    return {"agg_tok_s": sum(r["tokens"] for r in results) / wall, "ttft_median_s": statistics.median(ttfts),
+            "ttft_p95_s": p95, "wall_s": wall}
+
+
+# ---------------------------------------------------------------------------------------------- bot path vs bench
+
+async def bot_path_decode(chat_model, ids: list[int], config) -> float:
+    """Decode tok/s of one request through the server with an asyncio listener, as the bot streams."""
+    from lm.engine import Result
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    chat_model.server.submit(ids, config, listener=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    while not isinstance(event := await events.get(), Result):
+        pass
+    return event.timings["decode_tok_s"]
+
+
+def off_main_thread(fn):
+    """fn() in a worker thread, as the bot loads its model (see the module docstring)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
+
+
+def bench_generate_decode(args) -> float:
+    """Decode tok/s of bench/generate.py itself (its own process, Engine.generate on its main thread)."""
+    cmd = [sys.executable, str(ROOT / "bench" / "generate.py"), "--model", args.model, "--threads", str(args.threads),
+           "--prompt-tokens", str(GENERATE_PROMPT_TOKENS), "--new-tokens", "128", "--repeats", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)["ours"]["decode_tok_s"]
+
+
+def memory_child(args) -> None:
+    """8 chats of ~1,500-token history at once through ChatModel; prints peak RSS (MB) as JSON."""
+    from bot.config import ModelSettings
+    from bot.services.models import ChatModel, Sampling
+    from lm.runtime import load_chat_model
+
+    model, tok = off_main_thread(lambda: load_chat_model(args.model, threads=args.threads))
+    chat_model = ChatModel(model, tok, 2048, settings=ModelSettings())
+    sampling = Sampling.from_settings(ModelSettings(), max_new_tokens=32)
+
+    async def go() -> list[int]:
+        async def one(i: int) -> int:
+            messages = chat_messages(i, history_words=840)  # ~1,500 tokens
+            async for _ in chat_model.reply_events(messages, sampling, threading.Event()):
+                pass
+            return len(chat_model.prompt(messages, sampling)[0])
+        return await asyncio.gather(*(one(i) for i in range(8)))
+    lengths = asyncio.run(go())
+    print(json.dumps({"prompt_tokens": lengths, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=0, help="0 = one per physical core")
+    ap.add_argument("--ns", default="1,4,8,16", help="numbers of simultaneous conversations")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args)
+        return
+
+    import torch
+
+    from bot.config import ModelSettings
+    from bot.services.models import ChatModel, Sampling
+    from lm.engine import Engine, GenerationConfig
+    from lm.runtime import load_chat_model
+
+    ns = [int(n) for n in args.ns.split(",")]
+    model, tok = off_main_thread(lambda: load_chat_model(args.model, threads=args.threads))
+    settings = ModelSettings(batch_size=max(ns))
+    chat_model = ChatModel(model, tok, settings.context_tokens, settings=settings)
+    sampling = Sampling.from_settings(settings, max_new_tokens=args.new_tokens)
+    engine = Engine(model, tok, max_len=settings.context_tokens)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serialised")
+
+    async def measure() -> dict:
+        table: dict[int, dict[str, list[dict]]] = {n: {"serialised": [], "batched": []} for n in ns}
+        await run_batched(chat_model, sampling, 2, tok)  # warm-up (FBGEMM packing, allocator)
+        await run_serialised(engine, chat_model, sampling, 1, tok, pool)
+        for _ in range(args.rounds):
+            for n in ns:
+                for name in ("serialised", "batched"):
+                    engine.reset()
+                    chat_model.server.prefixes.entries.clear()  # every run prefills its prompts
+                    chat_model.server.prefixes.tokens = 0
+                    t0 = time.perf_counter()
+                    runs = await (run_batched(chat_model, sampling, n, tok) if name == "batched"
+                                  else run_serialised(engine, chat_model, sampling, n, tok, pool))
+                    table[n][name].append(figures(runs, t0))
+        from bench.generate import prompt_text
+
+        ids = tok.encode(prompt_text())[:GENERATE_PROMPT_TOKENS]
+        greedy = GenerationConfig(max_new_tokens=128, ignore_stop_ids=True, reuse_cache=False)
+        ratios = []
+        for _ in range(max(2, args.rounds)):  # interleaved: bench/generate.py, then the bot path
+            bench = await asyncio.to_thread(bench_generate_decode, args)
+            bot = await bot_path_decode(chat_model, ids, greedy)
+            ratios.append((bot, bench))
+        return {"table": table, "bot_vs_bench": ratios}
+
+    got = asyncio.run(measure())
+    chat_model.close()
+    best = {n: {k: max(v, key=lambda f: f["agg_tok_s"]) for k, v in got["table"][n].items()} for n in ns}
+    print(f"{args.new_tokens} new tokens per reply, bot sampling settings, threads {torch.get_num_threads()}, "
+          f"best of {args.rounds} round(s)")
+    print(f"{'N':>3} {'path':>11} {'agg tok/s':>10} {'TTFT med s':>11} {'TTFT p95 s':>11} {'speedup':>8}")
+    for n in ns:
+        for name in ("serialised", "batched"):
+            f = best[n][name]
+            speed = f["agg_tok_s"] / best[n]["serialised"]["agg_tok_s"]
+            print(f"{n:>3} {name:>11} {f['agg_tok_s']:>10.1f} {f['ttft_median_s']:>11.2f} {f['ttft_p95_s']:>11.2f} "
+                  f"{speed:>7.2f}x")
+    bot, bench = max(got["bot_vs_bench"], key=lambda r: r[0] / r[1])
+    print(f"one conversation, greedy: bot path decode {bot:.1f} tok/s, bench/generate.py {bench:.1f} tok/s "
+          f"({bot / bench:.2f}x)")
+    child = subprocess.run([sys.executable, __file__, "--memory-child", "--model", args.model, "--threads",
+                            str(args.threads)], capture_output=True, text=True)
+    memory = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {}
+    if memory:
+        print(f"8 chats of {min(memory['prompt_tokens'])}-{max(memory['prompt_tokens'])} prompt tokens at once: "
+              f"peak RSS {memory['peak_rss_mb']:.0f} MB")
+    else:
+        print(f"memory child failed: {child.stderr[-2000:]}")
+    summary = {"threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "rounds": args.rounds,
+               **{f"agg_tok_s_at_{n}": {k: round(v["agg_tok_s"], 1) for k, v in best[n].items()} for n in ns},
+               "bot_path_vs_bench_decode": round(bot / bench, 3),
+               "peak_rss_mb_8x1500": round(memory.get("peak_rss_mb", 0))}
+    if 8 in best:
+        summary["speedup_at_8"] = round(best[8]["batched"]["agg_tok_s"] / best[8]["serialised"]["agg_tok_s"], 2)
+        summary["p95_ttft_s_at_8"] = round(best[8]["batched"]["ttft_p95_s"], 2)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
