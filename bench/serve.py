@@ -16,10 +16,11 @@ turns, repeated `--rounds` times (this machine is shared and noisy: compare rati
   peak RSS.
 Ends with one JSON line: speedup_at_8, p95_ttft_s_at_8, bot_path_vs_bench_decode, peak_rss_mb_8x1500, ...
 
-As in the bot, no torch work runs on the main thread: once the process's main thread has run one of torch's
-parallel (OpenMP) regions, other threads' parallel regions run ~1.5x slower (measured: a batch-8 decode step
-23 ms on the main thread, 23 ms on another thread, 34-40 ms on that thread once the main thread had done one
-matmul; with OMP_WAIT_POLICY=ACTIVE 2x slower). So the model is loaded in a worker thread here too.
+Torch work runs on one thread at a time here: once two live threads have run torch's parallel (OpenMP) regions,
+libgomp manages more threads than there are cores and every parallel region slows down (measured: a batch-8
+decode step 23 ms alone, 34-40 ms once another live thread had done one 2-thread matmul; libgomp then stops
+spinning at its barriers). So the model is loaded in a thread that then exits, and the serialised engine runs
+on the (idle) server thread.
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ async def run_batched(chat_model, sampling, n: int, tokenizer) -> list[dict]:
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def run_serialised(engine, chat_model, sampling, n: int, tokenizer, pool: ThreadPoolExecutor) -> list[dict]:
-    """N conversations on one Engine in one worker thread: how the bot generated before lm.serve."""
+async def run_serialised(engine, chat_model, sampling, n: int, tokenizer) -> list[dict]:
+    """N conversations on one Engine in one worker thread, one after another: how the bot generated before
+    lm.serve. The worker is the (idle) server thread, through Server.call: a second thread running torch
+    would slow both down (see the module docstring)."""
     loop = asyncio.get_running_loop()
+    worker = asyncio.Lock()  # one worker: conversations run one after another, in arrival order
 
     async def one(i: int) -> dict:
         ids, config = chat_model.prompt(chat_messages(i), seeded(sampling, i))
@@ -85,11 +89,12 @@ async def run_serialised(engine, chat_model, sampling, n: int, tokenizer, pool: 
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
         t0, first, text = time.perf_counter(), None, ""
-        future = loop.run_in_executor(pool, work)
-        while (delta := await queue.get()) is not None:
-            first = first or time.perf_counter()
-            text += delta
-        await future
+        async with worker:
+            future = asyncio.wrap_future(chat_model.server.call(work))
+            while (delta := await queue.get()) is not None:
+                first = first or time.perf_counter()
+                text += delta
+            await future
         return {"ttft": (first or time.perf_counter()) - t0, "end": time.perf_counter(),
                 "tokens": len(tokenizer.encode(text))}
     return await asyncio.gather(*(one(i) for i in range(n)))
@@ -125,9 +130,9 @@ async def bot_path_decode(chat_model, ids: list[int], config) -> float:
 
 
 def off_main_thread(fn):
-    """fn() in a worker thread, as the bot loads its model (see the module docstring)."""
+    """fn() in a thread that exits afterwards (see the module docstring)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn).result()
+        return pool.submit(fn).result()  # leaving the block joins the thread
 
 
 def bench_generate_decode(args) -> float:
@@ -187,12 +192,11 @@ def main() -> None:
     chat_model = ChatModel(model, tok, settings.context_tokens, settings=settings)
     sampling = Sampling.from_settings(settings, max_new_tokens=args.new_tokens)
     engine = Engine(model, tok, max_len=settings.context_tokens)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serialised")
 
     async def measure() -> dict:
         table: dict[int, dict[str, list[dict]]] = {n: {"serialised": [], "batched": []} for n in ns}
         await run_batched(chat_model, sampling, 2, tok)  # warm-up (FBGEMM packing, allocator)
-        await run_serialised(engine, chat_model, sampling, 1, tok, pool)
+        await run_serialised(engine, chat_model, sampling, 1, tok)
         for _ in range(args.rounds):
             for n in ns:
                 for name in ("serialised", "batched"):
@@ -201,7 +205,7 @@ def main() -> None:
                     chat_model.server.prefixes.tokens = 0
                     t0 = time.perf_counter()
                     runs = await (run_batched(chat_model, sampling, n, tok) if name == "batched"
-                                  else run_serialised(engine, chat_model, sampling, n, tok, pool))
+                                  else run_serialised(engine, chat_model, sampling, n, tok))
                     table[n][name].append(figures(runs, t0))
         from bench.generate import prompt_text
 

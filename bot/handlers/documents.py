@@ -17,6 +17,7 @@ from bot.handlers.runtime import Runtime
 from bot.knowledge.parse import MAX_NAME_CHARS, DocumentError
 from bot.render import StreamingMessage
 from bot.safe_text import shorten_name
+from bot.services.compute import in_own_thread
 from bot.services.knowledge import Forgotten, chat_scope
 from bot.services.summarize import conversation_text, summarize
 
@@ -210,7 +211,7 @@ async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     cancel = threading.Event()
     with status:
         try:
-            summary = await asyncio.to_thread(
+            summary = await in_own_thread(
                 lambda: summarize(pieces, rt.knowledge.encoder, conversation=not target, cancel=cancel,
                                   progress=lambda i, n: status.set(f"Summarizing {label}: part {i} of {n}")))
         except Exception:

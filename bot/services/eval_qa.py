@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from bot.config import Settings
+from bot.services.compute import in_own_thread
 from bot.services.evaluate import (
     SCOPE,
     contains_answer,
@@ -83,7 +84,6 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None 
                   show_progress: bool = True) -> dict:
     """Answers end to end through `answer.answer_question`, scored against gold. `limit` samples that many
     answerable questions and, where the set has them, that many unanswerable ones (None: all)."""
-    import asyncio
 
     from tqdm import tqdm
 
@@ -95,7 +95,7 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None 
     try:
         questions = (sample([q for p in papers for q in p.questions], limit, seed)
                      + sample([q for p in papers for q in p.unanswerable], limit, seed))
-        model = await asyncio.to_thread(ChatModel.load, settings)
+        model = await in_own_thread(ChatModel.load, settings)
         rows = []
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
             t0 = time.perf_counter()

@@ -28,6 +28,7 @@ from bot.db.models import Chunk, Document
 from bot.db.sources import Forgotten, forget_document
 from bot.knowledge.chunk import chunk_document, sentence_windows
 from bot.knowledge.parse import ParsedDocument, parse_document
+from bot.services.compute import in_own_thread
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]  # (stage, fraction done)
@@ -118,7 +119,7 @@ class KnowledgeBase:
             raise DocumentError("empty", f"{parsed.name} has no text I could index.")
         size = docs.window_sentences
         windows = [chunk_windows(c.text, size) for c in chunks] if size else []
-        vectors = await asyncio.to_thread(
+        vectors = await in_own_thread(
             self.encoder.encode, [c.text for c in chunks] + [w for ws in windows for w in ws], 32,
             lambda done, total: report("embedding", 0.1 + 0.85 * done / total))
         blobs = window_blobs(windows, vectors[len(chunks):]) if size else [None] * len(chunks)
@@ -212,7 +213,7 @@ class KnowledgeBase:
             return 0
         log.info("embedding sentence windows of %d chunks in %s", len(missing), scope)
         windows = [chunk_windows(text, size) for _, text in missing]
-        vectors = await asyncio.to_thread(self.encoder.encode, [w for ws in windows for w in ws], 32)
+        vectors = await in_own_thread(self.encoder.encode, [w for ws in windows for w in ws], 32)
         async with self.sessions() as s:
             for (chunk_id, _), blob in zip(missing, window_blobs(windows, vectors), strict=True):
                 await s.execute(update(Chunk).where(Chunk.id == chunk_id).values(window_embeddings=blob))
@@ -238,7 +239,7 @@ class KnowledgeBase:
         k = k or docs.top_k
         index = await self.refresh(scope)
         if query_vec is None:
-            query_vec = (await asyncio.to_thread(self.encoder.encode, [query]))[0]
+            query_vec = (await in_own_thread(self.encoder.encode, [query]))[0]
         if mode == "hybrid":
             n = max(k, docs.candidates)
             dense, sparse = await asyncio.to_thread(
@@ -273,7 +274,7 @@ class KnowledgeBase:
         if not passages:
             return []
         idf = await self._idf(scope, await self.refresh(scope))
-        return await asyncio.to_thread(select, question, passages, self.encoder.encode, idf, n)
+        return await in_own_thread(select, question, passages, self.encoder.encode, idf, n)
 
     async def _idf(self, scope: str, index) -> dict[str, float]:
         """BM25 idf of every word in the scope, cached until the scope's chunks change."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bot.config import ModelSettings, Settings
+from bot.services.compute import in_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +141,21 @@ class ChatModel:
         finally:
             ticket.close()  # a reader that stops early ends the generation
 
-    def spans(self, messages: list[dict], evidence: list[str], *, baseline: list[dict] | None = None,
-              calibration: float = 0.0, max_tokens: int = 48, beams: int = 8, keep: int = 8) -> list:
-        """Answers copied from `evidence` (lm.spans.Span, best first) for the chat `messages`, rescored against
-        the `baseline` chat when given (SpanDecoder.calibrated). Blocking; runs in the server's thread."""
-        return self.server.call(lambda: self._copy(messages, evidence, baseline, calibration, max_tokens,
-                                                   beams, keep)).result()
+    def spans(self, messages: list[dict], evidence: list[str], **options) -> list:
+        """Answers copied from `evidence` (lm.spans.Span, best first) for the chat `messages`; see _copy_job.
+        Blocking."""
+        return self._copy_job(messages, evidence, **options).result()
 
     async def copy_spans(self, messages: list[dict], evidence: list[str], **options) -> list:
         """`spans` without blocking the event loop."""
-        return await asyncio.to_thread(lambda: self.spans(messages, evidence, **options))
+        return await asyncio.wrap_future(self._copy_job(messages, evidence, **options))
+
+    def _copy_job(self, messages: list[dict], evidence: list[str], *, baseline: list[dict] | None = None,
+                  calibration: float = 0.0, max_tokens: int = 48, beams: int = 8, keep: int = 8):
+        """Copy decoding as a job between the server's steps (a Future), rescored against the `baseline` chat
+        when given (SpanDecoder.calibrated)."""
+        return self.server.call(lambda: self._copy(messages, evidence, baseline, calibration, max_tokens,
+                                                   beams, keep))
 
     def _copy(self, messages, evidence, baseline, calibration, max_tokens, beams, keep) -> list:
         from lm.spans import SpanDecoder
@@ -199,8 +205,7 @@ class ModelManager:
         if self._current is None:
             async with self._lock:
                 if self._current is None:
-                    self._current = await asyncio.get_running_loop().run_in_executor(
-                        None, ChatModel.load, self.settings)
+                    self._current = await in_own_thread(ChatModel.load, self.settings)
         return self._current
 
     def warm_up(self) -> asyncio.Task:
@@ -214,8 +219,7 @@ class ModelManager:
 
     async def swap(self, name_or_path: str, version_id: int | None = None) -> ChatModel:
         """Load another model (in a thread) and make it the active one."""
-        loaded = await asyncio.get_running_loop().run_in_executor(
-            None, ChatModel.load, self.settings, name_or_path, version_id)
+        loaded = await in_own_thread(ChatModel.load, self.settings, name_or_path, version_id)
         async with self._lock:
             old, self._current = self._current, loaded
         log.info("active model is now %s (was %s)", loaded.label, old.label if old else None)

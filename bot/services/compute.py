@@ -1,0 +1,41 @@
+"""Where the bot's torch work runs, outside the generation server's own thread.
+
+torch's OpenMP runtime (libgomp) keeps a team of worker threads for every thread that has run a parallel
+region, for as long as that thread lives. Once those teams hold more threads than there are cores, libgomp
+stops spinning at its barriers and every parallel region in the process slows down: a batch-8 decode step took
+23 ms alone and 34-40 ms once one other live thread had done a single 2-thread matmul (bench/serve.py measures
+the bot's path against bench/generate.py). A pool thread of asyncio.to_thread lives on, so torch work (the
+encoder, loading a model) runs in a thread of its own that ends with it, and its team with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a new thread that exits when it returns; awaits its result (or raises its error)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def deliver(setter: Callable[[Any], None], value: Any) -> None:
+        if not future.done():  # the awaiting side may have been cancelled meanwhile
+            setter(value)
+
+    def run() -> None:
+        try:
+            outcome = (future.set_result, fn(*args))
+        except BaseException as e:
+            outcome = (future.set_exception, e)
+        try:
+            loop.call_soon_threadsafe(deliver, *outcome)
+        except RuntimeError:  # the loop has closed (the bot stopped): nobody waits for this any more
+            pass
+
+    threading.Thread(target=run, name="docent-torch", daemon=True).start()
+    return await future
