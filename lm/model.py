@@ -116,7 +116,7 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     mask: None, (T, S) or (B, 1, T, S), True where a key may be seen. float32 caches use SDPA's fused kernel
     (matmul, softmax, matmul as three multi-threaded kernels per layer were 10x slower with 2 threads on 2 busy
     cores). In torch 2.13 that kernel is ~10x slower in bf16 than in float32 on CPU, while bf16 matmuls are
-    fast, so a bf16 cache is read by two bf16 matmuls around a float32 softmax (R=8 rows at S=512: 215 us per
+    fast, so a bf16 cache is read by two bf16 matmuls around a softmax (R=8 rows at S=512: 215 us per
     layer, against 350 us for float32 SDPA and 3.7 ms for bf16 SDPA, 1 thread).
     """
     if k.dtype == torch.float32:
@@ -124,16 +124,16 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     B, H, T, D = q.shape
     KV, S = k.shape[1], k.shape[2]
     G = H // KV
-    # 3-D batched matmuls over (B*KV) on views of the cache: a 4-D matmul would first copy the cache slice
-    # (its rows are max_len apart), which cost more than the attention itself
+    # 3-D batched matmuls over (B*KV) on views of the cache (a 4-D matmul would copy a strided cache slice
+    # first), and as few ops as the math allows: at one row, the ops' dispatch costs more than their work
     keys, values = k.flatten(0, 1), v.flatten(0, 1)  # (B*KV, S, D), no copy
-    scores = torch.bmm(q.to(k.dtype).reshape(B * KV, G * T, D), keys.transpose(1, 2))  # (B*KV, G*T, S)
-    scores = scores.float().view(B, KV, G, T, S) * D ** -0.5
+    queries = (q * D ** -0.5).to(k.dtype).reshape(B * KV, G * T, D)
+    scores = torch.bmm(queries, keys.transpose(1, 2)).view(B, KV, G, T, S)
     if causal:  # query i (the (S-T+i)-th position) sees keys 0 .. S-T+i
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if mask is not None:
-        scores = scores.masked_fill(~(mask[:, :, None] if mask.dim() == 4 else mask), float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(B * KV, G * T, S)
+        scores = torch.where(mask[:, :, None] if mask.dim() == 4 else mask, scores, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(B * KV, G * T, S)  # accumulated in float32 by the kernel
     return torch.bmm(probs, values).view(B, H, T, D)
 
 

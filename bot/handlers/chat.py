@@ -254,6 +254,8 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
             text = prepared.answer.render()
         else:
             text, note = await _generate(rt, model, prepared.messages, chat_id, stream)
+            if note and not text.strip():
+                status = "failed"  # stopped before any text: nothing to keep as a turn of the conversation
     except Exception as e:
         from lm.engine import ContextOverflow
 

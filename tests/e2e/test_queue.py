@@ -55,3 +55,16 @@ async def test_chats_beyond_the_batch_see_their_place_and_are_all_answered(tmp_p
     rows = [m for u in users for m in await _rows(settings, chat_id=u)]
     assert sorted((m.role, m.status) for m in rows if isinstance(m, Message)) == \
         sorted([("user", "complete"), ("assistant", "complete")] * len(users))
+
+
+async def test_a_reply_stopped_before_any_text_is_not_stored_as_a_turn(tmp_path, endless_model):  # noqa: F811
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, endless_model)
+        settings.telegram.generation_timeout_s = 0.0  # the limit runs out as soon as generation starts
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "a question")
+            note = await fake.wait_for(lambda: [m for m in fake.messages(USER) if m.from_bot
+                                                and "took too long" in m.text], timeout=60)
+        rows = await _rows(settings, chat_id=USER)
+    assert note[0].text.startswith("⏱️")
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "failed")]
