@@ -45,7 +45,7 @@ class Sampling:
 
 
 class ChatModel:
-    """A loaded model with its tokenizer and engine, plus the version it came from."""
+    """A loaded model with its tokenizer and generation server (lm.serve), plus the version it came from."""
 
     def __init__(self, model: Any, tokenizer: Any, context_tokens: int, version_id: int | None = None,
                  label: str = "", settings: ModelSettings | None = None):
