@@ -109,18 +109,25 @@ class KVCache:
         self.pos += T
 
 
+# rows x keys up to which a bf16 cache is faster read as float32 by SDPA than by two bf16 matmuls (one row, 2
+# threads: 26 against 61 us per layer at 128 keys, 77 against 108 at 512; 141 against 85 at 1,152)
+SMALL_ATTENTION = 512
+
+
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                      causal: bool) -> torch.Tensor:
     """q (B, H, T, D) over cached k/v (B, KV, S, D), query head h using key/value head h // (H / KV).
 
     mask: None, (T, S) or (B, 1, T, S), True where a key may be seen. float32 caches use SDPA's fused kernel
     (matmul, softmax, matmul as three multi-threaded kernels per layer were 10x slower with 2 threads on 2 busy
-    cores). In torch 2.13 that kernel is ~10x slower in bf16 than in float32 on CPU, while bf16 matmuls are
-    fast, so a bf16 cache is read by two bf16 matmuls around a softmax (R=8 rows at S=512: 215 us per
+    cores), and so do small bf16 ones (SMALL_ATTENTION), converted. In torch 2.13 that kernel is ~10x slower in
+    bf16 than in float32 on CPU, while bf16 matmuls are fast, so a larger bf16 cache is read by two bf16
+    matmuls around a softmax (R=8 rows at S=512: 215 us per
     layer, against 350 us for float32 SDPA and 3.7 ms for bf16 SDPA, 1 thread).
     """
-    if k.dtype == torch.float32:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+    if k.dtype == torch.float32 or q.shape[0] * k.shape[2] <= SMALL_ATTENTION:
+        return F.scaled_dot_product_attention(q, k.float(), v.float(), attn_mask=mask, is_causal=causal,
+                                              enable_gqa=True)
     B, H, T, D = q.shape
     KV, S = k.shape[1], k.shape[2]
     G = H // KV

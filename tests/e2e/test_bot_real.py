@@ -1,6 +1,6 @@
 """The real bot with the real SmolLM2-135M-Instruct, over HTTP to the fake Bot API.
 
-These show what only a real model can: that earlier turns reach the model (it remembers a name), and that
+These show what only a real model can: that earlier turns reach the model (its answer changes), and that
 real Markdown from the model (code with `<` and `&`) arrives as valid Telegram HTML on the first try.
 """
 
@@ -32,10 +32,11 @@ def _real_settings(tmp_path, fake, model):
 
 
 async def test_the_answer_depends_on_the_earlier_turn(tmp_path, smollm2):
-    """SmolLM2-135M recalls few facts across turns, and which ones flips with the last bits of the kernels (a
-    turn about France in between, or lm.serve's bf16 batch instead of the single-stream engine, turned "Rex"
-    into "Lionel"). With the default int8 weights on the serving path its greedy reply recalls this one
-    (checked at 1 and 2 threads), and without the first turn it cannot."""
+    """The earlier turn reaches the real model: the same question gets another greedy answer with it than
+    without it (after /reset). Whether SmolLM2-135M then recalls the fact is a coin flip that changes with the
+    last bits of the kernels: "What is my dog called?" after "My dog is called Rex." recalled Rex on 1-2 of 3
+    numeric paths (batched bf16, single-row, single-stream fp32), and 5 other facts tried fared no better, so
+    the reply's content is not asserted."""
     async with FakeTelegram() as fake:
         settings = _real_settings(tmp_path, fake, smollm2)
         async with running_bot(settings):
@@ -47,8 +48,8 @@ async def test_the_answer_depends_on_the_earlier_turn(tmp_path, smollm2):
             await fake.wait_for(lambda: "new conversation" in (fake.last_text(USER) or ""), timeout=30)
             fake.send_user_message(USER, USER, "What is my dog called?")
             fresh = await fake.wait_for(lambda: final_reply(fake, USER, after=2), timeout=120)
-    assert "Rex" in second.text
-    assert "Rex" not in fresh.text, "without the earlier turn the model cannot know the name"
+    assert second.text.strip() and fresh.text.strip()
+    assert second.text != fresh.text, "the earlier turn did not change the answer: it never reached the model"
 
 
 async def test_markdown_with_special_characters_arrives_as_valid_html(tmp_path, smollm2):

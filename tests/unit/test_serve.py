@@ -44,14 +44,38 @@ def test_batched_greedy_equals_single_stream(server, random_model, tok):
 
 
 def test_bf16_keys_and_values_batched_equal_single_stream(random_model, tok):
-    server = Server(random_model, tok, slots=4, kv_dtype=torch.bfloat16)
-    ps = prompts(tok, 4)
+    server = Server(random_model, tok, slots=6, kv_dtype=torch.bfloat16)
+    ps = prompts(tok, 6)  # 6 rows x 128 positions: the bf16 matmul path, not SDPA (lm.model.SMALL_ATTENTION)
     try:
         batched = [_drain(t).ids for t in [server.submit(p, GREEDY) for p in ps]]
     finally:
         server.close()
     engine = Engine(random_model, tok, kv_dtype=torch.bfloat16)
     assert batched == [engine.generate(p, GREEDY).ids for p in ps]
+
+
+@pytest.mark.parametrize("rows,keys", [(1, 100), (6, 200)])  # SDPA on converted keys; two bf16 matmuls
+def test_attention_over_a_bf16_cache_matches_float32(rows, keys):
+    from lm.model import SMALL_ATTENTION, cached_attention
+
+    torch.manual_seed(0)
+    q = torch.randn(rows, 4, 1, 16)
+    k, v = torch.randn(rows, 2, keys, 16), torch.randn(rows, 2, keys, 16)
+    lengths = torch.randint(1, keys, (rows,))
+    mask = (torch.arange(keys)[None, :] < lengths[:, None])[:, None, None, :]  # (R, 1, 1, S), per-row lengths
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    got = cached_attention(q, k.bfloat16(), v.bfloat16(), mask, False).float()
+    assert (rows * keys <= SMALL_ATTENTION) == (rows == 1)
+    assert torch.allclose(got, want, atol=0.05), float((got - want).abs().max())
+    chunk = torch.randn(rows, 4, 5, 16)  # a prefill chunk: causal on its own, or after the cached keys
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    want = sdpa(chunk, k[:, :, :5], v[:, :, :5], is_causal=True, enable_gqa=True)
+    got = cached_attention(chunk, k[:, :, :5].bfloat16(), v[:, :, :5].bfloat16(), None, True).float()
+    assert torch.allclose(got, want, atol=0.05)
+    after = torch.ones(5, keys, dtype=torch.bool).tril(keys - 5)  # query i sees keys 0 .. keys-5+i
+    want = sdpa(chunk, k, v, attn_mask=after, enable_gqa=True)
+    got = cached_attention(chunk, k.bfloat16(), v.bfloat16(), after, False).float()
+    assert torch.allclose(got, want, atol=0.05)
 
 
 def test_sampling_keeps_each_requests_seed_and_settings(server, random_model, tok):
