@@ -16,9 +16,10 @@
   trailing U+FFFD (an incomplete byte sequence) is emitted.
 - The KV cache is kept between calls together with the ids it holds: a new prompt that extends a previous
   prompt+answer (the next turn of a chat) only prefills the new tokens (GenerationConfig.reuse_cache).
-- Thread safety: one Engine has one KV cache, so generations are serialised by a lock. `generate` holds it for
-  the call; a `stream` holds it from its first item until it is exhausted or closed (close it, or use it in a
-  `with`/`contextlib.closing`, when you stop reading early). Other threads wait for their turn.
+- Thread safety: one Engine has one KV cache, so generations are serialised by a lock (lm.serve batches many
+  at once, with the same per-sequence Decoder). `generate` holds it for the call; a `stream` holds it from its
+  first item until it is exhausted or closed (close it, or use it in a `with`/`contextlib.closing`, when you
+  stop reading early). Other threads wait for their turn.
 
 The tokenizer is duck-typed: `encode(text) -> ids`, `decode(ids) -> str`, `stop_ids: set[int]`, and for chat
 `render_chat(messages, add_generation_prompt=True) -> (ids, mask)` (lm.tokenizer.Tokenizer has all of these).
