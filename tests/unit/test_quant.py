@@ -104,3 +104,20 @@ def test_vnni_decode_path_is_close_to_float_and_only_on_its_layers():
                                                    hidden_dim=128, max_seq_len=32)), "int8", vnni=True)
     flagged = sorted(n for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.vnni)
     assert flagged == ["layers.0.attention.wo", "layers.0.feed_forward.w13", "output"]
+
+
+def test_vnni_rows_of_a_batch_keep_their_own_resolution():
+    """A batch of decode rows goes through FBGEMM in one call; a quiet row next to a loud one is as exact as
+    on its own (FBGEMM's one activation scale would otherwise be set by the loud row)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96, bias=False)
+    q = Int8Linear.from_float(lin.weight)
+    q.vnni = True
+    quiet, loud = torch.randn(1, 64) * 0.01, torch.randn(1, 64) * 100.0
+    with torch.inference_mode():
+        batch = q(torch.cat([quiet, loud])[None])[0]  # (2, 96): the batch path
+        assert q._packed is not None, "the batch went through FBGEMM"
+        alone = q(quiet[None])[0]  # (1, 96): the one-row path
+        ref = lin(quiet)
+    assert (batch[0] - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (batch[0] - alone).abs().max() < 0.02 * ref.abs().max()
