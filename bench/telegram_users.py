@@ -23,12 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-QUESTIONS = ["Tell me about the history of the printing press.", "How do vaccines train the immune system?",
-             "Explain how a bicycle stays upright.", "What makes bread rise?", "Describe the water cycle.",
-             "Why is the sky blue?", "How does a refrigerator keep food cold?", "What causes earthquakes?",
-             "Explain what a compiler does.", "How do bees make honey?", "Why do leaves change colour?",
-             "How does GPS find your position?", "What is inflation in economics?", "How do tides work?",
-             "Explain how a battery stores energy.", "Why do we dream?"]
+from bench.serve import QUESTIONS  # noqa: E402 (after the path it needs)
+
 PLACEHOLDERS = ("…", "⏳", "Starting up")
 
 

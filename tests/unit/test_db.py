@@ -24,11 +24,6 @@ CHAT = -1001234567890123  # supergroup ids do not fit in 32 bits
 USER = 5_000_000_001
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 @pytest.fixture
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     await upgrade(db_url)

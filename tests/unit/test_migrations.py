@@ -31,11 +31,6 @@ TABLES = {
 }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 async def schema_diff(url: str, metadata: MetaData = Base.metadata) -> list:
     engine = create_engine(url)
     try:

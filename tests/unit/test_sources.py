@@ -20,11 +20,6 @@ CHAT, ANN, BEN = -100777, 501, 502
 SCOPE = f"chat:{CHAT}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 @pytest.fixture
 async def s(db_url: str) -> AsyncIterator[AsyncSession]:
     await upgrade(db_url)

@@ -22,11 +22,6 @@ OLD = datetime.now(UTC) - timedelta(days=3)
 SINCE = datetime.now(UTC) - timedelta(days=1)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
 @pytest.fixture
 async def s(db_url: str) -> AsyncIterator[AsyncSession]:
     await upgrade(db_url)
