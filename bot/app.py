@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
@@ -17,7 +19,7 @@ from telegram.ext import (
 
 from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.handlers import chat, edits, fallback, stats
+from bot.handlers import chat, documents, edits, fallback, stats
 from bot.handlers.runtime import Runtime
 from bot.redact import redact
 from bot.render import StreamingMessage
@@ -61,8 +63,25 @@ async def _post_init(app: Application) -> None:
                                             message_id=message.telegram_message_id)
         except TelegramError as e:
             log.warning("could not mark interrupted reply %s: %s", message.id, e)
+    for job in await rt.jobs.recover():  # an upload or summary cut off: its status line says so, not "90%"
+        if job.status_message_id is None:
+            continue
+        try:
+            await app.bot.edit_message_text(documents.interrupted_text(job), chat_id=job.chat_id,
+                                            message_id=job.status_message_id)
+        except TelegramError as e:
+            log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
+    for sig in app.bot_data.get("stop_signals", ()):
+        asyncio.get_running_loop().add_signal_handler(sig, _stop_on_signal, rt)
     app.bot_data["warm_up"] = rt.models.warm_up()  # kept referenced until done; replies meanwhile say so
     log.info("docent is running as @%s (%s)", app.bot.username, rt.settings.telegram.mode)
+
+
+def _stop_on_signal(rt: Runtime) -> None:
+    """SIGTERM or SIGINT: running summaries and uploads stop at their next step and say so, then the
+    application stops (python-telegram-bot waits for the handlers, which now end within seconds)."""
+    log.info("stopping: %d running summaries and uploads asked to stop", rt.jobs.stop_all())
+    raise SystemExit  # what python-telegram-bot's own signal handler raises to leave run_polling/run_webhook
 
 
 async def _post_stop(app: Application) -> None:
@@ -139,12 +158,14 @@ def register_features(app: Application, runtime: Runtime) -> None:
 def run_bot(settings: Settings) -> int:
     """Run until interrupted, by long polling or as a webhook server."""
     app = build_application(settings)
+    # the stop signals are handled by _stop_on_signal (installed by _post_init), which stops long jobs first
+    app.bot_data["stop_signals"] = (signal.SIGINT, signal.SIGTERM, signal.SIGABRT)
     tg = settings.telegram
     if tg.mode == "webhook":
         if not tg.webhook_url or not tg.webhook_secret:
             raise ValueError("webhook mode needs [telegram] webhook_url and webhook_secret")
         app.run_webhook(listen=tg.webhook_listen, port=tg.webhook_port, webhook_url=tg.webhook_url,
-                        secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES)
+                        secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES, stop_signals=None)
     else:
-        app.run_polling(allowed_updates=Update.ALL_TYPES)
+        app.run_polling(allowed_updates=Update.ALL_TYPES, stop_signals=None)
     return 0

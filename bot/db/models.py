@@ -49,6 +49,7 @@ MessageStatus = Literal["complete", "streaming", "interrupted", "failed"]
 DocumentStatus = Literal["indexing", "ready", "failed"]
 RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled", "resumable"]
 RunMode = Literal["lora", "full", "scratch"]
+JobKind = Literal["ingest", "summary"]
 
 # Surrogate keys of the big tables: BIGINT on PostgreSQL, INTEGER on SQLite (only INTEGER PRIMARY KEY
 # is SQLite's auto-incrementing rowid alias).
@@ -228,6 +229,23 @@ class MessageSource(Base):
     document_id: Mapped[int] = mapped_column(
         ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class Job(Base):
+    """A long job in progress (an upload being indexed, a summary being written) and the Telegram message that
+    shows its progress. The row is deleted when the job has told its user how it ended; a row found at start-up
+    belongs to a job a crash or restart cut off (bot.services.jobs)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (one_of("kind", get_args(JobKind), "kind"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    status_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    label: Mapped[str] = mapped_column(Text)  # what the job is about, as its user named it: a file name
+    created_at: Mapped[datetime] = created_at()
 
 
 class Feedback(Base):

@@ -228,6 +228,7 @@ async def update_message(
     status: MessageStatus | None = None,
     token_count: int | None = None,
     telegram_message_id: int | None = None,
+    model_version_id: int | None = None,
 ) -> None:
     """Set the given fields of a message (text as it streams, final status, ...); commits."""
     values: dict[str, Any] = {}
@@ -240,6 +241,8 @@ async def update_message(
         values["token_count"] = token_count
     if telegram_message_id is not None:
         values["telegram_message_id"] = telegram_message_id
+    if model_version_id is not None:
+        values["model_version_id"] = model_version_id
     if not values:
         return  # updated_at is set by the column's onupdate
     result = await session.execute(update(Message).where(Message.id == message_id).values(**values))

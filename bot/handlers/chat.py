@@ -29,6 +29,7 @@ HELP = (
     "/docs – the documents of this chat\n"
     "/forget NAME – remove a document and the answers drawn from it (in groups: its uploader or an admin)\n"
     "/summarize – summarize a document (reply to it or name it) or else this conversation\n"
+    "/cancel – stop your summary or upload that is still running\n"
     "/reset – start a new conversation\n"
     "/settings – system prompt and temperature for this chat\n"
     "/stats – your messages, reply tokens and documents in this chat, today and in all\n"
@@ -240,13 +241,16 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
         await stream.update(opening, urgent=True)
     else:
         first = await stream.start(opening)
+    # the reply row exists before the model may take a while to load, so a restart meanwhile finds it
+    reply = await rt.assistant.begin_reply(stored, first.message_id)
     try:
         model = await rt.models.current()
     except Exception:
         log.exception("could not load the chat model")
-        await stream.finish("Sorry, my language model could not be loaded. An admin has to look at the logs.")
+        failed = "Sorry, my language model could not be loaded. An admin has to look at the logs."
+        await stream.finish(failed)
+        await rt.assistant.finish_reply(reply, failed, "failed")
         return
-    reply = await rt.assistant.begin_reply(stored, first.message_id, model.version_id)
     text, status, note = "", "complete", ""
     try:
         prepared = await rt.assistant.prepare(model, stored, reply, force_documents)
@@ -267,12 +271,13 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
             note = "Sorry, something went wrong while writing the reply."
     final = (text.strip() + note) if text.strip() else (note.strip() or "(no reply)")
     if status != "complete":
-        await rt.assistant.finish_reply(reply, final, status)
+        await rt.assistant.finish_reply(reply, final, status, version_id=model.version_id)
         await stream.finish(final)
         return
     # the final text goes to SQL before Telegram, still "streaming" but with its token count: a crash between
     # the two then redelivers it on restart instead of leaving a half-streamed message behind
-    await rt.assistant.finish_reply(reply, final, "streaming", token_count=model.count_tokens(final))
+    await rt.assistant.finish_reply(reply, final, "streaming", token_count=model.count_tokens(final),
+                                    version_id=model.version_id)
     await stream.finish(final, reply_markup=feedback_markup())
     await rt.assistant.finish_reply(reply, final, "complete")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
@@ -18,6 +17,7 @@ from bot.knowledge.parse import MAX_NAME_CHARS, DocumentError
 from bot.render import StreamingMessage
 from bot.safe_text import shorten_name
 from bot.services.compute import in_own_thread
+from bot.services.jobs import SHUTDOWN
 from bot.services.knowledge import Forgotten, chat_scope
 from bot.services.summarize import conversation_text, summarize
 
@@ -28,6 +28,7 @@ COMMANDS = [
     BotCommand("docs", "list this chat's documents"),
     BotCommand("forget", "remove a document: /forget NAME"),
     BotCommand("summarize", "summarize a document (reply to it or give its name) or this conversation"),
+    BotCommand("cancel", "stop your summary or upload that is still running here"),
 ]
 
 
@@ -97,30 +98,63 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         return
     await rt.ensure_chat(update)
     status = StatusLine(await message.reply_text(f"Indexing {name}…"))
-    try:
-        data = bytes(await (await doc.get_file()).download_as_bytearray())
-    except TelegramError as e:
-        await status.done(f"I could not download {name}: {e.message}")
-        return
-    with status:
+    user_id = update.effective_user.id if update.effective_user else None
+    async with rt.jobs.track("ingest", message.chat.id, user_id, status.message.message_id, name) as job:
         try:
-            result = await rt.knowledge.ingest(
-                chat_scope(message.chat.id), data, doc.file_name or name, doc.mime_type, chat_id=message.chat.id,
-                progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"),
-                user_id=update.effective_user.id if update.effective_user else None)
-        except DocumentError as e:
-            await status.done(e.message)
+            data = bytes(await (await doc.get_file()).download_as_bytearray())
+        except TelegramError as e:
+            await status.done(f"I could not download {name}: {e.message}")
             return
-        except Exception:
-            log.exception("ingest of %s failed in chat %s", name, message.chat.id)
-            await status.done(f"Sorry, indexing {name} failed on my side. Nothing was stored.")
+        with status:
+            try:
+                result = await rt.knowledge.ingest(
+                    chat_scope(message.chat.id), data, doc.file_name or name, doc.mime_type, chat_id=message.chat.id,
+                    progress=lambda stage, frac: status.set(f"Indexing {name}: {stage} {frac:.0%}"),
+                    user_id=user_id, stop=job.check)
+            except DocumentError as e:
+                await status.done(e.message)
+                return
+            except InterruptedError:
+                await status.done(stopped_text(f"Indexing {name}", job.reason, "send the file again"))
+                return
+            except Exception:
+                log.exception("ingest of %s failed in chat %s", name, message.chat.id)
+                await status.done(f"Sorry, indexing {name} failed on my side. Nothing was stored.")
+                return
+        if result.duplicate:
+            await status.done(f"I already have this file as {result.document.name}; it was not indexed twice.")
             return
-    if result.duplicate:
-        await status.done(f"I already have this file as {result.document.name}; it was not indexed twice.")
+        pages = f"{result.pages} pages, " if result.pages else ""
+        await status.done(f"Indexed {result.document.name}: {pages}{result.chunks} chunks. "
+                          "Ask me about it, or /summarize it.")
+
+
+def stopped_text(what: str, reason: str | None, again: str) -> str:
+    """The status a stopped job ends on: by its user's /cancel, or because the bot is stopping."""
+    if reason == SHUTDOWN:
+        return f"⚠️ {what} was stopped: I am restarting. Nothing was stored; please {again} in a minute."
+    return f"{what} was cancelled. Nothing was stored."
+
+
+def interrupted_text(job) -> str:
+    """The status of a job an earlier run of the bot never finished (it crashed or was killed)."""
+    if job.kind == "ingest":
+        return f"⚠️ Indexing {job.label} was interrupted by a restart. Nothing was stored; please send the file again."
+    return f"⚠️ The summary of {job.label} was interrupted by a restart. Send /summarize again for it."
+
+
+async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Stop the summaries and uploads this user has running in this chat."""
+    rt = _runtime(context)
+    if not await rt.admit(update):
         return
-    pages = f"{result.pages} pages, " if result.pages else ""
-    await status.done(f"Indexed {result.document.name}: {pages}{result.chunks} chunks. "
-                      "Ask me about it, or /summarize it.")
+    user = update.effective_user
+    stopped = rt.jobs.cancel(update.effective_chat.id, user.id if user else None)
+    if not stopped:
+        await update.effective_message.reply_text("Nothing of yours is running here: no summary, no upload.")
+        return
+    names = ", ".join(("the summary of " if j.kind == "summary" else "indexing ") + j.label for j in stopped)
+    await update.effective_message.reply_text(f"Stopping {names}…")
 
 
 async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -208,24 +242,34 @@ async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
             await message.reply_text("There is nothing to summarize yet: this conversation is empty.")
             return
     status = StatusLine(await message.reply_text(f"Summarizing {label}…"))
-    cancel = threading.Event()
-    with status:
-        try:
-            summary = await in_own_thread(
-                lambda: summarize(pieces, rt.knowledge.encoder, conversation=not target, cancel=cancel,
-                                  progress=lambda i, n: status.set(f"Summarizing {label}: part {i} of {n}")))
-        except Exception:
-            log.exception("summary failed in chat %s", message.chat.id)
-            await status.done("Sorry, the summary failed on my side.")
-            return
-        finally:
-            cancel.set()  # the handler was cancelled (shutdown): the worker thread stops at its next window
+    user_id = update.effective_user.id if update.effective_user else None
+    async with rt.jobs.track("summary", message.chat.id, user_id, status.message.message_id, label) as job:
+        with status:
+            try:
+                summary = await in_own_thread(
+                    lambda: summarize(pieces, rt.knowledge.encoder, conversation=not target, cancel=job.cancel,
+                                      progress=lambda i, n: status.set(f"Summarizing {label}: part {i} of {n}")))
+            except InterruptedError:
+                await status.done(stopped_text(f"The summary of {label}", job.reason, "send /summarize again"))
+                return
+            except Exception:
+                log.exception("summary failed in chat %s", message.chat.id)
+                await status.done("Sorry, the summary failed on my side.")
+                return
+            finally:
+                job.cancel.set()  # the handler was cancelled: the worker thread stops at its next window
+        await _send_summary(context, status, label, title, summary)
+
+
+async def _send_summary(context: ContextTypes.DEFAULT_TYPE, status: StatusLine, label: str, title: str,
+                        summary) -> None:
+    """The finished summary, in place of its status line."""
     if not summary.sentences:
         await status.done(f"There is nothing I could summarize in {label}.")
         return
     # the final text is rendered like every reply (Markdown -> Telegram HTML, split at the limit), in place
     # of the status line; only the status line showed progress
-    stream = StreamingMessage.resume(context.bot, message.chat.id, status.message.message_id)
+    stream = StreamingMessage.resume(context.bot, status.message.chat_id, status.message.message_id)
     await stream.finish(f"**Summary of {title}:**\n\n{summary.text}")
 
 
@@ -247,4 +291,5 @@ def register(app: Application, runtime: Runtime) -> None:
     app.add_handler(CommandHandler("docs", list_docs))
     app.add_handler(CommandHandler("forget", forget))
     app.add_handler(CommandHandler("summarize", summarize_command))
+    app.add_handler(CommandHandler("cancel", cancel_command))
     app.bot_data.setdefault("commands", []).extend(COMMANDS)

@@ -16,6 +16,7 @@ from bot.config import Settings
 from bot.db import queries as q
 from bot.handlers.access import RateLimiter, is_allowed
 from bot.services.assistant import Assistant
+from bot.services.jobs import Jobs
 from bot.services.knowledge import KnowledgeBase
 from bot.services.models import ModelManager
 
@@ -29,6 +30,7 @@ class Runtime:
         self.models = models
         self.knowledge = KnowledgeBase(settings, sessions)
         self.assistant = Assistant(settings, sessions, models, self.knowledge)
+        self.jobs = Jobs(sessions)  # uploads being indexed and summaries being written
         self.limiter = RateLimiter(settings.telegram.rate_limit_per_minute)
         self._busy: dict[int, asyncio.Lock] = {}
         self.extras: dict[str, Any] = {}  # services added by other features (documents, training)

@@ -118,16 +118,19 @@ class Assistant:
         return prepared
 
     async def begin_reply(self, user_message: Message, telegram_message_id: int | None,
-                          version_id: int | None) -> Message:
+                          version_id: int | None = None) -> Message:
         async with self.sessions() as s:
             return await q.add_assistant_message(
                 s, user_message.conversation_id, user_message.chat_id, text="", status="streaming",
                 telegram_message_id=telegram_message_id,
                 reply_to_telegram_message_id=user_message.telegram_message_id, model_version_id=version_id)
 
-    async def finish_reply(self, reply: Message, text: str, status: str, token_count: int | None = None) -> None:
+    async def finish_reply(self, reply: Message, text: str, status: str, token_count: int | None = None,
+                           version_id: int | None = None) -> None:
+        """Store the reply's text and status (and the model version that wrote it, once known)."""
         async with self.sessions() as s:
-            await q.update_message(s, reply.id, text=text, status=status, token_count=token_count)
+            await q.update_message(s, reply.id, text=text, status=status, token_count=token_count,
+                                   model_version_id=version_id)
 
     async def stream(self, model: ChatModel, messages: list[dict], sampling: Sampling,
                      cancel: threading.Event) -> AsyncIterator:

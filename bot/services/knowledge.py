@@ -92,9 +92,12 @@ class KnowledgeBase:
 
     async def ingest(self, scope: str, data: bytes, filename: str, mime: str | None = None,
                      chat_id: int | None = None, progress: Progress | None = None,
-                     user_id: int | None = None) -> Ingested:
+                     user_id: int | None = None, stop: Callable[[], None] | None = None) -> Ingested:
         """Parse (in a child process), chunk, embed and index one file (uploaded by `user_id`, when known);
         nothing is stored on failure.
+
+        `stop` is called between steps (and between embedding batches) and raises to end the ingest there,
+        before anything is stored: /cancel and shutdown (bot.services.jobs).
 
         Raises bot.knowledge.parse.DocumentError for a bad file. A file already in the scope (same
         sha256) is not indexed twice: the existing document is returned with duplicate=True.
@@ -105,11 +108,13 @@ class KnowledgeBase:
         if existing is not None:
             return Ingested(existing, existing.chunk_count, existing.pages, duplicate=True)
         report = progress or (lambda stage, frac: None)
+        stop = stop or (lambda: None)
         report("parsing", 0.0)
         docs = self.settings.documents
         parsed: ParsedDocument = await asyncio.to_thread(
             parse_document, data, filename, mime, timeout_s=docs.parse_timeout_s,
             memory_mb=docs.parse_memory_mb, max_bytes=int(docs.max_file_mb * 2**20))
+        stop()
         report("chunking", 0.05)
         chunks = await asyncio.to_thread(
             chunk_document, parsed, self.encoder.count_tokens, self.chunk_limit(), docs.chunk_overlap_tokens)
@@ -119,9 +124,15 @@ class KnowledgeBase:
             raise DocumentError("empty", f"{parsed.name} has no text I could index.")
         size = docs.window_sentences
         windows = [chunk_windows(c.text, size) for c in chunks] if size else []
+        stop()
+
+        def embedded(done: int, total: int) -> None:  # in the encoder's thread, after each batch
+            stop()
+            report("embedding", 0.1 + 0.85 * done / total)
+
         vectors = await in_own_thread(
-            self.encoder.encode, [c.text for c in chunks] + [w for ws in windows for w in ws], 32,
-            lambda done, total: report("embedding", 0.1 + 0.85 * done / total))
+            self.encoder.encode, [c.text for c in chunks] + [w for ws in windows for w in ws], 32, embedded)
+        stop()
         blobs = window_blobs(windows, vectors[len(chunks):]) if size else [None] * len(chunks)
         rows = [q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
                            embedding=v.astype(np.float32).tobytes(), window_embeddings=blob)

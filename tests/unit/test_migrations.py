@@ -26,6 +26,7 @@ TABLES = {
     "chunks",
     "feedback",
     "message_sources",
+    "jobs",
     "model_versions",
     "training_runs",
 }
@@ -111,7 +112,7 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT name, user_id FROM documents"))).all() == [("a.txt", 42)]
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"message_sources"}
+    assert await tables(db_url) == TABLES - {"message_sources", "jobs"}
     # 0005's downgrade rebuilds documents on SQLite to drop user_id: rows must survive.
     await downgrade(db_url, "0004_chunk_windows")
     engine = create_engine(db_url)
@@ -131,7 +132,7 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT current_conversation_id FROM chats"))).scalar() == 1
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "model_versions",
+    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "jobs", "model_versions",
                                           "training_runs"}
     await downgrade(db_url, "base")
     assert await tables(db_url) == set()
@@ -213,6 +214,6 @@ def test_alembic_command_line_url_and_settings_default(
     command.upgrade(cfg, "head")
 
     with sqlite3.connect(explicit) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006_message_sources",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007_jobs",)]
     with sqlite3.connect(tmp_path / "data" / "docent.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002_documents",)]

@@ -1,0 +1,27 @@
+"""Long jobs in progress (bot.db.models.Job): written when one starts, deleted when it has ended. Same
+conventions as `queries.py`: writers commit."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import Job
+
+
+async def add_job(session: AsyncSession, kind: str, chat_id: int, user_id: int | None,
+                  status_message_id: int | None, label: str) -> Job:
+    job = Job(kind=kind, chat_id=chat_id, user_id=user_id, status_message_id=status_message_id, label=label)
+    session.add(job)
+    await session.commit()
+    return job
+
+
+async def remove_job(session: AsyncSession, job_id: int) -> None:
+    await session.execute(delete(Job).where(Job.id == job_id))
+    await session.commit()
+
+
+async def all_jobs(session: AsyncSession) -> list[Job]:
+    """Every job row, oldest first."""
+    return list(await session.scalars(select(Job).order_by(Job.id)))

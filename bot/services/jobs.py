@@ -1,0 +1,95 @@
+"""Long jobs (indexing an upload, writing a summary): what runs now, how to stop it, and what a restart cut off.
+
+A job is tracked twice. In memory, with a cancel event that `/cancel` and shutdown set; the job's own code
+checks it between steps (embedding batches, summary windows) and stops within a step. In SQL, with the
+Telegram message that shows its progress, so that after a crash or kill -9 the next start can find the jobs
+that never ended and tell their users (`recover`), instead of leaving "embedding 90%" on screen for ever.
+The row is deleted only after the job's last status was shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db import jobs as db
+from bot.db.models import Job
+
+CANCELLED = "cancelled"  # why a job stopped: a user's /cancel ...
+SHUTDOWN = "shutdown"    # ... or the bot stopping
+
+
+@dataclass
+class Running:
+    """One job in progress: `cancel` is set (and `reason` says why) when it must stop."""
+
+    kind: str
+    chat_id: int
+    user_id: int | None
+    label: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        self.cancel.set()
+
+    def check(self) -> None:
+        """Raise InterruptedError once the job was asked to stop (called from its worker between steps)."""
+        if self.cancel.is_set():
+            raise InterruptedError(self.reason or CANCELLED)
+
+
+class Jobs:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self.sessions = sessions
+        self._running: dict[int, Running] = {}  # by SQL id
+        self.stopping = False
+
+    @contextlib.asynccontextmanager
+    async def track(self, kind: str, chat_id: int, user_id: int | None, status_message_id: int | None,
+                    label: str) -> AsyncIterator[Running]:
+        """Run one job: recorded in SQL and in memory until the block ends. The block should show the job's
+        final status before it ends; if the process dies first, the row stays for `recover`."""
+        job = Running(kind, chat_id, user_id, label)
+        if self.stopping:
+            job.stop(SHUTDOWN)
+        async with self.sessions() as s:
+            row = await db.add_job(s, kind, chat_id, user_id, status_message_id, label)
+        self._running[row.id] = job
+        try:
+            yield job
+        finally:
+            del self._running[row.id]
+        # only a block that ended normally showed how the job ended; after an error the row stays, and the
+        # next start edits the status line, which would otherwise keep showing progress
+        async with self.sessions() as s:
+            await db.remove_job(s, row.id)
+
+    def cancel(self, chat_id: int, user_id: int | None = None) -> list[Running]:
+        """Stop the jobs running in a chat (only `user_id`'s, when given); the ones asked to stop."""
+        found = [j for j in self._running.values()
+                 if j.chat_id == chat_id and (user_id is None or j.user_id == user_id) and not j.cancel.is_set()]
+        for job in found:
+            job.stop(CANCELLED)
+        return found
+
+    def stop_all(self) -> int:
+        """The bot is stopping: every running job stops at its next step (and says so); new ones stop at once."""
+        self.stopping = True
+        for job in self._running.values():
+            job.stop(SHUTDOWN)
+        return len(self._running)
+
+    async def recover(self) -> list[Job]:
+        """Jobs an earlier process left unfinished (it died before it could say how they ended); their rows
+        are removed, so each is reported once."""
+        async with self.sessions() as s:
+            left = await db.all_jobs(s)
+            for row in left:
+                await db.remove_job(s, row.id)
+        return left

@@ -1,0 +1,138 @@
+"""Long jobs through Telegram: /cancel stops an upload while it is being embedded, kill -9 during one leaves a
+status line that the next start corrects, SIGTERM during one stops it within seconds with a note, and a reply
+whose model never loaded is stored as failed rather than left without a row. Real MiniLM encoder (the
+upload is large enough to take a while to embed), tiny random chat model."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.bot_harness import bot_settings, running_bot, start_bot_process
+from tests.support.fake_telegram import FakeTelegram
+from tests.support.tiny_gguf import write_tiny_gguf
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+ANN = 2301
+# about 200 KB of distinct sentences: tens of seconds of embedding on two cores, so a job is caught mid-way
+LEDGER = "\n\n".join(" ".join(f"Shipment {i}-{k} left port {(i * 7 + k) % 13} on day {(i + k) % 28} carrying "
+                              f"{(i * 31 + k) % 900} crates of item {(i * 17 + k) % 251}." for k in range(8))
+                     for i in range(400)).encode()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("model") / "tiny.gguf", max_seq_len=1024).path
+
+
+def _statuses(fake: FakeTelegram, chat: int) -> list:
+    """The bot's status lines for uploads of ledger.txt, oldest first."""
+    return [m for m in fake.messages(chat) if m.from_bot and m.texts[0].startswith("Indexing ledger.txt")]
+
+
+def _status(fake: FakeTelegram, chat: int):
+    return next(iter(_statuses(fake, chat)), None)
+
+
+def _embedding(fake: FakeTelegram, chat: int) -> bool:
+    status = _status(fake, chat)
+    return status is not None and "embedding" in status.text
+
+
+async def test_cancel_stops_an_upload_mid_embedding_and_nothing_is_stored(tmp_path, tiny_model):
+    from lm import hub
+
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        settings.cache_dir = hub.default_cache_dir()  # the real encoder, pulled once for the whole suite
+        async with running_bot(settings):
+            fake.send_user_message(ANN, ANN, "/cancel")
+            await fake.wait_for(lambda: fake.last_text(ANN) == "Nothing of yours is running here: no summary, no upload.", 30)
+            fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER, "text/plain")
+            await fake.wait_for(lambda: _embedding(fake, ANN), 120)
+            fake.send_user_message(ANN, ANN, "/cancel")
+            await fake.wait_for(lambda: _status(fake, ANN).text == "Indexing ledger.txt was cancelled. Nothing was stored.", 30)
+            assert any(m.text == "Stopping indexing ledger.txt…" for m in fake.messages(ANN))
+            fake.send_user_message(ANN, ANN, "/docs")
+            await fake.wait_for(lambda: fake.last_text(ANN).startswith("No documents yet"), 30)
+
+
+async def test_a_reply_whose_model_cannot_load_is_stored_as_failed(tmp_path):
+    from sqlalchemy import select
+
+    from bot.db.models import Message
+    from bot.db.session import create_engine, session_factory
+
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tmp_path / "no-such-model.gguf")
+        async with running_bot(settings):
+            fake.send_user_message(ANN, ANN, "hello?")
+            await fake.wait_for(lambda: "could not be loaded" in (fake.last_text(ANN) or ""), 60)
+        engine = create_engine(settings.database_url)
+        async with session_factory(engine)() as s:
+            rows = list(await s.scalars(select(Message).order_by(Message.id)))
+        await engine.dispose()
+    # the reply row is written before the model loads: a restart while it loads finds it (and marks it)
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "failed")]
+    assert rows[1].telegram_message_id == fake.messages(ANN)[-1].message_id
+
+
+def _start(tmp_path: Path, fake: FakeTelegram, model: Path):
+    from lm import hub
+
+    return start_bot_process(tmp_path, fake, model, DOCENT_CACHE_DIR=str(hub.default_cache_dir()))
+
+
+def test_kill_9_mid_upload_is_reported_on_restart_and_sigterm_stops_an_upload_within_seconds(tmp_path, tiny_model):
+    fake = FakeTelegram.start_in_thread()
+    try:
+        proc = _start(tmp_path, fake, tiny_model)
+        try:
+            fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER, "text/plain")
+            fake.wait_for_sync(lambda: _embedding(fake, ANN), 120)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        first = _status(fake, ANN)
+        assert "embedding" in first.text, "killed mid-way: the status line still shows progress"
+        proc = _start(tmp_path, fake, tiny_model)
+        try:
+            fake.wait_for_sync(lambda: _status(fake, ANN).text.startswith(
+                "⚠️ Indexing ledger.txt was interrupted by a restart."), 60)
+            fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER + b"\n\nOne more line.", "text/plain")
+            fake.wait_for_sync(lambda: "embedding" in _statuses(fake, ANN)[-1].text, 120)
+            assert len(_statuses(fake, ANN)) == 2
+            proc.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
+            proc.wait(30)
+            stopped_after = time.monotonic() - asked
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    finally:
+        fake.close()
+    second = _statuses(fake, ANN)[-1]
+    assert proc.returncode == 0
+    assert second.text.startswith("⚠️ Indexing ledger.txt was stopped: I am restarting."), second.text
+    assert stopped_after < 15, "stopped within seconds, not after the whole embedding"
+    log_text = (tmp_path / "bot.log").read_text()
+    assert "asked to stop" in log_text
+    assert asyncio.run(_documents(tmp_path)) == 0, "neither upload stored anything"
+
+
+async def _documents(tmp_path: Path) -> int:
+    from sqlalchemy import func, select
+
+    from bot.db.models import Document
+    from bot.db.session import create_engine, session_factory
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'docent.db'}")
+    async with session_factory(engine)() as s:
+        n = await s.scalar(select(func.count()).select_from(Document))
+    await engine.dispose()
+    return n
