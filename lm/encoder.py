@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 DTYPES = ("auto", "fp32", "bf16", "int8")
 DEFAULT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length (sentence-transformers), specials included
+ENCODE_BLOCK = 4096  # texts tokenized at a time by Encoder.encode
 
 
 class EncoderLoadError(RuntimeError):
@@ -320,19 +321,22 @@ class Encoder:
         out = np.zeros((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
-        ids = self.tokenize(list(texts))
-        # longest first: padding stays within a batch of similar lengths, and the slowest batch comes first
-        order = sorted(range(n), key=lambda i: -len(ids[i]))
         done = 0
         with torch_threads(self.threads), torch.inference_mode():
-            for start in range(0, n, batch_size):
-                rows = order[start:start + batch_size]
-                batch_ids, mask = self._pad([ids[i] for i in rows])
-                vecs = mean_pool(self.model(batch_ids, mask), mask)  # (b, C)
-                out[rows] = vecs.float().numpy()
-                done += len(rows)
-                if progress is not None:
-                    progress(done, n)
+            # a block of texts at a time: tokenizers' Encodings cost ~100 bytes per token, so tokenizing a
+            # 20 MB upload's chunks and windows at once took gigabytes
+            for first in range(0, n, ENCODE_BLOCK):
+                ids = self.tokenize(list(texts[first:first + ENCODE_BLOCK]))
+                # longest first: padding stays within a batch of similar lengths
+                order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+                for start in range(0, len(ids), batch_size):
+                    rows = order[start:start + batch_size]
+                    batch_ids, mask = self._pad([ids[i] for i in rows])
+                    vecs = mean_pool(self.model(batch_ids, mask), mask)  # (b, C)
+                    out[[first + i for i in rows]] = vecs.float().numpy()
+                    done += len(rows)
+                    if progress is not None:
+                        progress(done, n)
         return out
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from telegram.ext import ContextTypes
 from bot.handlers.access import addressed_to_bot, is_admin, is_allowed, strip_mention
 from bot.handlers.runtime import Runtime
 from bot.render import StreamingMessage
+from bot.safe_text import replace_lone_surrogates
 from bot.services.assistant import Incoming, Queued, Started
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     await rt.ensure_chat(update)
     args = context.args or []
     if args and args[0] in ("system", "prompt"):
-        prompt = " ".join(args[1:]).strip()
+        prompt = replace_lone_surrogates(" ".join(args[1:]).strip())
         if len(prompt) > 2000:
             await update.effective_message.reply_text("That system prompt is too long (2,000 characters at most).")
             return
@@ -202,6 +203,7 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
                       force_documents: bool = False) -> None:
     """Store a user's text once (length-checked, one reply in flight per user) and stream the reply."""
     message, user = update.effective_message, update.effective_user
+    text = replace_lone_surrogates(text)  # JSON may carry a lone "\ud83d": UTF-8 (SQL, the tokenizer) cannot
     if len(text) > rt.settings.telegram.max_input_chars:
         await message.reply_text(f"That message is too long ({len(text):,} characters); "
                                  f"I take at most {rt.settings.telegram.max_input_chars:,}.")

@@ -32,6 +32,7 @@ from bot.services.compute import in_own_thread
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]  # (stage, fraction done)
+WINDOW_GROUP = 4096  # sentence windows embedded (and packed into float16) at a time during an ingest
 
 
 def chat_scope(chat_id: int) -> str:
@@ -126,17 +127,16 @@ class KnowledgeBase:
         windows = [chunk_windows(c.text, size) for c in chunks] if size else []
         stop()
 
-        def embedded(done: int, total: int) -> None:  # in the encoder's thread, after each batch
+        def embedded(fraction: float) -> None:  # in the encoder's thread, after each batch
             stop()
-            report("embedding", 0.1 + 0.85 * done / total)
+            report("embedding", 0.1 + 0.85 * fraction)
 
-        vectors = await in_own_thread(
-            self.encoder.encode, [c.text for c in chunks] + [w for ws in windows for w in ws], 32, embedded)
+        vectors, blobs = await in_own_thread(embed_chunks, self.encoder, [c.text for c in chunks], windows, embedded)
         stop()
-        blobs = window_blobs(windows, vectors[len(chunks):]) if size else [None] * len(chunks)
         rows = [q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
-                           embedding=v.astype(np.float32).tobytes(), window_embeddings=blob)
-                for c, v, blob in zip(chunks, vectors[: len(chunks)], blobs, strict=True)]
+                           embedding=v.tobytes(), window_embeddings=blob)
+                for c, v, blob in zip(chunks, vectors, blobs, strict=True)]
+        del vectors, blobs, windows
         async with self.sessions() as s:
             try:
                 document = await q.add_document_with_chunks(
@@ -315,6 +315,29 @@ def chunk_windows(text: str, size: int) -> list[str]:
     """The windows embedded for one chunk: its runs of `size` sentences, or its whole text when no sentence
     can be cut from it (so every chunk stores at least one and is never filled in again)."""
     return sentence_windows(text, size) or [text]
+
+
+def embed_chunks(encoder, texts: list[str], windows: list[list[str]], progress: Callable[[float], None],
+                 batch_size: int = 32) -> tuple[np.ndarray, list[bytes | None]]:
+    """(N, dim) float32 embeddings of the chunks' texts, and each chunk's window vectors as float16 bytes
+    (None for every chunk when `windows` is empty). Windows are embedded a group of chunks at a time and packed
+    at once: a 20 MB upload has some 400,000 windows, whose float32 vectors alone would take 600 MB."""
+    total = len(texts) + sum(len(ws) for ws in windows)
+    vectors = encoder.encode(texts, batch_size, lambda done, _n: progress(done / total))
+    if not windows:
+        return vectors, [None] * len(texts)
+    blobs: list[bytes | None] = []
+    start, embedded = 0, len(texts)
+    while start < len(windows):
+        end, count = start, 0
+        while end < len(windows) and (end == start or count + len(windows[end]) <= WINDOW_GROUP):
+            count += len(windows[end])
+            end += 1
+        vecs = encoder.encode([w for ws in windows[start:end] for w in ws], batch_size,
+                              lambda done, _n, base=embedded: progress((base + done) / total))
+        blobs.extend(window_blobs(windows[start:end], vecs))
+        start, embedded = end, embedded + count
+    return vectors, blobs
 
 
 def window_blobs(windows: list[list[str]], vectors: np.ndarray) -> list[bytes]:

@@ -143,6 +143,15 @@ def test_order_preserved_after_length_sorting(enc: Encoder):
     assert np.abs(batched[0] - batched[1]).max() > 1e-2
 
 
+def test_texts_tokenized_a_block_at_a_time_keep_their_order(enc: Encoder, monkeypatch: pytest.MonkeyPatch):
+    whole = enc.encode(TEXTS, batch_size=2)
+    monkeypatch.setattr("lm.encoder.ENCODE_BLOCK", 3)  # 7 texts: blocks of 3, 3 and 1, each sorted inside
+    calls: list[tuple[int, int]] = []
+    blocked = enc.encode(TEXTS, batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_allclose(blocked, whole, atol=1e-5)
+    assert calls == [(2, 7), (3, 7), (5, 7), (6, 7), (7, 7)]
+
+
 def test_unit_norm_and_shape(enc: Encoder):
     v = enc.encode(TEXTS)
     assert v.shape == (len(TEXTS), CFG["hidden_size"]) and v.dtype == np.float32

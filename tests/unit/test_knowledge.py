@@ -57,3 +57,25 @@ async def test_windows_are_filled_for_chunks_stored_without_them(tmp_path: Path)
         assert await kb._fill_windows("s") == 0  # nothing left to fill
     finally:
         await engine.dispose()
+
+
+def test_windows_embedded_a_group_at_a_time_match_one_pass(monkeypatch: pytest.MonkeyPatch):
+    from bot.services.knowledge import embed_chunks, window_blobs
+    from lm import hub
+    from lm.encoder import Encoder
+
+    encoder = Encoder.load(hub.pull("minilm-l6"))
+    sentences = REPORT.decode().split(". ")
+    texts = [". ".join(sentences[i:]) for i in range(3)]
+    windows = [sentence_windows(t, 2) or [t] for t in texts]  # 3, 2 and 1 windows
+    flat = [w for ws in windows for w in ws]
+    monkeypatch.setattr("bot.services.knowledge.WINDOW_GROUP", 3)  # groups: chunk 0, then chunks 1 and 2
+    seen: list[float] = []
+    vectors, blobs = embed_chunks(encoder, texts, windows, seen.append, batch_size=2)
+    np.testing.assert_allclose(vectors, encoder.encode(texts), atol=3e-3)  # int8 weights: batch-dependent
+    one_pass = window_blobs(windows, encoder.encode(flat))
+    assert [np.frombuffer(b, np.float16).shape for b in blobs] == [np.frombuffer(b, np.float16).shape for b in one_pass]
+    for got, want in zip(blobs, one_pass, strict=True):
+        np.testing.assert_allclose(np.frombuffer(got, np.float16), np.frombuffer(want, np.float16), atol=2e-3)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 4
+    assert embed_chunks(encoder, texts, [], seen.append)[1] == [None, None, None]  # windows off
