@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 DTYPES = ("auto", "fp32", "bf16", "int8")
 DEFAULT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length (sentence-transformers), specials included
-ENCODE_BLOCK = 4096  # texts tokenized at a time by Encoder.encode
+ENCODE_BLOCK = 1024  # texts tokenized at a time by Encoder.encode (~50 MB of Encodings for 256-token texts)
 
 
 class EncoderLoadError(RuntimeError):

@@ -318,10 +318,11 @@ def chunk_windows(text: str, size: int) -> list[str]:
 
 
 def embed_chunks(encoder, texts: list[str], windows: list[list[str]], progress: Callable[[float], None],
-                 batch_size: int = 32) -> tuple[np.ndarray, list[bytes | None]]:
+                 batch_size: int = 16) -> tuple[np.ndarray, list[bytes | None]]:
     """(N, dim) float32 embeddings of the chunks' texts, and each chunk's window vectors as float16 bytes
     (None for every chunk when `windows` is empty). Windows are embedded a group of chunks at a time and packed
-    at once: a 20 MB upload has some 400,000 windows, whose float32 vectors alone would take 600 MB."""
+    at once: a 20 MB upload has some 400,000 windows, whose float32 vectors alone would take 600 MB. Batches
+    of 16: MiniLM's attention scores for 32 texts of 256 tokens take 100 MB per layer."""
     total = len(texts) + sum(len(ws) for ws in windows)
     vectors = encoder.encode(texts, batch_size, lambda done, _n: progress(done / total))
     if not windows:
