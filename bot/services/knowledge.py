@@ -224,9 +224,9 @@ class KnowledgeBase:
             return 0
         log.info("embedding sentence windows of %d chunks in %s", len(missing), scope)
         windows = [chunk_windows(text, size) for _, text in missing]
-        vectors = await in_own_thread(self.encoder.encode, [w for ws in windows for w in ws], 32)
+        blobs = await in_own_thread(embed_windows, self.encoder, windows)
         async with self.sessions() as s:
-            for (chunk_id, _), blob in zip(missing, window_blobs(windows, vectors), strict=True):
+            for (chunk_id, _), blob in zip(missing, blobs, strict=True):
                 await s.execute(update(Chunk).where(Chunk.id == chunk_id).values(window_embeddings=blob))
             await s.commit()
         return len(missing)
@@ -320,25 +320,32 @@ def chunk_windows(text: str, size: int) -> list[str]:
 def embed_chunks(encoder, texts: list[str], windows: list[list[str]], progress: Callable[[float], None],
                  batch_size: int = 16) -> tuple[np.ndarray, list[bytes | None]]:
     """(N, dim) float32 embeddings of the chunks' texts, and each chunk's window vectors as float16 bytes
-    (None for every chunk when `windows` is empty). Windows are embedded a group of chunks at a time and packed
-    at once: a 20 MB upload has some 400,000 windows, whose float32 vectors alone would take 600 MB. Batches
-    of 16: MiniLM's attention scores for 32 texts of 256 tokens take 100 MB per layer."""
+    (None for every chunk when `windows` is empty). Batches of 16: MiniLM's attention scores for 32 texts of
+    256 tokens take 100 MB per layer."""
     total = len(texts) + sum(len(ws) for ws in windows)
     vectors = encoder.encode(texts, batch_size, lambda done, _n: progress(done / total))
     if not windows:
         return vectors, [None] * len(texts)
-    blobs: list[bytes | None] = []
-    start, embedded = 0, len(texts)
+    return vectors, embed_windows(encoder, windows, lambda done: progress((len(texts) + done) / total), batch_size)
+
+
+def embed_windows(encoder, windows: list[list[str]], progress: Callable[[int], None] | None = None,
+                  batch_size: int = 16) -> list[bytes]:
+    """Each chunk's window vectors as float16 bytes, embedded a group of chunks at a time and packed at once: a
+    20 MB upload has some 400,000 windows, whose float32 vectors alone would take 600 MB. `progress(done)`
+    counts windows."""
+    blobs: list[bytes] = []
+    start, embedded = 0, 0
     while start < len(windows):
         end, count = start, 0
         while end < len(windows) and (end == start or count + len(windows[end]) <= WINDOW_GROUP):
             count += len(windows[end])
             end += 1
-        vecs = encoder.encode([w for ws in windows[start:end] for w in ws], batch_size,
-                              lambda done, _n, base=embedded: progress((base + done) / total))
+        step = None if progress is None else (lambda done, _n, base=embedded: progress(base + done))
+        vecs = encoder.encode([w for ws in windows[start:end] for w in ws], batch_size, step)
         blobs.extend(window_blobs(windows[start:end], vecs))
         start, embedded = end, embedded + count
-    return vectors, blobs
+    return blobs
 
 
 def window_blobs(windows: list[list[str]], vectors: np.ndarray) -> list[bytes]:

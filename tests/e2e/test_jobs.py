@@ -128,10 +128,11 @@ def test_kill_9_mid_upload_is_reported_on_restart_and_sigterm_stops_an_upload_wi
 async def _documents(tmp_path: Path) -> int:
     from sqlalchemy import func, select
 
+    from bot.config import Settings
     from bot.db.models import Document
     from bot.db.session import create_engine, session_factory
 
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'docent.db'}")
+    engine = create_engine(Settings(data_dir=tmp_path / "data").database_url)  # the bot process's database
     async with session_factory(engine)() as s:
         n = await s.scalar(select(func.count()).select_from(Document))
     await engine.dispose()
