@@ -63,6 +63,7 @@ async def _post_init(app: Application) -> None:
                                             message_id=message.telegram_message_id)
         except TelegramError as e:
             log.warning("could not mark interrupted reply %s: %s", message.id, e)
+    await rt.knowledge.discard_unfinished()  # an upload cut off mid-ingest: its chunks go, its job row says so
     for job in await rt.jobs.recover():  # an upload or summary cut off: its status line says so, not "90%"
         if job.status_message_id is None:
             continue

@@ -35,6 +35,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         engine, kb = await _knowledge(settings)
         failures = 0
         try:
+            await kb.discard_unfinished(args.scope)  # an earlier ingest into this scope that was killed
             for path in args.paths:
                 bar = tqdm(total=100, desc=Path(path).name, unit="%", leave=True)
 

@@ -408,8 +408,9 @@ async def set_document_status(session: AsyncSession, document_id: int, status: D
 
 
 async def list_documents(session: AsyncSession, scope: str) -> list[Document]:
-    """The documents of a scope, oldest first."""
-    rows = await session.scalars(select(Document).where(Document.scope == scope).order_by(Document.id))
+    """The documents of a scope that are ready (not still being indexed), oldest first."""
+    rows = await session.scalars(select(Document).where(Document.scope == scope, Document.status == "ready")
+                                 .order_by(Document.id))
     return list(rows)
 
 

@@ -33,13 +33,14 @@ class Forgotten:
 
 
 async def find_document(session: AsyncSession, scope: str, name_or_id: str | int) -> Document | None:
-    """A document of `scope` by id, or by name; None when nothing matches. Raises ValueError when a name is
-    ambiguous."""
+    """A ready document of `scope` by id, or by name; None when nothing matches (one still being indexed is not
+    matched). Raises ValueError when a name is ambiguous."""
     document = None
+    ready = (Document.scope == scope) & (Document.status == "ready")
     if isinstance(name_or_id, int) or name_or_id.isdigit():
-        document = await session.scalar(select(Document).where(Document.scope == scope, Document.id == int(name_or_id)))
+        document = await session.scalar(select(Document).where(ready, Document.id == int(name_or_id)))
     if document is None and isinstance(name_or_id, str):
-        matches = list(await session.scalars(select(Document).where(Document.scope == scope, Document.name == name_or_id)))
+        matches = list(await session.scalars(select(Document).where(ready, Document.name == name_or_id)))
         if len(matches) > 1:
             ids = ", ".join(str(d.id) for d in matches)
             raise ValueError(f"{len(matches)} documents are named {name_or_id!r} (ids {ids}); give the id")

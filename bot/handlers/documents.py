@@ -121,6 +121,9 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
                 log.exception("ingest of %s failed in chat %s", name, message.chat.id)
                 await status.done(f"Sorry, indexing {name} failed on my side. Nothing was stored.")
                 return
+        if result.duplicate and result.document.status != "ready":
+            await status.done(f"I am already indexing this file as {result.document.name}; it is not indexed twice.")
+            return
         if result.duplicate:
             await status.done(f"I already have this file as {result.document.name}; it was not indexed twice.")
             return

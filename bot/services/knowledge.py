@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import DocumentSettings, Settings
+from bot.db import documents as documents_db
 from bot.db import queries as q
 from bot.db.models import Chunk, Document
 from bot.db.sources import Forgotten, forget_document
@@ -32,6 +33,7 @@ from bot.services.compute import in_own_thread
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]  # (stage, fraction done)
+STORE_BATCH = 256  # chunks embedded and stored at a time during an ingest
 WINDOW_GROUP = 4096  # sentence windows embedded (and packed into float16) at a time during an ingest
 
 
@@ -95,10 +97,11 @@ class KnowledgeBase:
                      chat_id: int | None = None, progress: Progress | None = None,
                      user_id: int | None = None, stop: Callable[[], None] | None = None) -> Ingested:
         """Parse (in a child process), chunk, embed and index one file (uploaded by `user_id`, when known);
-        nothing is stored on failure.
+        nothing stays stored on failure. Chunks are stored a batch at a time under a document marked
+        "indexing" (bot.db.documents), which nothing reads until it is ready.
 
         `stop` is called between steps (and between embedding batches) and raises to end the ingest there,
-        before anything is stored: /cancel and shutdown (bot.services.jobs).
+        deleting what was stored of it: /cancel and shutdown (bot.services.jobs).
 
         Raises bot.knowledge.parse.DocumentError for a bad file. A file already in the scope (same
         sha256) is not indexed twice: the existing document is returned with duplicate=True.
@@ -123,31 +126,66 @@ class KnowledgeBase:
             from bot.knowledge.parse import DocumentError
 
             raise DocumentError("empty", f"{parsed.name} has no text I could index.")
-        size = docs.window_sentences
-        windows = [chunk_windows(c.text, size) for c in chunks] if size else []
         stop()
-
-        def embedded(fraction: float) -> None:  # in the encoder's thread, after each batch
-            stop()
-            report("embedding", 0.1 + 0.85 * fraction)
-
-        vectors, blobs = await in_own_thread(embed_chunks, self.encoder, [c.text for c in chunks], windows, embedded)
-        stop()
-        rows = [q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
-                           embedding=v.tobytes(), window_embeddings=blob)
-                for c, v, blob in zip(chunks, vectors, blobs, strict=True)]
-        del vectors, blobs, windows
         async with self.sessions() as s:
             try:
-                document = await q.add_document_with_chunks(
+                document = await documents_db.begin_document(
                     s, scope=scope, name=parsed.name, mime=mime or parsed.kind, sha256=sha, size_bytes=len(data),
-                    chunks=rows, chat_id=chat_id, user_id=user_id, pages=parsed.pages)
+                    chat_id=chat_id, user_id=user_id, pages=parsed.pages)
             except q.DuplicateDocumentError as dup:  # the same file arrived twice at once
                 return Ingested(dup.existing, dup.existing.chunk_count, dup.existing.pages, duplicate=True)
+        try:
+            await self._store_chunks(document.id, chunks, report, stop)
+            async with self.sessions() as s:
+                document = await documents_db.finish_document(s, document.id)
+        except BaseException:  # failed, cancelled or stopped: nothing of it stays
+            await self._discard(document)
+            raise
         report("indexing", 0.97)
         await self.refresh(scope)
         report("done", 1.0)
-        return Ingested(document, len(rows), parsed.pages)
+        return Ingested(document, document.chunk_count, parsed.pages)
+
+    async def _store_chunks(self, document_id: int, chunks: list, report: Progress,
+                            stop: Callable[[], None]) -> None:
+        """Embed and store a document's chunks a batch at a time (STORE_BATCH chunks and their sentence
+        windows), so a 20 MB upload's 400,000 window vectors are never all in memory at once."""
+        size = self.settings.documents.window_sentences
+        total = sum(1 + (len(chunk_windows(c.text, size)) if size else 0) for c in chunks)
+        done = 0
+        for start in range(0, len(chunks), STORE_BATCH):
+            batch = chunks[start:start + STORE_BATCH]
+            windows = [chunk_windows(c.text, size) for c in batch] if size else []
+            count = len(batch) + sum(len(ws) for ws in windows)
+
+            def embedded(fraction: float, base=done, count=count) -> None:  # in the encoder's thread
+                stop()
+                report("embedding", 0.1 + 0.85 * (base + fraction * count) / total)
+
+            vectors, blobs = await in_own_thread(embed_chunks, self.encoder, [c.text for c in batch], windows,
+                                                 embedded)
+            stop()
+            rows = [q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
+                               embedding=v.tobytes(), window_embeddings=blob)
+                    for c, v, blob in zip(batch, vectors, blobs, strict=True)]
+            async with self.sessions() as s:
+                await documents_db.add_chunks(s, document_id, start, rows)
+            done += count
+
+    async def _discard(self, document: Document) -> None:
+        try:
+            async with self.sessions() as s:
+                await documents_db.discard_document(s, document.id)
+        except Exception:  # the next start's discard_unfinished deletes it; the ingest's own error matters more
+            log.exception("could not delete the unfinished document %s", document.id)
+
+    async def discard_unfinished(self, scope: str | None = None) -> list[str]:
+        """Delete the documents (of `scope`, or all) an earlier process was indexing when it died; their names."""
+        async with self.sessions() as s:
+            names = await documents_db.discard_unfinished(s, scope)
+        if names:
+            log.warning("deleted %d documents left half-indexed by an earlier run: %s", len(names), names)
+        return names
 
     async def forget(self, scope: str, name_or_id: str, *, requester_id: int | None = None,
                      any_document: bool = True) -> Forgotten | None:

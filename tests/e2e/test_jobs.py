@@ -84,7 +84,24 @@ async def test_a_reply_whose_model_cannot_load_is_stored_as_failed(tmp_path):
 def _start(tmp_path: Path, fake: FakeTelegram, model: Path):
     from lm import hub
 
-    return start_bot_process(tmp_path, fake, model, DOCENT_CACHE_DIR=str(hub.default_cache_dir()))
+    # small chunks: the upload is stored in several batches, so a kill can come after some are in SQL
+    return start_bot_process(tmp_path, fake, model, DOCENT_CACHE_DIR=str(hub.default_cache_dir()),
+                             DOCENT_DOCUMENTS_CHUNK_TOKENS="48", DOCENT_DOCUMENTS_CHUNK_OVERLAP_TOKENS="8")
+
+
+def _stored(tmp_path: Path) -> tuple[int, int]:
+    """(documents, chunks) in the bot process's SQLite database, read as another process would."""
+    import sqlite3
+
+    db = tmp_path / "data" / "docent.db"
+    if not db.exists():
+        return 0, 0
+    with sqlite3.connect(db) as con:
+        try:
+            return (con.execute("SELECT count(*) FROM documents").fetchone()[0],
+                    con.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0, 0
 
 
 def test_kill_9_mid_upload_is_reported_on_restart_and_sigterm_stops_an_upload_within_seconds(tmp_path, tiny_model):
@@ -93,18 +110,20 @@ def test_kill_9_mid_upload_is_reported_on_restart_and_sigterm_stops_an_upload_wi
         proc = _start(tmp_path, fake, tiny_model)
         try:
             fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER, "text/plain")
-            fake.wait_for_sync(lambda: _embedding(fake, ANN), 120)
+            fake.wait_for_sync(lambda: _stored(tmp_path)[1] > 0, 120)  # a batch of chunks is in SQL
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         first = _status(fake, ANN)
         assert "embedding" in first.text, "killed mid-way: the status line still shows progress"
+        assert _stored(tmp_path)[0] == 1
         proc = _start(tmp_path, fake, tiny_model)
         try:
             fake.wait_for_sync(lambda: _status(fake, ANN).text.startswith(
                 "⚠️ Indexing ledger.txt was interrupted by a restart."), 60)
+            assert _stored(tmp_path) == (0, 0), "the half-indexed upload was deleted at the start"
             fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER + b"\n\nOne more line.", "text/plain")
-            fake.wait_for_sync(lambda: "embedding" in _statuses(fake, ANN)[-1].text, 120)
+            fake.wait_for_sync(lambda: _stored(tmp_path)[1] > 0, 120)
             assert len(_statuses(fake, ANN)) == 2
             proc.send_signal(signal.SIGTERM)
             asked = time.monotonic()
@@ -123,6 +142,7 @@ def test_kill_9_mid_upload_is_reported_on_restart_and_sigterm_stops_an_upload_wi
     log_text = (tmp_path / "bot.log").read_text()
     assert "asked to stop" in log_text
     assert asyncio.run(_documents(tmp_path)) == 0, "neither upload stored anything"
+    assert _stored(tmp_path) == (0, 0), "the stopped upload deleted its stored batches"
 
 
 async def _documents(tmp_path: Path) -> int:

@@ -79,3 +79,76 @@ def test_windows_embedded_a_group_at_a_time_match_one_pass(monkeypatch: pytest.M
         np.testing.assert_allclose(np.frombuffer(got, np.float16), np.frombuffer(want, np.float16), atol=2e-3)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) >= 4
     assert embed_chunks(encoder, texts, [], seen.append)[1] == [None, None, None]  # windows off
+
+
+LONG = " ".join(f"Station {i} recorded {i * 7 % 31} millimetres of rain on day {i}." for i in range(120)).encode()
+
+
+def _rows(db: Path) -> tuple[list[tuple], int]:
+    """(documents as (name, status, chunk_count), chunk rows), read by a second connection as another process
+    would see them."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        docs = con.execute("SELECT name, status, chunk_count FROM documents ORDER BY id").fetchall()
+        return docs, con.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+
+async def test_an_ingest_stores_batches_under_an_unready_document_and_a_stop_deletes_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    settings = settings_for(tmp_path, window_sentences=2)
+    settings = dataclasses.replace(settings, documents=dataclasses.replace(settings.documents, chunk_tokens=48,
+                                                                              chunk_overlap_tokens=8))
+    monkeypatch.setattr("bot.services.knowledge.STORE_BATCH", 3)
+    db = settings.data_dir / "docent.db"
+    engine, kb = await ev.open_knowledge(settings)
+    seen: list[tuple[list[tuple], int]] = []
+
+    class Stopped(Exception):
+        pass
+
+    def stop() -> None:  # called between steps and batches; the third batch's first call ends the ingest
+        seen.append(_rows(db))
+        if seen[-1][1] >= 6:
+            raise Stopped
+
+    try:
+        with pytest.raises(Stopped):
+            await kb.ingest("s", LONG, "rain.txt", stop=stop)
+        assert seen[-1] == ([("rain.txt", "indexing", 0)], 6)  # two batches were in SQL, not yet ready
+        assert await kb.documents("s") == []
+        assert _rows(db) == ([], 0)  # and the stop deleted them
+
+        result = await kb.ingest("s", LONG, "rain.txt")
+        assert result.chunks > 6 and not result.duplicate
+        async with kb.sessions() as s:
+            chunks = (await s.scalars(select(Chunk).order_by(Chunk.id))).all()
+        assert [c.ordinal for c in chunks] == list(range(result.chunks))
+        assert all(c.window_embeddings for c in chunks)
+        assert _rows(db) == ([("rain.txt", "ready", result.chunks)], result.chunks)
+        passage, = await kb.search("s", "How much rain did station 57 record?", 1)
+        assert "Station 57 recorded" in passage.evidence
+    finally:
+        await engine.dispose()
+
+
+async def test_documents_a_killed_ingest_left_unfinished_are_discarded(tmp_path: Path):
+    from bot.db import documents as documents_db
+    from bot.db import queries as q
+
+    settings = settings_for(tmp_path, window_sentences=2)
+    engine, kb = await ev.open_knowledge(settings)
+    try:
+        await kb.ingest("s", REPORT, "report.txt")
+        async with kb.sessions() as s:  # what a process killed mid-ingest leaves behind
+            for scope in ("s", "other"):
+                doc = await documents_db.begin_document(s, scope=scope, name="half.txt", mime="text/plain",
+                                                        sha256=scope * 32, size_bytes=10)
+                await documents_db.add_chunks(s, doc.id, 0, [q.NewChunk(text="half", token_count=1)])
+        assert [d.name for d in await kb.documents("s")] == ["report.txt"]
+        assert await kb.discard_unfinished("other") == ["half.txt"]
+        assert _rows(settings.data_dir / "docent.db") == ([("report.txt", "ready", 1), ("half.txt", "indexing", 0)], 2)
+        assert await kb.discard_unfinished() == ["half.txt"]
+        assert _rows(settings.data_dir / "docent.db") == ([("report.txt", "ready", 1)], 1)
+    finally:
+        await engine.dispose()
