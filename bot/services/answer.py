@@ -29,6 +29,7 @@ answerable questions, and first for 0.57.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -73,6 +74,18 @@ _AUX = frozenset("is are was were be been does do did has have had can could sho
 _WH_SHORT = frozenset("who whom whose when where which".split())
 _PREPOSITIONS = frozenset("in on at from to for by during after before since until of with into about under "
                           "between among".split())
+# What an answer to "when ..." or "how many ..." must contain, besides a digit: a span without any is a name or
+# a phrase the model liked, not a date or a quantity ("the Normans" for "When were the Normans in Normandy?").
+_TIME_WORDS = frozenset("""january february march april may june july august september october november december
+spring summer autumn winter century centuries decade decades year years age era reign period dynasty""".split())
+_NUMBER_WORDS = frozenset("""one two three four five six seven eight nine ten eleven twelve twenty thirty forty
+fifty sixty seventy eighty ninety hundred hundreds thousand thousands million millions billion billions dozen
+dozens few several many half""".split())
+_ORDINALS = frozenset("""first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth
+thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth""".split())
+_TIME_NOUNS = frozenset("year years century date decade month day time period era".split())
+_QUANTITY = frozenset("many much long old far large big often".split())
+STEM_PREFIX = 5  # letters two words must share, one beginning the other, to count as one name (Europe ~ European)
 _REFERS_BACK = frozenset("""he she it they them this that these those his her its their him there then such
 one ones same other another""".split())
 
@@ -173,9 +186,33 @@ def span_prompt(question: str, evidence: Sequence[Evidence], earlier: str | None
     return messages
 
 
+def answer_type(question: str) -> str | None:
+    """"time" for a question asking when, "number" for one asking how many, much, long or old; else None."""
+    w = [x.lower() for x in re.findall(r"[A-Za-z]+", question)]
+    if len(w) > 1 and w[0] in _PREPOSITIONS and w[1] in ("what", "which", "how"):
+        w = w[1:]  # "In what year ..."
+    if not w:
+        return None
+    if w[0] == "when" or (w[0] in ("what", "which") and len(w) > 1 and w[1] in _TIME_NOUNS):
+        return "time"
+    if w[0] == "how" and len(w) > 1 and w[1] in _QUANTITY:
+        return "number"
+    return None
+
+
+def fits_type(kind: str | None, span: str) -> bool:
+    """Whether a span can be the answer to a question of that answer_type: a date or a quantity holds a digit or a
+    word for one."""
+    if kind is None or any(c.isdigit() for c in span):
+        return True
+    said = {w.lower() for w in words(span)}
+    return bool(said & (_ORDINALS | (_TIME_WORDS if kind == "time" else _NUMBER_WORDS)))
+
+
 def _norm(word: str) -> str:
     from lm.index import light_stem
 
+    word = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))  # Hervé = Herve
     word = re.sub(r"['’]s?$", "", word)
     if any(c.isdigit() for c in word):
         return re.sub(r"\D", "", word) or word
@@ -193,8 +230,19 @@ def key_terms(question: str) -> set[str]:
 
 
 def names_all(terms: set[str], text: str) -> bool:
-    """Every key term occurs among the (normalised) words of text."""
-    return terms <= {_norm(w) for w in words(text)}
+    """Every key term occurs among the (normalised) words of text, or a name shares its stem with one of them:
+    one begins the other and both have STEM_PREFIX letters or more ("Europe" and "European", "Normandy" and
+    "Normans"). Numbers must occur as they are."""
+    have = {_norm(w) for w in words(text)}
+
+    def named(term: str) -> bool:
+        if term in have:
+            return True
+        if len(term) < STEM_PREFIX or term.isdigit():
+            return False
+        return any(len(h) >= STEM_PREFIX and (h.startswith(term) or term.startswith(h)) for h in have)
+
+    return all(named(t) for t in terms)
 
 
 def repeats_question(span: str, question: str) -> bool:
@@ -218,6 +266,9 @@ def choose(spans, question: str, evidence: Sequence[Evidence], margin: float = S
     `spans` are lm.spans.Span, best first. A span's source is the sentence holding it that names the question's
     key terms; the sentence before it counts too, for "he" and "it".
 
+    A phrase question's spans must hold a word that is not a stopword, and a date or a quantity where the
+    question asks when or how many (answer_type); the others are passed over before the margin is counted.
+
     When the model's favourite span only repeats the question ("Where was Dyrrachium?" -> "Dyrrachium"), it
     did not find a phrase that answers it, and a phrase question is "not found". A `statement` question is
     answered by a whole sentence, and the span naming its subject is how the model points at that sentence
@@ -227,6 +278,11 @@ def choose(spans, question: str, evidence: Sequence[Evidence], margin: float = S
     texts = [e.text for e in evidence]
     if statement:
         spans = [s for s in spans if s.text and not repeats_question(s.text, question)]
+    else:  # a phrase names something: no span of stopwords alone ("The"), nor a name where a date was asked for
+        kind = answer_type(question)
+        spans = [s for s in spans if any(w.lower() not in _STOP for w in words(s.text)) and fits_type(kind, s.text)]
+    if not spans:
+        return None
     for span in spans:
         if span.logprob < spans[0].logprob - margin:
             break
