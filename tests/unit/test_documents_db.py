@@ -1,0 +1,77 @@
+"""bot.db.documents against real SQLite and PostgreSQL: a document indexed a batch at a time is invisible until it
+is ready, the same file cannot start twice in a scope, and what a killed ingest left is discarded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db import documents as documents_db
+from bot.db import queries as q
+from bot.db.models import Chunk
+from bot.db.session import create_engine, session_factory, upgrade
+from bot.db.sources import find_document
+
+SCOPE = "chat:42"
+
+
+@pytest.fixture
+async def s(db_url: str) -> AsyncIterator[AsyncSession]:
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    async with session_factory(engine)() as session:
+        yield session
+    await engine.dispose()
+
+
+def batch(*texts: str) -> list[q.NewChunk]:
+    return [q.NewChunk(text=t, token_count=len(t.split()), embedding=b"\0" * 8) for t in texts]
+
+
+async def begin(s: AsyncSession, name: str, scope: str = SCOPE):
+    return await documents_db.begin_document(s, scope=scope, name=name, mime="text/plain",
+                                             sha256=name.ljust(64, "0"), size_bytes=100)
+
+
+async def test_a_document_stored_in_batches_is_seen_only_once_ready(s: AsyncSession):
+    doc = await begin(s, "log.txt")
+    await documents_db.add_chunks(s, doc.id, 0, batch("one", "two"))
+    await documents_db.add_chunks(s, doc.id, 2, batch("three"))
+    assert await q.list_documents(s, SCOPE) == [] and await find_document(s, SCOPE, "log.txt") is None
+    assert await q.chunks_for_scope(s, SCOPE) == []
+
+    ready = await documents_db.finish_document(s, doc.id)
+    assert (ready.status, ready.chunk_count) == ("ready", 3)
+    assert [d.name for d in await q.list_documents(s, SCOPE)] == ["log.txt"]
+    assert [(c.ordinal, c.text) for c in await q.chunks_for_scope(s, SCOPE)] == [(0, "one"), (1, "two"), (2, "three")]
+
+
+async def test_the_same_file_cannot_be_indexed_twice_at_once(s: AsyncSession):
+    doc = await begin(s, "log.txt")
+    with pytest.raises(q.DuplicateDocumentError) as raised:
+        await begin(s, "log.txt")
+    assert raised.value.existing.id == doc.id and raised.value.existing.status == "indexing"
+    await begin(s, "log.txt", scope="chat:7")  # another chat may have the same file
+
+
+async def test_unfinished_documents_are_discarded_with_their_chunks(s: AsyncSession):
+    kept = await begin(s, "kept.txt")
+    await documents_db.add_chunks(s, kept.id, 0, batch("kept"))
+    await documents_db.finish_document(s, kept.id)
+    for name, scope in (("half.txt", SCOPE), ("other.txt", "chat:7")):
+        doc = await begin(s, name, scope)
+        await documents_db.add_chunks(s, doc.id, 0, batch("half", "done"))
+
+    assert await documents_db.discard_unfinished(s, "chat:7") == ["other.txt"]
+    assert await documents_db.discard_unfinished(s) == ["half.txt"]
+    assert await documents_db.discard_unfinished(s) == []
+    assert await s.scalar(select(func.count()).select_from(Chunk)) == 1
+    assert [d.name for d in await q.list_documents(s, SCOPE)] == ["kept.txt"]
+
+    stopped = await begin(s, "stopped.txt")
+    await documents_db.add_chunks(s, stopped.id, 0, batch("a"))
+    await documents_db.discard_document(s, stopped.id)
+    assert await s.scalar(select(func.count()).select_from(Chunk)) == 1
