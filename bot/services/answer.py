@@ -20,10 +20,10 @@ does not cover, mostly ask about a name, date or number the evidence does not ha
 against the Turks?" next to "Robert Crispin led the Normans of Edessa against the Turks."). The model will
 still copy the nearest date; the check refuses an answer whose source does not name what was asked about.
 
-Where it stands (`docent eval qa`, held-out halves): SQuAD 2.0 Normans, the answer contains the gold 0.55
-(token F1 0.45) and 0.63 of the unanswerable questions are "not found"; COVID-QA, 0.32 (F1 0.26). What
-limits it is the model's choice among spans: a gold answer is among its eight best spans for 0.69 of the
-answerable questions, and first for 0.57.
+Where it stands (`docent eval qa`, held-out halves): SQuAD 2.0 Normans, the answer contains the gold 0.62
+(token F1 0.49) and 0.54 of the unanswerable questions are "not found" (tuning half: 0.53 and 0.53); COVID-QA,
+0.34 (F1 0.27). What limits it is the model's choice among spans: of 96 answerable SQuAD questions, 13 have no
+gold among the model's sixteen best spans, and for 12 a wrong span outscores the gold one.
 """
 
 from __future__ import annotations
