@@ -29,7 +29,7 @@ from bot.db.models import Chunk, Document
 from bot.db.sources import Forgotten, forget_document
 from bot.knowledge.chunk import chunk_document, sentence_windows
 from bot.knowledge.parse import ParsedDocument, parse_document
-from bot.services.compute import in_own_thread
+from bot.services.compute import in_own_thread, release_freed_memory
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]  # (stage, fraction done)
@@ -170,6 +170,8 @@ class KnowledgeBase:
                     for c, v, blob in zip(batch, vectors, blobs, strict=True)]
             async with self.sessions() as s:
                 await documents_db.add_chunks(s, document_id, start, rows)
+            del vectors, blobs, rows
+            release_freed_memory()
             done += count
 
     async def _discard(self, document: Document) -> None:
