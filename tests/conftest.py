@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -42,6 +42,18 @@ def sqlite_url(tmp_path: Path) -> str:
 def db_url(request: pytest.FixtureRequest) -> str:
     """The test runs twice: on a fresh SQLite file and on a private PostgreSQL schema."""
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+async def db_session(db_url: str) -> AsyncIterator:
+    """An AsyncSession on a fresh database at `db_url` (SQLite, then PostgreSQL), migrated to the latest schema."""
+    from bot.db.session import create_engine, session_factory, upgrade
+
+    await upgrade(db_url)
+    engine = create_engine(db_url)
+    async with session_factory(engine)() as session:
+        yield session
+    await engine.dispose()
 
 
 async def _pg_execute(url: str, sql: str) -> None:

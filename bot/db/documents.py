@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Chunk, Document
-from bot.db.queries import DuplicateDocumentError, NewChunk, find_document_by_sha
+from bot.db.queries import NewChunk, commit_new_document
 
 
 async def begin_document(session: AsyncSession, *, scope: str, name: str, mime: str, sha256: str, size_bytes: int,
@@ -24,16 +23,7 @@ async def begin_document(session: AsyncSession, *, scope: str, name: str, mime: 
     when the scope already holds (or is indexing) a file with the same sha256."""
     document = Document(scope=scope, chat_id=chat_id, user_id=user_id, name=name, mime=mime, sha256=sha256,
                         size_bytes=size_bytes, pages=pages, chunk_count=0, status="indexing")
-    session.add(document)
-    try:
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
-        existing = await find_document_by_sha(session, scope, sha256)
-        if existing is not None:
-            raise DuplicateDocumentError(existing) from None
-        raise
-    return document
+    return await commit_new_document(session, document)
 
 
 async def add_chunks(session: AsyncSession, document_id: int, first_ordinal: int, chunks: Sequence[NewChunk]) -> None:

@@ -388,12 +388,18 @@ async def add_document_with_chunks(
               window_embeddings=c.window_embeddings)
         for i, c in enumerate(chunks)
     ]
+    return await commit_new_document(session, document)
+
+
+async def commit_new_document(session: AsyncSession, document: Document) -> Document:
+    """Add a new document row (with whatever chunks it holds) and commit; raises DuplicateDocumentError when its
+    scope already has a file with the same sha256."""
     session.add(document)
     try:
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        existing = await find_document_by_sha(session, scope, sha256)
+        existing = await find_document_by_sha(session, document.scope, document.sha256)
         if existing is not None:
             raise DuplicateDocumentError(existing) from None
         raise

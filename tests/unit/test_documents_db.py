@@ -3,8 +3,6 @@ is ready, the same file cannot start twice in a scope, and what a killed ingest 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,19 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.db import documents as documents_db
 from bot.db import queries as q
 from bot.db.models import Chunk
-from bot.db.session import create_engine, session_factory, upgrade
 from bot.db.sources import find_document
 
 SCOPE = "chat:42"
 
 
 @pytest.fixture
-async def s(db_url: str) -> AsyncIterator[AsyncSession]:
-    await upgrade(db_url)
-    engine = create_engine(db_url)
-    async with session_factory(engine)() as session:
-        yield session
-    await engine.dispose()
+def s(db_session: AsyncSession) -> AsyncSession:
+    return db_session
 
 
 def batch(*texts: str) -> list[q.NewChunk]:

@@ -4,8 +4,6 @@ someone who manages the chat may forget."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.db import queries as q
 from bot.db import training_queries as tq
 from bot.db.models import Chunk, Document, Message, MessageSource
-from bot.db.session import create_engine, session_factory, upgrade
 from bot.db.sources import NotAllowedToForget, forget_document, record_sources
 
 CHAT, ANN, BEN = -100777, 501, 502
@@ -21,14 +18,10 @@ SCOPE = f"chat:{CHAT}"
 
 
 @pytest.fixture
-async def s(db_url: str) -> AsyncIterator[AsyncSession]:
-    await upgrade(db_url)
-    engine = create_engine(db_url)
-    async with session_factory(engine)() as session:
-        await q.ensure_user_and_chat(session, CHAT, "group", ANN, "ann", "Ann", title="team")
-        await q.ensure_user_and_chat(session, CHAT, "group", BEN, None, "Ben", title="team")
-        yield session
-    await engine.dispose()
+async def s(db_session: AsyncSession) -> AsyncSession:
+    await q.ensure_user_and_chat(db_session, CHAT, "group", ANN, "ann", "Ann", title="team")
+    await q.ensure_user_and_chat(db_session, CHAT, "group", BEN, None, "Ben", title="team")
+    return db_session
 
 
 async def memo(s: AsyncSession, name: str = "memo.txt", user_id: int | None = ANN) -> Document:

@@ -4,7 +4,6 @@ every chat's totals."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.db import queries as q
 from bot.db import stats_queries as sq
 from bot.db.models import Document, Message
-from bot.db.session import create_engine, session_factory, upgrade
 
 GROUP = -1001234567890123
 ANN, BOB, CAROL = 5_000_000_001, 5_000_000_002, 5_000_000_003
@@ -23,12 +21,8 @@ SINCE = datetime.now(UTC) - timedelta(days=1)
 
 
 @pytest.fixture
-async def s(db_url: str) -> AsyncIterator[AsyncSession]:
-    await upgrade(db_url)
-    engine = create_engine(db_url)
-    async with session_factory(engine)() as session:
-        yield session
-    await engine.dispose()
+def s(db_session: AsyncSession) -> AsyncSession:
+    return db_session
 
 
 async def said(s: AsyncSession, chat: int, user: int, update_id: int, tokens: int | None, old: bool = False,
