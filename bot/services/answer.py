@@ -152,6 +152,14 @@ def about_documents(evidence: Sequence[Evidence]) -> bool:
     return best.cosine >= MIN_COSINE or (best.coverage >= MIN_COVERAGE and best.shared >= 2)
 
 
+def _question_words(question: str) -> list[str]:
+    """A question's words, lower-cased, from its question word on: "In what year ..." -> ["what", "year", ...]."""
+    w = [x.lower() for x in re.findall(r"[A-Za-z]+", question)]
+    if len(w) > 1 and w[0] in _PREPOSITIONS and w[1] in _WH_SHORT | {"what", "how"}:
+        return w[1:]  # "In what year ...", "To whom ..."
+    return w
+
+
 def wants_a_phrase(question: str) -> bool:
     """Whether a question asks for a name, date, number or other short phrase rather than an explanation, read
     from its first words: who, when, where, which, "how many", "what year", "in what city" ask for a phrase;
@@ -161,9 +169,7 @@ def wants_a_phrase(question: str) -> bool:
     copied phrase then misses most of them while the evidence sentence holding it contains 0.29 of them on
     the tuning half (the phrase: 0.15).
     """
-    w = [x.lower() for x in re.findall(r"[A-Za-z]+", question)]
-    if len(w) > 1 and w[0] in _PREPOSITIONS and w[1] in _WH_SHORT | {"what", "how"}:
-        w = w[1:]  # "In what year ...", "To whom ..."
+    w = _question_words(question)
     if not w:
         return False
     if w[0] in _WH_SHORT:
@@ -188,9 +194,7 @@ def span_prompt(question: str, evidence: Sequence[Evidence], earlier: str | None
 
 def answer_type(question: str) -> str | None:
     """"time" for a question asking when, "number" for one asking how many, much, long or old; else None."""
-    w = [x.lower() for x in re.findall(r"[A-Za-z]+", question)]
-    if len(w) > 1 and w[0] in _PREPOSITIONS and w[1] in ("what", "which", "how"):
-        w = w[1:]  # "In what year ..."
+    w = _question_words(question)
     if not w:
         return None
     if w[0] == "when" or (w[0] in ("what", "which") and len(w) > 1 and w[1] in _TIME_NOUNS):

@@ -151,6 +151,8 @@ class KnowledgeBase:
         """Embed and store a document's chunks a batch at a time (STORE_BATCH chunks and their sentence
         windows), so a 20 MB upload's 400,000 window vectors are never all in memory at once."""
         size = self.settings.documents.window_sentences
+        # the windows are cut twice (here only to count them, for the progress line) rather than kept: a 20 MB
+        # upload's 350,000 window strings would stay in memory for the whole ingest
         total = sum(1 + (len(chunk_windows(c.text, size)) if size else 0) for c in chunks)
         done = 0
         for start in range(0, len(chunks), STORE_BATCH):
