@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/generate.py                       # ours only
     .venv/bin/python bench/generate.py --vs-transformers     # + HF transformers fp32 on the same GGUF, ratios
-    .venv/bin/python bench/generate.py --llama-bench PATH    # + llama.cpp's llama-bench on the same GGUF, ratio
+    .venv/bin/python bench/generate.py --llama-bench PATH    # + llama.cpp's llama-bench on the same GGUF, ratios
 
 Each engine runs in its own subprocess (so peak RSS, threads and allocator state do not mix) on the SAME token
 ids: a 1,024-token prompt cut from a COVID-QA paper (or repeated filler text when the shared data is missing),
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -139,17 +140,32 @@ def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: li
 
 
 def llama_bench(path: str, gguf: str, args) -> dict:
-    """llama.cpp's own benchmark on the same file, threads and depth: decode (-n) after the prompt's depth (-d)
-    and prefill (-p) tokens/s, from its JSON output."""
-    cmd = [path, "-m", gguf, "-t", str(args.threads), "-p", str(args.prompt_tokens), "-n", str(args.new_tokens),
-           "-d", str(args.prompt_tokens), "-r", str(args.repeats), "-o", "json"]
+    """llama.cpp's own benchmark on the same file and threads: prefill (-p) tokens/s, decode at depth 0 (-n), and
+    decode after the prompt's depth, from its JSON output. A llama-bench with `-d` (2025-05 and later) measures that
+    directly; an older one runs -pg P,N (the prompt then N new tokens, timed together), and the decode time is that
+    run's time less the prefill's (the same P tokens, measured in the same call)."""
+    base = [path, "-m", gguf, "-t", str(args.threads), "-r", str(args.repeats), "-o", "json",
+            "-p", str(args.prompt_tokens), "-n", str(args.new_tokens)]
+    cmd = base + ["-d", str(args.prompt_tokens)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 and "-d" in proc.stderr:  # no -d in this llama-bench
+        cmd = base + ["-pg", f"{args.prompt_tokens},{args.new_tokens}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"llama-bench failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     rows = json.loads(proc.stdout)
-    decode = next(r["avg_ts"] for r in rows if r.get("n_gen", 0) > 0)
-    prefill = next((r["avg_ts"] for r in rows if r.get("n_prompt", 0) > 0 and not r.get("n_gen")), 0.0)
-    return {"decode_tok_s": decode, "prefill_tok_s": prefill, "command": " ".join(cmd)}
+    prefill = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
+    depth = [r for r in rows if r["n_gen"] > 0 and (r.get("n_depth", 0) > 0 or r["n_prompt"] > 0)]
+    if depth and depth[0]["n_prompt"] > 0:  # -pg: prompt and generation timed as one
+        run = depth[0]
+        decode_s = (run["n_prompt"] + run["n_gen"]) / run["avg_ts"] - run["n_prompt"] / prefill
+        decode = run["n_gen"] / decode_s
+    else:
+        decode = next(r["avg_ts"] for r in rows if r["n_gen"] > 0 and r.get("n_depth", 0) > 0)
+    at_zero = next((r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0 and not r.get("n_depth")),
+                   0.0)
+    return {"decode_tok_s": decode, "decode_tok_s_depth0": at_zero, "prefill_tok_s": prefill,
+            "command": " ".join(cmd)}
 
 
 def hf_python(args) -> str | None:
@@ -173,6 +189,7 @@ def main() -> None:
     ap.add_argument("--vs-transformers", action="store_true")
     ap.add_argument("--hf-python", default="/tmp/hf/bin/python")
     ap.add_argument("--llama-bench", metavar="PATH", help="llama.cpp's llama-bench binary: run it on the same GGUF")
+    ap.add_argument("--llama-rounds", type=int, default=3, help="interleaved rounds of ours and llama-bench")
     ap.add_argument("--worker", choices=["prepare", "ours", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
@@ -200,6 +217,12 @@ def main() -> None:
         results = [run_worker(sys.executable, "ours", args, pf)]
         if hf_py:
             results.append(run_worker(hf_py, "hf", args, pf, ["--gguf", prep["gguf"]]))
+        # llama.cpp: rounds of (llama-bench, ours again), interleaved, so that both see the machine's slow and fast
+        # spells alike; the ratio is the median of each round's
+        llama_rounds = []
+        for r in range(args.llama_rounds if args.llama_bench else 0):
+            ours = results[0] if r == 0 else run_worker(sys.executable, "ours", args, pf)
+            llama_rounds.append((ours, llama_bench(args.llama_bench, prep["gguf"], args)))
 
     rows = [("load s", "load_s", "{:.2f}"), ("prefill tok/s", "prefill_tok_s", "{:.1f}"), ("TTFT s", "ttft_s", "{:.3f}"),
             ("decode tok/s", "decode_tok_s", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}")]
@@ -220,12 +243,26 @@ def main() -> None:
                "ours": {k: round(v, 3) for k, v in results[0].items() if isinstance(v, float)}}
     print(f"first load (GGUF -> {args.weights}{', converted' if prep['first_load_converted'] else ', from cache'}): "
           f"{prep['first_load_s']:.2f} s, peak RSS {prep['first_load_peak_rss_mb']:.0f} MB")
-    if args.llama_bench:  # in the same run, on the same file, after ours
-        llama = llama_bench(args.llama_bench, prep["gguf"], args)
-        summary["llama_cpp"] = llama
-        summary["vs_llama_cpp_decode"] = round(results[0]["decode_tok_s"] / llama["decode_tok_s"], 3)
-        print(f"llama.cpp ({llama['command']}): decode {llama['decode_tok_s']:.1f} tok/s at depth "
-              f"{args.prompt_tokens}; ours {summary['vs_llama_cpp_decode']:.2f}x")
+    if llama_rounds:
+        def median(key: str, side: int) -> float:
+            return statistics.median(r[side][key] for r in llama_rounds)
+
+        def ratio(key: str) -> float:
+            return statistics.median(ours[key] / llama[key] for ours, llama in llama_rounds)
+
+        llama = llama_rounds[0][1]
+        summary["llama_cpp"] = {"command": llama["command"], "rounds": len(llama_rounds),
+                                **{k: round(median(k, 1), 1) for k in ("decode_tok_s", "decode_tok_s_depth0",
+                                                                       "prefill_tok_s")}}
+        summary["vs_llama_cpp_decode"] = round(ratio("decode_tok_s"), 3)
+        summary["vs_llama_cpp_prefill"] = round(ratio("prefill_tok_s"), 3)
+        decode_ratios = sorted(o["decode_tok_s"] / q["decode_tok_s"] for o, q in llama_rounds)
+        print(f"llama.cpp ({llama['command']}), {len(llama_rounds)} interleaved rounds, medians: decode "
+              f"{median('decode_tok_s', 1):.1f} tok/s at depth {args.prompt_tokens} "
+              f"({median('decode_tok_s_depth0', 1):.1f} at depth 0), prefill {median('prefill_tok_s', 1):.1f} tok/s; "
+              f"ours {median('decode_tok_s', 0):.1f} and {median('prefill_tok_s', 0):.1f}: decode "
+              f"{summary['vs_llama_cpp_decode']:.2f}x ({decode_ratios[0]:.2f}-{decode_ratios[-1]:.2f}), prefill "
+              f"{summary['vs_llama_cpp_prefill']:.2f}x")
     if len(results) > 1:
         hf, ours = results[1], results[0]
         agree = next((i for i, (a, b) in enumerate(zip(ours["ids"], hf["ids"], strict=False)) if a != b),

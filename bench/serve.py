@@ -6,7 +6,8 @@ serialised engine it replaced (one lm.engine.Engine in one worker thread), in th
 
 For each N, both paths get the same N conversations at the same moment (asyncio tasks, as the bot's handlers
 are), with the bot's sampling settings (config defaults) and a seed per conversation, and the two paths take
-turns, repeated `--rounds` times (this machine is shared and noisy: compare ratios, not absolute numbers).
+turns, repeated `--rounds` times (this machine is shared and noisy: compare ratios, not absolute numbers); the
+speedup is the median of the rounds' paired ratios, and the table shows each path's median round.
 - aggregate tok/s = all conversations' new tokens / the time from submitting them to the last one's end;
 - TTFT = submit to first text, per conversation: median and p95;
 - bot path vs bench: one conversation's decode tok/s through the bot's path (an asyncio listener on the
@@ -107,6 +108,11 @@ def seeded(sampling, seed: int):
     return replace(sampling, seed=seed)
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run whose aggregate tok/s is the median of the rounds (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda f: f["agg_tok_s"])[(len(runs) - 1) // 2]
+
+
 def figures(results: list[dict], t0: float) -> dict:
     ttfts = sorted(r["ttft"] for r in results)
     p95 = ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))]
@@ -172,7 +178,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0 = one per physical core")
     ap.add_argument("--ns", default="1,4,8,16", help="numbers of simultaneous conversations")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -220,19 +226,26 @@ def main() -> None:
 
     got = asyncio.run(measure())
     chat_model.close()
-    best = {n: {k: max(v, key=lambda f: f["agg_tok_s"]) for k, v in got["table"][n].items()} for n in ns}
+    # per round, the two paths ran back to back on the same conversations: the speedup is the median of those
+    # paired ratios, and each path's figures are those of its median round
+    med = {n: {k: _median_run(v) for k, v in got["table"][n].items()} for n in ns}
+    speedup = {n: statistics.median(b["agg_tok_s"] / s["agg_tok_s"] for s, b in
+                                    zip(got["table"][n]["serialised"], got["table"][n]["batched"], strict=True))
+               for n in ns}
     print(f"{args.new_tokens} new tokens per reply, bot sampling settings, threads {torch.get_num_threads()}, "
-          f"best of {args.rounds} round(s)")
-    print(f"{'N':>3} {'path':>11} {'agg tok/s':>10} {'TTFT med s':>11} {'TTFT p95 s':>11} {'speedup':>8}")
+          f"median of {args.rounds} round(s)")
+    print(f"{'N':>3} {'path':>11} {'agg tok/s':>10} {'(min-max)':>13} {'TTFT med s':>11} {'TTFT p95 s':>11} "
+          f"{'speedup':>8}")
     for n in ns:
         for name in ("serialised", "batched"):
-            f = best[n][name]
-            speed = f["agg_tok_s"] / best[n]["serialised"]["agg_tok_s"]
-            print(f"{n:>3} {name:>11} {f['agg_tok_s']:>10.1f} {f['ttft_median_s']:>11.2f} {f['ttft_p95_s']:>11.2f} "
-                  f"{speed:>7.2f}x")
-    bot, bench = max(got["bot_vs_bench"], key=lambda r: r[0] / r[1])
+            f, runs = med[n][name], [r["agg_tok_s"] for r in got["table"][n][name]]
+            speed = speedup[n] if name == "batched" else 1.0
+            print(f"{n:>3} {name:>11} {f['agg_tok_s']:>10.1f} {f'({min(runs):.0f}-{max(runs):.0f})':>13} "
+                  f"{f['ttft_median_s']:>11.2f} {f['ttft_p95_s']:>11.2f} {speed:>7.2f}x")
+    ratios = sorted(bot / bench for bot, bench in got["bot_vs_bench"])
+    bot, bench = statistics.median(r[0] for r in got["bot_vs_bench"]), statistics.median(r[1] for r in got["bot_vs_bench"])
     print(f"one conversation, greedy: bot path decode {bot:.1f} tok/s, bench/generate.py {bench:.1f} tok/s "
-          f"({bot / bench:.2f}x)")
+          f"(median of paired ratios {statistics.median(ratios):.2f}x, {ratios[0]:.2f}-{ratios[-1]:.2f})")
     child = subprocess.run([sys.executable, __file__, "--memory-child", "--model", args.model, "--threads",
                             str(args.threads)], capture_output=True, text=True)
     memory = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {}
@@ -242,12 +255,12 @@ def main() -> None:
     else:
         print(f"memory child failed: {child.stderr[-2000:]}")
     summary = {"threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "rounds": args.rounds,
-               **{f"agg_tok_s_at_{n}": {k: round(v["agg_tok_s"], 1) for k, v in best[n].items()} for n in ns},
-               "bot_path_vs_bench_decode": round(bot / bench, 3),
+               **{f"agg_tok_s_at_{n}": {k: round(v["agg_tok_s"], 1) for k, v in med[n].items()} for n in ns},
+               **{f"speedup_at_{n}": round(speedup[n], 2) for n in ns},
+               "bot_path_vs_bench_decode": round(statistics.median(ratios), 3),
                "peak_rss_mb_8x1500": round(memory.get("peak_rss_mb", 0))}
-    if 8 in best:
-        summary["speedup_at_8"] = round(best[8]["batched"]["agg_tok_s"] / best[8]["serialised"]["agg_tok_s"], 2)
-        summary["p95_ttft_s_at_8"] = round(best[8]["batched"]["ttft_p95_s"], 2)
+    if 8 in med:
+        summary["p95_ttft_s_at_8"] = round(med[8]["batched"]["ttft_p95_s"], 2)
     print(json.dumps(summary))
 
 

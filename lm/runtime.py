@@ -20,7 +20,7 @@ from lm import hub
 from lm.quant import MODES, quantize_model
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when the converted layout changes
+CACHE_VERSION = 2  # bump when the converted layout changes (2: SmoothQuant folded into int8 weights)
 
 
 def physical_cores() -> int:
@@ -113,11 +113,22 @@ def load_chat_model(name_or_path: str | Path, weights: str = "int8", threads: in
             log.warning("ignoring converted-weights cache %s: %s", cached, e)
     model, g = load_model(path, max_seq_len=max_seq_len)
     g.state_dict.clear()  # the model holds the tensors; dropping these references lets conversion free them
-    model = quantize_model(model, weights)
     metadata = {k: v for k, v in g.metadata.items()}
+    tokenizer = Tokenizer.from_gguf(metadata)
+    model = quantize_model(model, weights, calibration=calibration_ids(tokenizer))
     if use_cache:
         try:
             _save_converted(cached, model, metadata)
         except Exception as e:
             log.warning("could not cache converted weights at %s: %s", cached, e)
-    return model, Tokenizer.from_gguf(metadata)
+    return model, tokenizer
+
+
+def calibration_ids(tokenizer) -> list[int]:
+    """lm.quant's calibration chat in this tokenizer's template (SmoothQuant's activation maxima)."""
+    from lm.quant import CALIBRATION_CHAT
+
+    try:
+        return list(tokenizer.render_chat(CALIBRATION_CHAT)[0])
+    except Exception:  # a tokenizer without a usable chat template: the same text, plain
+        return list(tokenizer.encode("\n".join(m["content"] for m in CALIBRATION_CHAT)))

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from lm.engine import ContextOverflow, Decoder, GenerationConfig, Result, timings
+from lm.engine import ContextOverflow, Decoder, GenerationConfig, Result, sample_rows, timings
 from lm.model import KVCache
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,11 @@ class SlotStore:
         self.k[:, slot, :, :n] = kv[0][:, :, :n]
         self.v[:, slot, :, :n] = kv[1][:, :, :n]
 
+    def copy(self, source: int, slot: int, n: int) -> None:
+        """The first n positions of slot `source` into slot `slot`."""
+        self.k[:, slot, :, :n] = self.k[:, source, :, :n]
+        self.v[:, slot, :, :n] = self.v[:, source, :, :n]
+
 
 def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
@@ -134,7 +139,8 @@ class SlotBatch:
         self.store, self.lengths = store, lengths  # (R,) positions filled per row = where the new token goes
         self.rows = torch.arange(len(lengths))
         keys = torch.arange(store.capacity)
-        self._mask = (keys[None, :] <= lengths[:, None])[:, None, None, :]  # (R, 1, 1, capacity)
+        hidden = (keys[None, :] > lengths[:, None])[:, None, None, :]  # (R, 1, 1, capacity)
+        self._mask = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf"))  # an additive bias: see lm.model
 
     def rope(self, cos: torch.Tensor, sin: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         return cos[self.lengths][:, None, None], sin[self.lengths][:, None, None]  # (R, 1, 1, D)
@@ -241,7 +247,8 @@ class _Seq:
     submitted: float = field(default_factory=time.perf_counter)
     slot: int = -1
     pos: int = 0  # positions of this sequence in its slot
-    reused: int = 0  # of them, copied from the prefix cache
+    reused: int = 0  # of them, copied from the prefix cache or another sequence
+    prefilling: bool = False  # its prefill has begun (the cached prefix was looked up)
     ahead: int = -1  # the last Queued(ahead) sent
     started: float = 0.0
     prefill_s: float = 0.0
@@ -390,11 +397,6 @@ class Server:
             seq = self._waiting.pop(0)
             seq.slot = self._free.pop(0)
             seq.started = time.perf_counter()
-            if seq.cfg.reuse_cache:
-                n, kv = self.prefixes.longest(seq.prompt[:-1])  # the last prompt token always runs
-                if kv is not None:
-                    self.store.load(seq.slot, kv, n)
-                    seq.pos = seq.reused = n
             self._running.append(seq)
             seq.emit(Started())
         for ahead, seq in enumerate(self._waiting):
@@ -416,9 +418,29 @@ class Server:
         if decoding:
             self._decode(decoding)
 
+    def _reuse(self, seq: _Seq) -> None:
+        """Before seq's first chunk: copy the longest prefix of its prompt whose keys/values exist, from the prefix
+        cache or from another sequence in the batch (chats that share a system prompt, admitted together)."""
+        want = seq.prompt[:-1]  # the last prompt token always runs: its logits pick the first new token
+        n, kv = self.prefixes.longest(want)
+        donor = None
+        for other in self._running:
+            if other is not seq and other.pos > n:
+                shared = min(_common_prefix(tuple(other.ids), want), other.pos)
+                if shared > n:
+                    n, donor = shared, other
+        if donor is not None:
+            self.store.copy(donor.slot, seq.slot, n)
+        elif kv is not None:
+            self.store.load(seq.slot, kv, n)
+        seq.pos = seq.reused = n
+
     def _prefill(self, seq: _Seq, budget: int) -> int:
         """Prefill up to `budget` more prompt tokens of seq; at the end of the prompt, pick its first token."""
         t0 = time.perf_counter()
+        if not seq.prefilling and seq.cfg.reuse_cache:
+            self._reuse(seq)
+        seq.prefilling = True
         n = min(budget, len(seq.prompt) - seq.pos)
         self.store.reserve(seq.pos + n)
         logits = self.model(torch.tensor([seq.prompt[seq.pos:seq.pos + n]]), cache=self.store.row(seq.slot, seq.pos))
@@ -430,6 +452,13 @@ class Server:
 
     def _decode(self, seqs: list[_Seq]) -> None:
         """One forward of the last token of every decoding sequence, each in its own slot row."""
+        if len(seqs) == 1:  # one row: over exactly its own positions, as the single-stream engine does
+            seq = seqs[0]
+            self.store.reserve(seq.pos + 1)
+            logits = self.model(torch.tensor([[seq.decoder.out[-1]]]), cache=self.store.row(seq.slot, seq.pos))
+            seq.pos += 1
+            self._push(seq, logits[0, -1].float())
+            return
         rows = max(s.slot for s in seqs) + 1
         tokens = torch.zeros(rows, 1, dtype=torch.long)  # rows of no decoding sequence compute padding
         lengths = torch.zeros(rows, dtype=torch.long)
@@ -441,11 +470,17 @@ class Server:
         logits = self.model(tokens, cache=SlotBatch(self.store, lengths))[:, -1].float()  # (rows, V)
         for s in seqs:
             s.pos += 1
-            self._push(s, logits[s.slot])
+            s.decoder.constrain(logits[s.slot])
+        picked = sample_rows(logits, [s.slot for s in seqs], [s.cfg for s in seqs],
+                             [s.decoder.generator for s in seqs])
+        for s, tok in zip(seqs, picked, strict=True):
+            self._accepted(s, s.decoder.accept(tok))
 
     def _push(self, seq: _Seq, logits: torch.Tensor) -> None:
-        """Sample seq's next token and emit its text; end it when it stops."""
-        delta = seq.decoder.push(logits)
+        """Sample seq's next token from its (V,) logits and emit its text; end it when it stops."""
+        self._accepted(seq, seq.decoder.push(logits))
+
+    def _accepted(self, seq: _Seq, delta: str) -> None:
         if seq.first is None:
             seq.first = time.perf_counter() - seq.started
         if delta:

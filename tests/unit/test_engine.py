@@ -24,6 +24,7 @@ from lm.engine import (
     NgramBlocker,
     allowed_logits,
     apply_repetition_penalty,
+    sample_rows,
     sample_token,
     trim_messages,
 )
@@ -170,6 +171,22 @@ def test_top_k_and_top_p_never_sample_outside_the_allowed_set():
         assert draws == allowed  # 2,000 draws reach every allowed token (smallest probability here > 1%)
     vals, ids = allowed_logits(logits, 7, 1.0)
     assert set(ids.tolist()) == top7 and torch.isfinite(vals).all()
+
+
+def test_sampling_rows_together_draws_what_each_row_would_alone():
+    """sample_rows shares the vocabulary-wide work of rows with the same settings; every row still draws exactly
+    the token sample_token gives it with its own generator (seeded replies do not depend on the batch)."""
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3
+    configs = [GenerationConfig(temperature=0.7, top_k=20, top_p=0.9, seed=s) for s in range(4)]
+    configs += [GenerationConfig(temperature=0.0), GenerationConfig(temperature=1.3, top_k=5, seed=9)]
+    rows = [5, 0, 3, 1, 2, 4]
+    for _ in range(20):
+        seeds = torch.randint(0, 2**31, (6,)).tolist()
+        together = sample_rows(logits, rows, configs, [torch.Generator().manual_seed(s) for s in seeds])
+        alone = [sample_token(logits[r].clone(), c, torch.Generator().manual_seed(s))
+                 for r, c, s in zip(rows, configs, seeds, strict=True)]
+        assert together == alone
+    assert together[4] == int(logits[2].argmax())  # the greedy row
 
 
 def test_repetition_penalty_follows_the_ctrl_definition():

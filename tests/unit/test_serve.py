@@ -67,6 +67,9 @@ def test_attention_over_a_bf16_cache_matches_float32(rows, keys):
     got = cached_attention(q, k.bfloat16(), v.bfloat16(), mask, False).float()
     assert (rows * keys <= SMALL_ATTENTION) == (rows == 1)
     assert torch.allclose(got, want, atol=0.05), float((got - want).abs().max())
+    bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))  # the same mask as an additive bias
+    got = cached_attention(q, k.bfloat16(), v.bfloat16(), bias, False).float()
+    assert torch.allclose(got, want, atol=0.05), float((got - want).abs().max())
     chunk = torch.randn(rows, 4, 5, 16)  # a prefill chunk: causal on its own, or after the cached keys
     sdpa = torch.nn.functional.scaled_dot_product_attention
     want = sdpa(chunk, k[:, :, :5], v[:, :, :5], is_causal=True, enable_gqa=True)
@@ -164,6 +167,26 @@ def test_next_turn_prefills_only_its_new_tokens(server, random_model, tok):
     assert r2.ids == full_greedy(random_model, p2, 12)
     fresh = server.generate(p2, GenerationConfig(max_new_tokens=12, ignore_stop_ids=True, reuse_cache=False))
     assert fresh.timings["prefilled_tokens"] == len(p2)
+
+
+def test_chats_admitted_together_share_their_common_prefix(random_model, tok):
+    """Chats with the same system prompt, arriving at once: the first prefills it, the others copy its keys and
+    values from the first one's slot (nothing is cached yet), and every answer is the single-stream one."""
+    server = Server(random_model, tok, slots=3, prefill_chunk=512, kv_dtype=torch.float32)
+    system = tok.encode("you are a helpful assistant who answers briefly and well. " * 2)
+    ps = [system + tok.encode(f" question {i}?") for i in range(3)]
+    try:
+        with server._wake:  # all three are admitted in the same step
+            tickets = [server.submit(p, GREEDY) for p in ps]
+        results = [_drain(t) for t in tickets]
+    finally:
+        server.close()
+    shared = next(i for i, (a, b) in enumerate(zip(ps[0], ps[1], strict=False)) if a != b)
+    assert shared > len(system) - 2 and all(p[:shared] == ps[0][:shared] for p in ps)
+    assert results[0].timings["prefilled_tokens"] == len(ps[0])
+    assert [r.timings["prefilled_tokens"] for r in results[1:]] == [len(p) - shared for p in ps[1:]]
+    engine = Engine(random_model, tok)
+    assert [r.ids for r in results] == [engine.generate(p, GREEDY).ids for p in ps]
 
 
 def test_prefix_cache_evicts_least_recently_used(random_model, tok):
