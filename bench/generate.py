@@ -180,7 +180,7 @@ def hf_python(args) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--weights", default="int8", choices=["int8", "bf16", "fp32"])
+    ap.add_argument("--weights", default="int4", choices=["int4", "int8", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=0, help="0 = one per physical core")
     ap.add_argument("--max-len", type=int, default=2048, help="context window (KV cache size)")
     ap.add_argument("--prompt-tokens", type=int, default=1024)

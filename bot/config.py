@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 class ModelSettings:
     name: str = "smollm2-135m"  # a hub name or a path to a .gguf file / model directory
     threads: int = 0  # torch intra-op threads; 0 = one per physical core
-    weights: str = "int8"  # how loaded weights are kept: int8 (weight-only), bf16 or fp32
+    weights: str = "int4"  # how loaded weights are kept: int4 (the GGUF's own 4-bit groups), int8, bf16 or fp32
     max_new_tokens: int = 512
     temperature: float = 0.3  # a 135M model wanders off above ~0.4 (checked on simple questions)
     top_k: int = 40

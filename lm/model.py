@@ -54,7 +54,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     HF's x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1): with the sign in the table, the halves
     are just swapped (a roll), three ops instead of six (this runs 30 times per decoded token).
     """
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin).to(x.dtype)
+    out = torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class KVCache:
@@ -68,12 +69,14 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0  # number of positions already filled
         self._mask: tuple[int, int, torch.Tensor | None] | None = None  # (pos, T, mask) of the current forward
+        self._layers = tuple(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # per-layer views, made once
 
     @classmethod
     def over(cls, k: torch.Tensor, v: torch.Tensor, pos: int) -> KVCache:
         """A cache that writes into existing tensors (views of a larger store), with `pos` positions filled."""
         cache = cls.__new__(cls)
         cache.k, cache.v, cache.max_len, cache.pos, cache._mask = k, v, k.shape[3], pos, None
+        cache._layers = tuple(zip(k.unbind(0), v.unbind(0), strict=True))
         return cache
 
     def reset(self, pos: int = 0) -> None:
@@ -88,13 +91,13 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v (B, KV, T, D) at self.pos and return all keys/values so far, (B, KV, pos+T, D)."""
-        T = k.shape[2]
-        end = self.pos + T
+        end = self.pos + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self._layers[layer]  # (B, KV, max_len, D) each
+        keys[:, :, self.pos:end] = k
+        values[:, :, self.pos:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
     def mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
         """(attn_mask, is_causal) for T new queries after self.pos cached keys."""
@@ -131,7 +134,9 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     matmuls around a softmax (R=8 rows at S=512: 215 us per
     layer, against 350 us for float32 SDPA and 3.7 ms for bf16 SDPA, 1 thread).
     """
-    if k.dtype == torch.float32 or q.shape[0] * q.shape[2] == 1 or q.shape[0] * k.shape[2] <= SMALL_ATTENTION:
+    if k.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+    if q.shape[0] * q.shape[2] == 1 or q.shape[0] * k.shape[2] <= SMALL_ATTENTION:
         return F.scaled_dot_product_attention(q, k.float(), v.float(), attn_mask=mask, is_causal=causal,
                                               enable_gqa=True)
     B, H, T, D = q.shape
@@ -208,6 +213,20 @@ class Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
+def _norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm.forward without its conversions when x is already float32."""
+    weight = norm._parameters["weight"]
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return norm.forward(x)
+    return F.rms_norm(x, weight.shape, weight, norm.eps)
+
+
+def _rows(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer on (R, in) decode rows: its one-token path where it has one (lm.quant), else forward."""
+    rows = getattr(linear, "rows", None)
+    return rows(x) if rows is not None else linear.forward(x)
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -244,6 +263,8 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None) -> torch.Tensor:
         """idx: (B, T) token ids. See the module docstring for what is returned."""
         B, T = idx.shape
+        if cache is not None and T == 1 and targets is None:
+            return self.decode(idx, cache)
         if cache is None:
             if T > self.config.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.config.max_seq_len}")
@@ -261,6 +282,35 @@ class Transformer(nn.Module):
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+    def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new token per row, (B, 1) ids -> (B, 1, V) logits: forward() with a cache, for T = 1.
+
+        The same math as forward(), written out for the loop that runs once per generated token, where the
+        Python around ~60 small ops a layer costs as much as the attention: the residual stream stays (B, C), the
+        layers are called through `.forward` or their one-token `rows` (nn.Module.__call__'s hook checks cost
+        ~4 us a call, 270 calls a token), and no conversion runs that is a no-op. Hooks on the blocks or their
+        submodules do not run here; tests/unit/test_engine.py checks that both paths give the same logits.
+        """
+        B = idx.shape[0]
+        H, KV, D = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim
+        cos, sin = cache.rope(self.rope_cos, self.rope_sin, 1)  # (1, 1, D) or (B, 1, 1, D)
+        cos, sin = cos.view(-1, 1, D), sin.view(-1, 1, D)  # against (B, heads, D)
+        mask, causal = cache.mask(1)
+        x = self.tok_embeddings.forward(idx).view(B, -1)  # (B, C)
+        for i, block in enumerate(self.layers):
+            # submodules straight from the module dicts: nn.Module.__getattr__ costs ~0.5 us a lookup, 20 a layer
+            attention, ffn = block._modules["attention"]._modules, block._modules["feed_forward"]._modules
+            qkv = _rows(attention["wqkv"], _norm(block._modules["attention_norm"], x)).view(B, H + 2 * KV, D)
+            qk = apply_rope(qkv[:, :H + KV], cos, sin)  # (B, H+KV, D)
+            k, v = cache.update(i, qk[:, H:, None], qkv[:, H + KV:, None])  # written as (B, KV, 1, D)
+            y = cached_attention(qk[:, :H, None], k, v, mask, causal)  # (B, H, 1, D)
+            y = y.view(B, H * D)  # one position: (h, d) order, no copy
+            x = x + _rows(attention["wo"], y if y.dtype == x.dtype else y.to(x.dtype))
+            gate, up = _rows(ffn["w13"], _norm(block._modules["ffn_norm"], x)).chunk(2, dim=-1)
+            x = x + _rows(ffn["w2"], F.silu(gate).mul_(up))
+        cache.advance(1)
+        return _rows(self.output, _norm(self.norm, x)).view(B, 1, -1)  # (B, 1, V)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

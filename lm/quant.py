@@ -1,36 +1,27 @@
-"""Weights kept in a faster format for CPU inference: int8 weight-only, or bf16.
+"""Weights kept in a faster format for CPU inference: the GGUF's own 4-bit groups, int8, or bf16.
 
-Why int8 (measured on AMD Zen 4 with avx512_bf16/vnni, torch 2.13, batch size 1): a decode step is one
-token, so each linear is a matrix-vector product bound by reading the weights. `aten._weight_int8pack_mm`
-(int8 weights, per-output-channel scales, bf16 activations) reads a quarter of the bytes of fp32 and is
-2-5x faster than an fp32 `F.linear` (576->1536: 33 us vs 73 us; the 576->49152 head: 2.4 ms vs 13.6 ms).
-A prefill is a real matrix-matrix product, where that kernel is no faster than fp32 but a bf16 `F.linear` is
-~3x faster, so for T > 1 the int8 weights are dequantized to bf16 on the fly (a few hundred microseconds per
-layer against tens of milliseconds of matmul) instead of keeping a second bf16 copy in memory.
+A decode step is one token per sequence, so each linear is a matrix-vector product bound by reading the
+weights (measured on AMD Zen 4 with avx512_bf16/vnni, torch 2.13, 2 threads, weights not in cache):
+- "int4" (the default): the block's linears keep 4-bit weights in groups of 32 with a scale and a zero per
+  group, the layout of the GGUF's Q4_1, through `aten._weight_int4pack_mm_for_cpu` (bf16 activations). Q4_1's
+  quantizer puts every group's minimum and maximum on its grid, so the groups recomputed from the dequantized
+  file are the file's own: no error beyond the GGUF's. A one-row step's four linears took 94 us a layer against
+  140 for the int8 kernels below, half the bytes, and next-token KL divergence from the dequantized file fell
+  from 0.014 (int8) to 0.007 on one row and from 0.025 to 0.013 on 8 rows. The kernel's cost grows with every
+  row (576->3072: 43 us at 1 row, 106 at 8, 268 at 16, 1 ms at 64), so beyond INT4_MAX_ROWS (a prompt) an int8
+  copy is dequantized to bf16 for one bf16 matmul, which is compute-bound there.
+- "int8": per-output-channel int8 (`aten._weight_int8pack_mm`, bf16 activations), re-quantized from the file.
+- The head (576->49152, a third of the bytes of a step) is int8 in both, through FBGEMM's dynamic int8 linear,
+  which quantizes the activation row to 8 bits too and runs an int8 x int8 product with VNNI instructions (the
+  head: 0.26 ms against 0.9 for int8pack and 0.57 for int4, one row). Its one activation scale per call is fair
+  to every row because its input comes out of the final RMSNorm (every row has the same RMS); on the block's
+  layers, whose inputs carry outlier channels, FBGEMM raised the 8-row KL to 0.064, and on a prompt's first
+  positions even more, so only decode rows of the head (and of w13 in "int8") go there (`VNNI_FROM_ROWS`).
+- "bf16": bf16 weights everywhere. "fp32": unchanged.
 
-The GGUF weights are already 4-bit (Q4_1), so re-quantizing them to 8 bits per output channel loses little:
-see tests/integration/test_generate_real.py for the measured logit differences.
-
-Activations stay float32 between layers (residual stream, norms, softmax, KV cache); only the inputs of the
-matmuls are cast to bf16 and their outputs cast back.
-
-FBGEMM's dynamic int8 linear quantizes the activations to 8 bits too and runs an int8 x int8 product with VNNI
-instructions. It has a fixed cost (quantizing the input, ~5-15 us) but grows slowly with the rows, where the
-int8pack kernel's cost grows with every row (2 threads, 8 rows: 576->960 27 us against 45; 576->3072 57 against
-168; the head 1.2 ms against 2.5), so `VNNI_FROM_ROWS` sends each layer there from the row count at which it wins:
-the head and w13 always, wqkv and wo from 4 rows. Only decode rows (one token per sequence) go there: on a
-prompt's tokens, where the first positions carry the model's largest activations, FBGEMM's 8-bit activations
-raised the KL divergence from fp32 of a 42-token prefill from 0.011 to 0.045 (0.029 with rows scaled).
-FBGEMM quantizes its whole input with one scale, which is too coarse where some input channels carry outliers:
-routing every linear through it dropped next-token top-1 agreement with fp32 from 0.82 to 0.76 on 8 rows of
-decoding (KL 0.026 -> 0.064). Two measures keep it at the int8pack kernel's accuracy:
-- SmoothQuant (`smooth`, Xiao et al. 2023): each input channel j of wqkv, w13 and wo is divided by
-  s_j = max|x_j|^0.5 / max|W_j|^0.5 (activation maxima from a calibration text) and the weight's column multiplied
-  by it. The division is folded into the weights before (the RMSNorm weight, or V's rows for wo), so it costs
-  nothing at run time. w2's input (SwiGLU's product) keeps outliers even then (KL 0.038), so w2 stays on int8pack.
-- Rows of different scales: the input of wqkv, w13 and the head comes out of an RMSNorm, so every row already has
-  the same RMS; wo's rows are first scaled to the same peak (`ROW_SCALED`), so a quiet row is not quantized by a
-  loud one's range.
+Activations stay float32 between layers (residual stream, norms, softmax); only the inputs of the matmuls are
+cast to bf16 and their outputs cast back. tests/integration/test_generate_real.py holds the measured logit
+differences against fp32.
 """
 
 from __future__ import annotations
@@ -41,14 +32,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODES = ("int8", "bf16", "fp32")
+MODES = ("int4", "int8", "bf16", "fp32")
 # _weight_int8pack_mm is only used where it is both faster and correct: few rows (decode, short continuations)
 # and an inner dimension that is a multiple of 32 (torch 2.13's CPU kernel returns garbage for K=8 or K=24).
 INT8PACK_MAX_ROWS = 16
-# the row count from which each layer runs on FBGEMM (see the module docstring); w2 never does
-VNNI_FROM_ROWS = {"attention.wqkv": 4, "feed_forward.w13": 1, "output": 1}
+INT4_MAX_ROWS = 16  # beyond, the int4 kernel is slower than dequantizing the int8 copy (module docstring)
+GROUP = 32  # int4 group size: Q4_1's block
+# decode rows of these layers (one token per sequence) go through FBGEMM from this many rows (module docstring)
+VNNI_FROM_ROWS = {"feed_forward.w13": 1, "output": 1}
 VNNI_MAX_ROWS = 64
-SMOOTH_ALPHA = 0.5
 
 
 def vnni_available() -> bool:
@@ -93,6 +85,16 @@ class Int8Linear(nn.Module):
                 self._packed = torch.ops.quantized.linear_prepack(qw, None if self.bias is None else self.bias.float())
         return self._packed
 
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, in) float32 decode rows, one token per sequence -> (R, out) float32 (lm.model.Transformer.decode)."""
+        n = x.shape[0]
+        if 0 < self.vnni_from <= n <= VNNI_MAX_ROWS and self.bias is None:
+            return torch.ops.quantized.linear_dynamic(x, self._vnni_params(), False)
+        if self.packable and n <= INT8PACK_MAX_ROWS:
+            y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales).float()
+            return y if self.bias is None else y + self.bias
+        return self.forward(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (M, in)
@@ -109,6 +111,43 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int4Linear(Int8Linear):
+    """The GGUF's 4-bit groups for up to INT4_MAX_ROWS rows, and an int8 copy (Int8Linear) for more.
+
+    w = scale * (q - 8) + zero per group of GROUP inputs, q in 0..15: Q4_1's d * q + m with zero = m + 8 * d.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None):
+        super().__init__(in_features, out_features, bias, device)
+        self.register_buffer("q4", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("q4_scales", torch.empty(in_features // GROUP, out_features, 2, dtype=torch.bfloat16,
+                                                      device=device))
+
+    @staticmethod
+    def supports(in_features: int, out_features: int) -> bool:
+        """The kernel's shape limits: whole groups of inputs, outputs in blocks of 16."""
+        return in_features % GROUP == 0 and out_features % 16 == 0
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int4Linear:
+        mod = super().from_float(weight, bias)
+        q, scales_zeros = quantize_groups(weight)
+        mod.q4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (out, in / 2), the kernel's layout
+        mod.q4_scales = scales_zeros
+        return mod
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > INT4_MAX_ROWS:
+            return super().rows(x)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.q4, GROUP, self.q4_scales).float()
+        return y if self.bias is None else y + self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > INT4_MAX_ROWS * self.in_features:
+            return super().forward(x)
+        return self.rows(x.reshape(-1, self.in_features).float()).to(x.dtype).view(*x.shape[:-1], self.out_features)
 
 
 class BF16Linear(nn.Module):
@@ -146,6 +185,21 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return q.contiguous(), scales
 
 
+def quantize_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float -> 4-bit q (out, in) int32 in 0..15 and (in / GROUP, out, 2) bf16 (scale, zero) per group:
+    min/max over each group of GROUP inputs, as Q4_1's quantizer does, so weights that came from Q4_1 come back
+    exactly (each group's minimum and maximum are on its grid)."""
+    w = weight.detach().float()
+    out_f, in_f = w.shape
+    groups = w.view(out_f, in_f // GROUP, GROUP)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    q = torch.round((groups - low) / scale).clamp_(0, 15).to(torch.int32).view(out_f, in_f)
+    zero = low + 8 * scale  # the kernel computes scale * (q - 8) + zero
+    scales_zeros = torch.stack([scale.view(out_f, -1).t(), zero.view(out_f, -1).t()], dim=-1)
+    return q, scales_zeros.to(torch.bfloat16).contiguous()
+
+
 def _swap_linears(model: nn.Module, make) -> None:
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear):
@@ -155,101 +209,50 @@ def _swap_linears(model: nn.Module, make) -> None:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, mode: str = "int8", vnni: bool | None = None,
-                   calibration: list[int] | None = None) -> nn.Module:
-    """Swap every nn.Linear of an lm.model.Transformer for an int8 or bf16 one, in place; returns the model.
+def quantize_model(model: nn.Module, mode: str = "int4", vnni: bool | None = None) -> nn.Module:
+    """Swap every nn.Linear of an lm.model.Transformer for a faster one, in place; returns the model.
 
-    - "int8": Int8Linear everywhere, the head included (untied from the embedding table, which is kept
-      in bf16: a lookup of 576 numbers per token needs no speed, only memory); the VNNI_FROM_ROWS layers use
-      FBGEMM where it is available (`vnni=None`) or when asked, after SmoothQuant on the `calibration` token ids
-      when they are given (a Transformer's; see the module docstring);
+    - "int4": Int4Linear for the blocks' linears (Int8Linear where a shape does not fit the kernel), an
+      Int8Linear head on FBGEMM (untied from the embedding table, which is kept in bf16: a lookup of 576 numbers
+      per token needs no speed, only memory);
+    - "int8": Int8Linear everywhere, with FBGEMM for decode rows of w13 and the head;
     - "bf16": bf16 weights everywhere; a tied head keeps sharing the (bf16) embedding table;
     - "fp32": unchanged.
-    Norm weights, RoPE tables and biases of the norms stay float32.
+    FBGEMM is used where it is available (`vnni=None`) or when asked. Norm weights, RoPE tables and biases of
+    the norms stay float32.
     """
     if mode not in MODES:
         raise ValueError(f"unknown weights format {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "fp32":
         return model
-    vnni = vnni_available() if vnni is None else vnni
-    if mode == "int8" and vnni and calibration:
-        smooth(model, calibration)
     tied = model.output.weight is model.tok_embeddings.weight
-    make = Int8Linear.from_float if mode == "int8" else BF16Linear
-    _swap_linears(model, lambda lin: make(lin.weight, lin.bias))
+    head = model.output
+    if mode == "bf16":
+        _swap_linears(model, lambda lin: BF16Linear(lin.weight, lin.bias))
+    else:
+        def make(lin: nn.Linear) -> nn.Module:
+            four = mode == "int4" and lin is not head and Int4Linear.supports(lin.in_features, lin.out_features)
+            return (Int4Linear if four else Int8Linear).from_float(lin.weight, lin.bias)
+        _swap_linears(model, make)
+        use_vnni(model, vnni_available() if vnni is None else vnni)
     model.tok_embeddings = BF16Embedding(model.tok_embeddings.weight)
-    if mode == "int8":
-        use_vnni(model, vnni)
     if mode == "bf16" and tied:
         model.output.weight = model.tok_embeddings.weight  # one copy of the 49152 x 576 table, as before
     return model
 
 
 def use_vnni(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Route the VNNI_FROM_ROWS layers through FBGEMM from their row counts (or every layer back to int8pack)."""
+    """Route decode rows of the VNNI_FROM_ROWS layers through FBGEMM (or every layer back to its own kernel)."""
     for name, mod in model.named_modules():
         if isinstance(mod, Int8Linear):
             layer = next((k for k in VNNI_FROM_ROWS if name == k or name.endswith("." + k)), None)
-            mod.vnni_from = VNNI_FROM_ROWS[layer] if enabled and layer else 0
-    return model
-
-
-# ---------------------------------------------------------------------------------------------- SmoothQuant
-
-# A few lines of the kinds of text the bot sees (chat, numbers, names, code, a document), to find each linear
-# layer's input channels that carry outliers; outlier channels are a property of the model, not of the text.
-CALIBRATION_CHAT = [
-    {"role": "system", "content": "You are a helpful assistant. Answer from the documents when you can."},
-    {"role": "user", "content": "The committee met on Tuesday, 14 March 2023, to review the budget. Revenue rose "
-                                "12% to $4.3 million while costs fell. Dr. Maria Lopez reported that 87 of 120 "
-                                "patients improved in the trial (p < 0.05). What changed, and who reported it?"},
-    {"role": "assistant", "content": "Revenue grew by 12% to $4.3 million, and Dr. Maria Lopez reported that 87 of "
-                                     "120 patients improved."},
-    {"role": "user", "content": "Write a Python function that adds two numbers.\n\ndef add(a, b):\n    return a + b"},
-    {"role": "assistant", "content": "Here it is: `def add(a, b): return a + b`. Paris is the capital of France."},
-]
-
-
-@torch.no_grad()
-def input_peaks(model: nn.Module, ids: list[int]) -> dict[str, torch.Tensor]:
-    """max |x_j| over the calibration tokens of every nn.Linear's input channels, by module name."""
-    peaks: dict[str, torch.Tensor] = {}
-
-    def record(name: str):
-        def hook(_mod, inputs, _out):
-            x = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).amax(0)  # (in,)
-            peaks[name] = torch.maximum(peaks[name], x) if name in peaks else x
-        return hook
-
-    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    try:
-        model(torch.tensor([ids]))
-    finally:
-        for h in hooks:
-            h.remove()
-    return peaks
-
-
-def _smoothing(x_peak: torch.Tensor, w_peak: torch.Tensor, alpha: float) -> torch.Tensor:
-    """SmoothQuant's per-channel factor s = max|x|^alpha / max|W|^(1-alpha)."""
-    return (x_peak.clamp(min=1e-5) ** alpha / w_peak.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
-
-
-@torch.no_grad()
-def smooth(model: nn.Module, ids: list[int], alpha: float = SMOOTH_ALPHA) -> nn.Module:
-    """Fold SmoothQuant factors into a float lm.model.Transformer, in place: the inputs of wqkv and w13 lose their
-    outlier channels and the same outputs come out (see the module docstring). `ids`: calibration tokens."""
-    peaks = input_peaks(model, list(ids)[:model.config.max_seq_len])
-    for i, block in enumerate(model.layers):
-        for norm, lin, name in ((block.attention_norm, block.attention.wqkv, "attention.wqkv"),
-                                (block.ffn_norm, block.feed_forward.w13, "feed_forward.w13")):
-            s = _smoothing(peaks[f"layers.{i}.{name}"], lin.weight.abs().amax(0), alpha)  # (dim,)
-            norm.weight.data = norm.weight / s  # new tensors: the loaded ones may be read-only mmaps
-            lin.weight.data = lin.weight * s
+            four = isinstance(mod, Int4Linear)  # the int4 kernel is faster than FBGEMM at its row counts
+            mod.vnni_from = VNNI_FROM_ROWS[layer] if enabled and layer and not four else 0
     return model
 
 
 def weights_format(model: nn.Module) -> str:
-    """"int8", "bf16" or "fp32": what quantize_model made of this model."""
+    """"int4", "int8", "bf16" or "fp32": what quantize_model made of this model."""
     kinds = {type(m) for m in model.modules()}
-    return "int8" if Int8Linear in kinds else "bf16" if BF16Linear in kinds else "fp32"
+    return ("int4" if Int4Linear in kinds else "int8" if Int8Linear in kinds else "bf16" if BF16Linear in kinds
+            else "fp32")

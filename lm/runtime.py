@@ -1,6 +1,6 @@
 """Glue for running a chat model on this machine: thread count, and loading a GGUF into a fast weights format.
 
-    model, tokenizer = load_chat_model("smollm2-135m", weights="int8")
+    model, tokenizer = load_chat_model("smollm2-135m", weights="int4")
 
 The converted model is cached next to the GGUF (`<file>.<weights>.<size>-<mtime>.pt`, written atomically,
 loaded with mmap) so that a second load skips the GGUF parsing, the dequantization and the re-quantization.
@@ -20,7 +20,7 @@ from lm import hub
 from lm.quant import MODES, quantize_model
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when the converted layout changes (2: SmoothQuant folded into int8 weights)
+CACHE_VERSION = 3  # bump when the converted layout changes (3: int4 groups)
 
 
 def physical_cores() -> int:
@@ -71,7 +71,7 @@ def _load_converted(path: Path, weights: str):
     config = ModelConfig(**blob["config"])
     model = _skeleton(config, weights)
     model.load_state_dict(blob["state_dict"], assign=True)
-    if weights != "int8" and config.tie_embeddings:
+    if weights in ("bf16", "fp32") and config.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     model.rope_cos, model.rope_sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
     return model.eval(), blob["metadata"]
@@ -94,7 +94,7 @@ def _save_converted(path: Path, model: torch.nn.Module, metadata: dict) -> None:
         raise
 
 
-def load_chat_model(name_or_path: str | Path, weights: str = "int8", threads: int = 0,
+def load_chat_model(name_or_path: str | Path, weights: str = "int4", threads: int = 0,
                     cache_dir: Path | None = None, max_seq_len: int | None = None, use_cache: bool = True):
     """Resolve (hub name or path), load the GGUF, convert the weights, set threads -> (model, tokenizer)."""
     from lm.gguf import load_model
@@ -113,22 +113,11 @@ def load_chat_model(name_or_path: str | Path, weights: str = "int8", threads: in
             log.warning("ignoring converted-weights cache %s: %s", cached, e)
     model, g = load_model(path, max_seq_len=max_seq_len)
     g.state_dict.clear()  # the model holds the tensors; dropping these references lets conversion free them
+    model = quantize_model(model, weights)
     metadata = {k: v for k, v in g.metadata.items()}
-    tokenizer = Tokenizer.from_gguf(metadata)
-    model = quantize_model(model, weights, calibration=calibration_ids(tokenizer))
     if use_cache:
         try:
             _save_converted(cached, model, metadata)
         except Exception as e:
             log.warning("could not cache converted weights at %s: %s", cached, e)
-    return model, tokenizer
-
-
-def calibration_ids(tokenizer) -> list[int]:
-    """lm.quant's calibration chat in this tokenizer's template (SmoothQuant's activation maxima)."""
-    from lm.quant import CALIBRATION_CHAT
-
-    try:
-        return list(tokenizer.render_chat(CALIBRATION_CHAT)[0])
-    except Exception:  # a tokenizer without a usable chat template: the same text, plain
-        return list(tokenizer.encode("\n".join(m["content"] for m in CALIBRATION_CHAT)))
+    return model, Tokenizer.from_gguf(metadata)

@@ -11,12 +11,16 @@ How a request runs (in the spirit of vLLM's continuous batching and SGLang's pre
 - It waits in a queue until one of the `slots` rows of the KV store is free; interactive requests (priority 0)
   are admitted before background ones (summaries, evals), then in arrival order. While waiting, its listener
   gets `Queued(ahead)` whenever its place changes, and `Started()` when it is admitted.
-- Admitted, it looks up the longest cached prefix of its prompt (`PrefixCache`: the keys and values of earlier
-  finished requests, least recently used evicted beyond `cache_tokens`), copies it into its row and prefills
-  only the rest, in chunks: each scheduler step prefills at most `prefill_chunk` tokens in all, so a
-  newcomer's long prompt delays the running streams by one chunk per token, not by the whole prompt.
+- Admitted, it looks up the longest prefix of its prompt whose keys and values exist: in the `PrefixCache` (those
+  of earlier finished requests, least recently used evicted beyond `cache_tokens`), or in the slot of another
+  request of the batch (chats that share a system prompt and arrive together, as SGLang's radix cache shares
+  them). It copies that prefix into its row and prefills only the rest, in chunks: each scheduler step
+  prefills at most `prefill_chunk` tokens in all, so a newcomer's long prompt delays the running streams by
+  one chunk per token, not by the whole prompt.
 - Every step then runs ONE forward for every decoding request, (R, 1) tokens at per-row positions
-  (`SlotBatch`): reading the weights once for R rows is what makes batching pay on a memory-bound CPU.
+  (`SlotBatch`): reading the weights once for R rows is what makes batching pay on a memory-bound CPU. Their
+  next tokens are sampled together (lm.engine.sample_rows). A lone decoding row attends over exactly its own
+  positions, as the single-stream engine does.
 - Each request keeps its own sampling settings, seed, stop ids and strings, streaming and cancellation
   (lm.engine.Decoder); it leaves the batch at the token boundary where it stops, and its keys/values go to
   the prefix cache so that the chat's next turn prefills only its new tokens.
@@ -27,8 +31,8 @@ longest sequence running. The prefix cache holds at most `cache_tokens` position
 Requests beyond the free slots wait; none fails for lack of memory.
 
 Greedy output equals the single-stream engine's except where kernels round differently for R rows than for
-one: a batched int8 matmul runs a different kernel from the one-row VNNI path (lm/quant.py), so two logits
-within a small tolerance may swap (tests/unit/test_serve.py and tests/integration/test_serve_real.py).
+one (a bf16 cache read by matmuls, the head's FBGEMM quantizing R rows with one scale), so two logits within a
+small tolerance may swap (tests/unit/test_serve.py and tests/integration/test_serve_real.py).
 """
 
 from __future__ import annotations

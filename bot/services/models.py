@@ -180,13 +180,13 @@ def _load_model_dir(path, settings: Settings):
     from lm.checkpoint import load_model_dir
     from lm.model import Transformer
     from lm.quant import quantize_model
-    from lm.runtime import calibration_ids, set_threads
+    from lm.runtime import set_threads
 
     set_threads(settings.model.threads)
     model, tokenizer, _ = load_model_dir(path)
     if not isinstance(model, Transformer):
         raise ValueError(f"{path} holds a {type(model).__name__}; only Transformer models can chat")
-    return quantize_model(model.eval(), settings.model.weights, calibration=calibration_ids(tokenizer)), tokenizer
+    return quantize_model(model.eval(), settings.model.weights), tokenizer
 
 
 class ModelManager:

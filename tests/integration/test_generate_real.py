@@ -101,7 +101,7 @@ def fp32_reference(loaded) -> list[tuple[list[int], torch.Tensor]]:
     return out
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("weights", ["bf16", "int8", "int4"])
 def test_fast_weights_stay_close_to_fp32(loaded, fp32_reference, weights):
     model, _ = loaded(weights)
     agree, total = 0, 0
@@ -118,4 +118,6 @@ def test_fast_weights_stay_close_to_fp32(loaded, fp32_reference, weights):
                 assert diff < 3.0 and ref[-1].argmax() in last.topk(3).indices, (ids, diff)
         agree += int((full.argmax(-1) == ref.argmax(-1)).sum())
         total += len(ids)
+        print(weights, "max |diff| last position", diff)
+    print(weights, "top-1 agreement", agree / total)
     assert agree / total >= (0.98 if weights == "bf16" else 0.85), agree / total

@@ -28,7 +28,7 @@ from lm.engine import (
     sample_token,
     trim_messages,
 )
-from lm.model import Transformer
+from lm.model import KVCache, Transformer
 from lm.tokenizer import Tokenizer
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -91,6 +91,35 @@ def test_cached_greedy_equals_full_recompute(random_model, tok):
     r = Engine(random_model, tok).generate(prompt, GenerationConfig(max_new_tokens=12, ignore_stop_ids=True))
     assert r.ids == full_greedy(random_model, prompt, 12)
     assert (r.finish_reason, r.prompt_tokens, r.new_tokens) == ("length", len(prompt), 12)
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int4"])
+def test_one_token_decode_gives_the_full_forwards_logits(tok, weights):
+    """Transformer.decode (the one-token path that forward() takes with a cache) computes what the general path
+    computes: each decoded position's logits equal a full forward's, on one row and on rows of a SlotBatch at
+    their own positions."""
+    from lm.quant import quantize_model
+    from lm.serve import SlotBatch, SlotStore
+
+    torch.manual_seed(0)  # FBGEMM off: the head's 8-bit activations for decode rows would differ by design
+    model = quantize_model(Transformer(tiny_config(len(tok))).init_weights(seed=0).eval(), weights, vnni=False)
+    seqs = [tok.encode(text) for text in ("first sequence", "the second one")]  # <= 16 tokens: one kernel (int4)
+    with torch.inference_mode():
+        full = [model(torch.tensor([s]))[0] for s in seqs]  # (T, V): the general path, no cache
+        cache = KVCache(model.config, max_len=64)
+        model(torch.tensor([seqs[0][:3]]), cache=cache)
+        steps = torch.stack([model(torch.tensor([[t]]), cache=cache)[0, -1] for t in seqs[0][3:]])
+        torch.testing.assert_close(steps, full[0][3:], atol=1e-4, rtol=1e-4)
+        store = SlotStore(model.config, 2, 64, dtype=torch.float32)
+        store.reserve(32)
+        for r, s in enumerate(seqs):
+            model(torch.tensor([s[:2]]), cache=store.row(r, 0))
+        lengths = torch.tensor([2, 2])
+        for t in range(2, len(seqs[0])):
+            rows = model(torch.tensor([[seqs[0][t]], [seqs[1][t]]]), cache=SlotBatch(store, lengths))[:, -1]
+            for r in range(2):
+                torch.testing.assert_close(rows[r], full[r][t], atol=1e-4, rtol=1e-4)
+            lengths += 1
 
 
 def test_prefix_reuse_across_turns_gives_the_same_logits(random_model, tok):

@@ -1,4 +1,4 @@
-"""lm.quant: int8 / bf16 weight formats on single layers and on a tiny random Transformer."""
+"""lm.quant: int4 / int8 / bf16 weight formats on single layers and on a tiny random Transformer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import torch.nn as nn
 from lm.config import ModelConfig
 from lm.model import KVCache, Transformer
 from lm.quant import (
+    GROUP,
     BF16Linear,
+    Int4Linear,
     Int8Linear,
+    quantize_groups,
     quantize_model,
     quantize_per_channel,
     vnni_available,
@@ -56,7 +59,7 @@ def tiny() -> Transformer:
     return Transformer(cfg).init_weights(seed=0).eval()
 
 
-@pytest.mark.parametrize("mode", ["int8", "bf16"])
+@pytest.mark.parametrize("mode", ["int4", "int8", "bf16"])
 def test_quantized_tiny_model_logits_are_close_to_fp32(mode):
     ref_model, model = tiny(), tiny()
     quantize_model(model, mode)
@@ -84,8 +87,56 @@ def test_tied_head_stays_tied_in_bf16_and_gets_its_own_int8_copy():
 
 
 def test_unknown_mode_is_rejected():
-    with pytest.raises(ValueError, match="unknown weights format 'int4'"):
-        quantize_model(tiny(), "int4")
+    with pytest.raises(ValueError, match="unknown weights format 'int2'"):
+        quantize_model(tiny(), "int2")
+
+
+def q4_1(weight: torch.Tensor) -> torch.Tensor:
+    """What a GGUF Q4_1 file holds for `weight`, dequantized (ggml's reference quantizer: per block of 32,
+    d = (max - min) / 15 and m = min in fp16, q = round((w - m) / d))."""
+    out_f, in_f = weight.shape
+    blocks = weight.view(out_f, in_f // 32, 32)
+    m = blocks.amin(-1, keepdim=True).half().float()
+    d = ((blocks.amax(-1, keepdim=True) - blocks.amin(-1, keepdim=True)) / 15).half().float()
+    q = torch.round((blocks - m) / d).clamp(0, 15)
+    return (q * d + m).view(out_f, in_f)
+
+
+def test_int4_groups_give_back_weights_that_came_from_q4_1():
+    """The int4 format recomputes each group's scale and zero from the dequantized GGUF: for Q4_1 weights, the
+    layer computes with exactly the file's weights (up to bf16 scales), unlike a per-channel int8 re-quantization."""
+    torch.manual_seed(0)
+    w = q4_1(torch.randn(64, 128) * torch.logspace(-2, 0, 64)[:, None])
+    q, scales_zeros = quantize_groups(w)
+    scale, zero = scales_zeros.float().unbind(-1)  # (in / GROUP, out) each
+    back = (q.view(64, -1, GROUP) - 8) * scale.t()[:, :, None] + zero.t()[:, :, None]
+    assert (back.view(64, 128) - w).abs().max() <= 0.01 * w.abs().max()  # bf16 rounding of scale and zero only
+    lin4, lin8 = Int4Linear.from_float(w), Int8Linear.from_float(w)
+    x = torch.randn(3, 128)
+    with torch.inference_mode():
+        ref = x @ w.t()
+        err4, err8 = ((lin(x) - ref).abs().max().item() for lin in (lin4, lin8))
+    assert err4 < 0.02 * ref.abs().max() and err4 < err8, (err4, err8)
+
+
+def test_int4_layer_takes_its_kernel_for_few_rows_and_the_int8_copy_for_many():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(q4_1(lin.weight))  # weights as a GGUF holds them
+    q = Int4Linear.from_float(lin.weight, lin.bias)
+    with torch.inference_mode():
+        for x in (torch.randn(1, 1, 64), torch.randn(5, 64), torch.randn(1, 40, 64)):  # decode, rows, a prompt
+            ref, got = lin(x), q(x)
+            assert got.shape == ref.shape and (got - ref).abs().max() < 0.03 * ref.abs().max()
+        many = torch.randn(1, 40, 64)
+        assert torch.equal(q(many), Int8Linear.forward(q, many))  # 40 rows: the int8 copy
+        few = torch.randn(4, 64)
+        assert torch.equal(q.rows(few), q.forward(few))
+        assert not torch.equal(q.rows(few), Int8Linear.rows(q, few))  # 4 rows: the int4 kernel
+    model = quantize_model(tiny(), "int4")
+    kinds = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    assert kinds["output"] == "Int8Linear" and kinds["layers.0.feed_forward.w2"] == "Int4Linear"
 
 
 @pytest.mark.skipif(not vnni_available(), reason="FBGEMM is part of every x86 torch build; absent elsewhere")
@@ -100,10 +151,11 @@ def test_vnni_decode_path_is_close_to_float_and_only_on_its_layers():
     assert got.shape == ref.shape and got.dtype == torch.float32
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()  # 8-bit weights and 8-bit activations
     assert q._packed is not None, "the one-token input went through FBGEMM"
-    model = quantize_model(Transformer(ModelConfig(vocab_size=64, dim=64, n_layers=1, n_heads=4, n_kv_heads=2,
-                                                   hidden_dim=128, max_seq_len=32)), "int8", vnni=True)
-    flagged = {n: m.vnni_from for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.vnni_from}
-    assert flagged == {"layers.0.attention.wqkv": 4, "layers.0.feed_forward.w13": 1, "output": 1}
+    cfg = ModelConfig(vocab_size=64, dim=64, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=32)
+    for mode, want in (("int8", {"layers.0.feed_forward.w13": 1, "output": 1}), ("int4", {"output": 1})):
+        model = quantize_model(Transformer(cfg), mode, vnni=True)
+        flagged = {n: m.vnni_from for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.vnni_from}
+        assert flagged == want, mode
 
 
 @pytest.mark.skipif(not vnni_available(), reason="FBGEMM is part of every x86 torch build; absent elsewhere")
@@ -115,7 +167,7 @@ def test_only_decode_rows_go_through_fbgemm():
     lin = torch.nn.Linear(64, 96, bias=False)
     q = Int8Linear.from_float(lin.weight)
     q.vnni_from = 4
-    rows = torch.randn(6, 64)
+    rows = torch.nn.functional.normalize(torch.randn(6, 64), dim=-1)  # normalized rows, as after an RMSNorm
     with torch.inference_mode():
         q(rows[None, :3])  # one prompt of 3 tokens
         q(rows[:3, None])  # 3 decode rows: under the layer's 4
@@ -127,24 +179,3 @@ def test_only_decode_rows_go_through_fbgemm():
         alone = torch.cat([q(rows[i:i + 1, None])[:, 0] for i in range(6)])
     assert (batch - ref).abs().max() < 0.05 * ref.abs().max()
     assert (batch - alone).abs().max() < 0.03 * ref.abs().max()
-
-
-def test_smoothquant_keeps_the_float_model_and_flattens_its_input_outliers():
-    """smooth() folds per-channel factors into the norms and the weights after them: the float model computes the
-    same logits, and the inputs of wqkv and w13 lose most of the spread of their channel peaks."""
-    from lm.quant import input_peaks, smooth
-
-    model = tiny()
-    with torch.no_grad():  # give a few input channels the outliers that real models have
-        model.layers[0].attention_norm.weight[:3] = 20.0
-        model.layers[1].ffn_norm.weight[5] = 30.0
-    ids = torch.randint(0, 300, (40,), generator=torch.Generator().manual_seed(3)).tolist()
-    with torch.no_grad():
-        before = model(torch.tensor([ids]))
-        spread = {n: float(p.max() / p.median()) for n, p in input_peaks(model, ids).items()}
-        smooth(model, ids)
-        after = model(torch.tensor([ids]))
-        smoothed = {n: float(p.max() / p.median()) for n, p in input_peaks(model, ids).items()}
-    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
-    for name in ("layers.0.attention.wqkv", "layers.1.feed_forward.w13"):
-        assert smoothed[name] < spread[name] / 2, (name, spread[name], smoothed[name])
