@@ -140,13 +140,13 @@ def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: li
 
 
 def llama_bench(path: str, gguf: str, args) -> dict:
-    """llama.cpp's own benchmark on the same file and threads: prefill (-p) tokens/s, decode at depth 0 (-n), and
-    decode after the prompt's depth, from its JSON output. A llama-bench with `-d` (2025-05 and later) measures that
-    directly; an older one runs -pg P,N (the prompt then N new tokens, timed together), and the decode time is that
-    run's time less the prefill's (the same P tokens, measured in the same call)."""
+    """llama.cpp's own benchmark on the same file and threads: prefill (-p) tokens/s and decode (-n) at depth 0, and
+    decode after the prompt's depth, from its JSON output. A llama-bench with `-d` (2025-05 and later) measures
+    each at depths 0 and P; an older one runs -pg P,N (the prompt then N new tokens, timed together), and the
+    decode time is that run's time less the prefill's (measured in the same call; noisier, being a difference)."""
     base = [path, "-m", gguf, "-t", str(args.threads), "-r", str(args.repeats), "-o", "json",
             "-p", str(args.prompt_tokens), "-n", str(args.new_tokens)]
-    cmd = base + ["-d", str(args.prompt_tokens)]
+    cmd = base + ["-d", f"0,{args.prompt_tokens}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 and "-d" in proc.stderr:  # no -d in this llama-bench
         cmd = base + ["-pg", f"{args.prompt_tokens},{args.new_tokens}"]
@@ -154,16 +154,17 @@ def llama_bench(path: str, gguf: str, args) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"llama-bench failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     rows = json.loads(proc.stdout)
-    prefill = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)
-    depth = [r for r in rows if r["n_gen"] > 0 and (r.get("n_depth", 0) > 0 or r["n_prompt"] > 0)]
-    if depth and depth[0]["n_prompt"] > 0:  # -pg: prompt and generation timed as one
-        run = depth[0]
+
+    def rate(prompt: bool, gen: bool, depth: int) -> float | None:
+        return next((r["avg_ts"] for r in rows if (r["n_prompt"] > 0) == prompt and (r["n_gen"] > 0) == gen
+                     and r.get("n_depth", 0) == depth), None)
+
+    prefill, at_zero = rate(True, False, 0), rate(False, True, 0)
+    decode = rate(False, True, args.prompt_tokens)
+    if decode is None:  # -pg: prompt and generation timed as one
+        run = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] > 0)
         decode_s = (run["n_prompt"] + run["n_gen"]) / run["avg_ts"] - run["n_prompt"] / prefill
         decode = run["n_gen"] / decode_s
-    else:
-        decode = next(r["avg_ts"] for r in rows if r["n_gen"] > 0 and r.get("n_depth", 0) > 0)
-    at_zero = next((r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0 and not r.get("n_depth")),
-                   0.0)
     return {"decode_tok_s": decode, "decode_tok_s_depth0": at_zero, "prefill_tok_s": prefill,
             "command": " ".join(cmd)}
 

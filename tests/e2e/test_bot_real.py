@@ -24,7 +24,7 @@ def smollm2() -> str:
 def _real_settings(tmp_path, fake, model):
     settings = bot_settings(tmp_path, fake, model)
     settings.cache_dir = hub.default_cache_dir()  # reuse the converted-weights cache of the other tests
-    settings.model.weights = "int8"  # the default format, as users run it
+    settings.model.weights = "int4"  # the default format, as users run it
     settings.model.context_tokens = 2048
     settings.model.max_new_tokens = 60
     settings.model.system_prompt = "You are a helpful assistant."
