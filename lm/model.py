@@ -20,6 +20,8 @@ cost of a decode step is dominated by the number of kernel launches, not by FLOP
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -72,11 +74,12 @@ class KVCache:
         self._layers = tuple(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # per-layer views, made once
 
     @classmethod
-    def over(cls, k: torch.Tensor, v: torch.Tensor, pos: int) -> KVCache:
-        """A cache that writes into existing tensors (views of a larger store), with `pos` positions filled."""
+    def over(cls, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], pos: int) -> KVCache:
+        """A cache that writes into existing tensors, one (B, KV, capacity, D) per layer (views of a larger store),
+        with `pos` positions filled."""
         cache = cls.__new__(cls)
-        cache.k, cache.v, cache.max_len, cache.pos, cache._mask = k, v, k.shape[3], pos, None
-        cache._layers = tuple(zip(k.unbind(0), v.unbind(0), strict=True))
+        cache.max_len, cache.pos, cache._mask = k[0].shape[2], pos, None
+        cache._layers = tuple(zip(k, v, strict=True))
         return cache
 
     def reset(self, pos: int = 0) -> None:
@@ -107,8 +110,9 @@ class KVCache:
             return None, True
         if self._mask is None or self._mask[:2] != (self.pos, T):  # made once per forward, not once per layer
             # new tokens continue a cached prefix: token i may see keys 0 .. pos+i
-            keys = torch.arange(self.pos + T, device=self.k.device)
-            self._mask = (self.pos, T, keys[None, :] <= (self.pos + torch.arange(T, device=self.k.device))[:, None])
+            device = self._layers[0][0].device
+            keys = torch.arange(self.pos + T, device=device)
+            self._mask = (self.pos, T, keys[None, :] <= (self.pos + torch.arange(T, device=device))[:, None])
         return self._mask[2], False
 
     def advance(self, T: int) -> None:

@@ -189,6 +189,43 @@ def test_chats_admitted_together_share_their_common_prefix(random_model, tok):
     assert [r.ids for r in results] == [engine.generate(p, GREEDY).ids for p in ps]
 
 
+def test_a_lone_row_decodes_on_float32_keys_and_keeps_the_store_complete(random_model, tok):
+    """A sequence decoding alone reads a float32 copy of its keys and values (MirroredRow); every position it adds
+    is written to the bf16 store too, so what the store holds when it ends (its prefix-cache entry) is what the
+    single-stream engine computed, and a request joining later reads complete keys."""
+    engine = Engine(random_model, tok)
+
+    def check(entry: tuple[int, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """The store's copy of a finished sequence is the engine's keys and values for the same tokens."""
+        engine.generate(list(entry), GenerationConfig(max_new_tokens=1, reuse_cache=False))
+        n = len(entry)
+        for got, want in zip(kv, (engine._cache.k[:, 0, :, :n], engine._cache.v[:, 0, :, :n]), strict=True):
+            torch.testing.assert_close(got.float(), want, atol=0.02 * float(want.abs().max()), rtol=0.01)
+
+    prompt, second, other = (tok.encode(t) for t in ("a lone request decodes", "this one is joined", "by another"))
+    server = Server(random_model, tok, slots=2, kv_dtype=torch.bfloat16)
+    try:
+        alone = server.generate(prompt, GREEDY)  # decodes alone from start to end
+        (entry, kv), = server.prefixes.entries.items()
+        assert entry == tuple(prompt + alone.ids[:-1])  # the last token was never fed
+        check(entry, kv)
+        server.prefixes.entries.clear()
+        events = Events(2)
+        joined = threading.Event()
+
+        def join_after_three(event):  # B arrives after A has decoded three tokens alone
+            if isinstance(event, str) and sum(isinstance(e, str) for _, e in events.log) == 3 and not joined.is_set():
+                joined.set()
+                server.submit(other, GREEDY, listener=events.listener("B"))
+        server.submit(second, GenerationConfig(max_new_tokens=20, ignore_stop_ids=True),
+                      listener=events.listener("A", join_after_three))  # a new prompt: slot 0 holds other keys
+        assert events.done.wait(60)
+    finally:
+        server.close()
+    a_entry = next(e for e in server.prefixes.entries if e[:len(second)] == tuple(second))
+    check(a_entry, server.prefixes.entries[a_entry])
+
+
 def test_prefix_cache_evicts_least_recently_used(random_model, tok):
     server = Server(random_model, tok, slots=2, prefill_chunk=64, cache_tokens=60, kv_dtype=torch.float32)
     try:
