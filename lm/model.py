@@ -293,8 +293,10 @@ class Transformer(nn.Module):
         The same math as forward(), written out for the loop that runs once per generated token, where the
         Python around ~60 small ops a layer costs as much as the attention: the residual stream stays (B, C), the
         layers are called through `.forward` or their one-token `rows` (nn.Module.__call__'s hook checks cost
-        ~4 us a call, 270 calls a token), and no conversion runs that is a no-op. Hooks on the blocks or their
-        submodules do not run here; tests/unit/test_engine.py checks that both paths give the same logits.
+        ~4 us a call, 270 calls a token), and no conversion runs that is a no-op. A step took 0.87x the time of
+        forward()'s general path on one row (at 100 and 1,024 positions) and 0.96x on 8 rows (interleaved, one
+        process). Hooks on the blocks or their submodules do not run here; tests/unit/test_engine.py checks that
+        both paths give the same logits.
         """
         B = idx.shape[0]
         H, KV, D = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim

@@ -6,17 +6,18 @@ weights (measured on AMD Zen 4 with avx512_bf16/vnni, torch 2.13, 2 threads, wei
   group, the layout of the GGUF's Q4_1, through `aten._weight_int4pack_mm_for_cpu` (bf16 activations). Q4_1's
   quantizer puts every group's minimum and maximum on its grid, so the groups recomputed from the dequantized
   file are the file's own: no error beyond the GGUF's. A one-row step's four linears took 94 us a layer against
-  140 for the int8 kernels below, half the bytes, and next-token KL divergence from the dequantized file fell
-  from 0.014 (int8) to 0.007 on one row and from 0.025 to 0.013 on 8 rows. The kernel's cost grows with every
-  row (576->3072: 43 us at 1 row, 106 at 8, 268 at 16, 1 ms at 64), so beyond INT4_MAX_ROWS (a prompt) an int8
-  copy is dequantized to bf16 for one bf16 matmul, which is compute-bound there.
+  140 for the int8 kernels below (half the bytes), and the next-token KL divergence from the dequantized file,
+  teacher-forced over 8 papers' openings, is 0.007 on one row and 0.013 on 8 (int8: 0.019 and 0.028). The
+  kernel works on blocks of 4 rows, so 1-4 rows cost about the same (576->3072: 44-57 us) and 5-8 twice that;
+  past INT4_MAX_ROWS (a prompt) an int8 copy is dequantized to bf16 for one bf16 matmul, compute-bound there.
 - "int8": per-output-channel int8 (`aten._weight_int8pack_mm`, bf16 activations), re-quantized from the file.
-- The head (576->49152, a third of the bytes of a step) is int8 in both, through FBGEMM's dynamic int8 linear,
-  which quantizes the activation row to 8 bits too and runs an int8 x int8 product with VNNI instructions (the
-  head: 0.26 ms against 0.9 for int8pack and 0.57 for int4, one row). Its one activation scale per call is fair
-  to every row because its input comes out of the final RMSNorm (every row has the same RMS); on the block's
-  layers, whose inputs carry outlier channels, FBGEMM raised the 8-row KL to 0.064, and on a prompt's first
-  positions even more, so only decode rows of the head (and of w13 in "int8") go there (`VNNI_FROM_ROWS`).
+- The head (576->49152, a fifth of a step's bytes) is int8 in both, through FBGEMM's dynamic int8 linear, which
+  quantizes the activation row to 8 bits too and runs an int8 x int8 product with VNNI instructions (0.26 ms
+  against 0.9 for int8pack and 0.57 for int4, one row). Its one activation scale per call fits every row because
+  its input comes out of the final RMSNorm (each row has the same RMS). On the blocks' layers, whose inputs carry
+  outlier channels, FBGEMM for 8 decode rows raised the KL to 0.064 (0.026 with SmoothQuant folded into the
+  norms, which int4 then could not keep exact), and on a prompt's first positions more, so only decode rows of
+  the head, and of w13 in "int8", go there (`VNNI_FROM_ROWS`).
 - "bf16": bf16 weights everywhere. "fp32": unchanged.
 
 Activations stay float32 between layers (residual stream, norms, softmax); only the inputs of the matmuls are
