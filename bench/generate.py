@@ -255,9 +255,9 @@ def main() -> None:
         summary["llama_cpp"] = {"command": llama["command"], "rounds": len(llama_rounds),
                                 **{k: round(median(k, 1), 1) for k in ("decode_tok_s", "decode_tok_s_depth0",
                                                                        "prefill_tok_s")}}
-        summary["vs_llama_cpp_decode"] = round(ratio("decode_tok_s"), 3)
-        summary["vs_llama_cpp_prefill"] = round(ratio("prefill_tok_s"), 3)
         decode_ratios = sorted(o["decode_tok_s"] / q["decode_tok_s"] for o, q in llama_rounds)
+        summary["vs_llama_cpp_decode"] = round(statistics.median(decode_ratios), 3)
+        summary["vs_llama_cpp_prefill"] = round(ratio("prefill_tok_s"), 3)
         print(f"llama.cpp ({llama['command']}), {len(llama_rounds)} interleaved rounds, medians: decode "
               f"{median('decode_tok_s', 1):.1f} tok/s at depth {args.prompt_tokens} "
               f"({median('decode_tok_s_depth0', 1):.1f} at depth 0), prefill {median('prefill_tok_s', 1):.1f} tok/s; "

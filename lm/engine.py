@@ -164,15 +164,16 @@ def sample_rows(logits: torch.Tensor, rows: Sequence[int], configs: Sequence[Gen
         greedy = cfg.temperature == 0 or cfg.top_k == 1
         groups.setdefault((0.0, 1, 1.0) if greedy else (cfg.temperature, cfg.top_k, cfg.top_p), []).append(i)
     for (temperature, top_k, top_p), members in groups.items():
-        index = torch.tensor([rows[i] for i in members])
-        if temperature == 0.0:
-            for i, tok in zip(members, torch.argmax(logits.index_select(0, index), dim=-1).tolist(), strict=True):
-                picked[i] = tok
-        elif len(members) == 1 or top_k <= 0:  # nothing to share (a full sort per row): row by row
+        if temperature != 0.0 and (len(members) == 1 or top_k <= 0):  # nothing to share (a full sort): row by row
             for i in members:
                 picked[i] = sample_token(logits[rows[i]], configs[i], generators[i])
+            continue
+        chosen = logits.index_select(0, torch.tensor([rows[i] for i in members]))  # (n, V)
+        if temperature == 0.0:
+            for i, tok in zip(members, torch.argmax(chosen, dim=-1).tolist(), strict=True):
+                picked[i] = tok
         else:
-            vals, ids = allowed_logits(logits.index_select(0, index) / temperature, top_k, top_p)  # (n, k) each
+            vals, ids = allowed_logits(chosen / temperature, top_k, top_p)  # (n, k) each
             probs = torch.softmax(vals, dim=-1)
             for j, i in enumerate(members):
                 picked[i] = int(ids[j, int(torch.multinomial(probs[j], 1, generator=generators[i]))])

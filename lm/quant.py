@@ -88,27 +88,24 @@ class Int8Linear(nn.Module):
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """(R, in) float32 decode rows, one token per sequence -> (R, out) float32 (lm.model.Transformer.decode)."""
-        n = x.shape[0]
-        if 0 < self.vnni_from <= n <= VNNI_MAX_ROWS and self.bias is None:
+        if 0 < self.vnni_from <= x.shape[0] <= VNNI_MAX_ROWS and self.bias is None:
             return torch.ops.quantized.linear_dynamic(x, self._vnni_params(), False)
-        if self.packable and n <= INT8PACK_MAX_ROWS:
-            y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales).float()
-            return y if self.bias is None else y + self.bias
-        return self.forward(x)
+        return self._bf16_activations(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (M, in)
-        rows = x2.shape[0]
-        one_token = x.dim() < 3 or shape[-2] == 1  # decode rows: (R, 1, in); a prompt's tokens are (1, T, in)
-        if one_token and 0 < self.vnni_from <= rows <= VNNI_MAX_ROWS and self.bias is None:
-            y = torch.ops.quantized.linear_dynamic(x2.float(), self._vnni_params(), False)  # (M, out) float32
-        elif self.packable and rows <= INT8PACK_MAX_ROWS:
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self.scales)  # (M, out) bf16
-        else:  # many rows: a bf16 matmul, the per-channel scales applied to its output (one pass over the weight)
-            y = F.linear(x2.to(torch.bfloat16), self.weight.to(torch.bfloat16)) * self.scales
-        y = y.to(x.dtype) if self.bias is None else y.to(x.dtype) + self.bias.to(x.dtype)
-        return y.view(*shape[:-1], self.out_features)
+        one_token = x.dim() < 3 or x.shape[-2] == 1  # decode rows: (R, 1, in); a prompt's tokens are (1, T, in)
+        y = self.rows(x2.float()) if one_token else self._bf16_activations(x2)
+        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def _bf16_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, in) -> (M, out) float32: the int8pack kernel for few rows; for many, a bf16 matmul with the
+        per-channel scales applied to its output (one pass over the weight)."""
+        if self.packable and x.shape[0] <= INT8PACK_MAX_ROWS:
+            y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales)
+        else:
+            y = F.linear(x.to(torch.bfloat16), self.weight.to(torch.bfloat16)) * self.scales
+        return y.float() if self.bias is None else y.float() + self.bias
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
