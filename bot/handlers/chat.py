@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -18,6 +17,7 @@ from bot.handlers.runtime import Runtime
 from bot.render import StreamingMessage
 from bot.safe_text import replace_lone_surrogates
 from bot.services.assistant import Incoming, Queued, Started
+from bot.services.jobs import CANCELLED
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ HELP = (
     "/docs – the documents of this chat\n"
     "/forget NAME – remove a document and the answers drawn from it (in groups: its uploader or an admin)\n"
     "/summarize – summarize a document (reply to it or name it) or else this conversation\n"
-    "/cancel – stop your summary or upload that is still running\n"
+    "/cancel – stop the reply, summary or upload of yours that is still running\n"
     "/reset – start a new conversation\n"
     "/settings – system prompt and temperature for this chat\n"
     "/stats – your messages, reply tokens and documents in this chat, today and in all\n"
@@ -61,6 +61,7 @@ def help_text(update: Update, rt: Runtime) -> str:
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 STARTING_UP = "Starting up, one moment…"  # the placeholder while the model still loads after a start
 AFTER_YOUR_PREVIOUS = "⏳ I'll answer this right after your previous message."
+STOPPED_BY_USER = "\n\n⏹️ (stopped with /cancel)"
 
 
 def _runtime(context: ContextTypes.DEFAULT_TYPE) -> Runtime:
@@ -259,7 +260,7 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
         if prepared.answer is not None:
             text = prepared.answer.render()
         else:
-            text, note = await _generate(rt, model, prepared.messages, chat_id, stream)
+            text, note = await _generate(rt, model, prepared.messages, chat_id, stored.user_id, stream)
             if note and not text.strip():
                 status = "failed"  # stopped before any text: nothing to keep as a turn of the conversation
     except Exception as e:
@@ -284,30 +285,31 @@ async def reply_streaming(rt: Runtime, context: ContextTypes.DEFAULT_TYPE, chat_
     await rt.assistant.finish_reply(reply, final, "complete")
 
 
-async def _generate(rt: Runtime, model, messages: list[dict], chat_id: int, stream: StreamingMessage,
-                    **overrides) -> tuple[str, str]:
-    """Stream the model's reply into the Telegram message; returns (text, note about how it ended)."""
+async def _generate(rt: Runtime, model, messages: list[dict], chat_id: int, user_id: int | None,
+                    stream: StreamingMessage, **overrides) -> tuple[str, str]:
+    """Stream the model's reply into the Telegram message until it ends, times out or its user sends /cancel;
+    returns (text, note about how it ended)."""
     sampling = await rt.assistant.sampling_for(chat_id, **overrides)
-    cancel = threading.Event()
     limit = rt.settings.telegram.generation_timeout_s
     text, started = "", time.monotonic()
     try:
         # the time limit counts from the start of generation: a reply waiting for its turn is not late
-        async with asyncio.timeout(None) as deadline:
-            async for event in rt.assistant.stream(model, messages, sampling, cancel):
-                if isinstance(event, str):
-                    text += event
-                    await stream.update(text)
-                elif isinstance(event, Queued):
-                    await stream.update(queued_text(event.ahead), urgent=True)
-                elif isinstance(event, Started):
-                    started = time.monotonic()
-                    deadline.reschedule(asyncio.get_running_loop().time() + limit)
-                    await stream.update("…", urgent=True)  # replaces a queued note
+        with rt.jobs.replying(chat_id, user_id) as reply:
+            async with asyncio.timeout(None) as deadline:
+                async for event in rt.assistant.stream(model, messages, sampling, reply.cancel):
+                    if isinstance(event, str):
+                        text += event
+                        await stream.update(text)
+                    elif isinstance(event, Queued):
+                        await stream.update(queued_text(event.ahead), urgent=True)
+                    elif isinstance(event, Started):
+                        started = time.monotonic()
+                        deadline.reschedule(asyncio.get_running_loop().time() + limit)
+                        await stream.update("…", urgent=True)  # replaces a queued note
     except TimeoutError:
         log.warning("generation timeout in chat %s after %.0fs", chat_id, time.monotonic() - started)
         return text, "\n\n⏱️ (stopped: the reply took too long)"
-    return text, ""
+    return text, STOPPED_BY_USER if reply.reason == CANCELLED else ""
 
 
 def queued_text(ahead: int) -> str:

@@ -28,7 +28,7 @@ COMMANDS = [
     BotCommand("docs", "list this chat's documents"),
     BotCommand("forget", "remove a document: /forget NAME"),
     BotCommand("summarize", "summarize a document (reply to it or give its name) or this conversation"),
-    BotCommand("cancel", "stop your summary or upload that is still running here"),
+    BotCommand("cancel", "stop your reply, summary or upload that is still running here"),
 ]
 
 
@@ -146,17 +146,22 @@ def interrupted_text(job) -> str:
     return f"⚠️ The summary of {job.label} was interrupted by a restart. Send /summarize again for it."
 
 
+def _running_name(job) -> str:
+    """How /cancel names what it stops: "your reply", "the summary of NAME", "indexing NAME"."""
+    return {"summary": "the summary of ", "ingest": "indexing "}.get(job.kind, "") + job.label
+
+
 async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Stop the summaries and uploads this user has running in this chat."""
+    """Stop the reply, summaries and uploads this user has running in this chat."""
     rt = _runtime(context)
     if not await rt.admit(update):
         return
     user = update.effective_user
     stopped = rt.jobs.cancel(update.effective_chat.id, user.id if user else None)
     if not stopped:
-        await update.effective_message.reply_text("Nothing of yours is running here: no summary, no upload.")
+        await update.effective_message.reply_text("Nothing of yours is running here: no reply, summary or upload.")
         return
-    names = ", ".join(("the summary of " if j.kind == "summary" else "indexing ") + j.label for j in stopped)
+    names = ", ".join(_running_name(j) for j in stopped)
     await update.effective_message.reply_text(f"Stopping {names}…")
 
 

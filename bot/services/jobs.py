@@ -1,5 +1,8 @@
 """Long jobs (indexing an upload, writing a summary): what runs now, how to stop it, and what a restart cut off.
 
+A reply being written is stoppable in the same way (`replying`), but held in memory only: its message row in SQL
+and that row's recovery are the assistant's (bot.services.assistant), and shutdown leaves it to that recovery.
+
 A job is tracked twice. In memory, with a cancel event that `/cancel` and shutdown set; the job's own code
 checks it between steps (embedding batches, summary windows) and stops within a step. In SQL, with the
 Telegram message that shows its progress, so that after a crash or kill -9 the next start can find the jobs
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -48,6 +51,7 @@ class Jobs:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self.sessions = sessions
         self._running: dict[int, Running] = {}  # by SQL id
+        self._replies: list[Running] = []  # replies being written (`replying`)
         self.stopping = False
 
     @contextlib.asynccontextmanager
@@ -70,9 +74,20 @@ class Jobs:
         async with self.sessions() as s:
             await db.remove_job(s, row.id)
 
+    @contextlib.contextmanager
+    def replying(self, chat_id: int, user_id: int | None) -> Iterator[Running]:
+        """A reply being written to `user_id` in a chat: `cancel` stops it as it stops a job (the generation
+        watches the job's `cancel` event)."""
+        reply = Running("reply", chat_id, user_id, "your reply")
+        self._replies.append(reply)
+        try:
+            yield reply
+        finally:
+            self._replies.remove(reply)
+
     def cancel(self, chat_id: int, user_id: int | None = None) -> list[Running]:
-        """Stop the jobs running in a chat (only `user_id`'s, when given); the ones asked to stop."""
-        found = [j for j in self._running.values()
+        """Stop the jobs and replies running in a chat (only `user_id`'s, when given); the ones asked to stop."""
+        found = [j for j in [*self._replies, *self._running.values()]
                  if j.chat_id == chat_id and (user_id is None or j.user_id == user_id) and not j.cancel.is_set()]
         for job in found:
             job.stop(CANCELLED)

@@ -51,7 +51,7 @@ async def test_cancel_stops_an_upload_mid_embedding_and_nothing_is_stored(tmp_pa
         settings.cache_dir = hub.default_cache_dir()  # the real encoder, pulled once for the whole suite
         async with running_bot(settings):
             fake.send_user_message(ANN, ANN, "/cancel")
-            await fake.wait_for(lambda: fake.last_text(ANN) == "Nothing of yours is running here: no summary, no upload.", 30)
+            await fake.wait_for(lambda: fake.last_text(ANN) == "Nothing of yours is running here: no reply, summary or upload.", 30)
             fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER, "text/plain")
             await fake.wait_for(lambda: _embedding(fake, ANN), 120)
             fake.send_user_message(ANN, ANN, "/cancel")

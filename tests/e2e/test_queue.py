@@ -68,3 +68,27 @@ async def test_a_reply_stopped_before_any_text_is_not_stored_as_a_turn(tmp_path,
         rows = await _rows(settings, chat_id=USER)
     assert note[0].text.startswith("⏱️")
     assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "failed")]
+
+
+async def test_cancel_stops_the_senders_reply_only_and_keeps_its_text(tmp_path, endless_model):  # noqa: F811
+    other = USER + 1
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, endless_model)
+        settings.model.context_tokens = 2048
+        settings.model.max_new_tokens = 1500  # the endless model writes all of them unless stopped
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, "tell me everything")
+            fake.send_user_message(other, other, "tell me everything too")
+            # streaming: past the placeholders ("…", STARTING_UP), not finished
+            await fake.wait_for(lambda: any(m.from_bot and len(m.text) > 100 and not m.reply_markup
+                                            for m in fake.messages(USER)), timeout=60)
+            fake.send_user_message(USER, USER, "/cancel")
+            stopped = await fake.wait_for(lambda: final_reply(fake, USER), timeout=60)
+            finished = await fake.wait_for(lambda: final_reply(fake, other), timeout=180)
+            assert any(m.text == "Stopping your reply…" for m in fake.messages(USER))
+        rows = await _rows(settings, chat_id=USER)
+    assert stopped.text.endswith("⏹️ (stopped with /cancel)") and len(stopped.text) > 30  # what came is kept
+    assert "stopped" not in finished.text
+    assert len(stopped.text) < len(finished.text)  # it ended before its 1,500 tokens
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "complete")]
+    assert rows[1].text == stopped.text

@@ -28,6 +28,16 @@ async def jobs(db_url: str) -> AsyncIterator[Jobs]:
     await engine.dispose()
 
 
+async def test_cancel_stops_the_askers_reply_but_shutdown_leaves_replies_to_their_recovery(jobs: Jobs) -> None:
+    with jobs.replying(CHAT, ANN) as ann, jobs.replying(CHAT, BEN) as ben, jobs.replying(OTHER_CHAT, ANN) as elsewhere:
+        async with jobs.track("summary", CHAT, ANN, 11, "a.pdf") as summary:
+            assert jobs.cancel(CHAT, ANN) == [ann, summary]
+        assert ann.cancel.is_set() and ann.reason == CANCELLED and ann.label == "your reply"
+        assert not ben.cancel.is_set() and not elsewhere.cancel.is_set()
+        assert jobs.stop_all() == 0  # shutdown stops jobs (none left); replies keep their own recovery
+        assert not ben.cancel.is_set()
+    assert jobs.cancel(CHAT, BEN) == []  # the reply ended: nothing left to stop
+
 async def test_cancel_stops_only_the_askers_jobs_in_that_chat(jobs: Jobs) -> None:
     async with jobs.track("summary", CHAT, ANN, 11, "a.pdf") as ann, \
             jobs.track("ingest", CHAT, BEN, 12, "b.txt") as ben, \
