@@ -144,7 +144,10 @@ class SlotBatch:
     def __init__(self, store: SlotStore, lengths: torch.Tensor):
         store.reserve(int(lengths.max()) + 1)
         self.store, self.lengths = store, lengths  # (R,) positions filled per row = where the new token goes
-        self.rows = torch.arange(len(lengths))
+        KV, capacity = store.shape[1], store.capacity
+        # where each row's new key goes for each kv head, as rows of a layer's store seen as (slots*KV*capacity, D):
+        # one index_copy_ instead of an advanced-index assignment (~9 against ~17 us, 60 times a step)
+        self._where = ((torch.arange(len(lengths))[:, None] * KV + torch.arange(KV)) * capacity + lengths[:, None]).view(-1)
         keys = torch.arange(store.capacity)
         hidden = (keys[None, :] > lengths[:, None])[:, None, None, :]  # (R, 1, 1, capacity)
         self._mask = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf"))  # an additive bias: see lm.model
@@ -156,8 +159,9 @@ class SlotBatch:
         """Write k/v (R, KV, 1, D) at each row's position; return (R, KV, capacity, D) keys/values."""
         R, store = len(self.lengths), self.store
         keys, values = store.k[layer], store.v[layer]  # (slots, KV, capacity, D)
-        keys[self.rows, :, self.lengths] = k[:, :, 0].to(store.dtype)
-        values[self.rows, :, self.lengths] = v[:, :, 0].to(store.dtype)
+        D = keys.shape[-1]
+        keys.view(-1, D).index_copy_(0, self._where, k.to(store.dtype).reshape(-1, D))
+        values.view(-1, D).index_copy_(0, self._where, v.to(store.dtype).reshape(-1, D))
         return keys[:R], values[:R]
 
     def mask(self, T: int) -> tuple[torch.Tensor, bool]:

@@ -122,6 +122,27 @@ def test_one_token_decode_gives_the_full_forwards_logits(tok, weights):
             lengths += 1
 
 
+def test_rms_norm_rows_follow_forward_and_the_weight():
+    """RMSNorm.rows, decode's three-kernel norm with a scaled copy of the weight, gives forward()'s output, also
+    for a row whose mean square is below eps, and still after the weight is changed in place (an optimizer step,
+    load_state_dict) or replaced (load_state_dict with assign=True)."""
+    from lm.model import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(64, 1e-5)
+    x = torch.randn(3, 64)
+    x[2] *= 1e-4  # mean square 1e-8: where eps enters the formula decides this row
+    with torch.no_grad():
+        norm.weight.normal_()
+        torch.testing.assert_close(norm.rows(x), norm(x))
+        norm.weight.mul_(-2.0)
+        torch.testing.assert_close(norm.rows(x), norm(x))
+    norm.load_state_dict({"weight": torch.randn(64)})
+    torch.testing.assert_close(norm.rows(x), norm(x))
+    norm.load_state_dict({"weight": torch.randn(64)}, assign=True)
+    torch.testing.assert_close(norm.rows(x), norm(x))
+
+
 def test_prefix_reuse_across_turns_gives_the_same_logits(random_model, tok):
     engine = Engine(random_model, tok)
     p1 = tok.encode("first turn")
