@@ -2,9 +2,11 @@
 
     model, tokenizer = load_chat_model("smollm2-135m", weights="int4")
 
-The converted model is cached next to the GGUF (`<file>.<weights>.<size>-<mtime>.pt`, written atomically,
-loaded with mmap) so that a second load skips the GGUF parsing, the dequantization and the re-quantization.
-If that directory is not writable the cache is skipped (with a log line), nothing else changes.
+The converted model is cached next to the GGUF (`<file>.<weights>[.ctx<n>].v<version>.<size>-<mtime>.pt`,
+written atomically, loaded with mmap) so that a second load skips the GGUF parsing, the dequantization and the
+re-quantization.
+If that directory is not writable the cache is skipped (with a log line), nothing else changes. Writing a new
+one removes the same format's files left by an older cache version or an older copy of the GGUF.
 """
 
 from __future__ import annotations
@@ -48,10 +50,28 @@ def set_threads(n: int = 0) -> int:
     return n
 
 
+def _cache_prefix(gguf_path: Path, weights: str, max_seq_len: int | None) -> str:
+    ctx = f".ctx{max_seq_len}" if max_seq_len else ""
+    return f"{gguf_path.name}.{weights}{ctx}.v"
+
+
 def _cache_path(gguf_path: Path, weights: str, max_seq_len: int | None) -> Path:
     st = gguf_path.stat()
-    ctx = f".ctx{max_seq_len}" if max_seq_len else ""
-    return gguf_path.with_name(f"{gguf_path.name}.{weights}{ctx}.v{CACHE_VERSION}.{st.st_size}-{st.st_mtime_ns}.pt")
+    prefix = _cache_prefix(gguf_path, weights, max_seq_len)
+    return gguf_path.with_name(f"{prefix}{CACHE_VERSION}.{st.st_size}-{st.st_mtime_ns}.pt")
+
+
+def _remove_stale(cached: Path, gguf_path: Path, weights: str, max_seq_len: int | None) -> None:
+    """Delete this GGUF's converted files of the same format from older cache versions or an older GGUF file
+    (about 200 MB each), which nothing would load again. A process still reading one keeps its mapping."""
+    prefix = _cache_prefix(gguf_path, weights, max_seq_len)
+    for old in gguf_path.parent.iterdir():
+        if old.name.startswith(prefix) and old.name.endswith(".pt") and old != cached:
+            try:
+                old.unlink()
+                log.info("removed stale converted weights %s", old.name)
+            except OSError as e:
+                log.info("could not remove stale converted weights %s: %s", old.name, e)
 
 
 def _skeleton(config, weights: str) -> torch.nn.Module:
@@ -118,6 +138,7 @@ def load_chat_model(name_or_path: str | Path, weights: str = "int4", threads: in
     if use_cache:
         try:
             _save_converted(cached, model, metadata)
+            _remove_stale(cached, path, weights, max_seq_len)
         except Exception as e:
             log.warning("could not cache converted weights at %s: %s", cached, e)
     return model, Tokenizer.from_gguf(metadata)

@@ -232,3 +232,25 @@ def test_other_architecture_is_refused_by_name(tmp_path):
     tiny = write_tiny_gguf(tmp_path / "neox.gguf", arch="gptneox", n_layers=1)
     with pytest.raises(GGUFError, match="unsupported architecture 'gptneox'"):
         load_model(tiny.path)
+
+
+def test_converted_weights_are_cached_and_stale_copies_removed(tmp_path):
+    """load_chat_model writes the converted model next to the GGUF and loads it from there the next time; writing
+    it removes the same format's files of older cache versions or of an older GGUF, and keeps every other file."""
+    from lm.runtime import CACHE_VERSION, load_chat_model
+
+    path = write_tiny_gguf(tmp_path / "m.gguf").path
+    stale = [tmp_path / "m.gguf.int8.v2.1-2.pt", tmp_path / f"m.gguf.int8.v{CACHE_VERSION}.1-2.pt"]
+    kept = [tmp_path / "m.gguf.int4.v2.1-2.pt", tmp_path / "m.gguf.int8.ctx64.v2.1-2.pt", tmp_path / "notes.pt"]
+    for f in stale + kept:
+        f.write_bytes(b"old")
+    threads = torch.get_num_threads()
+    model, _ = load_chat_model(path, weights="int8", threads=threads)
+    (cached,) = [f for f in tmp_path.glob(f"m.gguf.int8.v{CACHE_VERSION}.*.pt") if f not in stale]
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
+    written = cached.stat().st_mtime_ns
+    again, _ = load_chat_model(path, weights="int8", threads=threads)
+    assert cached.stat().st_mtime_ns == written  # read back, not rebuilt
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), model(ids))
