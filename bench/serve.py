@@ -207,8 +207,7 @@ def main() -> None:
             for n in ns:
                 for name in ("serialised", "batched"):
                     engine.reset()
-                    chat_model.server.prefixes.entries.clear()  # every run prefills its prompts
-                    chat_model.server.prefixes.tokens = 0
+                    await asyncio.wrap_future(chat_model.server.forget())  # every run prefills its prompts
                     t0 = time.perf_counter()
                     runs = await (run_batched(chat_model, sampling, n, tok) if name == "batched"
                                   else run_serialised(engine, chat_model, sampling, n, tok))

@@ -11,10 +11,12 @@ How a request runs (in the spirit of vLLM's continuous batching and SGLang's pre
 - It waits in a queue until one of the `slots` rows of the KV store is free; interactive requests (priority 0)
   are admitted before background ones (summaries, evals), then in arrival order. While waiting, its listener
   gets `Queued(ahead)` whenever its place changes, and `Started()` when it is admitted.
-- Admitted, it looks up the longest prefix of its prompt whose keys and values exist: in the `PrefixCache` (those
-  of earlier finished requests, least recently used evicted beyond `cache_tokens`), or in the slot of another
-  request of the batch (chats that share a system prompt and arrive together, as SGLang's radix cache shares
-  them). It copies that prefix into its row and prefills only the rest, in chunks: each scheduler step
+- It is admitted to the slot that still holds its chat's previous turn, if one does, and uses those keys and
+  values in place; else to the lowest slot that is free or holds another finished request's keys (which then
+  move to the `PrefixCache`, least recently used evicted beyond `cache_tokens`). It looks up the longest prefix
+  of its prompt whose keys and values exist: in its own slot, in the prefix cache, or in the slot of another
+  request, running or finished (chats that share a system prompt, as SGLang's radix cache shares them). It
+  copies that prefix into its row and prefills only the rest, in chunks: each scheduler step
   prefills at most `prefill_chunk` tokens in all, so a newcomer's long prompt delays the running streams by
   one chunk per token, not by the whole prompt.
 - Every step then runs ONE forward for every decoding request, (R, 1) tokens at per-row positions
@@ -22,12 +24,12 @@ How a request runs (in the spirit of vLLM's continuous batching and SGLang's pre
   next tokens are sampled together (lm.engine.sample_rows). A lone decoding row attends over exactly its own
   positions, in float32 (`MirroredRow`), as the single-stream engine does.
 - Each request keeps its own sampling settings, seed, stop ids and strings, streaming and cancellation
-  (lm.engine.Decoder); it leaves the batch at the token boundary where it stops, and its keys/values go to
-  the prefix cache so that the chat's next turn prefills only its new tokens.
+  (lm.engine.Decoder); it leaves the batch at the token boundary where it stops, and its keys/values stay in
+  its slot (parked) so that the chat's next turn prefills only its new tokens, with nothing copied.
 
 Memory: the store holds slots x capacity positions of n_layers x 2 x n_kv_heads x head_dim values in `kv_dtype`
 (bf16: 23 KB per position for SmolLM2-135M, so 8 slots x 2,048 = 377 MB at most); the capacity follows the
-longest sequence running. The prefix cache holds at most `cache_tokens` positions more.
+longest sequence running or parked. The prefix cache holds at most `cache_tokens` positions more.
 Requests beyond the free slots wait; none fails for lack of memory.
 
 Greedy output equals the single-stream engine's except where kernels round differently for R rows than for
@@ -147,7 +149,8 @@ class SlotBatch:
         KV, capacity = store.shape[1], store.capacity
         # where each row's new key goes for each kv head, as rows of a layer's store seen as (slots*KV*capacity, D):
         # one index_copy_ instead of an advanced-index assignment (~9 against ~17 us, 60 times a step)
-        self._where = ((torch.arange(len(lengths))[:, None] * KV + torch.arange(KV)) * capacity + lengths[:, None]).view(-1)
+        rows = torch.arange(len(lengths))[:, None] * KV + torch.arange(KV)  # (R, KV)
+        self._where = (rows * capacity + lengths[:, None]).view(-1)
         keys = torch.arange(store.capacity)
         hidden = (keys[None, :] > lengths[:, None])[:, None, None, :]  # (R, 1, 1, capacity)
         self._mask = torch.zeros(hidden.shape).masked_fill_(hidden, float("-inf"))  # an additive bias: see lm.model
@@ -224,12 +227,20 @@ class PrefixCache:
         key = tuple(ids)
         if len(key) > self.max_tokens or not key:
             return
-        for old in [o for o in self.entries if len(o) <= len(key) and key[:len(o)] == o]:
-            self._drop(old)
+        self.drop_prefixes_of(key)
         self.entries[key] = kv
         self.tokens += len(key)
         while self.tokens > self.max_tokens:
             self._drop(next(iter(self.entries)))
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.tokens = 0
+
+    def drop_prefixes_of(self, ids: tuple[int, ...]) -> None:
+        """Forget the entries that are a prefix of ids: what holds ids holds them."""
+        for old in [o for o in self.entries if len(o) <= len(ids) and ids[:len(o)] == o]:
+            self._drop(old)
 
     def _drop(self, key: tuple[int, ...]) -> None:
         del self.entries[key]
@@ -325,6 +336,7 @@ class Server:
         self.prefixes = PrefixCache(cache_tokens)
         self._mirror: MirroredRow | None = None  # a lone decoding row's float32 keys and values
         self._free = list(range(slots))
+        self._parked: dict[int, tuple[int, ...]] = {}  # slot -> ids of the finished sequence whose keys it holds
         self._waiting: list[_Seq] = []
         self._running: list[_Seq] = []  # admitted: prefilling (pos < len(prompt)) or decoding
         self._jobs: list[tuple[Callable[[], Any], Future]] = []  # work that needs the model alone (call)
@@ -382,7 +394,16 @@ class Server:
         """How many requests wait and run, and the positions the prefix cache holds."""
         with self._wake:
             return {"waiting": len(self._waiting), "running": len(self._running),
-                    "cached_tokens": self.prefixes.tokens}
+                    "cached_tokens": self.prefixes.tokens, "parked_tokens": sum(map(len, self._parked.values()))}
+
+    def forget(self) -> Future:
+        """Drop every kept prefix (the prefix cache and the parked slots), between two steps; a Future."""
+        def drop() -> None:
+            with self._wake:
+                self.prefixes.clear()
+                self._free = sorted(self._free + list(self._parked))
+                self._parked.clear()
+        return self.call(drop)
 
     def close(self, cancel: bool = True, wait: bool = True) -> None:
         """Stop taking requests and stop the scheduler thread once nothing runs: at once, cancelling what runs
@@ -434,10 +455,10 @@ class Server:
             seq.emit(seq.decoder.result(timings(seq.submitted, 0.0, None, 0, 0)))
 
     def _admit(self) -> None:
-        """Give free slots to waiting requests in order; tell the others their place."""
-        while self._free and self._waiting:
+        """Give slots to waiting requests in order; tell the others their place."""
+        while self._waiting and (self._free or self._parked):
             seq = self._waiting.pop(0)
-            seq.slot = self._free.pop(0)
+            self._take_slot(seq)
             seq.started = time.perf_counter()
             self._running.append(seq)
             seq.emit(Started())
@@ -445,6 +466,23 @@ class Server:
             if seq.ahead != ahead:
                 seq.ahead = ahead
                 seq.emit(Queued(ahead))
+
+    def _take_slot(self, seq: _Seq) -> None:
+        """The slot parked with seq's previous turn (all of it a prefix of the prompt: used in place), else the
+        lowest free or parked one (a decode step computes rows up to the highest in use); a parked slot's keys
+        and values move to the prefix cache first."""
+        want = seq.prompt[:-1] if seq.cfg.reuse_cache else []
+        own = [slot for slot, ids in self._parked.items() if _common_prefix(ids, want) == len(ids)]
+        if own:
+            seq.slot = max(own, key=lambda slot: len(self._parked[slot]))
+            seq.pos = seq.reused = len(self._parked.pop(seq.slot))
+            return
+        seq.slot = min(self._free + list(self._parked))
+        if seq.slot in self._parked:
+            ids = self._parked.pop(seq.slot)
+            self.prefixes.put(ids, self.store.save(seq.slot, len(ids)))
+        else:
+            self._free.remove(seq.slot)
 
     def _step(self) -> None:
         """One scheduler step: cancellations, prefill chunks within the token budget, one batched decode."""
@@ -462,19 +500,21 @@ class Server:
 
     def _reuse(self, seq: _Seq) -> None:
         """Before seq's first chunk: copy the longest prefix of its prompt whose keys/values exist, from the prefix
-        cache or from another sequence in the batch (chats that share a system prompt, admitted together)."""
+        cache or from another slot (chats that share a system prompt), unless its own slot holds a longer one."""
         want = seq.prompt[:-1]  # the last prompt token always runs: its logits pick the first new token
         n, kv = self.prefixes.longest(want)
         donor = None
-        for other in self._running:
-            if other is not seq and other.pos > n:
-                shared = min(_common_prefix(tuple(other.ids), want), other.pos)
-                if shared > n:
-                    n, donor = shared, other
+        slots = [(o.slot, o.ids) for o in self._running if o is not seq and o.pos > n] + list(self._parked.items())
+        for slot, ids in slots:
+            shared = _common_prefix(tuple(ids), want)
+            if shared > n:
+                n, donor = shared, slot
+        if n <= seq.pos:
+            return  # its own parked keys, in place, are the longest
         if donor is not None:
-            if self._mirror is not None and self._mirror.slot == donor.slot:
+            if self._mirror is not None and self._mirror.slot == donor:
                 self._mirror.sync()
-            self.store.copy(donor.slot, seq.slot, n)
+            self.store.copy(donor, seq.slot, n)
         elif kv is not None:
             self.store.load(seq.slot, kv, n)
         seq.pos = seq.reused = n
@@ -512,6 +552,11 @@ class Server:
         for s in self._running:
             if s.slot < rows:
                 lengths[s.slot] = s.pos  # a prefilling row's padding key is overwritten by its next chunk
+        self.store.reserve(int(lengths.max()) + 1)
+        for slot, ids in list(self._parked.items()):
+            if slot < rows:  # a parked row's padding key goes after its keys (over the last one, if it is full)
+                lengths[slot] = at = min(len(ids), self.store.capacity - 1)
+                self._parked[slot] = ids[:at]
         for s in seqs:
             tokens[s.slot, 0] = s.decoder.out[-1]
         logits = self.model(tokens, cache=SlotBatch(self.store, lengths))[:, -1].float()  # (rows, V)
@@ -545,13 +590,16 @@ class Server:
         """Leave the batch: keep the keys/values for a next turn, free the slot, send the Result (or error)."""
         self._running.remove(seq)
         if self._mirror is not None and self._mirror.slot == seq.slot:
-            self._unmirror()  # the slot is free: its next sequence must not find these keys
-        if error is None and seq.pos > 1:
-            self.prefixes.put(seq.ids, self.store.save(seq.slot, seq.pos))
-        self.store.shrink(max((s.pos + 1 for s in self._running), default=0))
+            self._unmirror()  # the store gets every key it added: the slot keeps them (parked) or is reused
         with self._wake:
-            self._free.append(seq.slot)
-            self._free.sort()  # the lowest rows first: a decode step computes rows up to the highest in use
+            if error is None and seq.pos > 1:
+                ids = tuple(seq.ids)
+                self.prefixes.drop_prefixes_of(ids)  # (the entry this turn began from, if any)
+                self._parked[seq.slot] = ids
+            else:
+                self._free.append(seq.slot)
+        self.store.shrink(max([s.pos + 1 for s in self._running] + [len(ids) for ids in self._parked.values()],
+                              default=0))
         if error is not None:
             seq.emit(error)
             return

@@ -196,20 +196,16 @@ def test_a_lone_row_decodes_on_float32_keys_and_keeps_the_store_complete(random_
     engine = Engine(random_model, tok)
 
     def check(entry: tuple[int, ...], kv: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """The store's copy of a finished sequence is the engine's keys and values for the same tokens."""
-        engine.generate(list(entry), GenerationConfig(max_new_tokens=1, reuse_cache=False))
-        n = len(entry)
-        for got, want in zip(kv, (engine._cache.k[:, 0, :, :n], engine._cache.v[:, 0, :, :n]), strict=True):
-            torch.testing.assert_close(got.float(), want, atol=0.02 * float(want.abs().max()), rtol=0.01)
+        assert_engine_keys(engine, entry, kv, atol=0.02)
 
     prompt, second, other = (tok.encode(t) for t in ("a lone request decodes", "this one is joined", "by another"))
     server = Server(random_model, tok, slots=2, kv_dtype=torch.bfloat16)
     try:
         alone = server.generate(prompt, GREEDY)  # decodes alone from start to end
-        (entry, kv), = server.prefixes.entries.items()
+        (entry, kv), = kept(server).items()
         assert entry == tuple(prompt + alone.ids[:-1])  # the last token was never fed
         check(entry, kv)
-        server.prefixes.entries.clear()
+        server.forget().result()
         events = Events(2)
         joined = threading.Event()
 
@@ -222,8 +218,71 @@ def test_a_lone_row_decodes_on_float32_keys_and_keeps_the_store_complete(random_
         assert events.done.wait(60)
     finally:
         server.close()
-    a_entry = next(e for e in server.prefixes.entries if e[:len(second)] == tuple(second))
-    check(a_entry, server.prefixes.entries[a_entry])
+    a_entry = next(e for e in kept(server) if e[:len(second)] == tuple(second))
+    check(a_entry, kept(server)[a_entry])
+
+
+def assert_engine_keys(engine: Engine, entry: tuple[int, ...], kv: tuple[torch.Tensor, torch.Tensor],
+                       atol: float) -> None:
+    """A finished sequence's kept keys and values are the single-stream engine's for the same tokens."""
+    engine.generate(list(entry), GenerationConfig(max_new_tokens=1, reuse_cache=False))
+    n = len(entry)
+    for got, want in zip(kv, (engine._cache.k[:, 0, :, :n], engine._cache.v[:, 0, :, :n]), strict=True):
+        torch.testing.assert_close(got.float(), want, atol=atol * float(want.abs().max()), rtol=0.01)
+
+
+def test_a_chats_next_turn_uses_its_parked_slot_in_place(random_model, tok):
+    """A finished chat's keys stay in its slot: its next turn is admitted there and prefills only its new tokens,
+    with nothing copied out; another chat takes the lowest slot, whose keys then move to the prefix cache."""
+    server = Server(random_model, tok, slots=2, kv_dtype=torch.float32)
+    try:
+        a, b = tok.encode("the first chat asks"), tok.encode("a second chat says")
+        with server._wake:  # admitted together: a to slot 0, b to slot 1
+            ta, tb = server.submit(a, GREEDY), server.submit(b, GREEDY)
+        turns = {"a": (a, _drain(ta)), "b": (b, _drain(tb))}
+        assert server.load()["cached_tokens"] == 0 and server.load()["parked_tokens"] > 0
+        for name, (p, r) in list(turns.items()):
+            p2 = p + r.ids + tok.encode(" and then more")
+            r2 = server.generate(p2, GREEDY)
+            assert r2.timings["prefilled_tokens"] == len(p2) - (len(p) + len(r.ids) - 1)
+            assert r2.ids == full_greedy(random_model, p2, 12)
+            turns[name] = (p2, r2)
+        assert server.load()["cached_tokens"] == 0  # in place both times: nothing was copied
+        c = tok.encode("an unrelated third chat")
+        assert server.generate(c, GREEDY).ids == full_greedy(random_model, c, 12)
+        a2, ra2 = turns["a"]
+        assert server.load()["cached_tokens"] == len(a2) + len(ra2.ids) - 1  # slot 0's turn moved out for c
+        a3 = a2 + ra2.ids + tok.encode("!")
+        r3 = server.generate(a3, GREEDY)
+        assert r3.timings["prefilled_tokens"] == len(a3) - (len(a2) + len(ra2.ids) - 1)  # from the prefix cache
+        assert r3.ids == full_greedy(random_model, a3, 12)
+    finally:
+        server.close()
+
+
+def test_a_parked_slot_inside_a_batch_keeps_its_keys(random_model, tok):
+    """A slot parked below running ones is a padding row of their batched steps: its padding keys go after the
+    parked ones, which stay the engine's."""
+    server = Server(random_model, tok, slots=3, kv_dtype=torch.float32)
+    x, y, z = prompts(tok, 3)
+    steps = GenerationConfig(max_new_tokens=20, ignore_stop_ids=True)
+    try:
+        with server._wake:  # y (slot 1) ends after 3 tokens; x and z decode 17 more steps in rows 0-2
+            tickets = [server.submit(x, steps), server.submit(y, GenerationConfig(max_new_tokens=3,
+                       ignore_stop_ids=True)), server.submit(z, steps)]
+        for t in tickets:
+            _drain(t)
+        (entry, kv), = [(ids, kv) for ids, kv in kept(server).items() if ids[:len(y)] == tuple(y)]
+    finally:
+        server.close()
+    assert len(entry) == len(y) + 2
+    assert_engine_keys(Engine(random_model, tok), entry, kv, atol=1e-4)
+
+
+def kept(server: Server) -> dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values of every finished sequence the server keeps: parked in its slot or in the prefix cache."""
+    parked = {ids: server.store.save(slot, len(ids)) for slot, ids in server._parked.items()}
+    return {**server.prefixes.entries, **parked}
 
 
 def test_prefix_cache_evicts_least_recently_used(random_model, tok):
