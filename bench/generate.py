@@ -11,7 +11,7 @@ then 128 greedy new tokens with stop ids ignored so that all 128 are decoded. Ea
 absolute numbers. Definitions, identical for both sides:
 - prefill tok/s = prompt tokens / time to first token (TTFT: the prompt forward + picking the first token);
 - decode tok/s  = (new tokens - 1) / (total time - TTFT);
-- peak RSS      = the process's ru_maxrss after everything (model load included).
+- peak RSS      = the process's peak resident memory after everything (model load included).
 HF transformers is run with `--hf-python` (a separate venv, see the default) when it is not importable here.
 Prints a table and a final JSON line.
 """
@@ -34,7 +34,14 @@ COVIDQA = ROOT.parent / "shared" / "eval" / "covidqa.json"
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident memory. Linux's ru_maxrss is not it in a child: a subprocess started with
+    vfork + exec (Python's, on Linux) inherits its parent's peak, so the kernel's high-water mark of this
+    process's own memory map (VmHWM) is read where there is one."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # KiB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def prompt_text() -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -151,6 +150,7 @@ def bench_generate_decode(args) -> float:
 
 def memory_child(args) -> None:
     """8 chats of ~1,500-token history at once through ChatModel; prints peak RSS (MB) as JSON."""
+    from bench.generate import peak_rss_mb
     from bot.config import ModelSettings
     from bot.services.models import ChatModel, Sampling
     from lm.runtime import load_chat_model
@@ -167,7 +167,7 @@ def memory_child(args) -> None:
             return len(chat_model.prompt(messages, sampling)[0])
         return await asyncio.gather(*(one(i) for i in range(8)))
     lengths = asyncio.run(go())
-    print(json.dumps({"prompt_tokens": lengths, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"prompt_tokens": lengths, "peak_rss_mb": peak_rss_mb()}))
 
 
 # ---------------------------------------------------------------------------------------------- driver
