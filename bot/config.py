@@ -29,7 +29,8 @@ class ModelSettings:
     no_repeat_ngram: int = 8  # a reply never repeats 8 tokens of its own: a small model falls into loops
     context_tokens: int = 2048  # budget for prompt + reply
     # serving (lm.serve): replies decoded together, each with its keys/values in bf16 (23 KB per token: 8 x 2048
-    # tokens = 377 MB at most); more wait in a queue. Finished turns keep prefix_cache_tokens for the next turn.
+    # tokens = 377 MB at most); more wait in a queue. A finished turn stays in its slot for the chat's next turn
+    # until another chat needs the slot; then it moves to a prefix cache of prefix_cache_tokens (LRU).
     batch_size: int = 8
     prefill_chunk: int = 256  # prompt tokens prefilled per step, between the running replies' tokens
     prefix_cache_tokens: int = 16384
