@@ -391,7 +391,7 @@ class Server:
         return future
 
     def load(self) -> dict[str, int]:
-        """How many requests wait and run, and the positions the prefix cache holds."""
+        """How many requests wait and run, and the positions the prefix cache and the parked slots hold."""
         with self._wake:
             return {"waiting": len(self._waiting), "running": len(self._running),
                     "cached_tokens": self.prefixes.tokens, "parked_tokens": sum(map(len, self._parked.values()))}
@@ -401,7 +401,7 @@ class Server:
         def drop() -> None:
             with self._wake:
                 self.prefixes.clear()
-                self._free = sorted(self._free + list(self._parked))
+                self._free += list(self._parked)
                 self._parked.clear()
         return self.call(drop)
 
@@ -556,7 +556,8 @@ class Server:
         for slot, ids in list(self._parked.items()):
             if slot < rows:  # a parked row's padding key goes after its keys (over the last one, if it is full)
                 lengths[slot] = at = min(len(ids), self.store.capacity - 1)
-                self._parked[slot] = ids[:at]
+                if at < len(ids):
+                    self._parked[slot] = ids[:at]
         for s in seqs:
             tokens[s.slot, 0] = s.decoder.out[-1]
         logits = self.model(tokens, cache=SlotBatch(self.store, lengths))[:, -1].float()  # (rows, V)
