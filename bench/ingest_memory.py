@@ -4,7 +4,7 @@
 
 Generates MB megabytes of varied English-like text (distinct sentences, so nothing is deduplicated), ingests
 it into a fresh SQLite database in a temporary directory, and samples this process's resident memory twice a
-second while it runs. The parse runs in a child process with its own limit (bot.knowledge.parse), so what is
+second while it runs. The parse runs in a child process with its own limit (bot.documents.parse), so what is
 measured is chunking, embedding and storing. Prints the peak per stage and a final JSON line.
 """
 
@@ -44,7 +44,7 @@ def rss_mb() -> float:
 
 async def measure(megabytes: float) -> dict:
     from bot.config import Settings
-    from bot.services import evaluate as ev
+    from bot.eval import retrieval as ev
 
     data = text_of(megabytes)
     peaks: dict[str, float] = {}

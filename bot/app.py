@@ -19,11 +19,11 @@ from telegram.ext import (
 
 from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.handlers import chat, documents, edits, fallback, stats
-from bot.handlers.runtime import Runtime
 from bot.redact import redact
-from bot.render import StreamingMessage
 from bot.services.models import ModelManager
+from bot.telegram import chat, documents, edits, fallback, stats
+from bot.telegram.context import Runtime
+from bot.telegram.render import StreamingMessage
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ async def _post_init(app: Application) -> None:
     """Migrate the schema, register commands, and mark replies a previous run left unfinished."""
     rt: Runtime = app.bot_data["runtime"]
     await upgrade(rt.settings.database_url)
-    from bot.services.training import restore_active_model
+    from bot.services.training.service import restore_active_model
 
     await restore_active_model(rt)  # a promoted version outlives restarts; unfinished runs are settled
     await app.bot.set_my_commands(app.bot_data["commands"])
@@ -146,7 +146,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
 
 def register_features(app: Application, runtime: Runtime) -> None:
     """Feature modules (documents, admin) register their handlers when present."""
-    for module_name in ("bot.handlers.documents", "bot.handlers.admin"):
+    for module_name in ("bot.telegram.documents", "bot.telegram.admin"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as e:

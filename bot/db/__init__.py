@@ -1,4 +1,5 @@
-"""Persistence: SQLAlchemy models, engines and sessions, migrations, and the queries services call.
+"""Persistence: SQLAlchemy models, engines and sessions, migrations, and one module of queries per kind of
+record (chats, messages, documents, sources, jobs, training, stats).
 
 Never imports torch or telegram. Typical use:
 
@@ -6,11 +7,10 @@ Never imports torch or telegram. Typical use:
     await upgrade(load_settings().database_url)
     Session = session_factory(engine)
     async with Session() as session:
-        message = await queries.record_update_and_user_message(session, ...)
+        message = await messages.record_update_and_user_message(session, ...)
 """
 
-from bot.db import queries
 from bot.db.models import Base
 from bot.db.session import create_engine, downgrade, session_factory, upgrade
 
-__all__ = ["Base", "create_engine", "downgrade", "queries", "session_factory", "upgrade"]
+__all__ = ["Base", "create_engine", "downgrade", "session_factory", "upgrade"]

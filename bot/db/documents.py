@@ -2,18 +2,142 @@
 then "ready". A large upload's embeddings never have to be held in memory all at once, and searches, /docs and
 training data see only ready documents, so a half-indexed one is never used. An ingest that fails or is stopped
 deletes its row (the chunks go by ON DELETE CASCADE); one cut off by a crash is deleted at the next start
-(`discard_unfinished`). Same conventions as `queries.py`: writers commit.
+(`discard_unfinished`). Same conventions as `chats.py`: writers commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
-from bot.db.models import Chunk, Document
-from bot.db.queries import NewChunk, commit_new_document
+from bot.db.models import (
+    Chunk,
+    Document,
+    DocumentStatus,
+)
+from bot.db.session import check_choice
+
+# ---- documents and chunks -----------------------------------------------------------------------
+
+
+@dataclass
+class NewChunk:
+    """A chunk to store: its text, where it came from, and its float32 embedding as bytes."""
+
+    text: str
+    token_count: int
+    page: int | None = None
+    heading: str | None = None
+    embedding: bytes | None = None
+    window_embeddings: bytes | None = None  # float16 (windows, dim), see Chunk.window_embeddings
+
+
+class DuplicateDocumentError(ValueError):
+    """The same file (by sha256) is already in this scope."""
+
+    def __init__(self, existing: Document):
+        super().__init__(f"this file is already here as {existing.name!r} (id {existing.id})")
+        self.existing = existing
+
+
+async def find_document_by_sha(session: AsyncSession, scope: str, sha256: str) -> Document | None:
+    """The document in `scope` with this content hash, if any."""
+    return await session.scalar(select(Document).where(Document.scope == scope, Document.sha256 == sha256))
+
+
+async def add_document_with_chunks(
+    session: AsyncSession,
+    *,
+    scope: str,
+    name: str,
+    mime: str,
+    sha256: str,
+    size_bytes: int,
+    chunks: Sequence[NewChunk],
+    chat_id: int | None = None,
+    user_id: int | None = None,
+    pages: int | None = None,
+    status: DocumentStatus = "ready",
+) -> Document:
+    """Store a document and all its chunks in one transaction; commits.
+
+    Raises DuplicateDocumentError when the scope already holds a file with the same sha256.
+    """
+    check_choice(status, DocumentStatus, "document status")
+    document = Document(
+        scope=scope,
+        chat_id=chat_id,
+        user_id=user_id,
+        name=name,
+        mime=mime,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        pages=pages,
+        chunk_count=len(chunks),
+        status=status,
+    )
+    document.chunks = [
+        Chunk(ordinal=i, text=c.text, page=c.page, heading=c.heading, token_count=c.token_count, embedding=c.embedding,
+              window_embeddings=c.window_embeddings)
+        for i, c in enumerate(chunks)
+    ]
+    return await commit_new_document(session, document)
+
+
+async def commit_new_document(session: AsyncSession, document: Document) -> Document:
+    """Add a new document row (with whatever chunks it holds) and commit; raises DuplicateDocumentError when its
+    scope already has a file with the same sha256."""
+    session.add(document)
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        existing = await find_document_by_sha(session, document.scope, document.sha256)
+        if existing is not None:
+            raise DuplicateDocumentError(existing) from None
+        raise
+    return document
+
+
+async def set_document_status(session: AsyncSession, document_id: int, status: DocumentStatus) -> None:
+    """Mark a document indexing, ready or failed; commits."""
+    check_choice(status, DocumentStatus, "document status")
+    await session.execute(update(Document).where(Document.id == document_id).values(status=status))
+    await session.commit()
+
+
+async def list_documents(session: AsyncSession, scope: str) -> list[Document]:
+    """The documents of a scope that are ready (not still being indexed), oldest first."""
+    rows = await session.scalars(select(Document).where(Document.scope == scope, Document.status == "ready")
+                                 .order_by(Document.id))
+    return list(rows)
+
+
+async def chunks_for_scope(session: AsyncSession, scope: str) -> list[Chunk]:
+    """Every chunk of the scope's ready documents, with its document, in reading order (index rebuilds)."""
+    rows = await session.scalars(
+        select(Chunk)
+        .join(Chunk.document)
+        .where(Document.scope == scope, Document.status == "ready")
+        .options(joinedload(Chunk.document))
+        .order_by(Chunk.document_id, Chunk.ordinal)
+    )
+    return list(rows)
+
+
+async def chunks_by_ids(session: AsyncSession, ids: Sequence[int]) -> list[Chunk]:
+    """The chunks with these ids (retrieval hits), with their documents, in the order of `ids`."""
+    rows = await session.scalars(select(Chunk).where(Chunk.id.in_(ids)).options(joinedload(Chunk.document)))
+    by_id = {c.id: c for c in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+# ---- a document indexed a batch at a time ------------------------------------------------------------
 
 
 async def begin_document(session: AsyncSession, *, scope: str, name: str, mime: str, sha256: str, size_bytes: int,

@@ -1,5 +1,5 @@
 """Long jobs in progress (bot.db.models.Job): written when one starts, deleted when it has ended. Same
-conventions as `queries.py`: writers commit."""
+conventions as `chats.py`: writers commit."""
 
 from __future__ import annotations
 

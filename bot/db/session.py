@@ -8,12 +8,14 @@ run Alembic in-process on an async engine, wherever the current directory is.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -115,3 +117,23 @@ async def upgrade(url: str | URL, revision: str = "head") -> None:
 async def downgrade(url: str | URL, revision: str) -> None:
     """Migrate the database at url down to revision ("base" drops every table)."""
     await _run_alembic(url, command.downgrade, revision)
+
+
+# ---- helpers of the query modules ---------------------------------------------------------------
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_choice(value: Any, allowed: Any, what: str) -> None:
+    """ValueError, fit to show a person, unless `value` is one of the Literal type `allowed`'s options."""
+    options = get_args(allowed)
+    if value not in options:
+        raise ValueError(f"{what} must be one of {', '.join(map(str, options))}, not {value!r}")
+
+
+def upsert(session: AsyncSession, table: Any) -> Any:
+    """INSERT with ON CONFLICT support for the session's backend (both spell it the same way)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)

@@ -3,9 +3,9 @@
 A turn (a user message and the reply to it) is linked to a document when the reply was answered from its
 passages, or when the reply's prompt held a turn already linked to it: whatever the model saw of a document can
 come back in any later reply of that conversation. Forgetting a document deletes it with its chunks and marks
-every linked message forgotten (Message.forgotten_at); `queries.history` and the training export
-(`training_queries.conversation_turns`) skip forgotten messages, so nothing derived from the document reaches
-the model again, after a restart too. Same conventions as `queries.py`: writers commit, bad input raises
+every linked message forgotten (Message.forgotten_at); `messages.history` and the training export
+(`training.conversation_turns`) skip forgotten messages, so nothing derived from the document reaches
+the model again, after a restart too. Same conventions as `chats.py`: writers commit, bad input raises
 ValueError with a message fit to show a person.
 """
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.db import queries as q
+from bot.db import chats as chats_db
+from bot.db import messages as messages_db
 from bot.db import sources
 from bot.db.models import Message
 from bot.services import answer
@@ -60,28 +61,28 @@ class Assistant:
     async def accept(self, msg: Incoming) -> Message | None:
         """Store the user's message once; None means this update was already handled."""
         async with self.sessions() as s:
-            await q.ensure_user_and_chat(s, msg.chat_id, msg.chat_type, msg.user_id, msg.username,
+            await chats_db.ensure_user_and_chat(s, msg.chat_id, msg.chat_type, msg.user_id, msg.username,
                                          msg.first_name, msg.title)
-            return await q.record_update_and_user_message(
+            return await messages_db.record_update_and_user_message(
                 s, msg.update_id, msg.chat_id, msg.user_id, msg.text, msg.telegram_message_id,
                 msg.reply_to_telegram_message_id)
 
     async def sampling_for(self, chat_id: int, **overrides) -> Sampling:
         async with self.sessions() as s:
-            prefs = await q.get_chat_settings(s, chat_id)
+            prefs = await chats_db.get_chat_settings(s, chat_id)
         if prefs is not None and prefs.temperature is not None:
             overrides.setdefault("temperature", prefs.temperature)
         return Sampling.from_settings(self.settings.model, **overrides)
 
     async def system_prompt(self, chat_id: int) -> str:
         async with self.sessions() as s:
-            prefs = await q.get_chat_settings(s, chat_id)
+            prefs = await chats_db.get_chat_settings(s, chat_id)
         return (prefs.system_prompt if prefs and prefs.system_prompt else None) or self.settings.model.system_prompt
 
     async def turns(self, conversation_id: int) -> list[Message]:
         """The conversation's stored user and assistant messages that go into a prompt, oldest first."""
         async with self.sessions() as s:
-            rows = await q.history(s, conversation_id, limit=200)
+            rows = await messages_db.history(s, conversation_id, limit=200)
         return [m for m in rows if m.role in ("user", "assistant") and m.text]
 
     async def conversation(self, chat_id: int, conversation_id: int,
@@ -120,7 +121,7 @@ class Assistant:
     async def begin_reply(self, user_message: Message, telegram_message_id: int | None,
                           version_id: int | None = None) -> Message:
         async with self.sessions() as s:
-            return await q.add_assistant_message(
+            return await messages_db.add_assistant_message(
                 s, user_message.conversation_id, user_message.chat_id, text="", status="streaming",
                 telegram_message_id=telegram_message_id,
                 reply_to_telegram_message_id=user_message.telegram_message_id, model_version_id=version_id)
@@ -129,7 +130,7 @@ class Assistant:
                            version_id: int | None = None) -> None:
         """Store the reply's text and status (and the model version that wrote it, once known)."""
         async with self.sessions() as s:
-            await q.update_message(s, reply.id, text=text, status=status, token_count=token_count,
+            await messages_db.update_message(s, reply.id, text=text, status=status, token_count=token_count,
                                    model_version_id=version_id)
 
     async def stream(self, model: ChatModel, messages: list[dict], sampling: Sampling,
@@ -142,7 +143,7 @@ class Assistant:
     async def reset(self, chat_id: int) -> None:
         """Start a new conversation; the old one stays in SQL but is no longer sent to the model."""
         async with self.sessions() as s:
-            await q.start_new_conversation(s, chat_id)
+            await chats_db.start_new_conversation(s, chat_id)
 
     async def recover(self) -> tuple[list[Message], list[Message]]:
         """Replies a crash or restart left "streaming": (finished but maybe not delivered, cut off).
@@ -153,20 +154,20 @@ class Assistant:
         """
         finished, cut = [], []
         async with self.sessions() as s:
-            for m in await q.interrupted_messages(s):
+            for m in await messages_db.interrupted_messages(s):
                 if m.token_count is not None:
                     finished.append(m)
                     continue
                 text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE
-                await q.update_message(s, m.id, text=text, status="interrupted")
+                await messages_db.update_message(s, m.id, text=text, status="interrupted")
                 m.text = text
                 cut.append(m)
         return finished, cut
 
     async def set_feedback(self, chat_id: int, telegram_message_id: int, user_id: int, value: int) -> bool:
         async with self.sessions() as s:
-            message = await q.message_by_telegram_id(s, chat_id, telegram_message_id)
+            message = await messages_db.message_by_telegram_id(s, chat_id, telegram_message_id)
             if message is None or message.role != "assistant":
                 return False
-            await q.set_feedback(s, message.id, user_id, value)
+            await messages_db.set_feedback(s, message.id, user_id, value)
             return True

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.knowledge.chunk import split_sentences
+from bot.documents.chunk import split_sentences
 from bot.services.knowledge import Passage
 
 

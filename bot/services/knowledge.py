@@ -24,11 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import DocumentSettings, Settings
 from bot.db import documents as documents_db
-from bot.db import queries as q
 from bot.db.models import Chunk, Document
 from bot.db.sources import Forgotten, forget_document
-from bot.knowledge.chunk import chunk_document, sentence_windows
-from bot.knowledge.parse import ParsedDocument, parse_document
+from bot.documents.chunk import chunk_document, sentence_windows
+from bot.documents.parse import ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
 
 log = logging.getLogger(__name__)
@@ -103,12 +102,12 @@ class KnowledgeBase:
         `stop` is called between steps (and between embedding batches) and raises to end the ingest there,
         deleting what was stored of it: /cancel and shutdown (bot.services.jobs).
 
-        Raises bot.knowledge.parse.DocumentError for a bad file. A file already in the scope (same
+        Raises bot.documents.parse.DocumentError for a bad file. A file already in the scope (same
         sha256) is not indexed twice: the existing document is returned with duplicate=True.
         """
         sha = hashlib.sha256(data).hexdigest()
         async with self.sessions() as s:
-            existing = await q.find_document_by_sha(s, scope, sha)
+            existing = await documents_db.find_document_by_sha(s, scope, sha)
         if existing is not None:
             return Ingested(existing, existing.chunk_count, existing.pages, duplicate=True)
         report = progress or (lambda stage, frac: None)
@@ -123,7 +122,7 @@ class KnowledgeBase:
         chunks = await asyncio.to_thread(
             chunk_document, parsed, self.encoder.count_tokens, self.chunk_limit(), docs.chunk_overlap_tokens)
         if not chunks:
-            from bot.knowledge.parse import DocumentError
+            from bot.documents.parse import DocumentError
 
             raise DocumentError("empty", f"{parsed.name} has no text I could index.")
         stop()
@@ -132,7 +131,7 @@ class KnowledgeBase:
                 document = await documents_db.begin_document(
                     s, scope=scope, name=parsed.name, mime=mime or parsed.kind, sha256=sha, size_bytes=len(data),
                     chat_id=chat_id, user_id=user_id, pages=parsed.pages)
-            except q.DuplicateDocumentError as dup:  # the same file arrived twice at once
+            except documents_db.DuplicateDocumentError as dup:  # the same file arrived twice at once
                 return Ingested(dup.existing, dup.existing.chunk_count, dup.existing.pages, duplicate=True)
         try:
             await self._store_chunks(document.id, chunks, report, stop)
@@ -167,7 +166,7 @@ class KnowledgeBase:
             vectors, blobs = await in_own_thread(embed_chunks, self.encoder, [c.text for c in batch], windows,
                                                  embedded)
             stop()
-            rows = [q.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
+            rows = [documents_db.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
                                embedding=v.tobytes(), window_embeddings=blob)
                     for c, v, blob in zip(batch, vectors, blobs, strict=True)]
             async with self.sessions() as s:
@@ -206,7 +205,7 @@ class KnowledgeBase:
 
     async def documents(self, scope: str) -> list[Document]:
         async with self.sessions() as s:
-            return await q.list_documents(s, scope)
+            return await documents_db.list_documents(s, scope)
 
     # ---- the per-scope index ---------------------------------------------------------------------
 
@@ -275,7 +274,7 @@ class KnowledgeBase:
 
     async def has_documents(self, scope: str) -> bool:
         async with self.sessions() as s:
-            return bool(await q.list_documents(s, scope))
+            return bool(await documents_db.list_documents(s, scope))
 
     async def search(self, scope: str, query: str, k: int | None = None, *, mode: str = "hybrid",
                      query_vec: np.ndarray | None = None) -> list[Passage]:
@@ -304,7 +303,7 @@ class KnowledgeBase:
         if not ids:
             return []
         async with self.sessions() as s:
-            chunks = await q.chunks_by_ids(s, ids)
+            chunks = await documents_db.chunks_by_ids(s, ids)
         cosine, windows = {}, {}
         for c in chunks:
             vec = np.frombuffer(c.embedding, dtype=np.float32) if c.embedding else self.encoder.encode([c.text])[0]

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.db import queries as q
-from bot.db import stats_queries as sq
+from bot.db import stats as stats_db
+from bot.db import training as training_db
 from bot.db.models import ModelVersion
 
 
@@ -17,14 +17,14 @@ from bot.db.models import ModelVersion
 class Overview:
     """What admins see besides their own numbers."""
 
-    chats: list[sq.ChatTotals]  # busiest first
+    chats: list[stats_db.ChatTotals]  # busiest first
     version: ModelVersion | None  # the active trained version; None: the configured model serves
     configured_model: str
 
 
 @dataclass
 class Stats:
-    user: sq.UserStats  # `since` is the start of today, UTC
+    user: stats_db.UserStats  # `since` is the start of today, UTC
     overview: Overview | None  # only when asked for (admins)
 
 
@@ -37,7 +37,7 @@ async def chat_stats(sessions: async_sessionmaker[AsyncSession], configured_mode
                      user_id: int, overview: bool) -> Stats:
     """`user_id`'s numbers in `chat_id`, plus every chat's totals and the model in use when `overview`."""
     async with sessions() as s:
-        mine = await sq.user_stats(s, chat_id, user_id, start_of_day())
+        mine = await stats_db.user_stats(s, chat_id, user_id, start_of_day())
         if not overview:
             return Stats(mine, None)
-        return Stats(mine, Overview(await sq.chat_totals(s), await q.active_version(s), configured_model))
+        return Stats(mine, Overview(await stats_db.chat_totals(s), await training_db.active_version(s), configured_model))

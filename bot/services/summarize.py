@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.knowledge.chunk import CountTokens, cut_chars, split_sentences
+from bot.documents.chunk import CountTokens, cut_chars, split_sentences
 
 Progress = Callable[[int, int], None]
 

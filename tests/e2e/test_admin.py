@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.db import queries as q
+from bot.db import chats as chats_db
+from bot.db import messages as messages_db
+from bot.db import training as training_db
 from bot.db.models import ModelVersion, TrainingRun
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.services.training import TrainingOptions, restore_active_model
+from bot.services.training.service import TrainingOptions, restore_active_model
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -112,8 +114,8 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
             assert "(step 3/3)" in status.text  # the run trained as the plan said
             assert photo.file.data[:8] == PNG_MAGIC
 
-            version = await _one(settings, q.active_version)
-            run = (await _one(settings, q.list_runs))[0]
+            version = await _one(settings, training_db.active_version)
+            run = (await _one(settings, training_db.list_runs))[0]
             assert run.status == "succeeded" and run.result_version_id == version.id
             assert run.heldout_loss_before is not None and run.heldout_loss_after is not None
             assert (Path(version.path) / "adapter_config.json").is_file()
@@ -127,7 +129,7 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
             assert f"#{version.id} run-{run.id}" in listing.text and "✅ active" in listing.text.split("\n")[2]
 
             await _command(fake, ADMIN, "/rollback base", "configured base model")
-            assert await _one(settings, q.active_version) is None
+            assert await _one(settings, training_db.active_version) is None
             assert (await rt.models.current()).version_id is None
             await _command(fake, ADMIN, "/rollback 999", "no model version 999")
             await _command(fake, ADMIN, f"/rollback {version.id}", f"Now serving version #{version.id}")
@@ -149,12 +151,12 @@ async def _seed_conversations(settings, n: int) -> None:
     await upgrade(settings.database_url)
 
     async def seed(s):
-        await q.ensure_user_and_chat(s, USER, "private", USER, "u", "U")
+        await chats_db.ensure_user_and_chat(s, USER, "private", USER, "u", "U")
         for i in range(n):
-            user = await q.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
-            await q.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
+            user = await messages_db.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
+            await messages_db.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
                                           status="complete", telegram_message_id=2000 + i)
-            await q.start_new_conversation(s, USER)
+            await chats_db.start_new_conversation(s, USER)
 
     await _one(settings, seed)
 
@@ -193,11 +195,11 @@ async def test_cancel_stops_the_run_resumably_and_keeps_the_active_model(tmp_pat
             await fake.wait_for(lambda: service.task is not None and service.task.done(), timeout=120)
             final = next(m for m in fake.messages(ADMIN) if m.message_id == plan.message_id)
             assert "stopped; resume it with /retrain resume" in final.text, final.text
-            run = (await _one(settings, q.list_runs))[0]
+            run = (await _one(settings, training_db.list_runs))[0]
             assert run.status == "resumable"
             assert (settings.data_dir / "runs" / str(run.id) / "out" / "checkpoint.pt").is_file()
             assert await _count(settings, ModelVersion) == 0
-            assert await _one(settings, q.active_version) is None
+            assert await _one(settings, training_db.active_version) is None
             assert rt.models._current is None or rt.models._current.version_id is None  # nothing swapped
             status = await _command(fake, ADMIN, "/train_status", "Recent training runs")
             assert f"#{run.id} resumable" in status.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import queries as q
+from bot.db import training as training_db
 from bot.db.session import create_engine, session_factory, upgrade
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
@@ -29,8 +29,8 @@ async def _add_versions(settings, gone: Path, damaged: Path) -> None:
     engine = create_engine(settings.database_url)
     try:
         async with session_factory(engine)() as s:
-            await q.add_version(s, name="run-1", base="tiny", path=str(gone))
-            await q.add_version(s, name="run-2", base="tiny", path=str(damaged))
+            await training_db.add_version(s, name="run-1", base="tiny", path=str(gone))
+            await training_db.add_version(s, name="run-2", base="tiny", path=str(damaged))
     finally:
         await engine.dispose()
 

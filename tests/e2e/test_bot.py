@@ -172,7 +172,7 @@ async def test_twenty_chats_at_once_are_all_answered_and_stored(tmp_path, tiny_m
 
 
 async def test_reply_generated_but_not_delivered_before_a_crash_is_delivered_on_restart(tmp_path, tiny_model):
-    from bot.db import queries as q
+    from bot.db import messages as messages_db
 
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model)
@@ -185,7 +185,7 @@ async def test_reply_generated_but_not_delivered_before_a_crash_is_delivered_on_
         stored = (await _rows(settings, chat_id=USER, role="assistant"))[0]
         engine = create_engine(settings.database_url)
         async with session_factory(engine)() as s:  # ... while SQL holds the finished text, not yet "complete"
-            await q.update_message(s, stored.id, status="streaming", token_count=stored.token_count or 1)
+            await messages_db.update_message(s, stored.id, status="streaming", token_count=stored.token_count or 1)
         await engine.dispose()
         async with running_bot(settings):
             await fake.wait_for(lambda: fake.messages(USER)[0].text == full_text and final_reply(fake, USER), 30)

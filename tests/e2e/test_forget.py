@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import queries as q
+from bot.db import chats as chats_db
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -43,7 +43,7 @@ async def _prompt_history(app, chat_id: int) -> str:
     """Everything the assistant puts before the next message of the chat: system prompt and stored turns."""
     rt = app.bot_data["runtime"]
     async with rt.sessions() as s:
-        conversation = await q.current_conversation(s, chat_id)
+        conversation = await chats_db.current_conversation(s, chat_id)
     return "\n".join(m["content"] for m in await rt.assistant.conversation(chat_id, conversation.id))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from bot.cli.main import main
 from bot.config import Settings
 from bot.services.summarize import source_terms, summarize, unsupported_terms, windows
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from bot.knowledge.chunk import (
+from bot.documents.chunk import (
     CHARS_PER_TOKEN,
     chunk_document,
     chunk_text,
@@ -16,7 +16,7 @@ from bot.knowledge.chunk import (
     split_sentences,
     token_counter,
 )
-from bot.knowledge.parse import ParsedDocument, Section, parse_document
+from bot.documents.parse import ParsedDocument, Section, parse_document
 from lm import hub
 from tests.support import make_docs as md
 

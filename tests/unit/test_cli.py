@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.cli import build_parser
+from bot.cli.main import build_parser
 
 
 def refused(argv: list[str], capsys) -> str:
@@ -43,7 +43,7 @@ def test_eval_wants_a_positive_limit_and_k(capsys):
 def test_default_logging_keeps_warnings_and_our_own_progress_and_v_shows_everything(caplog):
     import logging
 
-    from bot.cli import configure_logging
+    from bot.cli.main import configure_logging
 
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))

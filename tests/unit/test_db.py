@@ -15,7 +15,10 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot.db import queries as q
+from bot.db import chats as chats_db
+from bot.db import documents as documents_db
+from bot.db import messages as messages_db
+from bot.db import training as training_db
 from bot.db.models import Chat, Chunk, Document, Feedback, Message, ModelVersion, ProcessedUpdate, User
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.db.sources import forget_document
@@ -40,7 +43,7 @@ def Session(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:  # noqa: N
 @pytest.fixture
 async def s(Session: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:  # noqa: N803
     async with Session() as session:
-        await q.ensure_user_and_chat(session, CHAT, "supergroup", USER, "ann", "Ann", title="team")
+        await chats_db.ensure_user_and_chat(session, CHAT, "supergroup", USER, "ann", "Ann", title="team")
         yield session
 
 
@@ -49,12 +52,12 @@ async def count(session: AsyncSession, model: type, *where: object) -> int:
 
 
 async def test_update_is_recorded_exactly_once(s: AsyncSession) -> None:
-    first = await q.record_update_and_user_message(s, 42, CHAT, USER, "hello", telegram_message_id=7)
+    first = await messages_db.record_update_and_user_message(s, 42, CHAT, USER, "hello", telegram_message_id=7)
     assert first is not None and first.text == "hello" and first.role == "user"
     # server-side default timestamps come back timezone-aware, in UTC, on both backends
     assert first.created_at.utcoffset() == timedelta(0)
     assert abs(datetime.now(UTC) - first.created_at) < timedelta(minutes=5)
-    again = await q.record_update_and_user_message(s, 42, CHAT, USER, "hello (redelivered)", telegram_message_id=7)
+    again = await messages_db.record_update_and_user_message(s, 42, CHAT, USER, "hello (redelivered)", telegram_message_id=7)
     assert again is None
     assert await count(s, Message) == 1
     assert await count(s, ProcessedUpdate) == 1
@@ -63,11 +66,11 @@ async def test_update_is_recorded_exactly_once(s: AsyncSession) -> None:
 
 async def test_concurrent_deliveries_store_one_message(Session: async_sessionmaker[AsyncSession]) -> None:  # noqa: N803
     async with Session() as setup:
-        await q.ensure_user_and_chat(setup, CHAT, "private", USER)
+        await chats_db.ensure_user_and_chat(setup, CHAT, "private", USER)
 
     async def deliver(text_: str) -> Message | None:
         async with Session() as session:
-            return await q.record_update_and_user_message(session, 99, CHAT, USER, text_, telegram_message_id=1)
+            return await messages_db.record_update_and_user_message(session, 99, CHAT, USER, text_, telegram_message_id=1)
 
     results = await asyncio.gather(*(deliver(f"copy {i}") for i in range(4)))
     assert sum(r is not None for r in results) == 1
@@ -78,53 +81,53 @@ async def test_concurrent_deliveries_store_one_message(Session: async_sessionmak
 async def test_failed_store_leaves_update_unprocessed(s: AsyncSession) -> None:
     # The processed mark and the message share one transaction: if storing fails, a redelivery is handled.
     with pytest.raises(ValueError, match="unknown chat"):
-        await q.record_update_and_user_message(s, 5, 777, USER, "hi", telegram_message_id=1)
+        await messages_db.record_update_and_user_message(s, 5, 777, USER, "hi", telegram_message_id=1)
     assert await count(s, ProcessedUpdate) == 0
-    await q.ensure_user_and_chat(s, 777, "private", USER)
-    assert await q.record_update_and_user_message(s, 5, 777, USER, "hi", telegram_message_id=1) is not None
+    await chats_db.ensure_user_and_chat(s, 777, "private", USER)
+    assert await messages_db.record_update_and_user_message(s, 5, 777, USER, "hi", telegram_message_id=1) is not None
 
 
 async def test_reset_starts_a_new_conversation_and_keeps_history(s: AsyncSession) -> None:
-    m1 = await q.record_update_and_user_message(s, 1, CHAT, USER, "one", telegram_message_id=1)
-    reply = await q.add_assistant_message(s, m1.conversation_id, CHAT)
-    await q.update_message(s, reply.id, text="two", status="complete", token_count=3)
-    old = await q.current_conversation(s, CHAT)
+    m1 = await messages_db.record_update_and_user_message(s, 1, CHAT, USER, "one", telegram_message_id=1)
+    reply = await messages_db.add_assistant_message(s, m1.conversation_id, CHAT)
+    await messages_db.update_message(s, reply.id, text="two", status="complete", token_count=3)
+    old = await chats_db.current_conversation(s, CHAT)
     assert old.id == m1.conversation_id
 
-    new = await q.start_new_conversation(s, CHAT)
-    m3 = await q.record_update_and_user_message(s, 2, CHAT, USER, "three", telegram_message_id=3)
+    new = await chats_db.start_new_conversation(s, CHAT)
+    m3 = await messages_db.record_update_and_user_message(s, 2, CHAT, USER, "three", telegram_message_id=3)
     assert new.id != old.id and m3.conversation_id == new.id
-    assert (await q.current_conversation(s, CHAT)).id == new.id
-    assert [m.text for m in await q.history(s, old.id)] == ["one", "two"]
-    assert [m.text for m in await q.history(s, new.id)] == ["three"]
+    assert (await chats_db.current_conversation(s, CHAT)).id == new.id
+    assert [m.text for m in await messages_db.history(s, old.id)] == ["one", "two"]
+    assert [m.text for m in await messages_db.history(s, new.id)] == ["three"]
     await s.refresh(old)
     assert old.ended_at is not None and old.ended_at.tzinfo is not None and old.ended_at.utcoffset().total_seconds() == 0
 
 
 async def test_history_is_the_newest_finished_messages_oldest_first(s: AsyncSession) -> None:
-    conv = await q.current_conversation(s, CHAT)
+    conv = await chats_db.current_conversation(s, CHAT)
     for i in range(5):
-        await q.record_update_and_user_message(s, 100 + i, CHAT, USER, f"m{i}", telegram_message_id=i)
-    streaming = await q.add_assistant_message(s, conv.id, CHAT, text="partial")
-    assert [m.text for m in await q.history(s, conv.id, limit=3)] == ["m2", "m3", "m4"]
+        await messages_db.record_update_and_user_message(s, 100 + i, CHAT, USER, f"m{i}", telegram_message_id=i)
+    streaming = await messages_db.add_assistant_message(s, conv.id, CHAT, text="partial")
+    assert [m.text for m in await messages_db.history(s, conv.id, limit=3)] == ["m2", "m3", "m4"]
     # A restart finds the reply still streaming; marking it interrupted brings it into the history.
-    assert [m.id for m in await q.interrupted_messages(s)] == [streaming.id]
-    await q.update_message(s, streaming.id, status="interrupted")
-    assert await q.interrupted_messages(s) == []
-    assert [m.text for m in await q.history(s, conv.id, limit=2)] == ["m4", "partial"]
+    assert [m.id for m in await messages_db.interrupted_messages(s)] == [streaming.id]
+    await messages_db.update_message(s, streaming.id, status="interrupted")
+    assert await messages_db.interrupted_messages(s) == []
+    assert [m.text for m in await messages_db.history(s, conv.id, limit=2)] == ["m4", "partial"]
     with pytest.raises(ValueError, match="message status"):
-        await q.update_message(s, streaming.id, status="done")  # type: ignore[arg-type]
+        await messages_db.update_message(s, streaming.id, status="done")  # type: ignore[arg-type]
 
 
 async def test_chat_settings_override_and_reset(s: AsyncSession) -> None:
-    assert await q.get_chat_settings(s, CHAT) is None
-    await q.set_chat_settings(s, CHAT, system_prompt="Be brief.", temperature=0.2)
-    await q.set_chat_settings(s, CHAT, allow_training=False)  # leaves the others as they are
-    settings = await q.get_chat_settings(s, CHAT)
+    assert await chats_db.get_chat_settings(s, CHAT) is None
+    await chats_db.set_chat_settings(s, CHAT, system_prompt="Be brief.", temperature=0.2)
+    await chats_db.set_chat_settings(s, CHAT, allow_training=False)  # leaves the others as they are
+    settings = await chats_db.get_chat_settings(s, CHAT)
     assert (settings.system_prompt, settings.temperature, settings.allow_training) == ("Be brief.", 0.2, False)
-    await q.set_chat_settings(s, CHAT, temperature=None)
+    await chats_db.set_chat_settings(s, CHAT, temperature=None)
     with pytest.raises(ValueError, match="temperature"):
-        await q.set_chat_settings(s, CHAT, temperature=9.0)
+        await chats_db.set_chat_settings(s, CHAT, temperature=9.0)
     await s.refresh(settings)
     assert (settings.system_prompt, settings.temperature) == ("Be brief.", None)
 
@@ -133,39 +136,39 @@ async def test_users_and_chats_are_created_then_refreshed(s: AsyncSession) -> No
     class Kind(enum.StrEnum):  # what python-telegram-bot hands over as chat.type
         GROUP = "group"
 
-    await q.ensure_user_and_chat(s, CHAT, Kind.GROUP, USER, "ann2", "Ann", title="renamed")
+    await chats_db.ensure_user_and_chat(s, CHAT, Kind.GROUP, USER, "ann2", "Ann", title="renamed")
     chat = await s.get(Chat, CHAT, populate_existing=True)
     assert (chat.type, chat.title) == ("group", "renamed")
-    assert (await q.get_user(s, USER)).username == "ann2"
+    assert (await chats_db.get_user(s, USER)).username == "ann2"
     with pytest.raises(ValueError, match="chat type"):
-        await q.ensure_user_and_chat(s, 1, "forum")  # type: ignore[arg-type]
+        await chats_db.ensure_user_and_chat(s, 1, "forum")  # type: ignore[arg-type]
     assert await s.get(Chat, 1) is None
-    await q.set_user_blocked(s, USER, True)
+    await chats_db.set_user_blocked(s, USER, True)
     assert (await s.get(User, USER, populate_existing=True)).is_blocked
     with pytest.raises(ValueError, match="unknown user"):
-        await q.set_user_blocked(s, 1, True)
+        await chats_db.set_user_blocked(s, 1, True)
 
 
-def chunks(n: int) -> list[q.NewChunk]:
-    return [q.NewChunk(text=f"t{i}", token_count=2, page=i + 1, embedding=bytes(8)) for i in range(n)]
+def chunks(n: int) -> list[documents_db.NewChunk]:
+    return [documents_db.NewChunk(text=f"t{i}", token_count=2, page=i + 1, embedding=bytes(8)) for i in range(n)]
 
 
 async def test_deleting_a_document_deletes_its_chunks(s: AsyncSession) -> None:
     scope = f"chat:{CHAT}"
-    a = await q.add_document_with_chunks(
+    a = await documents_db.add_document_with_chunks(
         s, scope=scope, chat_id=CHAT, name="a.pdf", mime="application/pdf", sha256="a" * 64, size_bytes=10,
         chunks=chunks(3),
     )
-    b = await q.add_document_with_chunks(
+    b = await documents_db.add_document_with_chunks(
         s, scope=scope, chat_id=CHAT, name="b.txt", mime="text/plain", sha256="b" * 64, size_bytes=5, chunks=chunks(2)
     )
-    assert [d.name for d in await q.list_documents(s, scope)] == ["a.pdf", "b.txt"]
-    assert [(c.document.name, c.ordinal) for c in await q.chunks_for_scope(s, scope)][:2] == [("a.pdf", 0), ("a.pdf", 1)]
+    assert [d.name for d in await documents_db.list_documents(s, scope)] == ["a.pdf", "b.txt"]
+    assert [(c.document.name, c.ordinal) for c in await documents_db.chunks_for_scope(s, scope)][:2] == [("a.pdf", 0), ("a.pdf", 1)]
 
     deleted = await forget_document(s, scope, "a.pdf")
     assert deleted is not None and deleted.document.id == a.id
     assert await count(s, Chunk, Chunk.document_id == a.id) == 0  # ON DELETE CASCADE in the database
-    assert [c.document_id for c in await q.chunks_for_scope(s, scope)] == [b.id, b.id]
+    assert [c.document_id for c in await documents_db.chunks_for_scope(s, scope)] == [b.id, b.id]
     assert await forget_document(s, scope, "a.pdf") is None
     assert await forget_document(s, "other-scope", str(b.id)) is None  # ids only match inside the scope
     assert (await forget_document(s, scope, str(b.id))).document.name == "b.txt"
@@ -174,13 +177,13 @@ async def test_deleting_a_document_deletes_its_chunks(s: AsyncSession) -> None:
 
 async def test_same_file_once_per_scope(s: AsyncSession) -> None:
     args = dict(name="x.md", mime="text/markdown", sha256="c" * 64, size_bytes=3, chunks=chunks(1))
-    first = await q.add_document_with_chunks(s, scope="covid", **args)
-    with pytest.raises(q.DuplicateDocumentError, match="x.md") as err:
-        await q.add_document_with_chunks(s, scope="covid", **{**args, "name": "copy.md"})
+    first = await documents_db.add_document_with_chunks(s, scope="covid", **args)
+    with pytest.raises(documents_db.DuplicateDocumentError, match="x.md") as err:
+        await documents_db.add_document_with_chunks(s, scope="covid", **{**args, "name": "copy.md"})
     assert err.value.existing.id == first.id
     assert await count(s, Document) == 1 and await count(s, Chunk) == 1
-    await q.add_document_with_chunks(s, scope="other", **args)  # another scope may hold the same file
-    assert (await q.find_document_by_sha(s, "covid", "c" * 64)).id == first.id
+    await documents_db.add_document_with_chunks(s, scope="other", **args)  # another scope may hold the same file
+    assert (await documents_db.find_document_by_sha(s, "covid", "c" * 64)).id == first.id
 
     s.add(Document(scope="other", name="raw", mime="text/plain", sha256="c" * 64, size_bytes=1))
     with pytest.raises(IntegrityError):  # the constraint itself, not just the query's check
@@ -189,57 +192,57 @@ async def test_same_file_once_per_scope(s: AsyncSession) -> None:
 
 
 async def test_one_active_model_version(s: AsyncSession) -> None:
-    v1 = await q.add_version(s, name="v1", base="smollm2-135m", path="/m/v1", data_size=1000, heldout_loss=2.5)
-    v2 = await q.add_version(s, name="v2", base=str(v1.id), path="/m/v2")
-    assert await q.active_version(s) is None
-    assert (await q.set_active(s, v1.id)).is_active
-    await q.set_active(s, v2.id)
-    assert (await q.active_version(s)).id == v2.id
+    v1 = await training_db.add_version(s, name="v1", base="smollm2-135m", path="/m/v1", data_size=1000, heldout_loss=2.5)
+    v2 = await training_db.add_version(s, name="v2", base=str(v1.id), path="/m/v2")
+    assert await training_db.active_version(s) is None
+    assert (await training_db.set_active(s, v1.id)).is_active
+    await training_db.set_active(s, v2.id)
+    assert (await training_db.active_version(s)).id == v2.id
     assert await count(s, ModelVersion, ModelVersion.is_active.is_(True)) == 1
     with pytest.raises(ValueError, match="unknown model version"):
-        await q.set_active(s, 12345)
-    assert (await q.active_version(s)).id == v2.id
+        await training_db.set_active(s, 12345)
+    assert (await training_db.active_version(s)).id == v2.id
     with pytest.raises(ValueError, match="already exists"):
-        await q.add_version(s, name="v1", base="x", path="/x")
+        await training_db.add_version(s, name="v1", base="x", path="/x")
 
     # The database refuses a second active row even from code that skips set_active.
     with pytest.raises(IntegrityError):
         await s.execute(update(ModelVersion).where(ModelVersion.id == v1.id).values(is_active=True))
     await s.rollback()
-    assert [v.name for v in await q.list_versions(s)] == ["v1", "v2"]
-    assert (await q.get_version(s, "v2")).id == v2.id
+    assert [v.name for v in await training_db.list_versions(s)] == ["v1", "v2"]
+    assert (await training_db.get_version(s, "v2")).id == v2.id
 
 
 async def test_feedback_is_one_vote_per_user_and_message(s: AsyncSession) -> None:
-    conv = await q.current_conversation(s, CHAT)
-    reply = await q.add_assistant_message(s, conv.id, CHAT, text="answer", status="complete", telegram_message_id=8)
-    assert (await q.message_by_telegram_id(s, CHAT, 8)).id == reply.id
-    await q.set_feedback(s, reply.id, USER, 1)
-    await q.set_feedback(s, reply.id, USER, -1)
+    conv = await chats_db.current_conversation(s, CHAT)
+    reply = await messages_db.add_assistant_message(s, conv.id, CHAT, text="answer", status="complete", telegram_message_id=8)
+    assert (await messages_db.message_by_telegram_id(s, CHAT, 8)).id == reply.id
+    await messages_db.set_feedback(s, reply.id, USER, 1)
+    await messages_db.set_feedback(s, reply.id, USER, -1)
     assert (await s.execute(select(Feedback.user_id, Feedback.value))).all() == [(USER, -1)]
     with pytest.raises(ValueError, match=r"\+1 or -1"):
-        await q.set_feedback(s, reply.id, USER, 5)
+        await messages_db.set_feedback(s, reply.id, USER, 5)
 
 
 async def test_training_run_lifecycle(s: AsyncSession) -> None:
-    run = await q.create_run(s, mode="lora", config={"steps": 10, "lr": 2e-4}, requested_by=USER)
-    assert run.status == "pending" and [r.id for r in await q.unfinished_runs(s)] == [run.id]
+    run = await training_db.create_run(s, mode="lora", config={"steps": 10, "lr": 2e-4}, requested_by=USER)
+    assert run.status == "pending" and [r.id for r in await training_db.unfinished_runs(s)] == [run.id]
     started = datetime.now(UTC)
-    await q.update_run(s, run.id, status="running", pid=4242, started_at=started, log_path="/runs/1/log.txt")
-    version = await q.add_version(s, name="lora-1", base="smollm2-135m", path="/runs/1/final")
-    await q.update_run(s, run.id, status="succeeded", result_version_id=version.id, heldout_loss_after=1.9)
-    assert await q.unfinished_runs(s) == []
+    await training_db.update_run(s, run.id, status="running", pid=4242, started_at=started, log_path="/runs/1/log.txt")
+    version = await training_db.add_version(s, name="lora-1", base="smollm2-135m", path="/runs/1/final")
+    await training_db.update_run(s, run.id, status="succeeded", result_version_id=version.id, heldout_loss_after=1.9)
+    assert await training_db.unfinished_runs(s) == []
     s.expunge_all()
-    loaded = await q.get_run(s, run.id)
+    loaded = await training_db.get_run(s, run.id)
     assert loaded.config == {"steps": 10, "lr": 2e-4} and loaded.result_version_id == version.id
     assert abs((loaded.started_at - started).total_seconds()) < 1e-3 and loaded.started_at.tzinfo is not None
     with pytest.raises(ValueError, match="run status"):
-        await q.update_run(s, run.id, status="exploded")
+        await training_db.update_run(s, run.id, status="exploded")
     with pytest.raises(ValueError, match="not a training run field"):
-        await q.update_run(s, run.id, mode="full")
+        await training_db.update_run(s, run.id, mode="full")
     with pytest.raises(ValueError, match="training mode"):
-        await q.create_run(s, mode="magic", config={})  # type: ignore[arg-type]
-    assert [r.id for r in await q.list_runs(s)] == [run.id]
+        await training_db.create_run(s, mode="magic", config={})  # type: ignore[arg-type]
+    assert [r.id for r in await training_db.list_runs(s)] == [run.id]
 
 
 async def test_sqlite_file_is_created_with_wal_and_foreign_keys(tmp_path: Path) -> None:
@@ -256,6 +259,6 @@ async def test_sqlite_file_is_created_with_wal_and_foreign_keys(tmp_path: Path) 
 
 
 def test_bot_db_imports_neither_torch_nor_telegram() -> None:
-    code = "import sys, bot.db, bot.db.queries; print(sorted({'torch', 'telegram'} & set(sys.modules)))"
+    code = "import sys, bot.db, bot.db.chats, bot.db.messages, bot.db.documents, bot.db.training; print(sorted({'torch', 'telegram'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

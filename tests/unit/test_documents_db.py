@@ -8,7 +8,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db import documents as documents_db
-from bot.db import queries as q
 from bot.db.models import Chunk
 from bot.db.sources import find_document
 
@@ -20,8 +19,8 @@ def s(db_session: AsyncSession) -> AsyncSession:
     return db_session
 
 
-def batch(*texts: str) -> list[q.NewChunk]:
-    return [q.NewChunk(text=t, token_count=len(t.split()), embedding=b"\0" * 8) for t in texts]
+def batch(*texts: str) -> list[documents_db.NewChunk]:
+    return [documents_db.NewChunk(text=t, token_count=len(t.split()), embedding=b"\0" * 8) for t in texts]
 
 
 async def begin(s: AsyncSession, name: str, scope: str = SCOPE):
@@ -33,18 +32,18 @@ async def test_a_document_stored_in_batches_is_seen_only_once_ready(s: AsyncSess
     doc = await begin(s, "log.txt")
     await documents_db.add_chunks(s, doc.id, 0, batch("one", "two"))
     await documents_db.add_chunks(s, doc.id, 2, batch("three"))
-    assert await q.list_documents(s, SCOPE) == [] and await find_document(s, SCOPE, "log.txt") is None
-    assert await q.chunks_for_scope(s, SCOPE) == []
+    assert await documents_db.list_documents(s, SCOPE) == [] and await find_document(s, SCOPE, "log.txt") is None
+    assert await documents_db.chunks_for_scope(s, SCOPE) == []
 
     ready = await documents_db.finish_document(s, doc.id)
     assert (ready.status, ready.chunk_count) == ("ready", 3)
-    assert [d.name for d in await q.list_documents(s, SCOPE)] == ["log.txt"]
-    assert [(c.ordinal, c.text) for c in await q.chunks_for_scope(s, SCOPE)] == [(0, "one"), (1, "two"), (2, "three")]
+    assert [d.name for d in await documents_db.list_documents(s, SCOPE)] == ["log.txt"]
+    assert [(c.ordinal, c.text) for c in await documents_db.chunks_for_scope(s, SCOPE)] == [(0, "one"), (1, "two"), (2, "three")]
 
 
 async def test_the_same_file_cannot_be_indexed_twice_at_once(s: AsyncSession):
     doc = await begin(s, "log.txt")
-    with pytest.raises(q.DuplicateDocumentError) as raised:
+    with pytest.raises(documents_db.DuplicateDocumentError) as raised:
         await begin(s, "log.txt")
     assert raised.value.existing.id == doc.id and raised.value.existing.status == "indexing"
     await begin(s, "log.txt", scope="chat:7")  # another chat may have the same file
@@ -62,7 +61,7 @@ async def test_unfinished_documents_are_discarded_with_their_chunks(s: AsyncSess
     assert await documents_db.discard_unfinished(s) == ["half.txt"]
     assert await documents_db.discard_unfinished(s) == []
     assert await s.scalar(select(func.count()).select_from(Chunk)) == 1
-    assert [d.name for d in await q.list_documents(s, SCOPE)] == ["kept.txt"]
+    assert [d.name for d in await documents_db.list_documents(s, SCOPE)] == ["kept.txt"]
 
     stopped = await begin(s, "stopped.txt")
     await documents_db.add_chunks(s, stopped.id, 0, batch("a"))

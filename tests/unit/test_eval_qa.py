@@ -1,4 +1,4 @@
-"""bot.services.eval_qa: the loop detector, the figures, and (integration) the whole qa eval through the
+"""bot.eval.qa: the loop detector, the figures, and (integration) the whole qa eval through the
 product's answer pipeline with MiniLM and a tiny random chat model."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import DocumentSettings, Settings
-from bot.services import eval_qa
+from bot.eval import qa as eval_qa
 from tests.unit.test_evaluate import PAPERS, squad
 
 

@@ -1,4 +1,4 @@
-"""bot.services.eval_summary: ROUGE against the rouge-score package, the QMSum and folder readers, the lead
+"""bot.eval.summary: ROUGE against the rouge-score package, the QMSum and folder readers, the lead
 baselines, and the whole summary eval on a tiny folder with a tiny random encoder."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
 from bot.config import DocumentSettings, Settings
-from bot.services import eval_summary as es
+from bot.eval import summary as es
 from tests.unit.test_encoder import write_model
 
 # ------------------------------------------------------------------------------------------ ROUGE

@@ -1,4 +1,4 @@
-"""bot.services.evaluate: the metrics on hand-made cases, the seeded split, the SQuAD reader, the hybrid
+"""bot.eval.retrieval: the metrics on hand-made cases, the seeded split, the SQuAD reader, the hybrid
 ranking settings, and (integration) a tiny retrieval eval through the real KnowledgeBase and MiniLM.
 The summary eval's tests are in test_eval_summary.py."""
 
@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from bot.config import DocumentSettings, Settings
 from bot.db.models import Chunk
-from bot.knowledge.chunk import sentence_windows
-from bot.services import evaluate as ev
+from bot.documents.chunk import sentence_windows
+from bot.eval import retrieval as ev
 from bot.services.knowledge import closest_window, hybrid_scores, proximity, rank, window_cosines, word_idf
 
 # ---------------------------------------------------------------------------------------- ranking

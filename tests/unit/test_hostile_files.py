@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from bot.config import DocumentSettings, Settings
 from bot.db.models import Chunk, Document
-from bot.knowledge.chunk import CHARS_PER_TOKEN
-from bot.knowledge.parse import MAX_NAME_CHARS, DocumentError
-from bot.services import evaluate as ev
+from bot.documents.chunk import CHARS_PER_TOKEN
+from bot.documents.parse import MAX_NAME_CHARS, DocumentError
+from bot.eval import retrieval as ev
 from tests.support.hostile_files import corpus
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.db import queries as q
+from bot.db import chats as chats_db
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.services.jobs import CANCELLED, SHUTDOWN, Jobs
 
@@ -22,8 +22,8 @@ async def jobs(db_url: str) -> AsyncIterator[Jobs]:
     sessions = session_factory(engine)
     async with sessions() as s:
         for chat in (CHAT, OTHER_CHAT):
-            await q.ensure_user_and_chat(s, chat, "group", ANN, "ann", "Ann", title="team")
-            await q.ensure_user_and_chat(s, chat, "group", BEN, None, "Ben", title="team")
+            await chats_db.ensure_user_and_chat(s, chat, "group", ANN, "ann", "Ann", title="team")
+            await chats_db.ensure_user_and_chat(s, chat, "group", BEN, None, "Ben", title="team")
     yield Jobs(sessions)
     await engine.dispose()
 

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from bot.config import DocumentSettings, Settings
 from bot.db.models import Chunk
-from bot.knowledge.chunk import sentence_windows
-from bot.services import evaluate as ev
+from bot.documents.chunk import sentence_windows
+from bot.eval import retrieval as ev
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,6 @@ async def test_an_ingest_stores_batches_under_an_unready_document_and_a_stop_del
 
 async def test_documents_a_killed_ingest_left_unfinished_are_discarded(tmp_path: Path):
     from bot.db import documents as documents_db
-    from bot.db import queries as q
 
     settings = settings_for(tmp_path, window_sentences=2)
     engine, kb = await ev.open_knowledge(settings)
@@ -144,7 +143,7 @@ async def test_documents_a_killed_ingest_left_unfinished_are_discarded(tmp_path:
             for scope in ("s", "other"):
                 doc = await documents_db.begin_document(s, scope=scope, name="half.txt", mime="text/plain",
                                                         sha256=scope * 32, size_bytes=10)
-                await documents_db.add_chunks(s, doc.id, 0, [q.NewChunk(text="half", token_count=1)])
+                await documents_db.add_chunks(s, doc.id, 0, [documents_db.NewChunk(text="half", token_count=1)])
         assert [d.name for d in await kb.documents("s")] == ["report.txt"]
         assert await kb.discard_unfinished("other") == ["half.txt"]
         assert _rows(settings.data_dir / "docent.db") == ([("report.txt", "ready", 1), ("half.txt", "indexing", 0)], 2)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from bot.knowledge import parse as parse_mod
-from bot.knowledge.parse import DocumentError, parse_document
+from bot.documents import parse as parse_mod
+from bot.documents.parse import DocumentError, parse_document
 from tests.support import hostile_files as hostile
 from tests.support import make_docs as md
 
@@ -258,6 +258,6 @@ def test_a_parse_over_the_memory_limit_is_reported_as_memory(monkeypatch):
 
 
 def test_knowledge_imports_neither_torch_nor_telegram():
-    code = "import sys, bot.knowledge; print(sorted(m for m in ('torch', 'telegram') if m in sys.modules))"
+    code = "import sys, bot.documents; print(sorted(m for m in ('torch', 'telegram') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.cli import main
+from bot.cli.main import main
 from bot.config import Settings
 from bot.services.preflight import preflight
 from tests.support.tiny_gguf import write_tiny_gguf

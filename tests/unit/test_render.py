@@ -1,4 +1,4 @@
-"""bot.render: Markdown -> Telegram HTML and splitting; every output is checked by the fake Telegram's
+"""bot.telegram.render: Markdown -> Telegram HTML and splitting; every output is checked by the fake Telegram's
 validator."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from bot.render import markdown_to_telegram_html, split_message, truncate_utf16, utf16_len
+from bot.telegram.render import markdown_to_telegram_html, split_message, truncate_utf16, utf16_len
 from tests.support.fake_telegram import TelegramHTMLError, parse_telegram_html
 
 

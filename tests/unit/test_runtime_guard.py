@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from bot.config import Settings
-from bot.handlers.runtime import Runtime
 from bot.services.models import ModelManager
+from bot.telegram.context import Runtime
 
 
 def _runtime(tmp_path) -> Runtime:

@@ -10,8 +10,10 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db import queries as q
-from bot.db import stats_queries as sq
+from bot.db import chats as chats_db
+from bot.db import documents as documents_db
+from bot.db import messages as messages_db
+from bot.db import stats as stats_db
 from bot.db.models import Document, Message
 
 GROUP = -1001234567890123
@@ -29,8 +31,8 @@ async def said(s: AsyncSession, chat: int, user: int, update_id: int, tokens: in
                telegram_id: int | None = None) -> None:
     """A user's message and the bot's reply to it (tokens None: the reply failed and has no count)."""
     telegram_id = telegram_id or update_id
-    question = await q.record_update_and_user_message(s, update_id, chat, user, f"question {update_id}", telegram_id)
-    reply = await q.add_assistant_message(s, question.conversation_id, chat, "answer",
+    question = await messages_db.record_update_and_user_message(s, update_id, chat, user, f"question {update_id}", telegram_id)
+    reply = await messages_db.add_assistant_message(s, question.conversation_id, chat, "answer",
                                           status="complete" if tokens is not None else "failed",
                                           telegram_message_id=telegram_id + 10_000,
                                           reply_to_telegram_message_id=telegram_id, token_count=tokens)
@@ -41,7 +43,7 @@ async def said(s: AsyncSession, chat: int, user: int, update_id: int, tokens: in
 
 async def uploaded(s: AsyncSession, chat: int, user: int | None, sha: str, status: str = "ready",
                    old: bool = False) -> None:
-    doc = await q.add_document_with_chunks(s, scope=f"chat:{chat}", chat_id=chat, user_id=user, name=f"{sha}.md",
+    doc = await documents_db.add_document_with_chunks(s, scope=f"chat:{chat}", chat_id=chat, user_id=user, name=f"{sha}.md",
                                            mime="text/markdown", sha256=sha * 64, size_bytes=1, chunks=[],
                                            status=status)
     if old:
@@ -50,10 +52,10 @@ async def uploaded(s: AsyncSession, chat: int, user: int | None, sha: str, statu
 
 
 async def fill(s: AsyncSession) -> None:
-    await q.ensure_user_and_chat(s, GROUP, "supergroup", ANN, "ann", "Ann", title="team")
-    await q.ensure_user_and_chat(s, GROUP, "supergroup", BOB, None, "Bob", title="team")
-    await q.ensure_user_and_chat(s, ANN, "private", ANN, "ann", "Ann")
-    await q.ensure_user_and_chat(s, CAROL, "private", CAROL, None, "Carol")  # never wrote
+    await chats_db.ensure_user_and_chat(s, GROUP, "supergroup", ANN, "ann", "Ann", title="team")
+    await chats_db.ensure_user_and_chat(s, GROUP, "supergroup", BOB, None, "Bob", title="team")
+    await chats_db.ensure_user_and_chat(s, ANN, "private", ANN, "ann", "Ann")
+    await chats_db.ensure_user_and_chat(s, CAROL, "private", CAROL, None, "Carol")  # never wrote
     await said(s, GROUP, ANN, 1, tokens=10, old=True)
     await said(s, GROUP, ANN, 2, tokens=20)
     await said(s, GROUP, ANN, 3, tokens=None)
@@ -69,20 +71,20 @@ async def fill(s: AsyncSession) -> None:
 
 async def test_a_users_stats_count_their_own_messages_reply_tokens_and_documents_in_this_chat(s):
     await fill(s)
-    ann = await sq.user_stats(s, GROUP, ANN, SINCE)
-    assert ann.total == sq.Counts(messages=3, tokens=30, documents=2)  # a failed reply counts no tokens
-    assert ann.since == sq.Counts(messages=2, tokens=20, documents=1)  # the old message and document are out
-    assert await sq.user_stats(s, GROUP, BOB, SINCE) == sq.UserStats(sq.Counts(1, 5, 1), sq.Counts(1, 5, 1))
+    ann = await stats_db.user_stats(s, GROUP, ANN, SINCE)
+    assert ann.total == stats_db.Counts(messages=3, tokens=30, documents=2)  # a failed reply counts no tokens
+    assert ann.since == stats_db.Counts(messages=2, tokens=20, documents=1)  # the old message and document are out
+    assert await stats_db.user_stats(s, GROUP, BOB, SINCE) == stats_db.UserStats(stats_db.Counts(1, 5, 1), stats_db.Counts(1, 5, 1))
     # Ann's private chat is another chat: its reply, to a message with a group message's Telegram id, stays there
-    assert (await sq.user_stats(s, ANN, ANN, SINCE)).total == sq.Counts(messages=1, tokens=7, documents=1)
-    assert await sq.user_stats(s, GROUP, CAROL, SINCE) == sq.UserStats(sq.Counts(), sq.Counts())
+    assert (await stats_db.user_stats(s, ANN, ANN, SINCE)).total == stats_db.Counts(messages=1, tokens=7, documents=1)
+    assert await stats_db.user_stats(s, GROUP, CAROL, SINCE) == stats_db.UserStats(stats_db.Counts(), stats_db.Counts())
 
 
 async def test_chat_totals_cover_every_chat_busiest_first(s):
     await fill(s)
-    totals = await sq.chat_totals(s)
+    totals = await stats_db.chat_totals(s)
     assert totals == [
-        sq.ChatTotals(GROUP, "supergroup", "team", messages=4, tokens=35, documents=4, users=2),
-        sq.ChatTotals(ANN, "private", "@ann", messages=1, tokens=7, documents=1, users=1),
-        sq.ChatTotals(CAROL, "private", "Carol", messages=0, tokens=0, documents=0, users=0),
+        stats_db.ChatTotals(GROUP, "supergroup", "team", messages=4, tokens=35, documents=4, users=2),
+        stats_db.ChatTotals(ANN, "private", "@ann", messages=1, tokens=7, documents=1, users=1),
+        stats_db.ChatTotals(CAROL, "private", "Carol", messages=0, tokens=0, documents=0, users=0),
     ]

@@ -4,9 +4,9 @@ model) and per-chat totals, cut to a readable number of chats."""
 from __future__ import annotations
 
 from bot.db.models import ModelVersion
-from bot.db.stats_queries import ChatTotals, Counts, UserStats
-from bot.handlers.stats import MAX_CHATS_SHOWN, render
+from bot.db.stats import ChatTotals, Counts, UserStats
 from bot.services.stats import Overview, Stats
+from bot.telegram.stats import MAX_CHATS_SHOWN, render
 
 
 def test_a_user_sees_their_numbers_today_and_in_all_with_singular_and_plural():

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.services.training import DataStats, Example
-from bot.services.training_plan import (
+from bot.services.training.plan import (
     Plan,
     StepTime,
     StepTimer,
@@ -19,6 +18,7 @@ from bot.services.training_plan import (
     fit_to_data,
     not_enough_data,
 )
+from bot.services.training.service import DataStats, Example
 
 DEFAULTS = TrainingOptions()  # epochs 3, max_steps 200, batch 4, eval_batches 8, min_examples 5
 

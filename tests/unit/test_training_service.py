@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.db import queries as q
+from bot.db import chats as chats_db
+from bot.db import documents as documents_db
+from bot.db import messages as messages_db
+from bot.db import training as training_db
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.services.models import ModelManager
-from bot.services.training import (
+from bot.services.training.service import (
     DataStats,
     Example,
     MetricsTail,
@@ -93,11 +96,11 @@ async def service(tmp_path, tiny, timer):
 
 
 async def exchange(s, chat: int, update_id: int, question: str, answer: str, vote: int | None = None) -> int:
-    user = await q.record_update_and_user_message(s, update_id, chat, chat, question, update_id)
-    reply = await q.add_assistant_message(s, user.conversation_id, chat, answer, status="complete",
+    user = await messages_db.record_update_and_user_message(s, update_id, chat, chat, question, update_id)
+    reply = await messages_db.add_assistant_message(s, user.conversation_id, chat, answer, status="complete",
                                           telegram_message_id=update_id + 10_000)
     if vote is not None:
-        await q.set_feedback(s, reply.id, chat, vote)
+        await messages_db.set_feedback(s, reply.id, chat, vote)
     return reply.id
 
 
@@ -106,25 +109,25 @@ async def fill(svc: TrainingService) -> None:
     never chose (the default decides)."""
     async with svc.sessions() as s:
         for chat in (ON, OFF, UNSET, ADMIN):
-            await q.ensure_user_and_chat(s, chat, "private", chat, f"u{chat}", "U")
-        await q.set_chat_settings(s, ON, allow_training=True)
-        await q.set_chat_settings(s, OFF, allow_training=False)
+            await chats_db.ensure_user_and_chat(s, chat, "private", chat, f"u{chat}", "U")
+        await chats_db.set_chat_settings(s, ON, allow_training=True)
+        await chats_db.set_chat_settings(s, OFF, allow_training=False)
         await exchange(s, ON, 1, "What is the capital of France?", "Paris is the capital of France.", +1)
         await exchange(s, ON, 2, "And of Spain?", "Spain's capital is Lisbon, I think.", -1)
         await exchange(s, ON, 3, "How tall is the Eiffel tower?", "About 330 metres.")
-        user = await q.record_update_and_user_message(s, 4, ON, ON, "Are you there?", 4)
-        await q.add_assistant_message(s, user.conversation_id, ON, "half a rep", status="failed")
-        await q.start_new_conversation(s, ON)
+        user = await messages_db.record_update_and_user_message(s, 4, ON, ON, "Are you there?", 4)
+        await messages_db.add_assistant_message(s, user.conversation_id, ON, "half a rep", status="failed")
+        await chats_db.start_new_conversation(s, ON)
         await exchange(s, ON, 5, "Tell me a joke.", "Why did the fox jump? To get over the lazy dog.")
         await exchange(s, OFF, 6, "private matter", "secret answer from the opted-out chat")
         await exchange(s, UNSET, 7, "undecided question", "answer from the chat that never chose")
-        await q.add_document_with_chunks(s, scope=f"chat:{ON}", chat_id=ON, name="guide.md", mime="text/markdown",
+        await documents_db.add_document_with_chunks(s, scope=f"chat:{ON}", chat_id=ON, name="guide.md", mime="text/markdown",
                                          sha256="a" * 64, size_bytes=10, pages=None, status="ready", chunks=[
-                                             q.NewChunk("The guide says foxes are quick.", 8, heading="Foxes"),
-                                             q.NewChunk("Dogs are lazy, the guide adds.", 8, page=2)])
-        await q.add_document_with_chunks(s, scope=f"chat:{OFF}", chat_id=OFF, name="diary.md", mime="text/markdown",
+                                             documents_db.NewChunk("The guide says foxes are quick.", 8, heading="Foxes"),
+                                             documents_db.NewChunk("Dogs are lazy, the guide adds.", 8, page=2)])
+        await documents_db.add_document_with_chunks(s, scope=f"chat:{OFF}", chat_id=OFF, name="diary.md", mime="text/markdown",
                                          sha256="b" * 64, size_bytes=10, pages=None, status="ready",
-                                         chunks=[q.NewChunk("Dear diary, nobody may train on this.", 9)])
+                                         chunks=[documents_db.NewChunk("Dear diary, nobody may train on this.", 9)])
 
 
 def texts(conversations: list[list[dict]], role: str) -> list[str]:
@@ -184,9 +187,9 @@ async def test_plan_numbers_match_what_lm_train_will_see(service, tiny):
     assert f"({plan.step.describe()})" in plan.describe()
     assert plan.est_seconds == pytest.approx(plan.step.ms / 1000 * (o.steps + o.evals * o.eval_batches / 3))
     async with service.sessions() as ses:
-        await q.add_version(ses, name="run-x", base=str(tiny), path="/nowhere", notes=json.dumps(
+        await training_db.add_version(ses, name="run-x", base=str(tiny), path="/nowhere", notes=json.dumps(
             {"run_id": 42, "ms_per_step": 3000.0, "batch_size": o.batch_size, "block_size": o.block_size}))
-        await q.add_version(ses, name="run-y", base="another-model", path="/nowhere", notes=json.dumps(
+        await training_db.add_version(ses, name="run-y", base="another-model", path="/nowhere", notes=json.dumps(
             {"run_id": 43, "ms_per_step": 9000.0, "batch_size": o.batch_size, "block_size": o.block_size}))
     again = await service.plan()
     assert "3.0s per step, as measured by run #42" in again.describe()
@@ -204,7 +207,7 @@ async def test_the_plan_and_the_run_it_starts_fit_the_small_data_set(service):
     run = await service.start(plan, requested_by=ADMIN)
     service.job = None
     async with service.sessions() as s:
-        stored = TrainingOptions.from_stored((await q.get_run(s, run.id)).config["options"])
+        stored = TrainingOptions.from_stored((await training_db.get_run(s, run.id)).config["options"])
     args = service.train_args(service.paths(run.id), plan.base, stored, resume=False)
     assert args[args.index("--steps") + 1] == "3" and args[args.index("--batch") + 1] == "2"
     assert args[args.index("--eval-batches") + 1] == "1"
@@ -220,7 +223,7 @@ async def test_too_little_data_gets_a_plan_that_says_so_and_cannot_start(service
     with pytest.raises(ValueError, match="Not enough data"):
         await service.start(plan, requested_by=ADMIN)
     async with service.sessions() as s:
-        assert await q.list_runs(s) == []
+        assert await training_db.list_runs(s) == []
     assert not service.busy and not service.runs_dir.exists()
 
 
@@ -278,7 +281,7 @@ async def test_finished_run_becomes_a_version_and_is_promoted_only_when_better(s
     before = summary["val_loss"] + before_delta
     outcome = RunOutcome(run.id, "failed", before=before, steps=3, forced=force)
     async with service.sessions() as s:
-        run = await q.get_run(s, run.id)
+        run = await training_db.get_run(s, run.id)
     await service._finish(run.id, run.config, service.options, paths, summary, outcome)
     service.job = None
 
@@ -288,8 +291,8 @@ async def test_finished_run_becomes_a_version_and_is_promoted_only_when_better(s
     assert not paths.out.exists()  # moved whole, never half-copied
     assert outcome.plot is not None and outcome.plot.read_bytes()[:8] == PNG_MAGIC
     async with service.sessions() as s:
-        active = await q.active_version(s)
-        stored = await q.get_run(s, run.id)
+        active = await training_db.active_version(s)
+        stored = await training_db.get_run(s, run.id)
     assert stored.status == "succeeded" and stored.result_version_id == outcome.version.id
     assert stored.heldout_loss_after == pytest.approx(summary["val_loss"])
     assert outcome.version.heldout_loss == pytest.approx(summary["val_loss"])
@@ -303,7 +306,7 @@ async def test_finished_run_becomes_a_version_and_is_promoted_only_when_better(s
     await service.activate(None)
     assert (await service.models.current()).version_id is None
     async with service.sessions() as s:
-        assert await q.active_version(s) is None
+        assert await training_db.active_version(s) is None
     with pytest.raises(ValueError, match="no model version 999"):
         await service.activate(999)
 
@@ -324,9 +327,9 @@ async def test_runs_whose_process_is_gone_become_resumable_or_failed(service):
     async with service.sessions() as s:
         for name, status in (("ckpt", "running"), ("nockpt", "running"), ("pending", "pending"),
                              ("live", "running"), ("gone", "resumable")):
-            run = await q.create_run(s, mode="lora", config={})
+            run = await training_db.create_run(s, mode="lora", config={})
             ids[name] = run.id
-            await q.update_run(s, run.id, status=status, pid=dead.pid)
+            await training_db.update_run(s, run.id, status=status, pid=dead.pid)
     for name in ("ckpt", "gone", "live"):
         service.paths(ids[name]).out.mkdir(parents=True)
     service.paths(ids["ckpt"]).checkpoint.write_bytes(b"state")
@@ -338,7 +341,7 @@ async def test_runs_whose_process_is_gone_become_resumable_or_failed(service):
     live = subprocess.Popen([sys.executable, "-c", script, str(live_paths.out)], stdout=subprocess.PIPE)
     assert live.stdout.readline() == b"ready\n"
     async with service.sessions() as s:
-        await q.update_run(s, ids["live"], pid=live.pid)
+        await training_db.update_run(s, ids["live"], pid=live.pid)
 
     changed = dict(await service.recover())
     assert live.wait(5) == 3
@@ -346,9 +349,9 @@ async def test_runs_whose_process_is_gone_become_resumable_or_failed(service):
                        ids["live"]: "resumable", ids["gone"]: "failed"}
     async with service.sessions() as s:
         for run_id, status in changed.items():
-            assert (await q.get_run(s, run_id)).status == status
-        assert await q.active_version(s) is None
-        assert [r.id for r in await q.unfinished_runs(s)] == [ids["ckpt"], ids["live"]]
+            assert (await training_db.get_run(s, run_id)).status == status
+        assert await training_db.active_version(s) is None
+        assert [r.id for r in await training_db.unfinished_runs(s)] == [ids["ckpt"], ids["live"]]
     assert (await service.resumable()).id == ids["live"]
     assert await service.recover() == []  # settled runs stay settled
 

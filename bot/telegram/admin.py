@@ -2,7 +2,7 @@
 (/models, /rollback) and the per-chat training opt-in (/training on|off).
 
 Everything that changes the model is for admins only; anyone else gets a refusal and nothing is stored.
-The run itself lives in `bot.services.training`; this module turns commands and buttons into calls to it
+The run itself lives in `bot.services.training.service`; this module turns commands and buttons into calls to it
 and its progress into one edited status message, a loss-curve photo and a final report.
 """
 
@@ -15,12 +15,12 @@ from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
 
-from bot.db import queries as q
-from bot.handlers.access import is_admin
-from bot.handlers.documents import StatusLine
-from bot.handlers.runtime import Runtime
-from bot.services.training import RunOutcome, TrainingBusy, TrainingService, format_loss
-from bot.services.training_plan import format_duration
+from bot.db import chats as chats_db
+from bot.services.training.plan import format_duration
+from bot.services.training.service import RunOutcome, TrainingBusy, TrainingService, format_loss
+from bot.telegram.access import is_admin
+from bot.telegram.context import Runtime
+from bot.telegram.documents import StatusLine
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     chat, user, message = update.effective_chat, update.effective_user, update.effective_message
     args = [a.lower() for a in context.args or []]
     async with rt.sessions() as s:
-        prefs = await q.get_chat_settings(s, chat.id)
+        prefs = await chats_db.get_chat_settings(s, chat.id)
     default = rt.settings.training.use_chats_by_default
     current = prefs.allow_training if prefs is not None and prefs.allow_training is not None else None
     if not args:

@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands(sub) -> None:
     """Commands whose services live in their own modules (documents, evaluation)."""
-    from bot import cli_documents, cli_eval, cli_train
+    from bot.cli import documents as cli_documents
+    from bot.cli import eval as cli_eval
+    from bot.cli import train as cli_train
 
     cli_documents.register(sub)
     cli_eval.register(sub)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from telegram import Update
 from telegram.ext import Application, ApplicationHandlerStop, ContextTypes, MessageHandler, filters
 
-from bot.handlers.access import addressed_to_bot
-from bot.handlers.runtime import Runtime
+from bot.telegram.access import addressed_to_bot
+from bot.telegram.context import Runtime
 
 EDIT_NOTE = "I answer each message once, so I did not answer your edit. Send it as a new message to ask again."
 

@@ -12,12 +12,12 @@ from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
-from bot.handlers.access import addressed_to_bot, is_admin, is_allowed, strip_mention
-from bot.handlers.runtime import Runtime
-from bot.render import StreamingMessage
 from bot.safe_text import replace_lone_surrogates
 from bot.services.assistant import Incoming, Queued, Started
 from bot.services.jobs import CANCELLED
+from bot.telegram.access import addressed_to_bot, is_admin, is_allowed, strip_mention
+from bot.telegram.context import Runtime
+from bot.telegram.render import StreamingMessage
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""PDF text for bot.knowledge.parse, which calls `parse_pdf` inside its limited child process.
+"""PDF text for bot.documents.parse, which calls `parse_pdf` inside its limited child process.
 
 One section per page. The ways a PDF can be bad are told apart, each with its own message: damaged or
 cut off, password-protected, scanned (no text layer), or a "flate bomb": compressed streams that unpack to
@@ -13,7 +13,7 @@ import io
 import re
 import zlib
 
-from bot.knowledge.parse import DocumentError, Section, _clean, _empty
+from bot.documents.parse import DocumentError, Section, _clean, _empty
 
 INFLATED_MAX = 256 * 2**20  # all zlib streams together, unpacked (parse.ZIP_MAX_TOTAL is the same for .docx)
 _STREAM_START = re.compile(rb"(?<!end)stream\r?\n")

@@ -8,9 +8,9 @@ from telegram import Update
 from telegram.constants import ChatType
 from telegram.ext import ContextTypes
 
-from bot.handlers.access import is_admin
-from bot.handlers.runtime import Runtime
 from bot.services.stats import Overview, Stats, chat_stats
+from bot.telegram.access import is_admin
+from bot.telegram.context import Runtime
 
 MAX_CHATS_SHOWN = 20  # the rest are summed up in one line: a message holds 4096 characters
 

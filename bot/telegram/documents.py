@@ -9,17 +9,18 @@ from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot.db import queries as q
-from bot.handlers.access import manages_chat
-from bot.handlers.chat import answer_text
-from bot.handlers.runtime import Runtime
-from bot.knowledge.parse import MAX_NAME_CHARS, DocumentError
-from bot.render import StreamingMessage
+from bot.db import chats as chats_db
+from bot.db import documents as documents_db
+from bot.documents.parse import MAX_NAME_CHARS, DocumentError
 from bot.safe_text import shorten_name
 from bot.services.compute import in_own_thread
 from bot.services.jobs import SHUTDOWN
 from bot.services.knowledge import Forgotten, chat_scope
 from bot.services.summarize import conversation_text, summarize
+from bot.telegram.access import manages_chat
+from bot.telegram.chat import answer_text
+from bot.telegram.context import Runtime
+from bot.telegram.render import StreamingMessage
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
         title = f"`{label}`" if "`" not in label else label  # a file name as code: its _ and * stay literal
     else:
         async with rt.sessions() as s:
-            conversation = await q.current_conversation(s, message.chat.id)
+            conversation = await chats_db.current_conversation(s, message.chat.id)
         turns = await rt.assistant.conversation(message.chat.id, conversation.id)
         pieces, label = conversation_text(turns), "this conversation"
         title = label
@@ -289,7 +290,7 @@ async def _document_pieces(rt: Runtime, scope: str, target: str) -> tuple[list[s
         return None, (f"No document called {target!r} here. See /docs." if not matches
                       else f"{len(matches)} documents match {target!r}; give the number from /docs.")
     async with rt.sessions() as s:
-        chunks = [c for c in await q.chunks_for_scope(s, scope) if c.document_id == matches[0].id]
+        chunks = [c for c in await documents_db.chunks_for_scope(s, scope) if c.document_id == matches[0].id]
     return [c.text for c in chunks], matches[0].name
 
 

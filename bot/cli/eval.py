@@ -1,6 +1,6 @@
 """`docent eval retrieval|qa|summary`: quality figures on SQuAD-style, QMSum-style and document-folder data sets.
 
-The work is in bot.services.evaluate (retrieval), eval_qa (qa) and eval_summary (summary); this file
+The work is in bot.eval.retrieval (retrieval), eval_qa (qa) and eval_summary (summary); this file
 parses the arguments and prints a table, then ONE JSON line with the figures (per-example rows go to
 --out, not to the JSON line).
 """
@@ -12,7 +12,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from bot.cli import bounded
+from bot.cli.main import bounded
 from bot.config import Settings
 
 DEFAULT_LIMITS = {"retrieval": None, "qa": 30, "summary": None}  # None = every question / document
@@ -67,7 +67,7 @@ def _print_summary(r: dict) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.services import evaluate
+    from bot.eval import retrieval as evaluate
 
     limit = args.limit if args.limit is not None else DEFAULT_LIMITS[args.what]
     if limit is not None and limit < 1:
@@ -76,12 +76,12 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         result = asyncio.run(evaluate.retrieval_eval(settings, args.dataset, limit=limit, seed=args.seed, k=args.k))
         _print_retrieval(result)
     elif args.what == "qa":
-        from bot.services.eval_qa import qa_eval
+        from bot.eval.qa import qa_eval
 
         result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed))
         _print_qa(result)
     else:
-        from bot.services.eval_summary import summary_eval
+        from bot.eval.summary import summary_eval
 
         result = summary_eval(settings, args.dataset, limit=limit, seed=args.seed, lead_words=args.lead_words,
                               rewrite=args.rewrite)

@@ -13,12 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Update
 
 from bot.config import Settings
-from bot.db import queries as q
-from bot.handlers.access import RateLimiter, is_allowed
+from bot.db import chats as chats_db
 from bot.services.assistant import Assistant
 from bot.services.jobs import Jobs
 from bot.services.knowledge import KnowledgeBase
 from bot.services.models import ModelManager
+from bot.telegram.access import RateLimiter, is_allowed
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ class Runtime:
     async def ensure_chat(self, update: Update) -> None:
         chat, user = update.effective_chat, update.effective_user
         async with self.sessions() as s:
-            await q.ensure_user_and_chat(s, chat.id, chat.type, user.id if user else None,
+            await chats_db.ensure_user_and_chat(s, chat.id, chat.type, user.id if user else None,
                                          user.username if user else None, user.first_name if user else None,
                                          chat.title)
 
     async def set_chat_settings(self, chat_id: int, **values: Any) -> None:
         async with self.sessions() as s:
-            await q.set_chat_settings(s, chat_id, **values)
+            await chats_db.set_chat_settings(s, chat_id, **values)

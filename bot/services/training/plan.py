@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings, TrainingSettings
-from bot.db import queries as q
+from bot.db import training as training_db
 from bot.db.models import ModelVersion
-from bot.services.training_children import ROOT, child_env, child_setup
+from bot.services.training.children import ROOT, child_env, child_setup
 
 if TYPE_CHECKING:
-    from bot.services.training import DataStats, Example
+    from bot.services.training.service import DataStats, Example
 
 TIMED_STEPS = 3  # steps of lm.train timed for a plan (the first one, slower, is part of it: a cautious figure)
 TIMING_TTL_S = 15 * 60  # a timing is reused for this long: an admin who asks again should not wait again
@@ -162,7 +162,7 @@ def version_notes(version: ModelVersion) -> dict:
 
 async def measured_by_a_run(session: AsyncSession, base: str, o: TrainingOptions) -> StepTime | None:
     """The step time lm.train measured in the newest finished run on the same base, batch and block size."""
-    for version in reversed(await q.list_versions(session)):
+    for version in reversed(await training_db.list_versions(session)):
         notes = version_notes(version)
         same = (version.base == base and notes.get("batch_size") == o.batch_size
                 and notes.get("block_size") == o.block_size)

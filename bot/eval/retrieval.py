@@ -4,8 +4,8 @@
   SQLite database + index files kept under the data dir, so reruns skip the embedding), then each question
   is searched with `KnowledgeBase.search`; a question is found at rank r when the r-th chunk contains an
   answer span. recall@k and MRR per retrieval mode, for two seeded halves of the questions and for all.
-- qa: in bot.services.eval_qa (the answer metrics `contains_answer` and `token_f1` are here).
-- summary: in bot.services.eval_summary (it shares `half_of`, `sample` and `mean` from here).
+- qa: in bot.eval.qa (the answer metrics `contains_answer` and `token_f1` are here).
+- summary: in bot.eval.summary (it shares `half_of`, `sample` and `mean` from here).
 
 The metric functions at the top are pure and small; the `*_eval` functions do the work and return a dict
 of figures that the CLI prints as a table and a final JSON line.

@@ -29,7 +29,7 @@ async def _knowledge(settings: Settings):
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from bot.knowledge.parse import DocumentError
+    from bot.documents.parse import DocumentError
 
     async def run() -> int:
         engine, kb = await _knowledge(settings)
@@ -95,7 +95,7 @@ def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_summarize(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from bot.knowledge.parse import DocumentError, parse_document
+    from bot.documents.parse import DocumentError, parse_document
     from bot.services.summarize import summarize
     from lm import hub
     from lm.encoder import Encoder

@@ -22,8 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from bot.config import Settings
-from bot.services.compute import in_own_thread
-from bot.services.evaluate import (
+from bot.eval.retrieval import (
     SCOPE,
     contains_answer,
     first_hit,
@@ -33,6 +32,7 @@ from bot.services.evaluate import (
     sample,
     token_f1,
 )
+from bot.services.compute import in_own_thread
 
 
 def loops(text: str, n: int = 8, times: int = 3) -> bool:

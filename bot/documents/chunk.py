@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from bot.knowledge.parse import ParsedDocument, Section
+from bot.documents.parse import ParsedDocument, Section
 
 CountTokens = Callable[[str], int]
 # A chunk's character bound, per token of its token bound. English averages 4-5 characters per WordPiece

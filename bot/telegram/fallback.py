@@ -7,8 +7,8 @@ from __future__ import annotations
 from telegram import Message, Update
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from bot.handlers.access import addressed_to_bot
-from bot.handlers.runtime import Runtime
+from bot.telegram.access import addressed_to_bot
+from bot.telegram.context import Runtime
 
 CAN_DO = "I read text, and PDF, DOCX, HTML, Markdown or text files sent as a document. See /help."
 CANNOT = {  # what the message is -> what the bot cannot do with it

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.config import Settings
-from bot.knowledge.chunk import split_sentences
-from bot.services.evaluate import half_of, mean, sample
+from bot.documents.chunk import split_sentences
+from bot.eval.retrieval import half_of, mean, sample
 
 METRICS = ("rouge1", "rouge2", "rougeLsum")
 
@@ -130,7 +130,7 @@ def lead_sentences(text: str, k: int) -> str:
 
 
 def _parse_text(text: str, name: str, settings: Settings) -> list[str]:
-    from bot.knowledge.parse import parse_document
+    from bot.documents.parse import parse_document
 
     docs = settings.documents
     parsed = parse_document(text.encode("utf-8"), name, "text/plain", timeout_s=docs.parse_timeout_s,
@@ -233,7 +233,7 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
     """ROUGE, unsupported rate and seconds per document of `summarize.summarize` and of the baselines."""
     from tqdm import tqdm
 
-    from bot.knowledge.parse import DocumentError
+    from bot.documents.parse import DocumentError
     from bot.services.summarize import source_terms, summarize
     from lm import hub
     from lm.encoder import Encoder

@@ -15,7 +15,7 @@ that names them. The held-out examples (the last ones in the file, where `lm.tra
 exactly as many as it takes) are those with the lowest hash of their conversation or chunk id: not the
 newest or the liked ones, and mostly the same from run to run as the data grows.
 
-Run. A child process (`python -m bot.services.training heldout`) measures the active model's held-out loss
+Run. A child process (`python -m bot.services.training.service heldout`) measures the active model's held-out loss
 on exactly the batches `lm.train` evaluates on ("before"); then `python -m lm.train --mode lora` trains on
 top of the configured base model, writing metrics.jsonl, which is read as it grows for the status line.
 Both children are niced (replies come first on a small CPU) and get SIGTERM if the bot dies, which makes
@@ -48,11 +48,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.db import queries as q
-from bot.db import training_queries as tq
+from bot.db import training as training_db
 from bot.db.models import ModelVersion, TrainingRun
-from bot.services.training_children import ROOT, child_env, child_setup
-from bot.services.training_plan import (
+from bot.services.training.children import ROOT, child_env, child_setup
+from bot.services.training.plan import (
     Plan,
     StepTime,
     StepTimer,
@@ -106,13 +105,13 @@ def _fits(tokenizer, messages: list[dict], block_size: int) -> int:
     return len(out[0][0]) if out else 0
 
 
-def conversation_examples(turns: list[tq.Turn], prompts: dict[int, str], default_prompt: str, tokenizer,
+def conversation_examples(turns: list[training_db.Turn], prompts: dict[int, str], default_prompt: str, tokenizer,
                           block_size: int, stats: DataStats) -> list[Example]:
     """Clean user -> assistant exchanges, cut at 👎 replies and at gaps, packed into examples of at most
     block_size + 1 tokens under the chat's system prompt."""
     out: list[Example] = []
 
-    def emit(conv_id: int, chat_id: int, pairs: list[tuple[tq.Turn, tq.Turn]]) -> None:
+    def emit(conv_id: int, chat_id: int, pairs: list[tuple[training_db.Turn, training_db.Turn]]) -> None:
         system = {"role": "system", "content": prompts.get(chat_id, default_prompt)}
         current: list[dict] = []
         liked = False
@@ -137,7 +136,7 @@ def conversation_examples(turns: list[tq.Turn], prompts: dict[int, str], default
     conversations: set[int] = set()
     for conv_id, group in groupby(turns, key=lambda t: t.conversation_id):
         msgs = list(group)
-        pairs: list[tuple[tq.Turn, tq.Turn]] = []
+        pairs: list[tuple[training_db.Turn, training_db.Turn]] = []
         i = 0
         while i < len(msgs):
             user, reply = msgs[i], msgs[i + 1] if i + 1 < len(msgs) else None
@@ -163,7 +162,7 @@ def conversation_examples(turns: list[tq.Turn], prompts: dict[int, str], default
     return out
 
 
-def document_examples(chunks: list[tq.ChunkRow], prompts: dict[int, str], default_prompt: str, tokenizer,
+def document_examples(chunks: list[training_db.ChunkRow], prompts: dict[int, str], default_prompt: str, tokenizer,
                       block_size: int, stats: DataStats) -> list[Example]:
     out = []
     for c in chunks:
@@ -428,7 +427,7 @@ class TrainingService:
     async def active(self) -> tuple[str, int | None]:
         """(name or path, version id) of the model that should be serving replies."""
         async with self.sessions() as s:
-            version = await q.active_version(s)
+            version = await training_db.active_version(s)
         return (version.path, version.id) if version else (self.settings.model.name, None)
 
     # ---------------------------------------------------------------- plan
@@ -470,10 +469,10 @@ class TrainingService:
         base = self.settings.model.name
         active, active_id = await self.active()
         async with self.sessions() as s:
-            chats = await tq.training_chats(s, o.use_chats_by_default)
-            prompts = await tq.system_prompts(s, chats)
-            turns = await tq.conversation_turns(s, chats)
-            chunks = await tq.training_chunks(s, chats)
+            chats = await training_db.training_chats(s, o.use_chats_by_default)
+            prompts = await training_db.system_prompts(s, chats)
+            turns = await training_db.conversation_turns(s, chats)
+            chunks = await training_db.training_chunks(s, chats)
         tokenizer, ctx = await asyncio.to_thread(self._base_info, base)
         stats = DataStats(chats=len(chats))
         block = self.block_size(ctx)
@@ -522,7 +521,7 @@ class TrainingService:
         self.job = Job(run_id=0, steps=plan.options.steps)
         try:
             async with self.sessions() as s:
-                run = await q.create_run(s, mode="lora", requested_by=requested_by,
+                run = await training_db.create_run(s, mode="lora", requested_by=requested_by,
                                          base_version_id=plan.active_version_id, config={
                                              "base": plan.base, "active": plan.active, "force": plan.force,
                                              "options": asdict(plan.options), "examples": plan.examples,
@@ -535,7 +534,7 @@ class TrainingService:
                 await asyncio.to_thread(write_jsonl, paths.data, plan.train + plan.heldout)
             except OSError as e:
                 async with self.sessions() as s:
-                    await q.update_run(s, run.id, status="failed", finished_at=_now(), error=f"data export: {e}")
+                    await training_db.update_run(s, run.id, status="failed", finished_at=_now(), error=f"data export: {e}")
                 raise
             return run
         except BaseException:
@@ -545,7 +544,7 @@ class TrainingService:
     async def resumable(self) -> TrainingRun | None:
         """The latest run that can continue from its checkpoint."""
         async with self.sessions() as s:
-            for run in await q.list_runs(s, limit=50):
+            for run in await training_db.list_runs(s, limit=50):
                 if run.status == "resumable" and self.paths(run.id).checkpoint.is_file():
                     return run
         return None
@@ -570,14 +569,14 @@ class TrainingService:
             raise RuntimeError(f"run #{run_id} was not started or reserved by this service")
         job, paths = self.job, self.paths(run_id)
         async with self.sessions() as s:
-            run = await q.get_run(s, run_id)
+            run = await training_db.get_run(s, run_id)
         cfg = run.config
         options = TrainingOptions.from_stored(cfg["options"])
         outcome = RunOutcome(run_id, "failed", steps=options.steps, forced=bool(cfg.get("force")))
         try:
             paths.cancel.unlink(missing_ok=True)
             async with self.sessions() as s:
-                await q.update_run(s, run_id, status="running", started_at=run.started_at or _now(),
+                await training_db.update_run(s, run_id, status="running", started_at=run.started_at or _now(),
                                    log_path=str(paths.log), checkpoint_path=str(paths.checkpoint), error=None)
             before = run.heldout_loss_before
             if before is None and not job.cancel_requested:
@@ -586,7 +585,7 @@ class TrainingService:
                 before, err = await self._measure_before(job, paths, cfg["active"], options)
                 if before is not None:
                     async with self.sessions() as s:
-                        await q.update_run(s, run_id, heldout_loss_before=before)
+                        await training_db.update_run(s, run_id, heldout_loss_before=before)
                 elif err and not job.cancel_requested:
                     outcome.note = f"The current model's held-out loss could not be measured ({err})."
             outcome.before = before
@@ -620,7 +619,7 @@ class TrainingService:
 
     async def _measure_before(self, job: Job, paths: RunPaths, active: str,
                               o: TrainingOptions) -> tuple[float | None, str | None]:
-        args = [sys.executable, "-m", "bot.services.training", "heldout", "--model", active, "--data",
+        args = [sys.executable, "-m", "bot.services.training.service", "heldout", "--model", active, "--data",
                 str(paths.data), "--block-size", str(o.block_size), "--batch", str(o.batch_size),
                 "--eval-batches", str(o.eval_batches), "--seed", str(o.seed), "--threads", str(o.threads),
                 "--out", str(paths.before)]
@@ -647,7 +646,7 @@ class TrainingService:
         tail = MetricsTail(paths.metrics, from_end=True)
         proc = await self._spawn(job, self.train_args(paths, base, o, resume), paths.log)
         async with self.sessions() as s:
-            await q.update_run(s, job.run_id, pid=proc.pid)
+            await training_db.update_run(s, job.run_id, pid=proc.pid)
         summary = None
         while True:
             try:
@@ -707,7 +706,7 @@ class TrainingService:
         outcome.note = outcome.note or error
         with contextlib.suppress(Exception):
             async with self.sessions() as s:
-                await q.update_run(s, run_id, status=outcome.status, error=error,
+                await training_db.update_run(s, run_id, status=outcome.status, error=error,
                                    finished_at=_now() if outcome.status == "failed" else None)
 
     async def _finish(self, run_id: int, cfg: dict, o: TrainingOptions, paths: RunPaths, summary: dict | None,
@@ -723,7 +722,7 @@ class TrainingService:
             if job is not None and job.cancel_requested:
                 outcome.status = "resumable" if paths.checkpoint.is_file() else "cancelled"
                 async with self.sessions() as s:
-                    await q.update_run(s, run_id, status=outcome.status, finished_at=_now(),
+                    await training_db.update_run(s, run_id, status=outcome.status, finished_at=_now(),
                                        error="cancelled by an admin")
                 return
             tail = paths.log.read_text(errors="replace").strip().splitlines()[-3:] if paths.log.is_file() else []
@@ -739,7 +738,7 @@ class TrainingService:
                  "batch_size": o.batch_size, "block_size": o.block_size, "examples": cfg.get("examples"),
                  "heldout_loss_before": outcome.before, "train_loss": summary.get("train_loss")}
         async with self.sessions() as s:
-            version = await q.add_version(s, name=f"run-{run_id}", base=cfg["base"], path=str(target),
+            version = await training_db.add_version(s, name=f"run-{run_id}", base=cfg["base"], path=str(target),
                                           data_size=cfg.get("train_tokens"), heldout_loss=outcome.after,
                                           notes=json.dumps(notes))
         outcome.version = version
@@ -752,20 +751,20 @@ class TrainingService:
                 outcome.note = "The new version could not be loaded, so the current model stays (see the bot's log)."
         outcome.status = "succeeded"
         async with self.sessions() as s:
-            await q.update_run(s, run_id, status="succeeded", finished_at=_now(), result_version_id=version.id,
+            await training_db.update_run(s, run_id, status="succeeded", finished_at=_now(), result_version_id=version.id,
                                heldout_loss_after=outcome.after, checkpoint_path=None)
         async with self.sessions() as s:
-            outcome.version = await q.get_version(s, version.id)
+            outcome.version = await training_db.get_version(s, version.id)
 
     # ---------------------------------------------------------------- versions
 
     async def versions(self) -> list[ModelVersion]:
         async with self.sessions() as s:
-            return await q.list_versions(s)
+            return await training_db.list_versions(s)
 
     async def runs(self, limit: int = 5) -> list[TrainingRun]:
         async with self.sessions() as s:
-            return await q.list_runs(s, limit)
+            return await training_db.list_runs(s, limit)
 
     async def activate(self, version_id: int | None) -> ModelVersion | None:
         """Serve a version (None: the configured model). It is loaded first, so one that does not load never
@@ -776,7 +775,7 @@ class TrainingService:
                 path = self.settings.model.name
             else:
                 async with self.sessions() as s:
-                    version = await q.get_version(s, version_id)
+                    version = await training_db.get_version(s, version_id)
                 if version is None:
                     raise ValueError(f"There is no model version {version_id}. See /models.")
                 if not Path(version.path).is_dir():
@@ -789,7 +788,7 @@ class TrainingService:
             except Exception as e:  # a damaged file's ValueError (bad JSON) must not pass for a bad argument
                 raise RuntimeError(f"could not load {path}") from e
             async with self.sessions() as s:
-                return await q.set_active(s, version_id)
+                return await training_db.set_active(s, version_id)
 
     # ---------------------------------------------------------------- start-up
 
@@ -797,7 +796,7 @@ class TrainingService:
         """Runs a previous bot process left unfinished: a live trainer is stopped (it checkpoints), then each
         becomes "resumable" when its checkpoint exists and "failed" otherwise. Returns (run id, status)."""
         async with self.sessions() as s:
-            runs = await q.unfinished_runs(s)
+            runs = await training_db.unfinished_runs(s)
         changed = []
         for run in runs:
             if self.job is not None and self.job.run_id == run.id:
@@ -819,7 +818,7 @@ class TrainingService:
             if run.status == "resumable":
                 error = "its checkpoint is gone"
             async with self.sessions() as s:
-                await q.update_run(s, run.id, status=status, error=error,
+                await training_db.update_run(s, run.id, status=status, error=error,
                                    finished_at=_now() if status == "failed" else None)
             changed.append((run.id, status))
         return changed
@@ -840,7 +839,7 @@ async def restore_active_model(runtime) -> ModelVersion | None:
     for run_id, status in await service.recover():
         log.warning("training run %s was left unfinished; it is now %s", run_id, status)
     async with runtime.sessions() as s:
-        version = await q.active_version(s)
+        version = await training_db.active_version(s)
     if version is None:
         return None
     try:
@@ -876,7 +875,7 @@ def heldout_loss(model: str, data: Path, block_size: int, batch_size: int, eval_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bot.services.training")
+    p = argparse.ArgumentParser(prog="python -m bot.services.training.service")
     sub = p.add_subparsers(dest="command", required=True)
     h = sub.add_parser("heldout", help="a model's held-out loss on a run's data, as lm.train measures it")
     h.add_argument("--model", required=True)

@@ -1,7 +1,7 @@
 """Turn an uploaded file (PDF, DOCX, HTML, Markdown, plain text) into sections of clean text.
 
 `parse_document` is what callers use: it checks the size, sniffs the type, then runs the real parser
-(`_parse_bytes`; PDFs are read by bot.knowledge.pdf) in a child Python process with a wall-time limit
+(`_parse_bytes`; PDFs are read by bot.documents.pdf) in a child Python process with a wall-time limit
 and an address-space limit (RLIMIT_AS), so a hostile or pathological file can neither hang nor crash
 the bot; the child is killed on timeout. It blocks, so async code calls it through `asyncio.to_thread`.
 
@@ -175,8 +175,8 @@ def _run_child(data: bytes, name: str, mime: str | None, timeout_s: float, memor
     # A small environment: the child handles hostile input and has no use for the bot's secrets.
     env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    # `-c` rather than `-m bot.knowledge.parse`: bot.knowledge imports this module, and runpy warns then.
-    cmd = [sys.executable, "-c", "from bot.knowledge.parse import _child_main; _child_main()", args]
+    # `-c` rather than `-m bot.documents.parse`: bot.documents imports this module, and runpy warns then.
+    cmd = [sys.executable, "-c", "from bot.documents.parse import _child_main; _child_main()", args]
     try:
         proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:  # subprocess.run has already killed the child
@@ -330,7 +330,7 @@ def _parse_bytes(data: bytes, filename: str, mime: str | None = None) -> ParsedD
     if not data.strip():
         raise _empty(name)
     kind = detect_kind(data, name, mime)
-    from bot.knowledge.pdf import parse_pdf
+    from bot.documents.pdf import parse_pdf
 
     parser = {"pdf": parse_pdf, "docx": _parse_docx, "html": _parse_html, "markdown": _parse_markdown}
     if kind == "text":

@@ -3,8 +3,8 @@
 Embedding and indexing the chunks is `lm`'s job; this package never imports torch or telegram.
 """
 
-from bot.knowledge.chunk import Chunk, chunk_document, chunk_text, split_sentences, token_counter
-from bot.knowledge.parse import SUPPORTED, DocumentError, ParsedDocument, Section, detect_kind, parse_document
+from bot.documents.chunk import Chunk, chunk_document, chunk_text, split_sentences, token_counter
+from bot.documents.parse import SUPPORTED, DocumentError, ParsedDocument, Section, detect_kind, parse_document
 
 __all__ = [
     "SUPPORTED",

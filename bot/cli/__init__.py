@@ -1,0 +1,1 @@
+"""The docent command line: main.py builds the parser; each other module adds one group of subcommands."""

@@ -1,0 +1,173 @@
+"""Messages: a user's message stored once per Telegram update, the assistant's reply row as it streams, the
+history a prompt is built from, and users' 👍/👎 feedback on replies. Conventions as in `chats.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.chats import conversation_for_update
+from bot.db.models import (
+    Feedback,
+    Message,
+    MessageStatus,
+    ProcessedUpdate,
+)
+from bot.db.session import check_choice, upsert
+
+# ---- messages -----------------------------------------------------------------------------------
+
+
+async def record_update_and_user_message(
+    session: AsyncSession,
+    update_id: int,
+    chat_id: int,
+    user_id: int | None,
+    text: str,
+    telegram_message_id: int | None,
+    reply_to_telegram_message_id: int | None = None,
+) -> Message | None:
+    """Store an incoming user message and mark its update processed, in one transaction.
+
+    Returns None, storing nothing, when the update was already processed (Telegram redelivered it).
+    """
+    stmt = upsert(session, ProcessedUpdate).values(update_id=update_id, chat_id=chat_id)
+    claimed = await session.scalar(
+        stmt.on_conflict_do_nothing(index_elements=[ProcessedUpdate.update_id]).returning(
+            ProcessedUpdate.update_id
+        )
+    )
+    if claimed is None:
+        await session.commit()  # nothing was written; commit (not rollback) keeps loaded objects usable
+        return None
+    try:
+        conversation = await conversation_for_update(session, chat_id)
+        message = Message(
+            conversation_id=conversation.id,
+            chat_id=chat_id,
+            user_id=user_id,
+            role="user",
+            text=text,
+            telegram_message_id=telegram_message_id,
+            reply_to_telegram_message_id=reply_to_telegram_message_id,
+            status="complete",
+        )
+        session.add(message)
+        await session.commit()
+    except BaseException:
+        await session.rollback()  # the update stays unprocessed, so a redelivery is handled again
+        raise
+    return message
+
+
+async def add_assistant_message(
+    session: AsyncSession,
+    conversation_id: int,
+    chat_id: int,
+    text: str = "",
+    status: MessageStatus = "streaming",
+    telegram_message_id: int | None = None,
+    reply_to_telegram_message_id: int | None = None,
+    model_version_id: int | None = None,
+    token_count: int | None = None,
+) -> Message:
+    """Store the bot's reply (usually empty and "streaming" before generation starts); commits."""
+    check_choice(status, MessageStatus, "message status")
+    message = Message(
+        conversation_id=conversation_id,
+        chat_id=chat_id,
+        role="assistant",
+        text=text,
+        status=status,
+        telegram_message_id=telegram_message_id,
+        reply_to_telegram_message_id=reply_to_telegram_message_id,
+        model_version_id=model_version_id,
+        token_count=token_count,
+    )
+    session.add(message)
+    await session.commit()
+    return message
+
+
+async def update_message(
+    session: AsyncSession,
+    message_id: int,
+    *,
+    text: str | None = None,
+    status: MessageStatus | None = None,
+    token_count: int | None = None,
+    telegram_message_id: int | None = None,
+    model_version_id: int | None = None,
+) -> None:
+    """Set the given fields of a message (text as it streams, final status, ...); commits."""
+    values: dict[str, Any] = {}
+    if text is not None:
+        values["text"] = text
+    if status is not None:
+        check_choice(status, MessageStatus, "message status")
+        values["status"] = status
+    if token_count is not None:
+        values["token_count"] = token_count
+    if telegram_message_id is not None:
+        values["telegram_message_id"] = telegram_message_id
+    if model_version_id is not None:
+        values["model_version_id"] = model_version_id
+    if not values:
+        return  # updated_at is set by the column's onupdate
+    result = await session.execute(update(Message).where(Message.id == message_id).values(**values))
+    if result.rowcount == 0:
+        await session.rollback()
+        raise ValueError(f"unknown message {message_id}")
+    await session.commit()
+
+
+async def get_message(session: AsyncSession, message_id: int) -> Message | None:
+    """One message by id."""
+    return await session.get(Message, message_id)
+
+
+async def message_by_telegram_id(session: AsyncSession, chat_id: int, telegram_message_id: int) -> Message | None:
+    """The stored message behind a Telegram message (e.g. the bot reply a feedback button sits under)."""
+    return await session.scalar(
+        select(Message)
+        .where(Message.chat_id == chat_id, Message.telegram_message_id == telegram_message_id)
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+
+
+async def history(session: AsyncSession, conversation_id: int, limit: int = 50) -> list[Message]:
+    """The last `limit` complete or interrupted messages of a conversation not forgotten, oldest first."""
+    newest = await session.scalars(
+        select(Message)
+        .where(Message.conversation_id == conversation_id, Message.status.in_(("complete", "interrupted")),
+               Message.forgotten_at.is_(None))
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(newest.all()))
+
+
+async def interrupted_messages(session: AsyncSession) -> list[Message]:
+    """Messages still "streaming": replies cut off by a crash or restart, to be marked interrupted."""
+    rows = await session.scalars(select(Message).where(Message.status == "streaming").order_by(Message.id))
+    return list(rows)
+
+
+# ---- feedback -----------------------------------------------------------------------------------
+
+
+async def set_feedback(session: AsyncSession, message_id: int, user_id: int, value: int) -> None:
+    """Record a user's +1/-1 on a message, replacing their earlier vote; commits."""
+    if value not in (1, -1):
+        raise ValueError(f"feedback must be +1 or -1, not {value!r}")
+    stmt = upsert(session, Feedback).values(message_id=message_id, user_id=user_id, value=value)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Feedback.message_id, Feedback.user_id], set_={"value": value, "created_at": func.now()}
+        )
+    )
+    await session.commit()

@@ -1,0 +1,1 @@
+"""Measuring the product on public data sets through its own code path: retrieval, answers, summaries."""

@@ -1,0 +1,1 @@
+"""Fine-tuning the chat model from what the bot has seen: data, plan, child processes, versions."""
