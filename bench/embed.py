@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bot.config import env_cache_dir
 from lm import hub
 from lm.encoder import Encoder, cosine
 
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--record-reference", default=None, help="write peer vectors of the test sentences here")
     args = ap.parse_args(argv)
 
-    model_dir = hub.resolve(args.model)
+    model_dir = hub.resolve(args.model, env_cache_dir())
     with tempfile.TemporaryDirectory() as tmp:
         st_dir = Path(args.st_model_dir) if args.st_model_dir else st_model_dir(model_dir, Path(tmp) / "st")
         if args.record_reference:

@@ -3,7 +3,7 @@
     python -m bench.finetune                       # 150 steps, batch 1 x 256 tokens, bf16 autocast
     python -m bench.finetune --steps 20 --eval-windows 1     # a quick check that it all runs
 
-The base model is the hub's SmolLM2-135M-Instruct GGUF, dequantized to fp32 (lm.gguf.load_model), with its
+The base model is the hub's SmolLM2-135M-Instruct GGUF, dequantized to fp32 (lm.gguf.read_model), with its
 own tokenizer (Tokenizer.from_gguf). Papers 0-89 (data[i].paragraphs[0].context of covidqa.json) are the
 training text; papers 90-97 are held out. Perplexity is exp(mean next-token loss) over the first
 `--eval-windows` non-overlapping windows of `--block` tokens of each held-out paper, computed in fp32 with
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
+from bot.config import env_cache_dir
 from lm import hub
-from lm.gguf import load_model
+from lm.gguf import read_model
 from lm.tokenizer import Tokenizer
 from lm.train import TrainConfig, train
 
@@ -76,8 +77,8 @@ def main() -> None:
     texts = papers()
     train_texts, test_texts = texts[:90], texts[90:98]
     t0 = time.perf_counter()
-    path = hub.pull("smollm2-135m")
-    model, g = load_model(path, max_seq_len=2048)
+    path = hub.pull("smollm2-135m", env_cache_dir())
+    model, g = read_model(path, max_seq_len=2048)
     tok = Tokenizer.from_gguf(g.metadata)
     load_s = time.perf_counter() - t0
 

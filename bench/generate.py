@@ -56,13 +56,16 @@ def prompt_text() -> str:
 def worker_prepare(args) -> dict:
     """Load once (writing the converted-weights cache if missing) and cut the prompt ids."""
     sys.path.insert(0, str(ROOT))
+    from bot.config import env_cache_dir
     from lm import hub
-    from lm.runtime import _cache_path, load_chat_model
+    from lm.load import load_chat_model
+    from lm.runtime import converted_path
 
-    path = hub.resolve(args.model)
-    had_cache = _cache_path(path, args.weights, args.max_len).is_file()
+    path = hub.resolve(args.model, env_cache_dir())
+    had_cache = converted_path(path, args.weights, args.max_len).is_file()
     t0 = time.perf_counter()
-    _model, tok = load_chat_model(args.model, weights=args.weights, threads=args.threads, max_seq_len=args.max_len)
+    _model, tok = load_chat_model(args.model, env_cache_dir(), weights=args.weights, threads=args.threads,
+                                  max_seq_len=args.max_len)
     load_s = time.perf_counter() - t0
     ids = tok.encode(prompt_text())
     if len(ids) < args.prompt_tokens:
@@ -75,11 +78,13 @@ def worker_ours(args, prompt: list[int]) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
 
+    from bot.config import env_cache_dir
     from lm.engine import Engine, GenerationConfig
-    from lm.runtime import load_chat_model
+    from lm.load import load_chat_model
 
     t0 = time.perf_counter()
-    model, tok = load_chat_model(args.model, weights=args.weights, threads=args.threads, max_seq_len=args.max_len)
+    model, tok = load_chat_model(args.model, env_cache_dir(), weights=args.weights, threads=args.threads,
+                                 max_seq_len=args.max_len)
     load_s = time.perf_counter() - t0
     engine = Engine(model, tok, max_len=args.max_len)
     engine.generate(prompt[:16], GenerationConfig(max_new_tokens=4, ignore_stop_ids=True))  # warm-up

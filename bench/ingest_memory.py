@@ -44,7 +44,7 @@ def rss_mb() -> float:
 
 async def measure(megabytes: float) -> dict:
     from bot.config import Settings
-    from bot.eval import retrieval as ev
+    from bot.services import open_services
 
     data = text_of(megabytes)
     peaks: dict[str, float] = {}
@@ -56,7 +56,8 @@ async def measure(megabytes: float) -> dict:
             peaks[stage[0]] = max(peaks.get(stage[0], 0.0), rss_mb())
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine, kb = await ev.open_knowledge(Settings(data_dir=Path(tmp) / "data"))
+        engine, services = await open_services(Settings(data_dir=Path(tmp) / "data"))
+        kb = services.knowledge
         _ = kb.encoder  # loaded before the clock starts, as in a running bot
         before = rss_mb()
         sampler = threading.Thread(target=sample, daemon=True)

@@ -80,7 +80,8 @@ async def run_serialised(engine, chat_model, sampling, n: int, tokenizer) -> lis
     worker = asyncio.Lock()  # one worker: conversations run one after another, in arrival order
 
     async def one(i: int) -> dict:
-        ids, config = chat_model.prompt(chat_messages(i), seeded(sampling, i))
+        config = seeded(sampling, i)
+        ids = chat_model.prompt(chat_messages(i), config)
         queue: asyncio.Queue = asyncio.Queue()
 
         def work() -> None:
@@ -151,20 +152,20 @@ def bench_generate_decode(args) -> float:
 def memory_child(args) -> None:
     """8 chats of ~1,500-token history at once through ChatModel; prints peak RSS (MB) as JSON."""
     from bench.generate import peak_rss_mb
-    from bot.config import ModelSettings
-    from bot.services.models import ChatModel, Sampling
-    from lm.runtime import load_chat_model
+    from bot.config import ModelSettings, env_cache_dir
+    from bot.services.models import ChatModel, generation_config
+    from lm.load import load_chat_model
 
-    model, tok = off_main_thread(lambda: load_chat_model(args.model, threads=args.threads))
+    model, tok = off_main_thread(lambda: load_chat_model(args.model, env_cache_dir(), threads=args.threads))
     chat_model = ChatModel(model, tok, 2048, settings=ModelSettings())
-    sampling = Sampling.from_settings(ModelSettings(), max_new_tokens=32)
+    sampling = generation_config(ModelSettings(), max_new_tokens=32)
 
     async def go() -> list[int]:
         async def one(i: int) -> int:
             messages = chat_messages(i, history_words=840)  # ~1,500 tokens
             async for _ in chat_model.reply_events(messages, sampling, threading.Event()):
                 pass
-            return len(chat_model.prompt(messages, sampling)[0])
+            return len(chat_model.prompt(messages, sampling))
         return await asyncio.gather(*(one(i) for i in range(8)))
     lengths = asyncio.run(go())
     print(json.dumps({"prompt_tokens": lengths, "peak_rss_mb": peak_rss_mb()}))
@@ -187,16 +188,16 @@ def main() -> None:
 
     import torch
 
-    from bot.config import ModelSettings
-    from bot.services.models import ChatModel, Sampling
+    from bot.config import ModelSettings, env_cache_dir
+    from bot.services.models import ChatModel, generation_config
     from lm.engine import Engine, GenerationConfig
-    from lm.runtime import load_chat_model
+    from lm.load import load_chat_model
 
     ns = [int(n) for n in args.ns.split(",")]
-    model, tok = off_main_thread(lambda: load_chat_model(args.model, threads=args.threads))
+    model, tok = off_main_thread(lambda: load_chat_model(args.model, env_cache_dir(), threads=args.threads))
     settings = ModelSettings(batch_size=max(ns))
     chat_model = ChatModel(model, tok, settings.context_tokens, settings=settings)
-    sampling = Sampling.from_settings(settings, max_new_tokens=args.new_tokens)
+    sampling = generation_config(settings, max_new_tokens=args.new_tokens)
     engine = Engine(model, tok, max_len=settings.context_tokens)
 
     async def measure() -> dict:

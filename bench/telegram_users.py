@@ -37,14 +37,13 @@ def first_text_at(message) -> float | None:
 
 
 async def run(users: int) -> dict:
-    from bot.config import Settings
-    from lm import hub
+    from bot.config import Settings, env_cache_dir
     from tests.support.bot_harness import final_reply, running_bot
     from tests.support.fake_telegram import FakeTelegram
 
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeTelegram() as fake:
-            settings = Settings(data_dir=Path(tmp) / "data", cache_dir=hub.default_cache_dir())
+            settings = Settings(data_dir=Path(tmp) / "data", cache_dir=env_cache_dir())
             settings.telegram.token = fake._token
             settings.telegram.api_url, settings.telegram.file_url = fake.base_url, fake.base_file_url
             async with running_bot(settings):

@@ -1,4 +1,5 @@
-"""Builds the python-telegram-bot Application, wires the handlers, and runs it (polling or webhook)."""
+"""The composition root: builds the services once, wires the Telegram handlers to them, and runs the bot
+(polling or webhook)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from telegram.ext import (
 from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.redact import redact
+from bot.services import Services, build_services
 from bot.services.models import ModelManager
-from bot.telegram import chat, documents, edits, fallback, stats
+from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
 from bot.telegram.context import Runtime
-from bot.telegram.render import StreamingMessage
+from bot.telegram.messages import StreamingMessage
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,35 @@ def _file_url(settings: Settings) -> str:
 
 
 async def _post_init(app: Application) -> None:
-    """Migrate the schema, register commands, and mark replies a previous run left unfinished."""
-    rt: Runtime = app.bot_data["runtime"]
-    await upgrade(rt.settings.database_url)
-    from bot.services.training.service import restore_active_model
-
-    await restore_active_model(rt)  # a promoted version outlives restarts; unfinished runs are settled
+    """Migrate the schema, register commands, and settle what a previous run left unfinished."""
+    services: Services = app.bot_data["services"]
+    await upgrade(services.settings.database_url)
+    await services.training.restore_active_model()  # a promoted version outlives restarts; unfinished runs settle
     await app.bot.set_my_commands(app.bot_data["commands"])
-    finished, cut = await rt.assistant.recover()
+    await _recover_replies(app, services)
+    await services.knowledge.discard_unfinished()  # an upload cut off mid-ingest: its chunks go, its job row says so
+    for job in await services.jobs.recover():  # an upload or summary cut off: its status line says so, not "90%"
+        if job.status_message_id is None:
+            continue
+        try:
+            await app.bot.edit_message_text(texts.interrupted_text(job), chat_id=job.chat_id,
+                                            message_id=job.status_message_id)
+        except TelegramError as e:
+            log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
+    for sig in app.bot_data.get("stop_signals", ()):
+        asyncio.get_running_loop().add_signal_handler(sig, _stop_on_signal, services)
+    app.bot_data["warm_up"] = services.models.warm_up()  # kept referenced until done; replies meanwhile say so
+    log.info("docent is running as @%s (%s)", app.bot.username, services.settings.telegram.mode)
+
+
+async def _recover_replies(app: Application, services: Services) -> None:
+    """Replies a restart cut off: a finished one is delivered again, a cut one shows its note."""
+    finished, cut = await services.assistant.recover()
     for message in finished:  # generated before the restart, perhaps never shown in full: deliver it now
         if message.telegram_message_id is not None:
             stream = StreamingMessage.resume(app.bot, message.chat_id, message.telegram_message_id)
             await stream.finish(message.text, reply_markup=chat.feedback_markup())
-        await rt.assistant.finish_reply(message, message.text, "complete")
+        await services.assistant.finish_reply(message, message.text, "complete")
     for message in cut:
         if message.telegram_message_id is None:
             continue
@@ -63,25 +81,12 @@ async def _post_init(app: Application) -> None:
                                             message_id=message.telegram_message_id)
         except TelegramError as e:
             log.warning("could not mark interrupted reply %s: %s", message.id, e)
-    await rt.knowledge.discard_unfinished()  # an upload cut off mid-ingest: its chunks go, its job row says so
-    for job in await rt.jobs.recover():  # an upload or summary cut off: its status line says so, not "90%"
-        if job.status_message_id is None:
-            continue
-        try:
-            await app.bot.edit_message_text(documents.interrupted_text(job), chat_id=job.chat_id,
-                                            message_id=job.status_message_id)
-        except TelegramError as e:
-            log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
-    for sig in app.bot_data.get("stop_signals", ()):
-        asyncio.get_running_loop().add_signal_handler(sig, _stop_on_signal, rt)
-    app.bot_data["warm_up"] = rt.models.warm_up()  # kept referenced until done; replies meanwhile say so
-    log.info("docent is running as @%s (%s)", app.bot.username, rt.settings.telegram.mode)
 
 
-def _stop_on_signal(rt: Runtime) -> None:
+def _stop_on_signal(services: Services) -> None:
     """SIGTERM or SIGINT: running summaries and uploads stop at their next step and say so, then the
     application stops (python-telegram-bot waits for the handlers, which now end within seconds)."""
-    log.info("stopping: %d running summaries and uploads asked to stop", rt.jobs.stop_all())
+    log.info("stopping: %d running summaries and uploads asked to stop", services.jobs.stop_all())
     raise SystemExit  # what python-telegram-bot's own signal handler raises to leave run_polling/run_webhook
 
 
@@ -90,9 +95,7 @@ async def _post_stop(app: Application) -> None:
     warm_up = app.bot_data.get("warm_up")
     if warm_up is not None and not warm_up.done():
         warm_up.cancel()  # stopped before the model finished loading: nothing waits for it any more
-    training = app.bot_data["runtime"].extras.get("training")
-    if training is not None:
-        await training.shutdown()
+    await app.bot_data["services"].training.shutdown()
 
 
 async def _on_error(update: object, context) -> None:
@@ -112,7 +115,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     redact(settings.telegram.token, settings.telegram.token.partition(":")[2])
     logging.getLogger("httpx").setLevel(logging.WARNING)
     engine = create_engine(settings.database_url)
-    runtime = Runtime(settings, session_factory(engine), models or ModelManager(settings))
+    services = build_services(settings, session_factory(engine), models)
     app = (
         Application.builder()
         .token(settings.telegram.token)
@@ -124,7 +127,8 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
         .post_stop(_post_stop)
         .build()
     )
-    app.bot_data["runtime"] = runtime
+    app.bot_data["services"] = services
+    app.bot_data["runtime"] = Runtime(services)
     app.bot_data["commands"] = list(COMMANDS)
     app.bot_data["db_engine"] = engine
     edits.register(app)
@@ -136,24 +140,13 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
     # come first (and refuse it); the catch-all after the features answers every other unknown press
     app.add_handler(CallbackQueryHandler(chat.on_button, pattern=r"^(temp|fb):"))
-    register_features(app, runtime)
+    documents.register(app)
+    admin.register(app)
     app.add_handler(CallbackQueryHandler(chat.on_button))
     app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))
     fallback.register(app)
     app.add_error_handler(_on_error)
     return app
-
-
-def register_features(app: Application, runtime: Runtime) -> None:
-    """Feature modules (documents, admin) register their handlers when present."""
-    for module_name in ("bot.telegram.documents", "bot.telegram.admin"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            continue
-        module.register(app, runtime)
 
 
 def run_bot(settings: Settings) -> int:

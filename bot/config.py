@@ -99,10 +99,20 @@ class TrainingSettings:
     threads: int = 0
 
 
+DEFAULT_CACHE_DIR = "~/.cache/docent"
+
+
+def env_cache_dir(env: dict[str, str] | None = None) -> Path:
+    """The model cache $DOCENT_CACHE_DIR names, else the default one: what a process started by the bot (which
+    sets the variable) or a test or benchmark sharing the pulled models passes to lm.hub."""
+    env = dict(os.environ) if env is None else env
+    return Path(env.get("DOCENT_CACHE_DIR", DEFAULT_CACHE_DIR)).expanduser()
+
+
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path("~/.local/share/docent").expanduser())
-    cache_dir: Path = field(default_factory=lambda: Path("~/.cache/docent").expanduser())
+    cache_dir: Path = field(default_factory=lambda: Path(DEFAULT_CACHE_DIR).expanduser())
     model: ModelSettings = field(default_factory=ModelSettings)
     telegram: TelegramSettings = field(default_factory=TelegramSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)

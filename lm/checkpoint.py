@@ -1,6 +1,6 @@
 """Model directories and training checkpoints, always written atomically.
 
-A model directory (what `docent chat --model DIR` loads):
+A model directory (what `docent chat --model DIR` loads, through lm/load.py):
 
     config.json          ModelConfig (or LSTMConfig: "arch": "lstm")
     model.safetensors    weights (a tied output head is stored once, as tok_embeddings.weight)
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lm.config import ModelConfig
 from lm.lstm import LSTMLM, LSTMConfig
@@ -99,7 +99,8 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _save_tokenizer(directory: Path, tokenizer) -> None:
+def save_tokenizer(directory: Path, tokenizer) -> None:
+    """Write the tokenizer's files into `directory`, each appearing whole."""
     with tempfile.TemporaryDirectory(dir=directory, prefix=".tok.") as tmp:
         tokenizer.save(tmp)
         for f in sorted(Path(tmp).iterdir()):
@@ -113,7 +114,7 @@ def save_model_dir(directory: Path, model: nn.Module, config: ModelConfig | LSTM
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / "config.json", json.dumps(_config_dict(config), indent=2))
     save_tensors(directory / "model.safetensors", model_state_dict(model))
-    _save_tokenizer(directory, tokenizer)
+    save_tokenizer(directory, tokenizer)
     atomic_write_text(directory / "meta.json", json.dumps(meta or {}, indent=2, default=str))
     return directory
 
@@ -128,7 +129,7 @@ def save_lora_dir(directory: Path, model: nn.Module, lora_config, base: str, tok
     save_tensors(directory / "lora.safetensors", lora_state_dict(model))
     atomic_write_text(directory / "adapter_config.json", json.dumps({"base": base, **lora_config.to_dict()}, indent=2))
     if tokenizer is not None:
-        _save_tokenizer(directory, tokenizer)
+        save_tokenizer(directory, tokenizer)
     atomic_write_text(directory / "meta.json", json.dumps(meta or {}, indent=2, default=str))
     return directory
 
@@ -148,59 +149,3 @@ def build_model(config_dict: dict) -> tuple[nn.Module, ModelConfig | LSTMConfig]
         return LSTMLM(cfg), cfg
     cfg = ModelConfig(**config_dict)
     return Transformer(cfg), cfg
-
-
-def is_model_dir(path: Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file())
-
-
-def load_model_dir(directory: Path, merge_lora: bool = True) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer, meta) from a directory written by save_model_dir or save_lora_dir.
-    A LoRA directory loads its base and applies the adapter (merged into the weights unless merge_lora=False)."""
-    from lm.tokenizer import Tokenizer
-
-    directory = Path(directory)
-    if not is_model_dir(directory):
-        raise CheckpointError(f"{directory}: not a model directory (no config.json or adapter_config.json)")
-    meta_path = directory / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if (directory / "adapter_config.json").is_file():
-        from lm.lora import LoRAConfig, apply_lora, load_lora_state_dict
-        from lm.lora import merge_lora as merge
-
-        acfg = json.loads((directory / "adapter_config.json").read_text())
-        if "base" not in acfg:
-            raise CheckpointError(f"{directory}/adapter_config.json names no base model")
-        model, tokenizer, _ = load_base(acfg["base"])
-        apply_lora(model, LoRAConfig.from_dict(acfg))
-        load_lora_state_dict(model, load_file(str(directory / "lora.safetensors")))
-        if merge_lora:
-            merge(model)
-        if (directory / "tokenizer.json").is_file():
-            tokenizer = Tokenizer.from_file(directory / "tokenizer.json")
-        return model.eval(), tokenizer, meta
-    model, cfg = build_model(json.loads((directory / "config.json").read_text()))
-    sd = load_file(str(directory / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    tied = isinstance(cfg, ModelConfig) and cfg.tie_embeddings
-    missing = [k for k in missing if not (tied and k == "output.weight")]
-    if missing or unexpected:
-        raise CheckpointError(f"{directory}: weights do not match config.json: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
-    return model.eval(), Tokenizer.from_file(directory / "tokenizer.json"), meta
-
-
-def load_base(name_or_path: str) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(model fp32, tokenizer, meta) from a hub name, a GGUF file or a model directory."""
-    from lm import hub
-
-    path = Path(name_or_path).expanduser()
-    if is_model_dir(path):
-        return load_model_dir(path)
-    from lm.gguf import load_model
-    from lm.tokenizer import Tokenizer
-
-    gguf_path = hub.resolve(name_or_path)
-    model, g = load_model(gguf_path)
-    return model, Tokenizer.from_gguf(g.metadata), {"base": str(name_or_path), "gguf": str(gguf_path)}

@@ -1,7 +1,7 @@
 """BERT-family sentence encoder (all-MiniLM-L6-v2): our own small BERT, mean pooling, L2 normalisation.
 
-    enc = Encoder.load(hub.pull("minilm-l6"))          # dtype="auto": bf16 matmuls where the CPU has them
-    vecs = enc.encode(["a sentence", "another"])        # (N, 384) float32, unit rows, input order
+    enc = Encoder.load(hub.pull("minilm-l6", cache_dir))  # dtype="auto": bf16 matmuls where the CPU has them
+    vecs = enc.encode(["a sentence", "another"])          # (N, 384) float32, unit rows, input order
 
 The model is a post-LayerNorm BERT encoder (word + position + token-type embeddings, N blocks of
 self-attention and a GELU MLP). Weights come from a Hugging Face `model.safetensors`, the tokenizer from

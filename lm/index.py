@@ -1,4 +1,5 @@
-"""Per-scope hybrid retrieval index on disk: FAISS inner product over unit vectors + BM25 (bm25s), fused.
+"""Per-scope retrieval index on disk: FAISS inner product over unit vectors + BM25 (bm25s), the two halves the
+product's hybrid ranking (lm.rank) draws its candidates from.
 
 One `HybridIndex` per scope (a chat's documents), in its own directory, keyed by chunk id (int64):
 
@@ -27,7 +28,8 @@ from pathlib import Path
 import bm25s
 import faiss
 import numpy as np
-from bm25s.stopwords import STOPWORDS_EN
+
+from lm.rank import bm25_tokens, rrf_fuse, score_fuse
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,7 @@ INDEX_VERSION = 1
 MANIFEST = "manifest.json"
 DENSE_FILE = "dense.faiss"
 TEXTS_FILE = "texts.json"
-MODES = ("hybrid", "dense", "bm25")
-FUSIONS = ("rrf", "score")
+MODES = ("rrf", "score", "dense", "bm25")  # the first two fuse the last two (lm.rank)
 _SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -66,58 +67,6 @@ def scope_dir(root: Path, scope: str) -> Path:
     if not _SCOPE_RE.match(scope) or ".." in scope:
         raise ValueError(f"bad index scope name {scope!r}: use letters, digits, '_', '-', '.' (at most 100)")
     return Path(root) / scope
-
-
-_STOPWORDS = frozenset(STOPWORDS_EN)
-_WORD_RE = re.compile(r"\w+", re.UNICODE)
-
-
-def light_stem(word: str) -> str:
-    """A light English suffix stripper (plural -s/-es/-ies, -ing, -ed, -ly); keeps stems of >= 3 letters.
-
-    bm25s' stemming needs PyStemmer (a C extension); this covers the common inflections without it.
-    """
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    if word.endswith("ies") and not word.endswith(("eies", "aies")):
-        word = word[:-3] + "y"
-    elif word.endswith("es") and not word.endswith(("aes", "ees", "oes")) and len(word) > 4:
-        word = word[:-1]
-    elif word.endswith("s") and not word.endswith(("us", "ss", "is")):
-        word = word[:-1]
-    for suffix in ("ing", "ed", "ly"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
-            word = word[: -len(suffix)]
-            break
-    return word
-
-
-def bm25_tokens(text: str) -> list[str]:
-    """Lower-cased words, English stopwords removed, lightly stemmed."""
-    return [light_stem(w) for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS]
-
-
-def rrf_fuse(ranked: Sequence[Sequence[int]], weights: Sequence[float], k: int = 60) -> list[tuple[int, float]]:
-    """Reciprocal-rank fusion: score(id) = sum_r weight_r / (k + rank_r(id)), rank from 1."""
-    scores: dict[int, float] = {}
-    for ids, w in zip(ranked, weights, strict=True):
-        for rank, cid in enumerate(ids, start=1):
-            scores[cid] = scores.get(cid, 0.0) + w / (k + rank)
-    return sorted(scores.items(), key=lambda t: (-t[1], t[0]))
-
-
-def score_fuse(results: Sequence[Sequence[tuple[int, float]]], weights: Sequence[float]) -> list[tuple[int, float]]:
-    """Min-max normalise each retriever's scores to [0, 1], then a weighted sum (absent = 0)."""
-    scores: dict[int, float] = {}
-    for res, w in zip(results, weights, strict=True):
-        if not res:
-            continue
-        vals = np.array([s for _, s in res], dtype=np.float64)
-        lo, span = vals.min(), vals.max() - vals.min()
-        for (cid, _), v in zip(res, vals, strict=True):
-            norm = (v - lo) / span if span > 0 else 1.0
-            scores[cid] = scores.get(cid, 0.0) + w * float(norm)
-    return sorted(scores.items(), key=lambda t: (-t[1], t[0]))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -208,26 +157,24 @@ class HybridIndex:
 
     # ------------------------------------------------------------------------------------ search
 
-    def search(self, query_vec: np.ndarray | None, query_text: str | None, k: int = 20, mode: str = "hybrid",
-               weights: tuple[float, float] = (1.0, 1.0), fusion: str = "rrf", rrf_k: int = 60,
+    def search(self, query_vec: np.ndarray | None, query_text: str | None, k: int = 20, mode: str = "rrf",
+               weights: tuple[float, float] = (1.0, 1.0), rrf_k: int = 60,
                candidates: int | None = None) -> list[tuple[int, float]]:
         """Top-k (chunk_id, score), best first.
 
-        mode "dense" scores by cosine, "bm25" by BM25, "hybrid" fuses both: `fusion="rrf"` (reciprocal rank,
-        constant rrf_k) or "score" (min-max normalised scores); weights = (dense, bm25). Each retriever
+        mode "dense" scores by cosine, "bm25" by BM25; "rrf" and "score" fuse both (lm.rank): by reciprocal
+        rank (constant rrf_k) or by min-max normalised scores; weights = (dense, bm25). Each retriever
         contributes its top `candidates` (default max(50, 3k)) to the fusion.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, not {k}")
         if len(weights) != 2 or min(weights) < 0:
             raise ValueError(f"weights must be two non-negative numbers (dense, bm25), not {weights!r}")
-        if mode in ("dense", "hybrid") and query_vec is None:
+        if mode != "bm25" and query_vec is None:
             raise ValueError(f"mode {mode!r} needs a query vector")
-        if mode in ("bm25", "hybrid") and query_text is None:
+        if mode != "dense" and query_text is None:
             raise ValueError(f"mode {mode!r} needs a query text")
         n_cand = max(candidates or max(50, 3 * k), k)
         with self._lock:
@@ -239,7 +186,7 @@ class HybridIndex:
             return dense[:k]
         if mode == "bm25":
             return sparse[:k]
-        if fusion == "rrf":
+        if mode == "rrf":
             return rrf_fuse([[i for i, _ in dense], [i for i, _ in sparse]], weights, rrf_k)[:k]
         return score_fuse([dense, sparse], weights)[:k]
 
@@ -377,4 +324,4 @@ def _add_rows(idx: HybridIndex, rows: list[tuple[int, np.ndarray, str]]) -> None
 
 
 __all__ = ["HybridIndex", "IndexLoadError", "IndexStale", "IndexCorrupt", "open_or_rebuild", "fingerprint_ids",
-           "scope_dir", "bm25_tokens", "light_stem", "rrf_fuse", "score_fuse"]
+           "scope_dir"]

@@ -2,8 +2,8 @@
 
 `LSTMLM.forward(idx, targets=None)` has the Transformer's contract: the mean cross-entropy (targets of -100
 ignored) when `targets` are given, logits (B, T, V) otherwise, so `lm.train` trains either with one loop
-(`--arch lstm`). `sample_next` (temperature / top-k / top-p) is written here because the LSTM carries its own
-recurrent state instead of a KV cache; lm/engine.py should share it rather than keep a second copy.
+(`--arch lstm`). The LSTM carries its own recurrent state instead of a KV cache, so it has its own generation
+loop; `sample_next` picks each step's tokens with the engine's sampler (lm.engine.sample_rows).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lm.engine import GenerationConfig, sample_rows
 
 
 @dataclass
@@ -98,20 +100,10 @@ class LSTMLM(nn.Module):
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token from logits (B, V) -> (B, 1). temperature 0 is greedy; top-k then top-p (nucleus)
-    filtering keep the k most likely tokens / the smallest set whose probability reaches p."""
-    if temperature <= 0:
-        return logits.argmax(-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens before it already reach top_p (the most likely one always stays)
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    """Pick the next token from logits (B, V) -> (B, 1) with lm.engine's sampler, the rows drawn one after another
+    from `generator`. temperature 0 is greedy; top-k then top-p (nucleus) filtering keep the k most likely
+    tokens / the smallest set whose probability reaches p (None or 0: no filter)."""
+    cfg = GenerationConfig(temperature=max(temperature, 0.0), top_k=top_k or 0, top_p=top_p or 1.0)
+    rows = range(logits.size(0))
+    picked = sample_rows(logits.float(), rows, [cfg] * len(rows), [generator] * len(rows))
+    return torch.tensor(picked, device=logits.device).unsqueeze(1)

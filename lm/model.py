@@ -10,7 +10,7 @@
 
 A cache is anything with the four methods of `KVCache`: `rope` (the positions of the new tokens), `update`
 (store new keys/values, return all of them), `mask` (which keys each query may see) and `advance`. `KVCache`
-has one position for the whole batch; `lm.serve.SlotBatch` gives every row its own, for continuous batching.
+has one position for the whole batch; `lm.slots.SlotBatch` gives every row its own, for continuous batching.
 Keys and values are kept in the cache's dtype (bf16 halves the memory and the attention time of a long
 context); queries are cast to it for the attention and the output cast back.
 

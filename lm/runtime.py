@@ -1,7 +1,8 @@
 """Glue for running a chat model on this machine: thread count, and loading a GGUF into a fast weights format.
 
-    model, tokenizer = load_chat_model("smollm2-135m", weights="int4")
+    model, tokenizer = load_converted(gguf_path, weights="int4")
 
+(lm.load.load_chat_model is the entry point: it resolves a hub name or a model directory and sets the threads.)
 The converted model is cached next to the GGUF (`<file>.<weights>[.ctx<n>].v<version>.<size>-<mtime>.pt`,
 written atomically, loaded with mmap) so that a second load skips the GGUF parsing, the dequantization and the
 re-quantization.
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lm import hub
-from lm.quant import MODES, quantize_model
+from lm.quant import quantize_model
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3  # bump when the converted layout changes (3: int4 groups)
@@ -55,7 +55,7 @@ def _cache_prefix(gguf_path: Path, weights: str, max_seq_len: int | None) -> str
     return f"{gguf_path.name}.{weights}{ctx}.v"
 
 
-def _cache_path(gguf_path: Path, weights: str, max_seq_len: int | None) -> Path:
+def converted_path(gguf_path: Path, weights: str, max_seq_len: int | None) -> Path:
     st = gguf_path.stat()
     prefix = _cache_prefix(gguf_path, weights, max_seq_len)
     return gguf_path.with_name(f"{prefix}{CACHE_VERSION}.{st.st_size}-{st.st_mtime_ns}.pt")
@@ -83,7 +83,7 @@ def _skeleton(config, weights: str) -> torch.nn.Module:
     return model
 
 
-def _load_converted(path: Path, weights: str):
+def _read_cached(path: Path, weights: str):
     from lm.config import ModelConfig
     from lm.model import rope_tables
 
@@ -114,24 +114,20 @@ def _save_converted(path: Path, model: torch.nn.Module, metadata: dict) -> None:
         raise
 
 
-def load_chat_model(name_or_path: str | Path, weights: str = "int4", threads: int = 0,
-                    cache_dir: Path | None = None, max_seq_len: int | None = None, use_cache: bool = True):
-    """Resolve (hub name or path), load the GGUF, convert the weights, set threads -> (model, tokenizer)."""
-    from lm.gguf import load_model
+def load_converted(path: Path, weights: str = "int4", max_seq_len: int | None = None, use_cache: bool = True):
+    """A GGUF file with its weights in the `weights` format (see lm.quant.MODES) -> (model, tokenizer), through
+    the converted-weights cache next to it."""
+    from lm.gguf import read_model
     from lm.tokenizer import Tokenizer
 
-    if weights not in MODES:
-        raise ValueError(f"unknown weights format {weights!r}; choose one of {', '.join(MODES)}")
-    set_threads(threads)
-    path = hub.resolve(str(name_or_path), cache_dir)
-    cached = _cache_path(path, weights, max_seq_len)
+    cached = converted_path(path, weights, max_seq_len)
     if use_cache and cached.is_file():
         try:
-            model, metadata = _load_converted(cached, weights)
+            model, metadata = _read_cached(cached, weights)
             return model, Tokenizer.from_gguf(metadata)
         except Exception as e:  # a stale or damaged cache file is not an error: rebuild it
             log.warning("ignoring converted-weights cache %s: %s", cached, e)
-    model, g = load_model(path, max_seq_len=max_seq_len)
+    model, g = read_model(path, max_seq_len=max_seq_len)
     g.state_dict.clear()  # the model holds the tensors; dropping these references lets conversion free them
     model = quantize_model(model, weights)
     metadata = {k: v for k, v in g.metadata.items()}

@@ -10,7 +10,7 @@ fixed set of held-out batches. Every `--ckpt-interval` steps, on SIGTERM/SIGINT 
 appears, the complete state (trainable weights, optimizer, step, RNG of every rank) is written atomically to
 OUT/checkpoint.pt; `--resume` continues from it, and because every batch is a function of (seed, rank, step)
 a resumed run reproduces the uninterrupted one exactly. At the end OUT becomes a model directory
-(lm/checkpoint.py) that `load_model_dir` loads for generation.
+(lm/checkpoint.py) that lm.load loads for generation.
 
 Metrics go to OUT/metrics.jsonl, one JSON object per log step ({"step", "loss", "lr", "tokens_per_s",
 "eta_s"} and "eval_loss" at evaluation steps); the last line, also printed to stdout, is the summary
@@ -49,6 +49,7 @@ from lm.data import (
     split_tokens,
     tokenize_text,
 )
+from lm.load import load_model
 
 MEMMAP_CHARS = 16 << 20  # texts larger than this are tokenized into OUT/tokens.bin and memmapped
 
@@ -60,6 +61,7 @@ class TrainConfig:
     data: str = ""  # a text file, or a JSONL of conversations ({"messages": [...]} per line)
     data_format: str = "auto"  # auto (by suffix .jsonl) | text | chat
     base: str | None = None  # full / lora: hub name, GGUF path or model directory
+    cache_dir: str = "~/.cache/docent"  # where a hub name is pulled to (the command line: $DOCENT_CACHE_DIR)
     out_dir: str = "out"
     # tokenizer (scratch)
     char: bool = False  # one token per character instead of a byte-level BPE
@@ -304,9 +306,9 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, tokenizer=None,
         else:
             model, tokenizer = build_scratch(cfg, text, conversations)
             if rank == 0:
-                ckpt._save_tokenizer(out, tokenizer)
+                ckpt.save_tokenizer(out, tokenizer)
     elif model is None or tokenizer is None:
-        model, tokenizer, _ = ckpt.load_base(cfg.base)
+        model, tokenizer, _ = load_model(cfg.base, Path(cfg.cache_dir).expanduser())
     if cfg.mode != "scratch":
         model.config.dropout = cfg.dropout
         for m in model.modules():
@@ -479,7 +481,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
     p.add_argument("--out", dest="out_dir", default=defaults.out_dir, help="output / model directory")
     p.add_argument("--batch", dest="batch_size", type=int, default=defaults.batch_size, help="batch size per rank")
-    skip = {"out_dir", "batch_size", "extra_meta"}
+    # the bot starts this command with DOCENT_CACHE_DIR set to its own cache (bot/services/training/runner.py)
+    p.add_argument("--cache-dir", default=os.environ.get("DOCENT_CACHE_DIR", defaults.cache_dir),
+                   help="where a hub name given as --base is pulled to")
+    skip = {"out_dir", "batch_size", "cache_dir", "extra_meta"}
     for f in fields(TrainConfig):
         if f.name in skip:
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -17,23 +18,15 @@ from bot.config import Settings
 log = logging.getLogger(__name__)
 
 
-async def _knowledge(settings: Settings):
-    from bot.db.session import create_engine, session_factory, upgrade
-    from bot.services.knowledge import KnowledgeBase
-
-    await upgrade(settings.database_url)
-    engine = create_engine(settings.database_url)
-    return engine, KnowledgeBase(settings, session_factory(engine))
-
-
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from bot.documents.parse import DocumentError
+    from bot.services import open_services
 
     async def run() -> int:
-        engine, kb = await _knowledge(settings)
-        failures = 0
+        engine, services = await open_services(settings)
+        kb, failures = services.knowledge, 0
         try:
             await kb.discard_unfinished(args.scope)  # an earlier ingest into this scope that was killed
             for path in args.paths:
@@ -70,16 +63,20 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.services import open_services
     from bot.services.answer import answer_question
-    from bot.services.models import ChatModel
+
+    if args.model:  # loaded by the services in place of the configured model
+        settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, name=args.model))
 
     async def run():
-        engine, kb = await _knowledge(settings)
+        engine, services = await open_services(settings)
         try:
-            if not await kb.has_documents(args.scope):
+            if not await services.knowledge.has_documents(args.scope):
                 return None
-            model = await asyncio.to_thread(ChatModel.load, settings, args.model)
-            return await answer_question(args.question, knowledge=kb, model=model, scope=args.scope, force=True)
+            model = await services.models.current()
+            return await answer_question(args.question, knowledge=services.knowledge, model=model, scope=args.scope,
+                                         force=True)
         finally:
             await engine.dispose()
 

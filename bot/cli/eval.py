@@ -1,6 +1,6 @@
 """`docent eval retrieval|qa|summary`: quality figures on SQuAD-style, QMSum-style and document-folder data sets.
 
-The work is in bot.eval.retrieval (retrieval), eval_qa (qa) and eval_summary (summary); this file
+The work is in bot.eval.retrieval (retrieval), bot.eval.qa (qa) and bot.eval.summary (summary); this file
 parses the arguments and prints a table, then ONE JSON line with the figures (per-example rows go to
 --out, not to the JSON line).
 """
@@ -67,13 +67,11 @@ def _print_summary(r: dict) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.eval import retrieval as evaluate
-
     limit = args.limit if args.limit is not None else DEFAULT_LIMITS[args.what]
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, not {limit}")
     if args.what == "retrieval":
-        result = asyncio.run(evaluate.retrieval_eval(settings, args.dataset, limit=limit, seed=args.seed, k=args.k))
+        from bot.eval.retrieval import retrieval_eval
+
+        result = asyncio.run(retrieval_eval(settings, args.dataset, limit=limit, seed=args.seed, k=args.k))
         _print_retrieval(result)
     elif args.what == "qa":
         from bot.eval.qa import qa_eval

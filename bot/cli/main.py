@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands(sub) -> None:
-    """Commands whose services live in their own modules (documents, evaluation)."""
+    """Commands whose services live in their own modules (documents, evaluation, training)."""
     from bot.cli import documents as cli_documents
     from bot.cli import eval as cli_eval
     from bot.cli import train as cli_train

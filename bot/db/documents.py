@@ -137,6 +137,36 @@ async def chunks_by_ids(session: AsyncSession, ids: Sequence[int]) -> list[Chunk
     return [by_id[i] for i in ids if i in by_id]
 
 
+async def ready_chunk_ids(session: AsyncSession, scope: str) -> list[int]:
+    """The ids of the scope's ready chunks, in no order: what its index's fingerprint is computed over."""
+    return list(await session.scalars(select(Chunk.id).join(Chunk.document)
+                                      .where(Document.scope == scope, Document.status == "ready")))
+
+
+async def ready_chunk_rows(session: AsyncSession, scope: str) -> list[tuple[int, bytes | None, str]]:
+    """(id, embedding, text) of the scope's ready chunks, by id: what its index is built from."""
+    rows = await session.execute(select(Chunk.id, Chunk.embedding, Chunk.text).join(Chunk.document)
+                                 .where(Document.scope == scope, Document.status == "ready").order_by(Chunk.id))
+    return [tuple(r) for r in rows]
+
+
+# ---- sentence windows of chunks stored without them ------------------------------------------------------
+
+
+async def chunks_without_windows(session: AsyncSession, scope: str) -> list[tuple[int, str]]:
+    """(id, text) of the scope's chunks stored without sentence-window embeddings (Chunk.window_embeddings)."""
+    rows = await session.execute(select(Chunk.id, Chunk.text).join(Chunk.document)
+                                 .where(Document.scope == scope, Chunk.window_embeddings.is_(None)))
+    return [tuple(r) for r in rows]
+
+
+async def set_window_embeddings(session: AsyncSession, blobs: Sequence[tuple[int, bytes]]) -> None:
+    """Store the sentence-window embeddings of chunks, as (chunk id, float16 bytes); commits."""
+    for chunk_id, blob in blobs:
+        await session.execute(update(Chunk).where(Chunk.id == chunk_id).values(window_embeddings=blob))
+    await session.commit()
+
+
 # ---- a document indexed a batch at a time ------------------------------------------------------------
 
 

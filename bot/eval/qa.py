@@ -1,6 +1,6 @@
 """`docent eval qa`: answers from documents, measured on the product's own pipeline (`answer.answer_question`).
 
-The data set's papers are ingested into an eval scope as `docent ingest` would (see evaluate.prepare_store);
+The data set's papers are ingested into an eval scope as `docent ingest` would (bot.eval.retrieval.prepare_store);
 then every sampled question goes through exactly what a Telegram user's `/ask` goes through. Scored:
 
 - answerable questions: the answer contains a gold answer (after SQuAD normalisation) and SQuAD token F1,
@@ -12,35 +12,18 @@ then every sampled question goes through exactly what a Telegram user's `/ask` g
 - every reply: the unsupported rate (answers with a content word or number the evidence does not have) and
   loops (a line, or 8 words in a row, said 3 times).
 
-Each figure is given for the tuning half, the held-out half (evaluate.half_of) and all questions.
+Each figure is given for the tuning half, the held-out half (bot.eval.datasets.half_of) and all questions.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 from bot.config import Settings
-from bot.eval.retrieval import (
-    SCOPE,
-    contains_answer,
-    first_hit,
-    half_of,
-    mean,
-    prepare_store,
-    sample,
-    token_f1,
-)
-from bot.services.compute import in_own_thread
-
-
-def loops(text: str, n: int = 8, times: int = 3) -> bool:
-    """A line, or a run of n words, that occurs `times` times or more: the mark of a decoding loop."""
-    lines = Counter(line.strip() for line in text.splitlines() if line.strip())
-    words = text.split()
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-    return any(c >= times for c in lines.values()) or any(c >= times for c in grams.values())
+from bot.eval.datasets import by_half, half_of, sample
+from bot.eval.metrics import contains_answer, first_hit, loops, mean, token_f1
+from bot.eval.retrieval import SCOPE, prepare_store
 
 
 def score_row(q, result, seconds: float) -> dict:
@@ -88,24 +71,20 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None 
     from tqdm import tqdm
 
     from bot.services import answer
-    from bot.services.models import ChatModel
 
     dataset = Path(dataset)
-    engine, kb, papers = await prepare_store(settings, dataset, show_progress)
-    try:
+    async with prepare_store(settings, dataset, show_progress) as (services, papers):
         questions = (sample([q for p in papers for q in p.questions], limit, seed)
                      + sample([q for p in papers for q in p.unanswerable], limit, seed))
-        model = await in_own_thread(ChatModel.load, settings)
+        model = await services.models.current()
         rows = []
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
             t0 = time.perf_counter()
-            result = await answer.answer_question(q.text, knowledge=kb, model=model, scope=SCOPE, force=True)
+            result = await answer.answer_question(q.text, knowledge=services.knowledge, model=model, scope=SCOPE,
+                                                  force=True)
             rows.append(score_row(q, result, time.perf_counter() - t0) | {"half": half_of(q.qid, seed)})
-    finally:
-        await engine.dispose()
     return {
         "eval": "qa", "dataset": dataset.name, "seed": seed, "model": settings.model.name,
-        "halves": {"tune": figures([r for r in rows if r["half"] == 0]),
-                   "test": figures([r for r in rows if r["half"] == 1]), "all": figures(rows)},
+        "halves": {half: figures(rs) for half, rs in by_half(rows, [r["half"] for r in rows]).items()},
         "examples": rows,
     }

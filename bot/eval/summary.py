@@ -12,111 +12,20 @@ Every system is scored with the `rouge-score` package (ROUGE-1/2/Lsum F1, Porter
 sentences are put on separate lines, as rouge-score expects) and by its unsupported rate: the share of the
 summary's numbers and capitalised names that do not occur in the source (`summarize.unsupported_terms`).
 Figures are given for the tuning half (0), the held-out half (1) of a seeded split by document id, and all.
-
-The small ROUGE functions (`rouge_n`, `rouge_l`, ...) are a transparent re-implementation with the same
-tokenisation; the tests check them against rouge-score.
+The readers are in bot.eval.datasets, ROUGE in bot.eval.metrics.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 from bot.config import Settings
 from bot.documents.chunk import split_sentences
-from bot.eval.retrieval import half_of, mean, sample
+from bot.eval.datasets import by_half, half_of, load_summary_dataset, sample
+from bot.eval.metrics import METRICS, mean, rouge
 
-METRICS = ("rouge1", "rouge2", "rougeLsum")
-
-
-# ------------------------------------------------------------------------------------------ data sets
-
-
-_MARKER = re.compile(r"\{(?:disfmarker|vocalsound|nonvocalsound|gap|pause|comment)\}")
-
-
-def clean_turn(text: str) -> str:
-    """A QMSum turn without the transcribers' markers ({disfmarker}, {vocalsound}, ...; QMSum's own
-    preprocessing drops them too) and without the blanks its tokenisation put before punctuation."""
-    text = _MARKER.sub(" ", text)
-    text = re.sub(r" (?=[.,?!;:%)]|'(?:s|re|ve|ll|d|m|t)\b|n't\b)", "", " ".join(text.split()))
-    return text.strip()
-
-
-def load_qmsum(path: str | Path) -> list[dict]:
-    """QMSum meetings: {"id", "transcript": ["Speaker: words", ...], "reference": general summary, "query"}."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data set not found: {path}")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            said = [(t["speaker"], clean_turn(t["content"])) for t in row["meeting_transcripts"]]
-            turns = [f"{who}: {text}" for who, text in said if text]  # not a turn that was only markers
-            general = row["general_query_list"]
-            reference = general[0]["answer"]
-        except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise ValueError(f"{path}:{n}: not a QMSum line (meeting_transcripts, general_query_list): {e!r}") \
-                from None
-        out.append({"id": f"line-{n}", "transcript": turns, "reference": reference, "query": general[0]["query"]})
-    if not out:
-        raise ValueError(f"{path}: no meetings")
-    return out
-
-
-# XSum's documents were stored one sentence a line and joined without a blank: "season.The former ...".
-_JOINED = re.compile(r"(?<=[a-z0-9%)\"'”’])([.!?][\"'”’]?)(?=[A-Z\"“‘])")
-
-
-def unjoin_sentences(text: str) -> str:
-    """A blank after end punctuation glued to the next sentence's capital (an artefact of the data set)."""
-    return _JOINED.sub(r"\1 ", text)
-
-
-def load_folder(path: str | Path) -> list[dict]:
-    """Documents and references, one per line, with the published outputs found in summaries/*.summary:
-    [{"id", "document", "reference", "systems": {name: summary}}]."""
-    path = Path(path)
-    docs_file, refs_file = path / "documents.txt", path / "references.txt"
-    if not docs_file.is_file() or not refs_file.is_file():
-        raise FileNotFoundError(f"{path}: expected documents.txt and references.txt (one document per line)")
-
-    def lines(p: Path) -> list[str]:
-        return p.read_text(encoding="utf-8").rstrip("\n").split("\n")
-
-    docs, refs = lines(docs_file), lines(refs_file)
-    if len(docs) != len(refs):
-        raise ValueError(f"{path}: {len(docs)} documents but {len(refs)} references")
-    ids = lines(path / "ids.txt") if (path / "ids.txt").is_file() else [str(i) for i in range(len(docs))]
-    if len(ids) != len(docs):
-        raise ValueError(f"{path}: {len(ids)} ids for {len(docs)} documents")
-    systems = {}
-    for f in sorted((path / "summaries").glob("*.summary")) if (path / "summaries").is_dir() else []:
-        outputs = lines(f)
-        if len(outputs) == len(docs):  # a file for another ordering would score nonsense: left out
-            systems[f.stem] = outputs
-    out = []
-    for i, (doc, ref) in enumerate(zip(docs, refs, strict=True)):
-        if doc.strip() and ref.strip():
-            out.append({"id": ids[i], "document": unjoin_sentences(doc.strip()), "reference": ref.strip(),
-                        "systems": {name: outputs[i] for name, outputs in systems.items()}})
-    if not out:
-        raise ValueError(f"{path}: no documents")
-    return out
-
-
-def load_summary_dataset(path: str | Path) -> tuple[str, list[dict]]:
-    """("folder", documents) for a folder, ("qmsum", meetings) for a JSON-lines file."""
-    path = Path(path)
-    return ("folder", load_folder(path)) if path.is_dir() else ("qmsum", load_qmsum(path))
+# ------------------------------------------------------------------------------------- the baselines
 
 
 def lead(transcript: list[str], words: int) -> str:
@@ -141,72 +50,6 @@ def _parse_text(text: str, name: str, settings: Settings) -> list[str]:
 def transcript_sections(turns: list[str], settings: Settings) -> list[str]:
     """The transcript as `docent summarize meeting.txt` sees it: one turn a line, parsed as a text document."""
     return _parse_text("\n".join(turns), "meeting.txt", settings)
-
-
-# ------------------------------------------------------------------------------------------ ROUGE
-
-
-_ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
-_TOKENIZERS: dict[bool, object] = {}
-
-
-def rouge_tokens(text: str, stem: bool = True) -> list[str]:
-    """rouge-score's tokenisation: lower-cased runs of ASCII letters and digits; with `stem`, words of more
-    than three letters Porter-stemmed by rouge-score's own tokenizer."""
-    if not stem:
-        return _ROUGE_TOKEN.findall(text.lower())
-    if stem not in _TOKENIZERS:
-        from rouge_score.tokenizers import DefaultTokenizer
-
-        _TOKENIZERS[stem] = DefaultTokenizer(use_stemmer=True)
-    return _TOKENIZERS[stem].tokenize(text)
-
-
-def _f1(overlap: int, n_pred: int, n_ref: int) -> float:
-    if overlap == 0 or n_pred == 0 or n_ref == 0:
-        return 0.0
-    p, r = overlap / n_pred, overlap / n_ref
-    return 2 * p * r / (p + r)
-
-
-def rouge_n(prediction: str, reference: str, n: int, stem: bool = True) -> float:
-    """ROUGE-N F1: clipped n-gram overlap."""
-    def grams(tokens: list[str]) -> Counter:
-        return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
-    p, r = grams(rouge_tokens(prediction, stem)), grams(rouge_tokens(reference, stem))
-    return _f1(sum((p & r).values()), sum(p.values()), sum(r.values()))
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence (O(len(a) * len(b)) time, O(len(b)) memory)."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, reference: str, stem: bool = True) -> float:
-    """ROUGE-L F1 over the whole text (one LCS, no sentence split)."""
-    p, r = rouge_tokens(prediction, stem), rouge_tokens(reference, stem)
-    return _f1(lcs_length(p, r), len(p), len(r))
-
-
-_SCORER = None
-
-
-def rouge(prediction: str, reference: str) -> dict[str, float]:
-    """ROUGE-1/2/Lsum F1 from rouge-score with stemming; both texts are put one sentence a line first."""
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score.rouge_scorer import RougeScorer
-
-        _SCORER = RougeScorer(list(METRICS), use_stemmer=True)
-    lines = ["\n".join(split_sentences(t)) for t in (reference, prediction)]
-    return {k: v.fmeasure for k, v in _SCORER.score(*lines).items()}
 
 
 # ------------------------------------------------------------------------------------------ the eval
@@ -272,7 +115,7 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
                      "systems": {"summarize": _score(summary, reference, source),
                                  **{name: _score(text, reference, source) for name, text in baselines.items()}}})
     systems = list(rows[0]["systems"]) if rows else ["summarize"]
-    halves = {"tune": [r for r in rows if r["half"] == 0], "test": [r for r in rows if r["half"] == 1], "all": rows}
+    halves = by_half(rows, [r["half"] for r in rows])
     return {
         "eval": "summary", "dataset": dataset.name, "format": kind, "documents": len(rows), "seed": seed,
         "failed": sum(1 for r in rows if r["error"]),

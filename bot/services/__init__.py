@@ -1,1 +1,74 @@
-"""What the assistant does, independent of Telegram: reply, ingest, answer, summarize, train, switch models."""
+"""The services: everything the bot does, with no Telegram types, each built once by `build_services`.
+
+bot.app (the Telegram bot) and the `docent` commands build them and call them; a Telegram handler makes one
+call into a service per user action. Services never import python-telegram-bot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.config import Settings
+
+if TYPE_CHECKING:  # the modules import torch-side code lazily; building them below is what loads them
+    from bot.services.assistant import Assistant
+    from bot.services.chats import Chats
+    from bot.services.jobs import Jobs
+    from bot.services.knowledge import KnowledgeBase
+    from bot.services.models import ModelManager
+    from bot.services.stats import StatsService
+    from bot.services.summaries import Summaries
+    from bot.services.training.service import TrainingService
+    from bot.services.uploads import Uploads
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    models: ModelManager  # the chat model, loaded once and swapped when an admin promotes a version
+    chats: Chats  # chat settings, /reset, feedback
+    knowledge: KnowledgeBase  # documents: indexing, search, /docs, /forget
+    jobs: Jobs  # uploads, summaries and replies in flight, for /cancel and restarts
+    assistant: Assistant  # replies: from the conversation, or answers from the chat's documents
+    uploads: Uploads  # an uploaded file indexed as a job
+    summaries: Summaries  # /summarize
+    stats: StatsService  # /stats
+    training: TrainingService  # /retrain and model versions
+
+
+def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession],
+                   models: ModelManager | None = None) -> Services:
+    """Every service, wired to the others; `models` may be given (tests share one loaded model)."""
+    from bot.services.assistant import Assistant
+    from bot.services.chats import Chats
+    from bot.services.jobs import Jobs
+    from bot.services.knowledge import KnowledgeBase
+    from bot.services.models import ModelManager
+    from bot.services.stats import StatsService
+    from bot.services.summaries import Summaries
+    from bot.services.training.service import TrainingService
+    from bot.services.uploads import Uploads
+
+    models = models or ModelManager(settings)
+    chats = Chats(settings, sessions)
+    knowledge = KnowledgeBase(settings, sessions)
+    jobs = Jobs(sessions)
+    assistant = Assistant(settings, sessions, models, chats, knowledge, jobs)
+    return Services(
+        settings=settings, sessions=sessions, models=models, chats=chats, knowledge=knowledge, jobs=jobs,
+        assistant=assistant, uploads=Uploads(chats, knowledge, jobs), summaries=Summaries(assistant, knowledge, jobs),
+        stats=StatsService(settings, sessions), training=TrainingService(settings, sessions, models, chats))
+
+
+async def open_services(settings: Settings, models: ModelManager | None = None) -> tuple[AsyncEngine, Services]:
+    """For a command that runs once (`docent ingest`, `docent ask`, the evals, the benches): the services over
+    settings' database, migrated to the latest schema first, and its engine, which the caller disposes of."""
+    from bot.db.session import create_engine, session_factory, upgrade
+
+    await upgrade(settings.database_url)
+    engine = create_engine(settings.database_url)
+    return engine, build_services(settings, session_factory(engine), models)

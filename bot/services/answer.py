@@ -33,8 +33,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.services.evidence import Evidence
-from bot.services.knowledge import Passage
+from bot.services.evidence import Evidence, Passage
 
 NOT_FOUND = "I could not find this in your documents."
 NO_ANSWER = "I could not find the answer in your documents."
@@ -214,7 +213,7 @@ def fits_type(kind: str | None, span: str) -> bool:
 
 
 def _norm(word: str) -> str:
-    from lm.index import light_stem
+    from lm.rank import light_stem
 
     word = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))  # Hervé = Herve
     word = re.sub(r"['’]s?$", "", word)

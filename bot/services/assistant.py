@@ -3,13 +3,22 @@
 SQL is the source of truth. A user message is stored together with its update id (exactly once); the
 reply is stored as a "streaming" row before generation starts and completed afterwards, so a restart
 can find replies it cut off and mark them.
+
+`reply()` is the whole turn, as events for the caller to show:
+
+    AlreadyAnswered                          Telegram delivered this update before; nothing else follows
+    Waiting(ahead) / Writing / Partial(text) while the reply waits for its place in the batch and is written
+    Done(text, rated)                        the final text, stored; `rated`: a complete reply to rate
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,26 +28,32 @@ from bot.db import messages as messages_db
 from bot.db import sources
 from bot.db.models import Message
 from bot.services import answer
+from bot.services.chats import Chats, Origin
+from bot.services.jobs import CANCELLED, Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
-from bot.services.models import ChatModel, ModelManager, Sampling
-from lm.serve import Queued, Started  # noqa: F401 (reply events, for the handlers)
+from bot.services.models import ChatModel, ModelManager, generation_config
 
+if TYPE_CHECKING:
+    from lm.engine import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+# what a reply ends with when it did not end by itself (stored with it, as the user saw it)
 INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
+TIMED_OUT_NOTE = "\n\n⏱️ (stopped: the reply took too long)"
+STOPPED_NOTE = "\n\n⏹️ (stopped with /cancel)"
+FAILED_NOTE = "Sorry, something went wrong while writing the reply."
+MODEL_FAILED = "Sorry, my language model could not be loaded. An admin has to look at the logs."
 
 
 @dataclass
 class Incoming:
     """A text message as the services see it (no Telegram types)."""
 
+    origin: Origin
     update_id: int
-    chat_id: int
-    chat_type: str
-    user_id: int | None
     text: str
     telegram_message_id: int | None
-    username: str | None = None
-    first_name: str | None = None
-    title: str | None = None
     reply_to_telegram_message_id: int | None = None
 
 
@@ -50,34 +65,160 @@ class Prepared:
     answer: answer.Answer | None = None
 
 
+@dataclass
+class AlreadyAnswered:
+    """The update was handled before (Telegram delivers an update again after a restart)."""
+
+
+@dataclass
+class Waiting:
+    """The reply waits for a place in the batch, `ahead` replies before it."""
+
+    ahead: int
+
+
+@dataclass
+class Writing:
+    """The reply has its place and is being written."""
+
+
+@dataclass
+class Partial:
+    """The reply so far."""
+
+    text: str
+
+
+@dataclass
+class Done:
+    """The final text, stored; `rated`: a complete reply, to be offered 👍/👎."""
+
+    text: str
+    rated: bool
+
+
+ReplyEvent = AlreadyAnswered | Waiting | Writing | Partial | Done
+# called once the message is stored and before anything slow: shows the reply's first message (`starting_up`:
+# the model is still loading) and returns its Telegram message id
+OpenReply = Callable[[bool], Awaitable[int | None]]
+
+
+@dataclass
+class _Generated:
+    text: str = ""
+    note: str = ""  # how it ended, when not by itself
+
+
 class Assistant:
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models: ModelManager,
-                 knowledge: KnowledgeBase | None = None):
+                 chats: Chats, knowledge: KnowledgeBase | None = None, jobs: Jobs | None = None):
         self.settings = settings
         self.sessions = sessions
         self.models = models
+        self.chats = chats
         self.knowledge = knowledge
+        self.jobs = jobs or Jobs(sessions)
+
+    async def reply(self, incoming: Incoming, open_reply: OpenReply,
+                    force_documents: bool = False) -> AsyncIterator[ReplyEvent]:
+        """Store the user's message once, then write, stream and store the reply to it (see the module's
+        docstring for the events). `force_documents` (/ask): answer from the chat's documents only."""
+        question = await self.accept(incoming)
+        if question is None:
+            yield AlreadyAnswered()
+            return
+        # the reply row exists before the model may take a while to load, so a restart meanwhile finds it
+        reply = await self.begin_reply(question, await open_reply(not self.models.loaded))
+        try:
+            model = await self.models.current()
+        except Exception:
+            log.exception("could not load the chat model")
+            yield Done(MODEL_FAILED, rated=False)
+            await self.finish_reply(reply, MODEL_FAILED, "failed")
+            return
+        generated, status = _Generated(), "complete"
+        try:
+            prepared = await self.prepare(model, question, reply, force_documents)
+            if prepared.answer is not None:
+                generated.text = prepared.answer.render()
+            else:
+                async for event in self._generate(model, prepared.messages, question, generated):
+                    yield event
+                if generated.note and not generated.text.strip():
+                    status = "failed"  # stopped before any text: nothing to keep as a turn of the conversation
+        except Exception as e:
+            from lm.engine import ContextOverflow
+
+            status = "failed"
+            if isinstance(e, ContextOverflow):
+                generated.note = str(e)
+            else:
+                log.exception("reply failed in chat %s", question.chat_id)
+                generated.note = FAILED_NOTE
+        text, note = generated.text.strip(), generated.note
+        final = (text + note) if text else (note.strip() or "(no reply)")
+        if status != "complete":
+            await self.finish_reply(reply, final, status, version_id=model.version_id)
+            yield Done(final, rated=False)
+            return
+        # the final text goes to SQL before it is shown, still "streaming" but with its token count: a crash
+        # between the two then redelivers it on restart instead of leaving a half-streamed message behind
+        await self.finish_reply(reply, final, "streaming", token_count=model.count_tokens(final),
+                                version_id=model.version_id)
+        yield Done(final, rated=True)
+        await self.finish_reply(reply, final, "complete")
+
+    async def _generate(self, model: ChatModel, messages: list[dict], question: Message,
+                        out: _Generated) -> AsyncIterator[ReplyEvent]:
+        """Stream the model's reply until it ends, times out or its user sends /cancel; the text and how it
+        ended are left in `out`."""
+        from lm.serve import Queued, Started  # loaded with the model by now
+
+        sampling = await self.sampling_for(question.chat_id)
+        limit = self.settings.telegram.generation_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline, started = None, time.monotonic()  # the time limit counts from the start of generation:
+        with self.jobs.replying(question.chat_id, question.user_id) as running:  # a reply waiting is not late
+            events = model.reply_events(messages, sampling, running.cancel)
+            try:
+                while True:
+                    # the deadline is checked between events, not at a yield: the caller's time showing an
+                    # event counts, and no timeout is left pending in the caller's task
+                    wait = None if deadline is None else max(0.0, deadline - loop.time())
+                    try:
+                        event = await asyncio.wait_for(anext(events), wait)
+                    except StopAsyncIteration:
+                        break
+                    if isinstance(event, str):
+                        out.text += event
+                        yield Partial(out.text)
+                    elif isinstance(event, Queued):
+                        yield Waiting(event.ahead)
+                    elif isinstance(event, Started):
+                        started, deadline = time.monotonic(), loop.time() + limit
+                        yield Writing()
+            except TimeoutError:
+                log.warning("generation timeout in chat %s after %.0fs", question.chat_id, time.monotonic() - started)
+                out.note = TIMED_OUT_NOTE
+                return
+            finally:
+                await events.aclose()
+        out.note = STOPPED_NOTE if running.reason == CANCELLED else ""
 
     async def accept(self, msg: Incoming) -> Message | None:
         """Store the user's message once; None means this update was already handled."""
+        o = msg.origin
         async with self.sessions() as s:
-            await chats_db.ensure_user_and_chat(s, msg.chat_id, msg.chat_type, msg.user_id, msg.username,
-                                         msg.first_name, msg.title)
+            await chats_db.ensure_user_and_chat(s, o.chat_id, o.chat_type, o.user_id, o.username, o.first_name,
+                                                o.title)
             return await messages_db.record_update_and_user_message(
-                s, msg.update_id, msg.chat_id, msg.user_id, msg.text, msg.telegram_message_id,
+                s, msg.update_id, o.chat_id, o.user_id, msg.text, msg.telegram_message_id,
                 msg.reply_to_telegram_message_id)
 
-    async def sampling_for(self, chat_id: int, **overrides) -> Sampling:
-        async with self.sessions() as s:
-            prefs = await chats_db.get_chat_settings(s, chat_id)
-        if prefs is not None and prefs.temperature is not None:
-            overrides.setdefault("temperature", prefs.temperature)
-        return Sampling.from_settings(self.settings.model, **overrides)
-
-    async def system_prompt(self, chat_id: int) -> str:
-        async with self.sessions() as s:
-            prefs = await chats_db.get_chat_settings(s, chat_id)
-        return (prefs.system_prompt if prefs and prefs.system_prompt else None) or self.settings.model.system_prompt
+    async def sampling_for(self, chat_id: int, **overrides) -> GenerationConfig:
+        prefs = await self.chats.prefs_of(chat_id)
+        overrides.setdefault("temperature", prefs.temperature)
+        return generation_config(self.settings.model, **overrides)
 
     async def turns(self, conversation_id: int) -> list[Message]:
         """The conversation's stored user and assistant messages that go into a prompt, oldest first."""
@@ -89,8 +230,15 @@ class Assistant:
                            turns: list[Message] | None = None) -> list[dict]:
         """The system prompt plus this conversation's stored turns (or the `turns` given), oldest first."""
         rows = await self.turns(conversation_id) if turns is None else turns
-        return [{"role": "system", "content": await self.system_prompt(chat_id)},
+        prefs = await self.chats.prefs_of(chat_id)
+        return [{"role": "system", "content": prefs.system_prompt},
                 *({"role": m.role, "content": m.text} for m in rows)]
+
+    async def current_conversation(self, chat_id: int) -> list[dict]:
+        """The chat's open conversation as `conversation` gives it (started if it has none)."""
+        async with self.sessions() as s:
+            conversation = await chats_db.current_conversation(s, chat_id)
+        return await self.conversation(chat_id, conversation.id)
 
     async def prepare(self, model: ChatModel, question: Message, reply: Message,
                       force_documents: bool = False) -> Prepared:
@@ -131,19 +279,7 @@ class Assistant:
         """Store the reply's text and status (and the model version that wrote it, once known)."""
         async with self.sessions() as s:
             await messages_db.update_message(s, reply.id, text=text, status=status, token_count=token_count,
-                                   model_version_id=version_id)
-
-    async def stream(self, model: ChatModel, messages: list[dict], sampling: Sampling,
-                     cancel: threading.Event) -> AsyncIterator:
-        """The model's reply as it is generated: text deltas (str), and lm.serve.Queued / Started while it
-        waits for its place in the batch (ChatModel.reply_events)."""
-        async for event in model.reply_events(messages, sampling, cancel):
-            yield event
-
-    async def reset(self, chat_id: int) -> None:
-        """Start a new conversation; the old one stays in SQL but is no longer sent to the model."""
-        async with self.sessions() as s:
-            await chats_db.start_new_conversation(s, chat_id)
+                                             model_version_id=version_id)
 
     async def recover(self) -> tuple[list[Message], list[Message]]:
         """Replies a crash or restart left "streaming": (finished but maybe not delivered, cut off).
@@ -163,11 +299,3 @@ class Assistant:
                 m.text = text
                 cut.append(m)
         return finished, cut
-
-    async def set_feedback(self, chat_id: int, telegram_message_id: int, user_id: int, value: int) -> bool:
-        async with self.sessions() as s:
-            message = await messages_db.message_by_telegram_id(s, chat_id, telegram_message_id)
-            if message is None or message.role != "assistant":
-                return False
-            await messages_db.set_feedback(s, message.id, user_id, value)
-            return True

@@ -1,4 +1,5 @@
-"""The evidence for an answer: the sentences of the retrieved passages that best match the question.
+"""The evidence for an answer: the passages retrieval found (KnowledgeBase.search), and their sentences that
+best match the question.
 
 A 256-token chunk holds its answer in one sentence or two, and a 135M model given six whole chunks loses it
 among the rest. So the passages are split into sentences and each one is scored by
@@ -21,7 +22,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from bot.documents.chunk import split_sentences
-from bot.services.knowledge import Passage
+from lm.rank import bm25_tokens
+
+
+@dataclass
+class Passage:
+    """A retrieved chunk with what a citation needs."""
+
+    chunk_id: int
+    document: str
+    page: int | None
+    heading: str | None
+    text: str
+    score: float
+    dense: float  # cosine similarity to the query, for the "nothing relevant" decision
+    evidence: str = ""  # the chunk's sentence window closest to the query ("" when it has none stored)
+
+    def cite(self) -> str:
+        return self.document + (f", p. {self.page}" if self.page else "")
 
 
 @dataclass
@@ -52,8 +70,6 @@ def select(question: str, passages: Sequence[Passage], encode: Callable[[list[st
     """The `n` best sentences of the passages for the question, best first (each passage's repeated
     sentences, from overlapping chunks, counted once). A "sentence" longer than `max_chars` (a table row, a
     run-on line) is cut at a word, so that n of them always fit a prompt."""
-    from lm.index import bm25_tokens
-
     found: list[tuple[str, Passage, str]] = []
     seen: set[str] = set()
     for p in passages:

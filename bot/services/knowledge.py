@@ -10,25 +10,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import re
 import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.config import DocumentSettings, Settings
+from bot.config import Settings
 from bot.db import documents as documents_db
-from bot.db.models import Chunk, Document
+from bot.db.models import Document
 from bot.db.sources import Forgotten, forget_document
 from bot.documents.chunk import chunk_document, sentence_windows
 from bot.documents.parse import ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
+from bot.services.evidence import Evidence, Passage, select
+from lm.rank import BASELINES, hybrid_candidates, hybrid_scores, rank, window_cosines, word_idf
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]  # (stage, fraction done)
@@ -38,23 +37,6 @@ WINDOW_GROUP = 4096  # sentence windows embedded (and packed into float16) at a 
 
 def chat_scope(chat_id: int) -> str:
     return f"chat:{chat_id}"
-
-
-@dataclass
-class Passage:
-    """A retrieved chunk with what a citation needs."""
-
-    chunk_id: int
-    document: str
-    page: int | None
-    heading: str | None
-    text: str
-    score: float
-    dense: float  # cosine similarity to the query, for the "nothing relevant" decision
-    evidence: str = ""  # the chunk's sentence window closest to the query ("" when it has none stored)
-
-    def cite(self) -> str:
-        return self.document + (f", p. {self.page}" if self.page else "")
 
 
 @dataclass
@@ -213,18 +195,10 @@ class KnowledgeBase:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", scope)
         return self.settings.data_dir / "indexes" / f"{safe}-{hashlib.sha1(scope.encode()).hexdigest()[:8]}"
 
-    async def _scope_rows(self, scope: str) -> list[tuple[int, bytes | None, str]]:
+    async def chunk_texts(self, scope: str) -> list[str]:
+        """The texts of the scope's (ready) chunks, by chunk id."""
         async with self.sessions() as s:
-            rows = await s.execute(
-                select(Chunk.id, Chunk.embedding, Chunk.text).join(Chunk.document)
-                .where(Document.scope == scope, Document.status == "ready").order_by(Chunk.id))
-            return [tuple(r) for r in rows]
-
-    async def _scope_ids(self, scope: str) -> list[int]:
-        async with self.sessions() as s:
-            rows = await s.scalars(select(Chunk.id).join(Chunk.document)
-                                   .where(Document.scope == scope, Document.status == "ready"))
-            return list(rows)
+            return [text for _, _, text in await documents_db.ready_chunk_rows(s, scope)]
 
     async def refresh(self, scope: str):
         """Open the scope's index, rebuilding it from SQL when it is missing, stale or corrupt.
@@ -234,12 +208,14 @@ class KnowledgeBase:
         """
         from lm.index import fingerprint_ids, open_or_rebuild
 
-        fingerprint = fingerprint_ids(await self._scope_ids(scope))
+        async with self.sessions() as s:
+            fingerprint = fingerprint_ids(await documents_db.ready_chunk_ids(s, scope))
         cached = self._indexes.get(scope)
         if cached is not None and cached.fingerprint == fingerprint:
             return cached
         await self._fill_windows(scope)
-        rows = await self._scope_rows(scope)
+        async with self.sessions() as s:
+            rows = await documents_db.ready_chunk_rows(s, scope)
         dim = self.encoder.dim
 
         def source():
@@ -258,18 +234,15 @@ class KnowledgeBase:
         if not size:
             return 0
         async with self.sessions() as s:
-            missing = (await s.execute(
-                select(Chunk.id, Chunk.text).join(Chunk.document)
-                .where(Document.scope == scope, Chunk.window_embeddings.is_(None)))).all()
+            missing = await documents_db.chunks_without_windows(s, scope)
         if not missing:
             return 0
         log.info("embedding sentence windows of %d chunks in %s", len(missing), scope)
         windows = [chunk_windows(text, size) for _, text in missing]
         blobs = await in_own_thread(embed_windows, self.encoder, windows)
         async with self.sessions() as s:
-            for (chunk_id, _), blob in zip(missing, blobs, strict=True):
-                await s.execute(update(Chunk).where(Chunk.id == chunk_id).values(window_embeddings=blob))
-            await s.commit()
+            await documents_db.set_window_embeddings(
+                s, [(chunk_id, blob) for (chunk_id, _), blob in zip(missing, blobs, strict=True)])
         return len(missing)
 
     async def has_documents(self, scope: str) -> bool:
@@ -281,9 +254,10 @@ class KnowledgeBase:
         """The best k passages within one scope only, best first.
 
         mode "hybrid" is the bot's retrieval: BM25 and dense candidates, fused with the cosine of each chunk's
-        best sentence window, then re-ranked by where the question's words occur in it (see `hybrid_scores`).
-        "rrf", "dense" and "bm25" are the baselines `docent eval retrieval` compares it with. `query_vec`: the query's embedding, when the
-        caller has it already (the eval encodes each question once for every mode).
+        best sentence window, then re-ranked by where the question's words occur in it (lm.rank.hybrid_scores).
+        "rrf", "dense" and "bm25" are the baselines `docent eval retrieval` compares it with (lm.rank.rank).
+        `query_vec`: the query's embedding, when the caller has it already (the eval encodes each question once
+        for every mode).
         """
         if mode not in SEARCH_MODES:
             raise ValueError(f"search mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
@@ -293,10 +267,7 @@ class KnowledgeBase:
         if query_vec is None:
             query_vec = (await in_own_thread(self.encoder.encode, [query]))[0]
         if mode == "hybrid":
-            n = max(k, docs.candidates)
-            dense, sparse = await asyncio.to_thread(
-                lambda: (index.search(query_vec, None, n, mode="dense"), index.search(None, query, n, mode="bm25")))
-            ids = list(dict.fromkeys([i for i, _ in sparse] + [i for i, _ in dense]))
+            ids, bm25 = await asyncio.to_thread(hybrid_candidates, index, query_vec, query, max(k, docs.candidates))
         else:
             hits = await asyncio.to_thread(rank, index, query_vec, query, k, mode)
             ids = [int(i) for i, _ in hits]
@@ -309,20 +280,18 @@ class KnowledgeBase:
             vec = np.frombuffer(c.embedding, dtype=np.float32) if c.embedding else self.encoder.encode([c.text])[0]
             cosine[c.id] = float(vec @ query_vec)
             windows[c.id] = window_cosines(c.window_embeddings, query_vec)
-        window = {i: None if w is None else float(w.max()) for i, w in windows.items()}
         if mode == "hybrid":
+            window = {i: None if w is None else float(w.max()) for i, w in windows.items()}
             idf = await self._idf(scope, index)
-            scores = hybrid_scores(query, cosine, window, dict(sparse), {c.id: c.text for c in chunks}, idf, docs)
+            scores = hybrid_scores(query, cosine, window, bm25, {c.id: c.text for c in chunks}, idf, docs)
         else:
             scores = {int(i): float(sc) for i, sc in hits}
         best = sorted((c for c in chunks if c.id in scores), key=lambda c: (-scores[c.id], c.id))[:k]
         return [Passage(c.id, c.document.name, c.page, c.heading, c.text, scores[c.id], cosine[c.id],
                         closest_window(c.text, windows[c.id], docs.window_sentences)) for c in best]
 
-    async def evidence(self, scope: str, question: str, passages: list[Passage], n: int) -> list:
+    async def evidence(self, scope: str, question: str, passages: list[Passage], n: int) -> list[Evidence]:
         """The n sentences of the passages that best match the question (bot.services.evidence), best first."""
-        from bot.services.evidence import select
-
         if not passages:
             return []
         idf = await self._idf(scope, await self.refresh(scope))
@@ -333,23 +302,12 @@ class KnowledgeBase:
         cached = self._idfs.get(scope)
         if cached is not None and cached[0] == index.fingerprint:
             return cached[1]
-        texts = [text for _, _, text in await self._scope_rows(scope)]
-        idf = await asyncio.to_thread(word_idf, texts)
+        idf = await asyncio.to_thread(word_idf, await self.chunk_texts(scope))
         self._idfs[scope] = (index.fingerprint, idf)
         return idf
 
 
-SEARCH_MODES = ("hybrid", "rrf", "dense", "bm25")
-
-
-def rank(index, query_vec: np.ndarray, query: str, k: int, mode: str) -> list[tuple[int, float]]:
-    """The baselines, straight from a scope's HybridIndex: "dense", "bm25", or "rrf" (reciprocal-rank
-    fusion of the two, k=60, equal weights)."""
-    if mode not in ("rrf", "dense", "bm25"):
-        raise ValueError(f"search mode must be one of rrf, dense, bm25, not {mode!r}")
-    if mode == "rrf":
-        return index.search(query_vec, query, k, fusion="rrf", rrf_k=60)
-    return index.search(query_vec, query, k, mode=mode)
+SEARCH_MODES = ("hybrid", *BASELINES)
 
 
 def chunk_windows(text: str, size: int) -> list[str]:
@@ -396,14 +354,6 @@ def window_blobs(windows: list[list[str]], vectors: np.ndarray) -> list[bytes]:
             for ws, end in zip(windows, ends, strict=True)]
 
 
-def window_cosines(blob: bytes | None, query_vec: np.ndarray) -> np.ndarray | None:
-    """(W,) cosines between the query and a chunk's stored sentence windows (float16 rows); None without."""
-    if not blob:
-        return None
-    windows = np.frombuffer(blob, dtype=np.float16).reshape(-1, query_vec.shape[0])  # (W, dim)
-    return windows.astype(np.float32) @ query_vec
-
-
 def closest_window(text: str, cosines: np.ndarray | None, size: int) -> str:
     """The text of the window with the highest cosine; "" without windows, or when the stored windows were
     cut with another window size than `size` now asks for."""
@@ -411,62 +361,3 @@ def closest_window(text: str, cosines: np.ndarray | None, size: int) -> str:
         return ""
     texts = chunk_windows(text, size)
     return texts[int(cosines.argmax())] if len(texts) == len(cosines) else ""
-
-
-def word_idf(texts: list[str]) -> dict[str, float]:
-    """BM25's idf, log(1 + (N - n + 0.5) / (n + 0.5)), over lm.index's word tokens of `texts`."""
-    from lm.index import bm25_tokens
-
-    df: Counter[str] = Counter()
-    for text in texts:
-        df.update(set(bm25_tokens(text)))
-    n = len(texts)
-    return {w: math.log(1 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
-
-
-def proximity(query_words: list[str], words: list[str], idf: dict[str, float], window: int) -> tuple[float, float]:
-    """How closely a chunk's words follow the question's, as shares of the question's idf mass in [0, 1]:
-
-    (the most of it inside any `window` consecutive words, the part of it in question word pairs that
-    also occur as pairs in the chunk). BM25 scores each word apart; these reward the one passage where
-    the question's terms meet, which is where SQuAD-style answers are.
-    """
-    terms = {w for w in query_words if w in idf}
-    total = sum(idf[w] for w in terms)
-    if total == 0 or not words:
-        return 0.0, 0.0
-    best = 0.0
-    for start in range(0, max(1, len(words) - window + 1)):
-        best = max(best, sum(idf[w] for w in terms.intersection(words[start:start + window])))
-    pairs = {(a, b) for a, b in zip(query_words, query_words[1:], strict=False) if a in terms and b in terms}
-    shared = pairs & set(zip(words, words[1:], strict=False))
-    return best / total, sum(idf[a] + idf[b] for a, b in shared) / (2 * total)
-
-
-def hybrid_scores(query: str, cosine: dict[int, float], window: dict[int, float | None], bm25: dict[int, float],
-                  texts: dict[int, str], idf: dict[str, float], docs: DocumentSettings) -> dict[int, float]:
-    """The bot's retrieval score of each candidate chunk (higher is better).
-
-    First stage: BM25 / the best BM25 score + dense_weight * the chunk's cosine + window_weight * its best
-    sentence window's cosine (raw cosines, not min-max: they keep "nothing is close" visible). The best
-    `rerank_depth` of them then add proximity_weight * word-window coverage and phrase_weight * shared word
-    pairs. Tuned on half of COVID-QA with `docent eval retrieval`: BM25 is the stronger retriever on papers
-    full of names and numbers, MiniLM adds paraphrases (and does so far better on a sentence or two than on a
-    whole chunk), and proximity is what moves the chunk holding the answer up among chunks about the same topic.
-    """
-    from lm.index import bm25_tokens
-
-    top = max(bm25.values(), default=0.0)
-
-    def best_window(i: int) -> float:  # a chunk stored without windows counts as one window
-        return cosine[i] if window.get(i) is None else window[i]
-
-    first = {i: (bm25.get(i, 0.0) / top if top > 0 else 0.0) + docs.dense_weight * cos
-             + docs.window_weight * best_window(i) for i, cos in cosine.items()}
-    pool = sorted(first, key=lambda i: (-first[i], i))[: docs.rerank_depth]
-    query_words = bm25_tokens(query)
-    scores = dict(first)  # below the pool's scores, which only go up, so a k > rerank_depth still works
-    for i in pool:
-        window, pairs = proximity(query_words, bm25_tokens(texts[i]), idf, docs.proximity_window)
-        scores[i] = first[i] + docs.proximity_weight * window + docs.phrase_weight * pairs
-    return scores

@@ -10,9 +10,14 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import Settings
-from bot.services.models import ChatModel, Sampling
+from bot.services.models import ChatModel, generation_config
+
+if TYPE_CHECKING:
+    from lm.engine import GenerationConfig
 
 BANNER = "docent chat — /reset clears the conversation, /system TEXT sets the system prompt, /quit exits. " \
          "Ctrl-C stops a reply."
@@ -58,39 +63,38 @@ def _print_stream(make: Callable[[threading.Event], Iterator[str]], out=sys.stdo
 
 def _lstm_dir(model: str | None) -> bool:
     import json
-    from pathlib import Path
 
     config = Path(model).expanduser() / "config.json" if model else None
     return bool(config and config.is_file() and json.loads(config.read_text()).get("arch") == "lstm")
 
 
-def generate_lstm(path: str, prompt: str, sampling: Sampling) -> str:
+def generate_lstm(path: str, prompt: str, config: GenerationConfig, cache_dir: Path) -> str:
     """An LSTM language model (docent train scratch --arch lstm) continues the prompt with the same sampling."""
     import torch
 
-    from lm.checkpoint import load_model_dir
+    from lm.load import load_model
 
-    model, tokenizer, _ = load_model_dir(path)
+    model, tokenizer, _ = load_model(path, cache_dir)
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]
-    generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), sampling.max_new_tokens, sampling.temperature,
-                             sampling.top_k or None, sampling.top_p, generator, tokenizer.eos_id)
+        out = model.generate(torch.tensor([ids]), config.max_new_tokens, config.temperature,
+                             config.top_k or None, config.top_p, generator, tokenizer.eos_id)
     return tokenizer.decode(out[0, len(ids):].tolist(), skip_special=True)
 
 
 def generate_once(settings: Settings, prompt: str, model: str | None = None, raw: bool = False,
                   **overrides) -> int:
-    sampling = Sampling.from_settings(settings.model, **overrides)
+    config = generation_config(settings.model, **overrides)
     if _lstm_dir(model):
-        print(generate_lstm(model, prompt, sampling))
+        print(generate_lstm(model, prompt, config, settings.cache_dir))
         return 0
     chat_model = ChatModel.load(settings, model)
     if raw:
-        _print_stream(lambda cancel: chat_model.stream_text(prompt, sampling, cancel))
+        _print_stream(lambda cancel: chat_model.stream_text(prompt, config, cancel))
     else:
         messages = [{"role": "system", "content": settings.model.system_prompt}, {"role": "user", "content": prompt}]
-        _print_stream(lambda cancel: chat_model.stream_chat(messages, sampling, cancel))
+        _print_stream(lambda cancel: chat_model.stream_chat(messages, config, cancel))
     return 0
 
 
@@ -99,7 +103,7 @@ def terminal_chat(settings: Settings, model: str | None = None, read: Callable[[
     """A read-eval-print loop with the model; history stays within the context budget."""
     print(f"loading {model or settings.model.name} ...", file=sys.stderr)
     chat_model = ChatModel.load(settings, model)
-    sampling = Sampling.from_settings(settings.model, **overrides)
+    config = generation_config(settings.model, **overrides)
     system = settings.model.system_prompt
     history: list[dict] = []
     print(BANNER)
@@ -124,12 +128,12 @@ def terminal_chat(settings: Settings, model: str | None = None, read: Callable[[
         history.append({"role": "user", "content": line})
         messages = [{"role": "system", "content": system}, *history]
         try:
-            messages = chat_model.fit(messages, sampling)
+            messages = chat_model.fit(messages, config)
         except ValueError as e:  # ContextOverflow: this one message alone is too long
             history.pop()
             print(f"(!) {e}")
             continue
         history = [m for m in messages if m["role"] != "system"]
         sys.stdout.write("docent> ")
-        text, _ = _print_stream(lambda cancel, m=messages: chat_model.stream_chat(m, sampling, cancel))
+        text, _ = _print_stream(lambda cancel, m=messages: chat_model.stream_chat(m, config, cancel))
         history.append({"role": "assistant", "content": text})

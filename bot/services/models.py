@@ -13,35 +13,29 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import ModelSettings, Settings
 from bot.services.compute import in_own_thread
 
+if TYPE_CHECKING:
+    from lm.engine import GenerationConfig
+
 log = logging.getLogger(__name__)
 
 INTERACTIVE, BACKGROUND = 0, 1  # request priorities: a summary's rewriting never holds up a chat reply
+# the [model] settings that are lm.engine.GenerationConfig fields (the config's defaults for every reply)
+SAMPLING_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram")
 
 
-@dataclass
-class Sampling:
-    """Generation settings for one reply: the config defaults overridden per chat or per command."""
+def generation_config(model: ModelSettings, **overrides: Any) -> GenerationConfig:
+    """The generation settings of one reply: the configured ones ([model] in the config), overridden per chat or
+    per command (an override of None keeps the configured value)."""
+    from lm.engine import GenerationConfig
 
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_k: int = 40
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    no_repeat_ngram: int = 0
-    seed: int | None = None
-    stop_strings: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_settings(cls, model: ModelSettings, **overrides: Any) -> Sampling:
-        base = {f.name: getattr(model, f.name) for f in fields(cls) if hasattr(model, f.name)}
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+    values = {name: getattr(model, name) for name in SAMPLING_SETTINGS}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return GenerationConfig(**values)
 
 
 class ChatModel:
@@ -62,55 +56,39 @@ class ChatModel:
 
     @classmethod
     def load(cls, settings: Settings, name_or_path: str | None = None, version_id: int | None = None) -> ChatModel:
-        from pathlib import Path
-
-        from lm.runtime import load_chat_model
+        """A hub name, a GGUF file or a model directory trained or fine-tuned by docent (lm.load), in the
+        configured weights format."""
+        from lm.load import load_chat_model
 
         name = str(name_or_path or settings.model.name)
-        if Path(name).expanduser().is_dir():  # a model trained or fine-tuned by docent
-            model, tokenizer = _load_model_dir(Path(name).expanduser(), settings)
-        else:
-            model, tokenizer = load_chat_model(name, weights=settings.model.weights, threads=settings.model.threads,
-                                               cache_dir=settings.cache_dir, max_seq_len=settings.model.context_tokens)
+        model, tokenizer = load_chat_model(name, settings.cache_dir, weights=settings.model.weights,
+                                           threads=settings.model.threads, max_seq_len=settings.model.context_tokens)
         return cls(model, tokenizer, settings.model.context_tokens, version_id, label=name, settings=settings.model)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
-    def fit(self, messages: list[dict], sampling: Sampling) -> list[dict]:
-        """Drop the oldest turns until the prompt and the reply fit the context (system prompt kept)."""
+    def fit(self, messages: list[dict], config: GenerationConfig) -> list[dict]:
+        """Drop the oldest turns until the prompt and the reply fit the context (system prompt kept). The reply
+        keeps at most a quarter of the context; the server cuts it to what the prompt leaves
+        (lm.engine.reply_budget)."""
         from lm.engine import trim_messages
 
-        reserve = min(sampling.max_new_tokens, self.context_tokens // 4)
+        reserve = min(config.max_new_tokens, self.context_tokens // 4)
         return trim_messages(messages, self.tokenizer, self.context_tokens, reserve)
 
-    def _config(self, sampling: Sampling, prompt_tokens: int):
-        from lm.engine import GenerationConfig
+    def prompt(self, messages: list[dict], config: GenerationConfig) -> list[int]:
+        """The token ids of the reply's prompt: `messages`, trimmed to fit the context."""
+        ids, _ = self.tokenizer.render_chat(self.fit(messages, config), add_generation_prompt=True)
+        return list(ids)
 
-        room = self.context_tokens - prompt_tokens
-        return GenerationConfig(
-            max_new_tokens=max(1, min(sampling.max_new_tokens, room)),
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            repetition_penalty=sampling.repetition_penalty,
-            no_repeat_ngram=sampling.no_repeat_ngram,
-            seed=sampling.seed,
-            stop_strings=tuple(sampling.stop_strings),
-        )
-
-    def prompt(self, messages: list[dict], sampling: Sampling) -> tuple[list[int], Any]:
-        """(token ids, lm.engine.GenerationConfig) of the reply to `messages`, trimmed to fit the context."""
-        ids, _ = self.tokenizer.render_chat(self.fit(messages, sampling), add_generation_prompt=True)
-        return list(ids), self._config(sampling, len(ids))
-
-    async def reply_events(self, messages: list[dict], sampling: Sampling, cancel: threading.Event,
+    async def reply_events(self, messages: list[dict], config: GenerationConfig, cancel: threading.Event,
                            priority: int = INTERACTIVE) -> AsyncIterator[Any]:
         """The reply to `messages` as it is generated: text deltas (str), and lm.serve.Queued / Started while
         it waits for and gets its place in the batch. Leaving early cancels it."""
         from lm.engine import Result
 
-        ids, config = self.prompt(messages, sampling)
+        ids = self.prompt(messages, config)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         self.server.submit(ids, config, cancel, priority=priority,
@@ -123,18 +101,17 @@ class ChatModel:
         finally:
             cancel.set()
 
-    def stream_chat(self, messages: list[dict], sampling: Sampling, cancel: threading.Event | None = None,
+    def stream_chat(self, messages: list[dict], config: GenerationConfig, cancel: threading.Event | None = None,
                     priority: int = INTERACTIVE) -> Iterator[str]:
         """Text deltas of the reply to `messages` (blocking: for threads and the command line)."""
-        ids, config = self.prompt(messages, sampling)
-        yield from self._stream(ids, config, cancel, priority)
+        yield from self._stream(self.prompt(messages, config), config, cancel, priority)
 
-    def stream_text(self, prompt: str, sampling: Sampling, cancel: threading.Event | None = None) -> Iterator[str]:
+    def stream_text(self, prompt: str, config: GenerationConfig,
+                    cancel: threading.Event | None = None) -> Iterator[str]:
         """Continue raw text without the chat template."""
-        ids = self.tokenizer.encode(prompt)
-        yield from self._stream(ids, self._config(sampling, len(ids)), cancel, INTERACTIVE)
+        yield from self._stream(self.tokenizer.encode(prompt), config, cancel, INTERACTIVE)
 
-    def _stream(self, ids: list[int], config, cancel: threading.Event | None, priority: int) -> Iterator[str]:
+    def _stream(self, ids: list[int], config: GenerationConfig, cancel: threading.Event | None, priority: int) -> Iterator[str]:
         ticket = self.server.submit(ids, config, cancel, priority=priority)
         try:
             yield from ticket
@@ -173,20 +150,6 @@ class ChatModel:
     def close(self, wait: bool = True) -> None:
         """Stop the server once the replies in flight have ended (wait=False: without waiting here)."""
         self.server.close(cancel=False, wait=wait)
-
-
-def _load_model_dir(path, settings: Settings):
-    """A docent model directory (from scratch, full or LoRA fine-tune; LoRA merged) in the configured format."""
-    from lm.checkpoint import load_model_dir
-    from lm.model import Transformer
-    from lm.quant import quantize_model
-    from lm.runtime import set_threads
-
-    set_threads(settings.model.threads)
-    model, tokenizer, _ = load_model_dir(path)
-    if not isinstance(model, Transformer):
-        raise ValueError(f"{path} holds a {type(model).__name__}; only Transformer models can chat")
-    return quantize_model(model.eval(), settings.model.weights), tokenizer
 
 
 class ModelManager:

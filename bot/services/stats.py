@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.config import Settings
 from bot.db import stats as stats_db
 from bot.db import training as training_db
 from bot.db.models import ModelVersion
@@ -33,11 +34,16 @@ def start_of_day(now: datetime | None = None) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-async def chat_stats(sessions: async_sessionmaker[AsyncSession], configured_model: str, chat_id: int,
-                     user_id: int, overview: bool) -> Stats:
-    """`user_id`'s numbers in `chat_id`, plus every chat's totals and the model in use when `overview`."""
-    async with sessions() as s:
-        mine = await stats_db.user_stats(s, chat_id, user_id, start_of_day())
-        if not overview:
-            return Stats(mine, None)
-        return Stats(mine, Overview(await stats_db.chat_totals(s), await training_db.active_version(s), configured_model))
+class StatsService:
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]):
+        self.settings = settings
+        self.sessions = sessions
+
+    async def chat_stats(self, chat_id: int, user_id: int, overview: bool) -> Stats:
+        """`user_id`'s numbers in `chat_id`, plus every chat's totals and the model in use when `overview`."""
+        async with self.sessions() as s:
+            mine = await stats_db.user_stats(s, chat_id, user_id, start_of_day())
+            if not overview:
+                return Stats(mine, None)
+            return Stats(mine, Overview(await stats_db.chat_totals(s), await training_db.active_version(s),
+                                        self.settings.model.name))

@@ -313,14 +313,15 @@ def complete_sentences(text: str) -> list[str]:
 
 
 def _rewrite(model, sentence: str, cancel: threading.Event | None) -> str:
-    from bot.services.models import BACKGROUND, Sampling
+    from bot.services.models import BACKGROUND
+    from lm.engine import GenerationConfig
 
     n = model.count_tokens(sentence)
     # greedy and loop-proof; a rewrite is shorter than the sentence, so its length bounds the output
-    sampling = Sampling(max_new_tokens=n + 8, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram=3)
+    config = GenerationConfig(max_new_tokens=n + 8, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram=3)
     messages = [{"role": "system", "content": REWRITE_PROMPT}, {"role": "user", "content": sentence}]
     # background: a long document's rewrites never hold up the chat replies waiting for the batch
-    return "".join(model.stream_chat(messages, sampling, cancel, priority=BACKGROUND)).strip()
+    return "".join(model.stream_chat(messages, config, cancel, priority=BACKGROUND)).strip()
 
 
 def _accept(original: str, rewritten: str, encoder, source: set[str], min_cosine: float = 0.8) -> str | None:

@@ -1,5 +1,5 @@
-"""The services every handler needs, and the guards that run before any work: allow-list, rate limit,
-one reply in flight per user."""
+"""What every handler reaches through python-telegram-bot's context: the services (built once by bot.app) and
+the guards that run before any work: allow-list, rate limit, one reply in flight per user."""
 
 from __future__ import annotations
 
@@ -7,45 +7,36 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Update
+from telegram.ext import ContextTypes
 
-from bot.config import Settings
-from bot.db import chats as chats_db
-from bot.services.assistant import Assistant
-from bot.services.jobs import Jobs
-from bot.services.knowledge import KnowledgeBase
-from bot.services.models import ModelManager
+from bot.services import Services
+from bot.services.chats import Origin
+from bot.telegram import texts
 from bot.telegram.access import RateLimiter, is_allowed
 
 log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models: ModelManager):
-        self.settings = settings
-        self.sessions = sessions
-        self.models = models
-        self.knowledge = KnowledgeBase(settings, sessions)
-        self.assistant = Assistant(settings, sessions, models, self.knowledge)
-        self.jobs = Jobs(sessions)  # uploads being indexed and summaries being written
-        self.limiter = RateLimiter(settings.telegram.rate_limit_per_minute)
+    def __init__(self, services: Services):
+        self.services = services
+        self.settings = services.settings
+        self.limiter = RateLimiter(services.settings.telegram.rate_limit_per_minute)
         self._busy: dict[int, asyncio.Lock] = {}
-        self.extras: dict[str, Any] = {}  # services added by other features (documents, training)
 
     async def admit(self, update: Update, rate_limited: bool = False) -> bool:
         """Refuse politely, storing nothing, when the user or chat may not use the bot or is too fast."""
         message = update.effective_message
         if not is_allowed(self.settings.telegram, update):
             if message is not None and update.effective_chat.type == "private":
-                await message.reply_text("Sorry, this bot is private and you are not on its list of users.")
+                await message.reply_text(texts.NOT_ALLOWED)
             return False
         user = update.effective_user
         if rate_limited and user is not None and not self.limiter.allow(user.id):
             if message is not None:
-                await message.reply_text("You are sending messages too fast. Please wait a minute and try again.")
+                await message.reply_text(texts.TOO_FAST)
             return False
         return True
 
@@ -60,13 +51,14 @@ class Runtime:
         async with lock:
             yield
 
-    async def ensure_chat(self, update: Update) -> None:
-        chat, user = update.effective_chat, update.effective_user
-        async with self.sessions() as s:
-            await chats_db.ensure_user_and_chat(s, chat.id, chat.type, user.id if user else None,
-                                         user.username if user else None, user.first_name if user else None,
-                                         chat.title)
 
-    async def set_chat_settings(self, chat_id: int, **values: Any) -> None:
-        async with self.sessions() as s:
-            await chats_db.set_chat_settings(s, chat_id, **values)
+def runtime(context: ContextTypes.DEFAULT_TYPE) -> Runtime:
+    return context.application.bot_data["runtime"]
+
+
+def origin_of(update: Update) -> Origin:
+    """The chat and user of an update, as the services take them."""
+    chat, user = update.effective_chat, update.effective_user
+    return Origin(chat_id=chat.id, chat_type=chat.type, user_id=user.id if user else None,
+                  username=user.username if user else None, first_name=user.first_name if user else None,
+                  title=chat.title)

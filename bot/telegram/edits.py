@@ -6,19 +6,18 @@ from __future__ import annotations
 from telegram import Update
 from telegram.ext import Application, ApplicationHandlerStop, ContextTypes, MessageHandler, filters
 
+from bot.telegram import texts
 from bot.telegram.access import addressed_to_bot
-from bot.telegram.context import Runtime
-
-EDIT_NOTE = "I answer each message once, so I did not answer your edit. Send it as a new message to ask again."
+from bot.telegram.context import runtime
 
 
 async def on_edit(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Say that edits are not answered again (where the message was for the bot); handle nothing else."""
-    rt: Runtime = context.application.bot_data["runtime"]
+    rt = runtime(context)
     message = update.effective_message
     if message is not None and addressed_to_bot(message, context.bot.id, context.bot.username) \
             and await rt.admit(update, rate_limited=True):
-        await message.reply_text(EDIT_NOTE)
+        await message.reply_text(texts.EDIT_NOTE)
     raise ApplicationHandlerStop  # the text, command and document handlers would otherwise answer it again
 
 

@@ -14,7 +14,7 @@ from bot.db import messages as messages_db
 from bot.db import training as training_db
 from bot.db.models import ModelVersion, TrainingRun
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.services.training.service import TrainingOptions, restore_active_model
+from bot.services.training.plan import TrainingOptions
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -72,10 +72,10 @@ async def test_non_admin_is_refused_and_nothing_happens(tmp_path, tiny_model):
         async with running_bot(settings) as app:
             for command in ("/retrain", "/retrain force", "/train_cancel", "/rollback base", "/models"):
                 await _command(fake, USER, command, "Only the bot's admins")
-            rt = app.bot_data["runtime"]
+            services = app.bot_data["services"]
             # the chat model loads at start-up anyway (warm-up); what must not happen is a switch of version
-            assert rt.models._current is None or rt.models._current.version_id is None
-            assert not rt.extras["training"].busy
+            assert services.models._current is None or services.models._current.version_id is None
+            assert not services.training.busy
         assert await _count(settings, TrainingRun) == 0
         assert await _count(settings, ModelVersion) == 0
         assert not (settings.data_dir / "runs").exists()
@@ -86,8 +86,8 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
         settings.model.repetition_penalty = 1.0  # sampling is not under test here; keep replies simple
         async with running_bot(settings) as app:
-            rt = app.bot_data["runtime"]
-            service = rt.extras["training"]
+            services = app.bot_data["services"]
+            service = services.training
             service.options = small()  # 3 epochs, at most 200 steps
             await _command(fake, USER, "/training on", "may now be used")
             for i, text in enumerate(["hello there", "what is a fox?", "tell me about dogs"]):
@@ -119,7 +119,7 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
             assert run.status == "succeeded" and run.result_version_id == version.id
             assert run.heldout_loss_before is not None and run.heldout_loss_after is not None
             assert (Path(version.path) / "adapter_config.json").is_file()
-            assert (await rt.models.current()).version_id == version.id  # swapped without a restart
+            assert (await services.models.current()).version_id == version.id  # swapped without a restart
             data = [json.loads(line) for line in
                     (settings.data_dir / "runs" / str(run.id) / "data.jsonl").read_text().splitlines()]
             stored_replies = [m["content"] for d in data for m in d["messages"] if m["role"] == "assistant"]
@@ -130,19 +130,19 @@ async def test_admin_retrains_on_rated_chats_promotes_lists_and_rolls_back(tmp_p
 
             await _command(fake, ADMIN, "/rollback base", "configured base model")
             assert await _one(settings, training_db.active_version) is None
-            assert (await rt.models.current()).version_id is None
+            assert (await services.models.current()).version_id is None
             await _command(fake, ADMIN, "/rollback 999", "no model version 999")
             await _command(fake, ADMIN, f"/rollback {version.id}", f"Now serving version #{version.id}")
-            assert (await rt.models.current()).version_id == version.id
+            assert (await services.models.current()).version_id == version.id
             fake.send_user_message(USER, USER, "still there?")  # the new version answers
             await fake.wait_for(lambda: final_reply(fake, USER, after=3), timeout=60)
 
         # a restarted bot serves the active version from SQL, not the configured model
         async with running_bot(settings) as app:
-            rt = app.bot_data["runtime"]
-            restored = await restore_active_model(rt)
+            services = app.bot_data["services"]
+            restored = await services.training.restore_active_model()
             assert restored is not None and restored.id == version.id
-            assert (await rt.models.current()).version_id == version.id
+            assert (await services.models.current()).version_id == version.id
 
 
 async def _seed_conversations(settings, n: int) -> None:
@@ -166,7 +166,7 @@ async def test_too_little_data_gets_a_plan_that_says_so_without_a_start_button(t
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
         await _seed_conversations(settings, 3)
         async with running_bot(settings) as app:
-            service = app.bot_data["runtime"].extras["training"]
+            service = app.bot_data["services"].training
             service.options = small(min_examples=5, use_chats_by_default=True)
             plan = await _command(fake, ADMIN, "/retrain", "Retraining plan")
             assert "Conversations: 3 from 1 opted-in chat(s)" in plan.text, plan.text
@@ -182,8 +182,8 @@ async def test_cancel_stops_the_run_resumably_and_keeps_the_active_model(tmp_pat
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
         await _seed_conversations(settings, 6)
         async with running_bot(settings) as app:
-            rt = app.bot_data["runtime"]
-            service = rt.extras["training"]
+            services = app.bot_data["services"]
+            service = services.training
             # USER never said /training on; epochs enough that the run is still going when it is cancelled
             service.options = small(epochs=1000, max_steps=400, use_chats_by_default=True)
             plan = await _command(fake, ADMIN, "/retrain", "Retraining plan", timeout=60)
@@ -200,7 +200,7 @@ async def test_cancel_stops_the_run_resumably_and_keeps_the_active_model(tmp_pat
             assert (settings.data_dir / "runs" / str(run.id) / "out" / "checkpoint.pt").is_file()
             assert await _count(settings, ModelVersion) == 0
             assert await _one(settings, training_db.active_version) is None
-            assert rt.models._current is None or rt.models._current.version_id is None  # nothing swapped
+            assert services.models._current is None or services.models._current.version_id is None  # nothing swapped
             status = await _command(fake, ADMIN, "/train_status", "Recent training runs")
             assert f"#{run.id} resumable" in status.text
 
@@ -209,7 +209,7 @@ async def test_train_cancel_cancels_an_open_plan_and_its_buttons_start_nothing(t
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
         async with running_bot(settings) as app:
-            app.bot_data["runtime"].extras["training"].options = small()
+            app.bot_data["services"].training.options = small()
             await _command(fake, USER, "/training on", "may now be used")
             for i, text in enumerate(["hello there", "what is a fox?", "tell me about dogs"]):
                 fake.send_user_message(USER, USER, text)

@@ -256,7 +256,7 @@ async def test_the_model_loads_at_start_up_and_a_message_meanwhile_is_told_to_wa
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model)
         async with running_bot(settings) as app:  # nobody has written yet
-            await fake.wait_for(lambda: app.bot_data["runtime"].models.loaded, timeout=30)
+            await fake.wait_for(lambda: app.bot_data["services"].models.loaded, timeout=30)
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path / "slow", fake, tiny_model)
         models = ModelManager(settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.config import env_cache_dir
 from lm import hub
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram, validate_telegram_html
@@ -18,12 +19,12 @@ USER = 4242
 
 @pytest.fixture(scope="module")
 def smollm2() -> str:
-    return str(hub.pull("smollm2-135m"))
+    return str(hub.pull("smollm2-135m", env_cache_dir()))
 
 
 def _real_settings(tmp_path, fake, model):
     settings = bot_settings(tmp_path, fake, model)
-    settings.cache_dir = hub.default_cache_dir()  # reuse the converted-weights cache of the other tests
+    settings.cache_dir = env_cache_dir()  # reuse the converted-weights cache of the other tests
     settings.model.weights = "int4"  # the default format, as users run it
     settings.model.context_tokens = 2048
     settings.model.max_new_tokens = 60

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from bot.db.models import ChatSettings, Feedback, User
 from bot.db.session import create_engine, session_factory
-from bot.telegram.chat import BAD_BUTTON
+from bot.telegram.texts import BAD_BUTTON
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf

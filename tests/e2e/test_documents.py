@@ -31,10 +31,10 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _settings(tmp_path, fake, model):
-    from lm import hub
+    from bot.config import env_cache_dir
 
     s = bot_settings(tmp_path, fake, model)
-    s.cache_dir = hub.default_cache_dir()  # the real encoder, pulled once for the whole suite
+    s.cache_dir = env_cache_dir()  # the real encoder, pulled once for the whole suite
     s.model.context_tokens = 1024
     return s
 

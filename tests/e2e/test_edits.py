@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from bot.db.models import Message
 from bot.db.session import create_engine, session_factory
-from bot.telegram.edits import EDIT_NOTE
+from bot.telegram.texts import EDIT_NOTE
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf

@@ -26,10 +26,10 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _settings(tmp_path, fake, model, **telegram):
-    from lm import hub
+    from bot.config import env_cache_dir
 
     s = bot_settings(tmp_path, fake, model, **telegram)
-    s.cache_dir = hub.default_cache_dir()  # the real encoder, pulled once for the whole suite
+    s.cache_dir = env_cache_dir()  # the real encoder, pulled once for the whole suite
     s.model.context_tokens = 1024
     s.training.use_chats_by_default = True  # every chat's turns are training data unless it opts out
     return s
@@ -41,15 +41,15 @@ def _texts(fake, chat):
 
 async def _prompt_history(app, chat_id: int) -> str:
     """Everything the assistant puts before the next message of the chat: system prompt and stored turns."""
-    rt = app.bot_data["runtime"]
-    async with rt.sessions() as s:
+    services = app.bot_data["services"]
+    async with services.sessions() as s:
         conversation = await chats_db.current_conversation(s, chat_id)
-    return "\n".join(m["content"] for m in await rt.assistant.conversation(chat_id, conversation.id))
+    return "\n".join(m["content"] for m in await services.assistant.conversation(chat_id, conversation.id))
 
 
 async def _conversation_training_data(app) -> str:
     """The text of the conversation examples a retraining run would export now."""
-    plan = await app.bot_data["runtime"].extras["training"].plan()
+    plan = await app.bot_data["services"].training.plan()
     return "\n".join(m["content"] for e in plan.train + plan.heldout if e.source == "conversation"
                      for m in e.messages)
 

@@ -44,11 +44,11 @@ def _embedding(fake: FakeTelegram, chat: int) -> bool:
 
 
 async def test_cancel_stops_an_upload_mid_embedding_and_nothing_is_stored(tmp_path, tiny_model):
-    from lm import hub
+    from bot.config import env_cache_dir
 
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model)
-        settings.cache_dir = hub.default_cache_dir()  # the real encoder, pulled once for the whole suite
+        settings.cache_dir = env_cache_dir()  # the real encoder, pulled once for the whole suite
         async with running_bot(settings):
             fake.send_user_message(ANN, ANN, "/cancel")
             await fake.wait_for(lambda: fake.last_text(ANN) == "Nothing of yours is running here: no reply, summary or upload.", 30)
@@ -82,10 +82,10 @@ async def test_a_reply_whose_model_cannot_load_is_stored_as_failed(tmp_path):
 
 
 def _start(tmp_path: Path, fake: FakeTelegram, model: Path):
-    from lm import hub
+    from bot.config import env_cache_dir
 
     # small chunks: the upload is stored in several batches, so a kill can come after some are in SQL
-    return start_bot_process(tmp_path, fake, model, DOCENT_CACHE_DIR=str(hub.default_cache_dir()),
+    return start_bot_process(tmp_path, fake, model, DOCENT_CACHE_DIR=str(env_cache_dir()),
                              DOCENT_DOCUMENTS_CHUNK_TOKENS="48", DOCENT_DOCUMENTS_CHUNK_OVERLAP_TOKENS="8")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bot.db.models import Message
-from bot.telegram.chat import AFTER_YOUR_PREVIOUS
+from bot.telegram.texts import AFTER_YOUR_PREVIOUS
 from tests.e2e.test_bot import _rows, endless_model  # noqa: F401 (a fixture)
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram

@@ -50,11 +50,11 @@ async def _chat(fake: FakeTelegram, chat: int, user: int, texts: list[str]) -> N
 
 
 async def test_stats_count_a_users_messages_tokens_and_documents_and_admins_see_every_chat(tmp_path, tiny_model):
-    from lm import hub
+    from bot.config import env_cache_dir
 
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
-        settings.cache_dir = hub.default_cache_dir()  # the real encoder, pulled once for the whole suite
+        settings.cache_dir = env_cache_dir()  # the real encoder, pulled once for the whole suite
         async with running_bot(settings):
             registered = [c["command"] for call in fake.calls("setMyCommands") for c in call.params["commands"]]
             assert "stats" in registered  # in the clients' command menu

@@ -29,11 +29,11 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 async def test_summaries_of_a_document_and_of_the_conversation_are_rendered(tmp_path, tiny_model):
-    from lm import hub
+    from bot.config import env_cache_dir
 
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model)
-        settings.cache_dir = hub.default_cache_dir()  # the real encoder, pulled once for the whole suite
+        settings.cache_dir = env_cache_dir()  # the real encoder, pulled once for the whole suite
         settings.model.context_tokens = 1024
         async with running_bot(settings):
             fake.send_user_document(ALICE, ALICE, "volcano_guide.md", GUIDE, "text/markdown")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.config import DocumentSettings, Settings
+from bot.config import DocumentSettings, Settings, env_cache_dir
 from bot.services import answer
 from lm import hub
 
@@ -27,8 +27,8 @@ async def pipeline(tmp_path):
     from bot.services.knowledge import KnowledgeBase
     from bot.services.models import ChatModel
 
-    settings = Settings(data_dir=tmp_path / "data", cache_dir=hub.default_cache_dir(),
-                        documents=DocumentSettings(encoder=str(hub.pull("minilm-l6"))))
+    settings = Settings(data_dir=tmp_path / "data", cache_dir=env_cache_dir(),
+                        documents=DocumentSettings(encoder=str(hub.pull("minilm-l6", env_cache_dir()))))
     settings.data_dir.mkdir(parents=True)
     await upgrade(settings.database_url)
     engine = create_engine(settings.database_url)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bot.config import env_cache_dir
 from lm import hub
 from lm.encoder import Encoder, cosine, cpu_has_bf16
 from lm.index import HybridIndex
@@ -22,7 +23,7 @@ DEFAULT_DTYPES = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
 
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
-    return hub.pull("minilm-l6")
+    return hub.pull("minilm-l6", env_cache_dir())
 
 
 @pytest.fixture(scope="module")

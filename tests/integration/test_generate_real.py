@@ -12,10 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bot.config import env_cache_dir
 from lm.engine import Engine, GenerationConfig
+from lm.load import load_chat_model
 from lm.model import KVCache
 from lm.quant import use_vnni
-from lm.runtime import load_chat_model
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def loaded():
     def get(weights: str | None):
         if weights not in cache:  # None: load_chat_model's default format
             kw = {} if weights is None else {"weights": weights}
-            cache[weights] = load_chat_model("smollm2-135m", max_seq_len=2048, **kw)
+            cache[weights] = load_chat_model("smollm2-135m", env_cache_dir(), max_seq_len=2048, **kw)
         return cache[weights]
 
     return get

@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bot.config import env_cache_dir
 from lm.engine import Engine, GenerationConfig
-from lm.runtime import load_chat_model
+from lm.load import load_chat_model
 from lm.serve import Server
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,7 @@ QUESTIONS = ["My dog is called Rex.", "What is the capital of France?", "Explain
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_chat_model("smollm2-135m")
+    return load_chat_model("smollm2-135m", env_cache_dir())
 
 
 def test_batched_greedy_equals_single_stream_within_the_tolerance(smollm2):

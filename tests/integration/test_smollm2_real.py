@@ -15,8 +15,9 @@ import pytest
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bot.config import env_cache_dir
 from lm import hub
-from lm.gguf import load_model
+from lm.gguf import read_model
 from lm.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.integration
@@ -44,8 +45,8 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def smollm2():
-    path = hub.pull("smollm2-135m")  # never skipped: a missing model is an error, in CI too
-    model, g = load_model(path)
+    path = hub.pull("smollm2-135m", env_cache_dir())  # never skipped: a missing model is an error, in CI too
+    model, g = read_model(path)
     return model, g, Tokenizer.from_gguf(g.metadata)
 
 

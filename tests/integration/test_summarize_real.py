@@ -67,10 +67,11 @@ ARTICLE = [
 
 
 def test_a_news_article_summary_leads_with_the_news_and_invents_nothing():
+    from bot.config import env_cache_dir
     from lm import hub
     from lm.encoder import Encoder
 
-    encoder = Encoder.load(hub.pull("minilm-l6"))
+    encoder = Encoder.load(hub.pull("minilm-l6", env_cache_dir()))
     summary = summarize([" ".join(ARTICLE)], encoder)
     assert summary.sentences[0] == ARTICLE[0]
     assert 2 <= len(summary.sentences) <= 4 and all(s in ARTICLE for s in summary.sentences)

@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from functools import cache
 
-from tests.support.make_docs import _stream, _write_pdf, make_docx, make_pdf
+from tests.support.make_docs import make_docx, make_pdf, pdf_stream, write_pdf
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,14 @@ end"""
 
 def surrogate_pdf() -> bytes:
     """A PDF whose font's ToUnicode map sends "A" to U+D800, a lone surrogate; pypdf passes it through."""
-    return _write_pdf([
+    return write_pdf([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /ToUnicode 6 0 R >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
         b"/Contents 5 0 R >>",
-        _stream(b"BT /F1 11 Tf 72 760 Td (The tide tables of Osterby: A rising, A falling.) Tj ET"),
-        _stream(_SURROGATE_CMAP),
+        pdf_stream(b"BT /F1 11 Tf 72 760 Td (The tide tables of Osterby: A rising, A falling.) Tj ET"),
+        pdf_stream(_SURROGATE_CMAP),
     ])
 
 
@@ -87,15 +87,15 @@ def _flate_bomb_stream(unpacked_mib: int) -> bytes:
 def flate_bomb_pdf(unpacked_mib: int = 1024) -> bytes:
     """A one-page PDF whose page draws a form XObject that unpacks to `unpacked_mib` MiB; pypdf skips the form,
     so its text extraction finds nothing (the page looks scanned)."""
-    return _write_pdf([
+    return write_pdf([
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> "
         b"/XObject << /Fm1 6 0 R >> >> /Contents 5 0 R >>",
-        _stream(b"q /Fm1 Do Q"),
-        _stream(_flate_bomb_stream(unpacked_mib),
-                b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Filter /FlateDecode "),
+        pdf_stream(b"q /Fm1 Do Q"),
+        pdf_stream(_flate_bomb_stream(unpacked_mib),
+                   b"/Type /XObject /Subtype /Form /BBox [0 0 612 792] /Filter /FlateDecode "),
     ])
 
 

@@ -14,7 +14,7 @@ def _pdf_escape(s: str) -> bytes:
     return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("cp1252")
 
 
-def _write_pdf(objects: list[bytes]) -> bytes:
+def write_pdf(objects: list[bytes]) -> bytes:
     """objects[0] becomes object 1 (it must be the catalog); offsets and xref are computed here."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
@@ -28,7 +28,7 @@ def _write_pdf(objects: list[bytes]) -> bytes:
     return bytes(out)
 
 
-def _stream(content: bytes, extra: bytes = b"") -> bytes:
+def pdf_stream(content: bytes, extra: bytes = b"") -> bytes:
     return b"<< /Length %d %s>>\nstream\n" % (len(content), extra) + content + b"\nendstream"
 
 
@@ -50,13 +50,13 @@ def make_pdf(pages: list[str]) -> bytes:
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
             b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % content_num
         )
-        objects.append(_stream(content))
+        objects.append(pdf_stream(content))
     objects[0] = b"<< /Type /Catalog /Pages 2 0 R >>"
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
         b" ".join(b"%d 0 R" % k for k in kids),
         len(kids),
     )
-    return _write_pdf(objects)
+    return write_pdf(objects)
 
 
 def make_image_pdf(n_pages: int = 2) -> bytes:
@@ -66,8 +66,8 @@ def make_image_pdf(n_pages: int = 2) -> bytes:
     objects: list[bytes] = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"",
-        _stream(pixels, b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
-                b"/BitsPerComponent 8 " % (side, side)),
+        pdf_stream(pixels, b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
+                   b"/BitsPerComponent 8 " % (side, side)),
     ]  # fmt: skip
     kids = []
     for _ in range(n_pages):
@@ -77,12 +77,12 @@ def make_image_pdf(n_pages: int = 2) -> bytes:
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
             b"/Resources << /XObject << /Im1 3 0 R >> >> /Contents %d 0 R >>" % content_num
         )
-        objects.append(_stream(b"q 400 0 0 400 100 200 cm /Im1 Do Q"))
+        objects.append(pdf_stream(b"q 400 0 0 400 100 200 cm /Im1 Do Q"))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
         b" ".join(b"%d 0 R" % k for k in kids),
         len(kids),
     )
-    return _write_pdf(objects)
+    return write_pdf(objects)
 
 
 def make_encrypted_pdf(pages: list[str], user_password: str = "secret") -> bytes:

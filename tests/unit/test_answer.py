@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.services import answer
-from bot.services.evidence import Evidence, coverage
-from bot.services.knowledge import Passage
+from bot.services.evidence import Evidence, Passage, coverage
 from lm.spans import Span
 
 P1 = Passage(1, "normans.txt", 3, None, "text", 2.0, dense=0.5)

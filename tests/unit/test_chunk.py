@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from bot.config import env_cache_dir
 from bot.documents.chunk import (
     CHARS_PER_TOKEN,
     chunk_document,
@@ -33,7 +34,7 @@ def norm(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def minilm():
-    tok = Tokenizer.from_file(str(hub.pull("minilm-l6") / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(hub.pull("minilm-l6", env_cache_dir()) / "tokenizer.json"))
     return token_counter(tok)
 
 

@@ -1,5 +1,6 @@
 """bot.db.documents against real SQLite and PostgreSQL: a document indexed a batch at a time is invisible until it
-is ready, the same file cannot start twice in a scope, and what a killed ingest left is discarded."""
+is ready, the same file cannot start twice in a scope, what a killed ingest left is discarded, the index reads
+only ready chunks, and sentence windows are filled in for chunks stored without them."""
 
 from __future__ import annotations
 
@@ -67,3 +68,35 @@ async def test_unfinished_documents_are_discarded_with_their_chunks(s: AsyncSess
     await documents_db.add_chunks(s, stopped.id, 0, batch("a"))
     await documents_db.discard_document(s, stopped.id)
     assert await s.scalar(select(func.count()).select_from(Chunk)) == 1
+
+
+async def test_the_index_reads_only_ready_chunks(s: AsyncSession):
+    ready = await begin(s, "ready.txt")
+    await documents_db.add_chunks(s, ready.id, 0, batch("one", "two"))
+    await documents_db.finish_document(s, ready.id)
+    half = await begin(s, "half.txt")
+    await documents_db.add_chunks(s, half.id, 0, batch("half"))
+    other = await begin(s, "other.txt", scope="chat:7")
+    await documents_db.add_chunks(s, other.id, 0, batch("other"))
+    await documents_db.finish_document(s, other.id)
+
+    rows = await documents_db.ready_chunk_rows(s, SCOPE)
+    assert [(text, embedding) for _, embedding, text in rows] == [("one", b"\0" * 8), ("two", b"\0" * 8)]
+    assert [i for i, _, _ in rows] == sorted(i for i, _, _ in rows)
+    assert sorted(await documents_db.ready_chunk_ids(s, SCOPE)) == [i for i, _, _ in rows]
+
+
+async def test_sentence_windows_are_filled_in_for_chunks_stored_without_them(s: AsyncSession):
+    doc = await begin(s, "log.txt")
+    await documents_db.add_chunks(s, doc.id, 0, batch("one", "two"))
+    await documents_db.finish_document(s, doc.id)
+    other = await begin(s, "other.txt", scope="chat:7")
+    await documents_db.add_chunks(s, other.id, 0, batch("other"))
+
+    missing = await documents_db.chunks_without_windows(s, SCOPE)
+    assert sorted(text for _, text in missing) == ["one", "two"]
+    await documents_db.set_window_embeddings(s, [(chunk_id, text.encode()) for chunk_id, text in missing])
+    assert await documents_db.chunks_without_windows(s, SCOPE) == []
+    assert [(c.text, c.window_embeddings) for c in await documents_db.chunks_for_scope(s, SCOPE)] == [
+        ("one", b"one"), ("two", b"two")]
+    assert [text for _, text in await documents_db.chunks_without_windows(s, "chat:7")] == ["other"]

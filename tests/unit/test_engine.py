@@ -99,7 +99,7 @@ def test_one_token_decode_gives_the_full_forwards_logits(tok, weights):
     computes: each decoded position's logits equal a full forward's, on one row and on rows of a SlotBatch at
     their own positions."""
     from lm.quant import quantize_model
-    from lm.serve import SlotBatch, SlotStore
+    from lm.slots import SlotBatch, SlotStore
 
     torch.manual_seed(0)  # FBGEMM off: the head's 8-bit activations for decode rows would differ by design
     model = quantize_model(Transformer(tiny_config(len(tok))).init_weights(seed=0).eval(), weights, vnni=False)

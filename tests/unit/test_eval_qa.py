@@ -1,4 +1,4 @@
-"""bot.eval.qa: the loop detector, the figures, and (integration) the whole qa eval through the
+"""bot.eval.qa: the loop detector (bot.eval.metrics), the figures, and (integration) the whole qa eval through the
 product's answer pipeline with MiniLM and a tiny random chat model."""
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 from bot.config import DocumentSettings, Settings
+from bot.eval import metrics
 from bot.eval import qa as eval_qa
 from tests.unit.test_evaluate import PAPERS, squad
 
 
 def test_loops_finds_a_line_or_eight_words_said_three_times():
-    assert eval_qa.loops("1. Obtain a copy of the program.\n" * 3)
-    assert eval_qa.loops(" ".join(["the duke of normandy ruled the land well"] * 3))
-    assert not eval_qa.loops("1. Obtain a copy of the program.\n" * 2)
-    assert not eval_qa.loops("The Normans came from Normandy. The Normans were Vikings. The Normans won.")
+    assert metrics.loops("1. Obtain a copy of the program.\n" * 3)
+    assert metrics.loops(" ".join(["the duke of normandy ruled the land well"] * 3))
+    assert not metrics.loops("1. Obtain a copy of the program.\n" * 2)
+    assert not metrics.loops("The Normans came from Normandy. The Normans were Vikings. The Normans won.")
 
 
 def test_figures_split_answerable_and_unanswerable_questions():
@@ -42,6 +43,7 @@ def test_figures_split_answerable_and_unanswerable_questions():
 async def test_qa_eval_runs_the_answer_pipeline_end_to_end(tmp_path: Path):
     """A random model's answers are still copied from the evidence (never unsupported, never looping), and a
     question about a name the papers never mention is answered "not found", whatever the model prefers."""
+    from bot.config import env_cache_dir
     from lm import hub
     from tests.support.tiny_gguf import write_tiny_gguf
 
@@ -51,7 +53,7 @@ async def test_qa_eval_runs_the_answer_pipeline_end_to_end(tmp_path: Path):
          "is_impossible": True, "plausible_answers": [{"text": "four days on average", "answer_start": 0}]})
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(data))
-    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), chunk_tokens=24, chunk_overlap_tokens=4)
+    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6", env_cache_dir())), chunk_tokens=24, chunk_overlap_tokens=4)
     settings = Settings(data_dir=tmp_path / "data", documents=docs)
     settings.model.name = str(write_tiny_gguf(tmp_path / "tiny.gguf", max_seq_len=2048).path)
 

@@ -1,5 +1,6 @@
-"""bot.eval.summary: ROUGE against the rouge-score package, the QMSum and folder readers, the lead
-baselines, and the whole summary eval on a tiny folder with a tiny random encoder."""
+"""The summary eval: ROUGE (bot.eval.metrics) against the rouge-score package, the QMSum and folder readers
+(bot.eval.datasets), the lead baselines, and the whole summary eval (bot.eval.summary) on a tiny folder with a
+tiny random encoder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
 from bot.config import DocumentSettings, Settings
+from bot.eval import datasets, metrics
 from bot.eval import summary as es
 from tests.unit.test_encoder import write_model
 
@@ -19,17 +21,17 @@ from tests.unit.test_encoder import write_model
 def test_rouge_on_tiny_known_strings():
     pred, ref = "The cat sat on the mat.", "the cat lay on the mat"
     # unigrams: 5 of 6 shared both ways; bigrams: the-cat, on-the, the-mat = 3 of 5; LCS "the cat on the mat" = 5
-    assert es.rouge_n(pred, ref, 1) == pytest.approx(5 / 6)
-    assert es.rouge_n(pred, ref, 2) == pytest.approx(3 / 5)
-    assert es.rouge_l(pred, ref) == pytest.approx(5 / 6)
-    assert es.rouge("a b c d", "a b c d") == {"rouge1": 1.0, "rouge2": 1.0, "rougeLsum": 1.0}
-    assert es.rouge("x y", "a b")["rougeLsum"] == 0.0
-    assert es.rouge_l("", "a b") == 0.0
+    assert metrics.rouge_n(pred, ref, 1) == pytest.approx(5 / 6)
+    assert metrics.rouge_n(pred, ref, 2) == pytest.approx(3 / 5)
+    assert metrics.rouge_l(pred, ref) == pytest.approx(5 / 6)
+    assert metrics.rouge("a b c d", "a b c d") == {"rouge1": 1.0, "rouge2": 1.0, "rougeLsum": 1.0}
+    assert metrics.rouge("x y", "a b")["rougeLsum"] == 0.0
+    assert metrics.rouge_l("", "a b") == 0.0
     # LCS keeps order: "a c" is common, "c a" is not
-    assert es.lcs_length(list("abcde"), list("ace")) == 3
-    assert es.lcs_length(list("ca"), list("ac")) == 1
-    assert es.rouge_tokens("COVID-19's R0, 2.5", stem=False) == ["covid", "19", "s", "r0", "2", "5"]
-    assert es.rouge_tokens("The players were running") == ["the", "player", "were", "run"]  # Porter, > 3 letters
+    assert metrics.lcs_length(list("abcde"), list("ace")) == 3
+    assert metrics.lcs_length(list("ca"), list("ac")) == 1
+    assert metrics.rouge_tokens("COVID-19's R0, 2.5", stem=False) == ["covid", "19", "s", "r0", "2", "5"]
+    assert metrics.rouge_tokens("The players were running") == ["the", "player", "were", "run"]  # Porter, > 3 letters
 
 
 CASES = [
@@ -47,9 +49,9 @@ CASES = [
 def test_our_rouge_equals_rouge_score_with_stemming(prediction, reference):
     scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     ref = scorer.score(reference, prediction)
-    assert es.rouge_n(prediction, reference, 1) == pytest.approx(ref["rouge1"].fmeasure)
-    assert es.rouge_n(prediction, reference, 2) == pytest.approx(ref["rouge2"].fmeasure)
-    assert es.rouge_l(prediction, reference) == pytest.approx(ref["rougeL"].fmeasure)
+    assert metrics.rouge_n(prediction, reference, 1) == pytest.approx(ref["rouge1"].fmeasure)
+    assert metrics.rouge_n(prediction, reference, 2) == pytest.approx(ref["rouge2"].fmeasure)
+    assert metrics.rouge_l(prediction, reference) == pytest.approx(ref["rougeL"].fmeasure)
 
 
 def test_rouge_lsum_scores_sentence_by_sentence():
@@ -59,7 +61,7 @@ def test_rouge_lsum_scores_sentence_by_sentence():
     reference = "The council voted to close three libraries. Campaigners said they would appeal."
     scorer = RougeScorer(["rougeLsum"], use_stemmer=True)
     on_lines = scorer.score(reference.replace(". ", ".\n"), prediction.replace(". ", ".\n"))["rougeLsum"].fmeasure
-    assert es.rouge(prediction, reference)["rougeLsum"] == pytest.approx(on_lines) == pytest.approx(1.0)
+    assert metrics.rouge(prediction, reference)["rougeLsum"] == pytest.approx(on_lines) == pytest.approx(1.0)
     assert scorer.score(reference, prediction)["rougeLsum"].fmeasure < 0.7  # what one line would give
 
 
@@ -83,13 +85,13 @@ def test_load_qmsum_cleans_the_transcribers_markers(tmp_path: Path):
            "meeting_transcripts": [{"speaker": "A", "content": "So , it 's {disfmarker} it is n't done ."},
                                    {"speaker": "B", "content": "{vocalsound}"}]}
     path.write_text(json.dumps(row) + "\n\n" + json.dumps(row) + "\n")
-    meetings = es.load_qmsum(path)
+    meetings = datasets.load_qmsum(path)
     assert len(meetings) == 2 and meetings[0]["reference"] == "They met."
     assert meetings[0]["transcript"] == ["A: So, it's it isn't done."]  # B said nothing but a marker
     assert meetings[0]["id"] != meetings[1]["id"]
     path.write_text('{"meeting_transcripts": []}\n')
     with pytest.raises(ValueError, match=r"m.jsonl:1: not a QMSum line"):
-        es.load_qmsum(path)
+        datasets.load_qmsum(path)
 
 
 def write_folder(root: Path, docs: list[str], refs: list[str], systems: dict[str, list[str]] | None = None) -> Path:
@@ -106,18 +108,18 @@ def write_folder(root: Path, docs: list[str], refs: list[str], systems: dict[str
 def test_load_folder_reads_one_document_a_line(tmp_path: Path):
     root = write_folder(tmp_path / "set", ["It rained in Leeds.The match was off.", "A second document."],
                         ["No match.", "Second."], {"good": ["a", "b"], "misaligned": ["only one"]})
-    items = es.load_folder(root)
+    items = datasets.load_folder(root)
     assert [i["id"] for i in items] == ["doc0", "doc1"]
     assert items[0]["document"] == "It rained in Leeds. The match was off."  # XSum's glued sentences parted
     assert items[1]["reference"] == "Second." and items[1]["systems"] == {"good": "b"}  # misaligned left out
-    kind, loaded = es.load_summary_dataset(root)
+    kind, loaded = datasets.load_summary_dataset(root)
     assert kind == "folder" and loaded == items
-    assert es.unjoin_sentences("U.S. troops left.Then 3.5 km.Next") == "U.S. troops left. Then 3.5 km. Next"
+    assert datasets.unjoin_sentences("U.S. troops left.Then 3.5 km.Next") == "U.S. troops left. Then 3.5 km. Next"
     (root / "references.txt").write_text("only one\n")
     with pytest.raises(ValueError, match="2 documents but 1 references"):
-        es.load_folder(root)
+        datasets.load_folder(root)
     with pytest.raises(FileNotFoundError, match="documents.txt"):
-        es.load_folder(tmp_path)
+        datasets.load_folder(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ the eval

@@ -1,6 +1,6 @@
-"""bot.eval.retrieval: the metrics on hand-made cases, the seeded split, the SQuAD reader, the hybrid
-ranking settings, and (integration) a tiny retrieval eval through the real KnowledgeBase and MiniLM.
-The summary eval's tests are in test_eval_summary.py."""
+"""bot.eval: the retrieval and answer metrics on hand-made cases, the seeded split and sample, the SQuAD
+reader, the hybrid ranking settings, and (integration) a tiny retrieval eval through the real KnowledgeBase
+and MiniLM. The summary eval's tests are in test_eval_summary.py."""
 
 from __future__ import annotations
 
@@ -14,33 +14,35 @@ from sqlalchemy import select
 from bot.config import DocumentSettings, Settings
 from bot.db.models import Chunk
 from bot.documents.chunk import sentence_windows
-from bot.eval import retrieval as ev
-from bot.services.knowledge import closest_window, hybrid_scores, proximity, rank, window_cosines, word_idf
+from bot.eval import datasets, metrics, retrieval
+from bot.services import open_services
+from bot.services.knowledge import closest_window
+from lm.rank import hybrid_scores, proximity, rank, window_cosines, word_idf
 
 # ---------------------------------------------------------------------------------------- ranking
 
 
 def test_ranking_metrics_on_a_known_ranking():
     ranks = [1, 3, None, 6, 20]
-    m = ev.ranking_metrics(ranks)
+    m = metrics.ranking_metrics(ranks)
     assert m["recall@1"] == pytest.approx(1 / 5)
     assert m["recall@5"] == pytest.approx(2 / 5)
     assert m["recall@20"] == pytest.approx(4 / 5)
     assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 6 + 1 / 20) / 5)
     assert m["n"] == 5
-    assert ev.ranking_metrics([])["recall@5"] == 0.0
+    assert metrics.ranking_metrics([])["recall@5"] == 0.0
 
 
 def test_first_hit_ignores_case_and_whitespace():
     texts = ["Nothing to see here.", "The basic\n reproduction   NUMBER was 2.2 in Wuhan.", "basic reproduction number"]
-    assert ev.first_hit(texts, ["basic reproduction number"]) == 2
-    assert ev.first_hit(texts, ["absent span", "  nothing TO see "]) == 1
-    assert ev.first_hit(texts, ["incubation period"]) is None
-    assert ev.first_hit(texts, [" ", ""]) is None  # an empty answer never matches everything
+    assert metrics.first_hit(texts, ["basic reproduction number"]) == 2
+    assert metrics.first_hit(texts, ["absent span", "  nothing TO see "]) == 1
+    assert metrics.first_hit(texts, ["incubation period"]) is None
+    assert metrics.first_hit(texts, [" ", ""]) is None  # an empty answer never matches everything
 
 
 def test_split_figures_reports_both_halves_and_all():
-    figures = ev.split_figures([1, None, 2, 7], [0, 0, 1, 1])
+    figures = metrics.split_figures([1, None, 2, 7], [0, 0, 1, 1])
     assert figures["tune"]["recall@1"] == 0.5 and figures["tune"]["n"] == 2
     assert figures["test"]["recall@5"] == 0.5 and figures["test"]["recall@20"] == 1.0
     assert figures["all"]["n"] == 4 and figures["all"]["recall@5"] == 0.5
@@ -48,38 +50,38 @@ def test_split_figures_reports_both_halves_and_all():
 
 def test_half_split_is_stable_balanced_and_seeded():
     keys = [str(i) for i in range(2000)]
-    first = [ev.half_of(k, 7) for k in keys]
-    assert first == [ev.half_of(k, 7) for k in keys]  # the same split on every run
+    first = [datasets.half_of(k, 7) for k in keys]
+    assert first == [datasets.half_of(k, 7) for k in keys]  # the same split on every run
     assert set(first) == {0, 1}
     assert 0.45 < sum(first) / len(first) < 0.55
-    other = [ev.half_of(k, 8) for k in keys]
+    other = [datasets.half_of(k, 8) for k in keys]
     assert 0.4 < sum(a != b for a, b in zip(first, other, strict=True)) / len(keys) < 0.6  # another seed, another split
 
 
 def test_sample_is_seeded_and_keeps_order():
     items = list(range(100))
-    a = ev.sample(items, 10, seed=1)
-    assert a == ev.sample(items, 10, seed=1) and a == sorted(a) and len(a) == 10
-    assert a != ev.sample(items, 10, seed=2)
-    assert ev.sample(items, None, 0) == items and ev.sample(items, 500, 0) == items
+    a = datasets.sample(items, 10, seed=1)
+    assert a == datasets.sample(items, 10, seed=1) and a == sorted(a) and len(a) == 10
+    assert a != datasets.sample(items, 10, seed=2)
+    assert datasets.sample(items, None, 0) == items and datasets.sample(items, 500, 0) == items
     with pytest.raises(ValueError, match="--limit"):
-        ev.sample(items, 0, 0)
+        datasets.sample(items, 0, 0)
 
 
 # ------------------------------------------------------------------------------------------ SQuAD
 
 
 def test_squad_normalisation_and_f1():
-    assert ev.squad_normalize("The Cat, sat!  on a mat.") == "cat sat on mat"
+    assert metrics.squad_normalize("The Cat, sat!  on a mat.") == "cat sat on mat"
     # prediction tokens: cat sat on mat; gold: cat sat -> precision 2/4, recall 2/2
-    assert ev.token_f1("the cat sat on the mat", "a cat sat") == pytest.approx(2 * 0.5 * 1 / 1.5)
-    assert ev.token_f1("dog", "cat") == 0.0
-    assert ev.token_f1("The cat.", "cat") == 1.0
-    assert ev.token_f1("", "") == 1.0 and ev.token_f1("", "cat") == 0.0
-    assert ev.contains_answer("R0 was about 2.2, they said.", ["2.2"])
-    assert not ev.contains_answer("R0 was about 2.5, they said.", ["2.2"])
-    assert ev.contains_answer("The Incubation period is 5 days", ["incubation period is 5 days."])
-    assert not ev.contains_answer("incubation periods", ["incubation period"])  # whole words only
+    assert metrics.token_f1("the cat sat on the mat", "a cat sat") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert metrics.token_f1("dog", "cat") == 0.0
+    assert metrics.token_f1("The cat.", "cat") == 1.0
+    assert metrics.token_f1("", "") == 1.0 and metrics.token_f1("", "cat") == 0.0
+    assert metrics.contains_answer("R0 was about 2.2, they said.", ["2.2"])
+    assert not metrics.contains_answer("R0 was about 2.5, they said.", ["2.2"])
+    assert metrics.contains_answer("The Incubation period is 5 days", ["incubation period is 5 days."])
+    assert not metrics.contains_answer("incubation periods", ["incubation period"])  # whole words only
 
 
 # ------------------------------------------------------------------------------------------ data sets
@@ -93,19 +95,19 @@ def test_load_squad_reads_papers_and_rejects_bad_files(tmp_path: Path):
             {"id": 2, "question": "q2?", "answers": [], "is_impossible": True,
              "plausible_answers": [{"text": "text", "answer_start": 6}]}]}]},
     ]}))
-    (paper,) = ev.load_squad(path)
+    (paper,) = datasets.load_squad(path)
     assert paper.name == "mini-000-5.txt" and paper.text == "Alpha text."
     assert [(q.qid, q.answers, q.paper) for q in paper.questions] == [("1", ["Alpha"], "mini-000-5.txt")]
     assert [(q.qid, q.answers, q.answerable) for q in paper.unanswerable] == [("2", ["text"], False)]
     bad = tmp_path / "bad.json"
     bad.write_text('{"rows": []}')
     with pytest.raises(ValueError, match="not a SQuAD-format JSON"):
-        ev.load_squad(bad)
+        datasets.load_squad(bad)
     bad.write_text('{"data": [{"paragraphs": [{"qas": []}]}]}')
     with pytest.raises(ValueError, match=r"data\[0\]"):
-        ev.load_squad(bad)
+        datasets.load_squad(bad)
     with pytest.raises(FileNotFoundError, match="data set not found"):
-        ev.load_squad(tmp_path / "missing.json")
+        datasets.load_squad(tmp_path / "missing.json")
 
 
 # --------------------------------------------------------------------------- hybrid ranking settings
@@ -216,28 +218,30 @@ def squad(papers) -> dict:
 
 @pytest.mark.integration
 async def test_retrieval_eval_end_to_end_with_minilm(tmp_path: Path):
+    from bot.config import env_cache_dir
     from lm import hub
 
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(squad(PAPERS)))
-    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), chunk_tokens=24, chunk_overlap_tokens=4)
+    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6", env_cache_dir())), chunk_tokens=24, chunk_overlap_tokens=4)
     settings = Settings(data_dir=tmp_path / "data", documents=docs)
 
-    result = await ev.retrieval_eval(settings, path, k=3, show_progress=False)
+    result = await retrieval.retrieval_eval(settings, path, k=3, show_progress=False)
     assert result["papers"] == 3 and result["questions"] == 6 and result["chunks"] > 3  # several chunks a paper
     assert result["answer_in_some_chunk"] == 1.0
-    assert set(result["modes"]) == set(ev.RETRIEVAL_MODES)
+    assert set(result["modes"]) == set(retrieval.RETRIEVAL_MODES)
     for mode in ("bm25", "hybrid"):
         figures = result["modes"][mode]
         assert figures["all"]["recall@1"] >= 5 / 6 and figures["all"]["recall@5"] == 1.0
         assert figures["tune"]["n"] + figures["test"]["n"] == 6
 
     # the rerun reuses the stored chunks and index: nothing is embedded or rebuilt again
-    store = ev.eval_store(settings, path)
+    store = retrieval.eval_store(settings, path)
     assert (store / "docent.db").is_file()
-    engine, kb = await ev.open_knowledge(ev.eval_settings(settings, store))
+    engine, services = await open_services(retrieval.eval_settings(settings, store))
+    kb = services.knowledge
     try:
-        assert len(await kb.documents(ev.SCOPE)) == 3
+        assert len(await kb.documents(retrieval.SCOPE)) == 3
         async with kb.sessions() as session:  # every chunk carries the embeddings of its sentence windows
             stored = (await session.scalars(select(Chunk))).all()
         for chunk in stored:
@@ -245,10 +249,10 @@ async def test_retrieval_eval_end_to_end_with_minilm(tmp_path: Path):
             got = np.frombuffer(chunk.window_embeddings, dtype=np.float16).reshape(len(windows), -1)
             cosines = (got.astype(np.float32) * kb.encoder.encode(windows)).sum(axis=1)
             assert np.allclose(cosines, 1.0, atol=3e-3)
-        index = await kb.refresh(ev.SCOPE)
+        index = await kb.refresh(retrieval.SCOPE)
         assert index.rebuilt_reason is None and len(index) == result["chunks"]
-        assert await kb.refresh(ev.SCOPE) is index  # the index in memory is reused while SQL is unchanged
+        assert await kb.refresh(retrieval.SCOPE) is index  # the index in memory is reused while SQL is unchanged
     finally:
         await engine.dispose()
-    again = await ev.retrieval_eval(settings, path, k=3, show_progress=False)
+    again = await retrieval.retrieval_eval(settings, path, k=3, show_progress=False)
     assert again["modes"] == result["modes"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.gguf import GGUFError, load_gguf, load_model, read_metadata
+from lm.gguf import GGUFError, load_gguf, read_metadata, read_model
 from lm.model import Transformer
 from tests.support.tiny_gguf import SMOLLM2_TEMPLATE, write_tiny_gguf
 
@@ -140,7 +140,7 @@ def test_k_quant_blocks_decode_like_ggml(tmp_path, qtype, decode):
 
 def test_llama_qk_unpermutation_gives_the_original_models_logits(tmp_path):
     tiny = write_tiny_gguf(tmp_path / "m.gguf", n_heads=4, n_kv_heads=2)  # F32: only the layout changes
-    model, g = load_model(tiny.path)
+    model, g = read_model(tiny.path)
     assert g.config.arch == "llama" and g.config.n_kv_heads == 2 and g.config.tie_embeddings
     idx = torch.randint(0, tiny.config.vocab_size, (2, 19), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -159,7 +159,7 @@ def test_llama_qk_unpermutation_gives_the_original_models_logits(tmp_path):
 
 def test_untied_output_head_loads(tmp_path):
     tiny = write_tiny_gguf(tmp_path / "m.gguf", tie_embeddings=False, n_layers=1)
-    model, g = load_model(tiny.path)
+    model, g = read_model(tiny.path)
     assert not g.config.tie_embeddings
     assert model.output.weight.data_ptr() != model.tok_embeddings.weight.data_ptr()
     idx = torch.arange(12)[None]
@@ -169,7 +169,7 @@ def test_untied_output_head_loads(tmp_path):
 
 def test_qwen2_with_qkv_biases_loads_and_matches(tmp_path):
     tiny = write_tiny_gguf(tmp_path / "q.gguf", arch="qwen2", n_heads=4, n_kv_heads=1)
-    model, g = load_model(tiny.path)
+    model, g = read_model(tiny.path)
     assert g.config.arch == "qwen2" and g.config.qkv_bias
     assert torch.equal(g.state_dict["layers.1.attention.wqkv.bias"], tiny.state_dict["layers.1.attention.wqkv.bias"])
     idx = torch.randint(0, tiny.config.vocab_size, (1, 23), generator=torch.Generator().manual_seed(1))
@@ -179,7 +179,7 @@ def test_qwen2_with_qkv_biases_loads_and_matches(tmp_path):
 
 def test_quantized_model_stays_close_to_the_float_model(tmp_path):
     tiny = write_tiny_gguf(tmp_path / "m.gguf", qtype="Q8_0")
-    model, _ = load_model(tiny.path)
+    model, _ = read_model(tiny.path)
     idx = torch.randint(0, tiny.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         got = model(idx)
@@ -231,13 +231,14 @@ def test_not_a_gguf_and_missing_file(tmp_path):
 def test_other_architecture_is_refused_by_name(tmp_path):
     tiny = write_tiny_gguf(tmp_path / "neox.gguf", arch="gptneox", n_layers=1)
     with pytest.raises(GGUFError, match="unsupported architecture 'gptneox'"):
-        load_model(tiny.path)
+        read_model(tiny.path)
 
 
 def test_converted_weights_are_cached_and_stale_copies_removed(tmp_path):
     """load_chat_model writes the converted model next to the GGUF and loads it from there the next time; writing
     it removes the same format's files of older cache versions or of an older GGUF, and keeps every other file."""
-    from lm.runtime import CACHE_VERSION, load_chat_model
+    from lm.load import load_chat_model
+    from lm.runtime import CACHE_VERSION
 
     path = write_tiny_gguf(tmp_path / "m.gguf").path
     stale = [tmp_path / "m.gguf.int8.v2.1-2.pt", tmp_path / f"m.gguf.int8.v{CACHE_VERSION}.1-2.pt"]
@@ -245,11 +246,11 @@ def test_converted_weights_are_cached_and_stale_copies_removed(tmp_path):
     for f in stale + kept:
         f.write_bytes(b"old")
     threads = torch.get_num_threads()
-    model, _ = load_chat_model(path, weights="int8", threads=threads)
+    model, _ = load_chat_model(path, tmp_path, weights="int8", threads=threads)
     (cached,) = [f for f in tmp_path.glob(f"m.gguf.int8.v{CACHE_VERSION}.*.pt") if f not in stale]
     assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
     written = cached.stat().st_mtime_ns
-    again, _ = load_chat_model(path, weights="int8", threads=threads)
+    again, _ = load_chat_model(path, tmp_path, weights="int8", threads=threads)
     assert cached.stat().st_mtime_ns == written  # read back, not rebuilt
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():

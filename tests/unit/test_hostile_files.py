@@ -15,7 +15,7 @@ from bot.config import DocumentSettings, Settings
 from bot.db.models import Chunk, Document
 from bot.documents.chunk import CHARS_PER_TOKEN
 from bot.documents.parse import MAX_NAME_CHARS, DocumentError
-from bot.eval import retrieval as ev
+from bot.services import open_services
 from tests.support.hostile_files import corpus
 
 pytestmark = pytest.mark.integration
@@ -23,9 +23,10 @@ HANG_S = 120  # far beyond what any file needs; a file still running then counts
 
 
 def settings_for(tmp_path: Path) -> Settings:
+    from bot.config import env_cache_dir
     from lm import hub
 
-    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), parse_timeout_s=60, parse_memory_mb=1024)
+    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6", env_cache_dir())), parse_timeout_s=60, parse_memory_mb=1024)
     return Settings(data_dir=tmp_path / "data", documents=docs)
 
 
@@ -45,7 +46,8 @@ async def ingest_all(kb, files) -> dict[str, object]:
 @pytest.mark.timeout(400)
 async def test_every_hostile_file_is_indexed_within_bounds_or_refused_clearly(tmp_path: Path):
     files = corpus()
-    engine, kb = await ev.open_knowledge(settings_for(tmp_path))
+    engine, services = await open_services(settings_for(tmp_path))
+    kb = services.knowledge
     try:
         outcomes = await ingest_all(kb, files)
         max_tokens = kb.chunk_limit()

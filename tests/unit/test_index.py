@@ -1,4 +1,4 @@
-"""lm.index with small random vectors: hybrid fusion, removal, persistence, corruption, scopes."""
+"""lm.index with small random vectors: fusion (lm.rank), removal, persistence, corruption, scopes."""
 
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ from lm.index import (
     HybridIndex,
     IndexCorrupt,
     IndexStale,
-    bm25_tokens,
     fingerprint_ids,
     open_or_rebuild,
-    rrf_fuse,
     scope_dir,
-    score_fuse,
 )
+from lm.rank import bm25_tokens, hybrid_candidates, rrf_fuse, score_fuse
 
 DIM = 16
 TEXTS = {
@@ -53,17 +51,17 @@ def near(v: np.ndarray, seed: int = 1, noise: float = 0.1) -> np.ndarray:
     return unit(v + noise * np.random.default_rng(seed).normal(size=v.shape))
 
 
-def test_hybrid_finds_keyword_and_paraphrase_matches(tmp_path: Path, vecs):
+def test_fusion_finds_keyword_and_paraphrase_matches(tmp_path: Path, vecs):
     idx = build(tmp_path, vecs)
     # the vector points at chunk 11 (a "paraphrase" sharing no word with it), the text names chunk 14
     q_vec, q_text = near(vecs[11]), "what is zyxquorp"
     dense = [i for i, _ in idx.search(q_vec, q_text, k=2, mode="dense")]
     sparse = [i for i, _ in idx.search(q_vec, q_text, k=2, mode="bm25")]
-    hybrid = [i for i, _ in idx.search(q_vec, q_text, k=2, mode="hybrid")]
+    fused = [i for i, _ in idx.search(q_vec, q_text, k=2, mode="rrf")]
     assert dense[0] == 11 and 14 not in dense
     assert sparse == [14]  # BM25 returns only chunks that share a word with the query
-    assert set(hybrid) == {11, 14}
-    scored = [i for i, _ in idx.search(q_vec, q_text, k=2, fusion="score")]
+    assert set(fused) == {11, 14}
+    scored = [i for i, _ in idx.search(q_vec, q_text, k=2, mode="score")]
     assert set(scored) == {11, 14}
 
 
@@ -74,7 +72,7 @@ def test_weights_shift_the_fusion(tmp_path: Path, vecs):
     assert idx.search(q_vec, q_text, k=1)[0][0] == 14
     assert idx.search(q_vec, q_text, k=1, weights=(1.0, 0.0))[0][0] == 11
     assert idx.search(q_vec, q_text, k=1, weights=(0.0, 1.0))[0][0] == 14
-    assert idx.search(q_vec, q_text, k=1, weights=(1.0, 0.0), fusion="score")[0][0] == 11
+    assert idx.search(q_vec, q_text, k=1, weights=(1.0, 0.0), mode="score")[0][0] == 11
 
 
 def test_bm25_uses_stopwords_and_stemming(tmp_path: Path, vecs):
@@ -89,7 +87,7 @@ def test_removed_ids_are_never_returned(tmp_path: Path, vecs):
     idx.search(near(vecs[14]), "zyxquorp", k=6)  # builds BM25 before the removal
     assert idx.remove([14, 999]) == 1
     assert len(idx) == 5
-    for mode in ("dense", "bm25", "hybrid"):
+    for mode in ("dense", "bm25", "rrf"):
         got = [i for i, _ in idx.search(vecs[14], "zyxquorp protocol committee", k=10, mode=mode)]
         assert 14 not in got
     assert idx.search(None, "zyxquorp", mode="bm25") == []
@@ -105,7 +103,7 @@ def test_save_load_round_trip(tmp_path: Path, vecs):
     again = HybridIndex.load(tmp_path / "s", DIM)
     assert again.fingerprint == idx.fingerprint == fingerprint_ids(TEXTS)
     q_vec, q_text = near(vecs[12]), "soap zyxquorp"
-    for mode in ("dense", "bm25", "hybrid"):
+    for mode in ("dense", "bm25", "rrf"):
         a, b = idx.search(q_vec, q_text, mode=mode), again.search(q_vec, q_text, mode=mode)
         assert [i for i, _ in a] == [i for i, _ in b] and np.allclose([s for _, s in a], [s for _, s in b])
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
@@ -203,6 +201,15 @@ def test_fusion_functions():
     assert fused[1] == pytest.approx(1 / 61) and fused[3] == pytest.approx(0.5 / 62)
     s = dict(score_fuse([[(1, 0.9), (2, 0.5)], [(2, 12.0), (3, 2.0)]], [1.0, 1.0]))
     assert s == {1: 1.0, 2: 1.0, 3: 0.0}
+
+
+def test_hybrid_candidates_are_the_bm25_hits_then_the_dense_ones(tmp_path: Path, vecs):
+    idx = build(tmp_path, vecs)
+    q_vec, q_text = near(vecs[11]), "what is zyxquorp"
+    ids, bm25 = hybrid_candidates(idx, q_vec, q_text, 3)
+    dense = [i for i, _ in idx.search(q_vec, None, k=3, mode="dense")]
+    assert ids == [14] + [i for i in dense if i != 14] and dense[0] == 11
+    assert bm25 == dict(idx.search(None, q_text, k=3, mode="bm25")) and list(bm25) == [14]
 
 
 def test_empty_index_returns_nothing(tmp_path: Path):

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from bot.config import DocumentSettings, Settings
 from bot.db.models import Chunk
 from bot.documents.chunk import sentence_windows
-from bot.eval import retrieval as ev
+from bot.services import open_services
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +22,10 @@ REPORT = (b"Ferrets were infected with the Zarnov virus. The incubation period i
 
 
 def settings_for(tmp_path: Path, window_sentences: int) -> Settings:
+    from bot.config import env_cache_dir
     from lm import hub
 
-    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6")), window_sentences=window_sentences)
+    docs = DocumentSettings(encoder=str(hub.pull("minilm-l6", env_cache_dir())), window_sentences=window_sentences)
     return Settings(data_dir=tmp_path / "data", documents=docs)
 
 
@@ -35,7 +36,8 @@ async def stored_windows(kb) -> list[tuple[str, bytes | None]]:
 
 async def test_windows_are_filled_for_chunks_stored_without_them(tmp_path: Path):
     settings = settings_for(tmp_path, window_sentences=0)
-    engine, kb = await ev.open_knowledge(settings)
+    engine, services = await open_services(settings)
+    kb = services.knowledge
     try:
         await kb.ingest("s", REPORT, "report.txt")
         assert [blob for _, blob in await stored_windows(kb)] == [None]  # windows off: chunk embeddings only
@@ -46,7 +48,8 @@ async def test_windows_are_filled_for_chunks_stored_without_them(tmp_path: Path)
 
     # the same database opened with windows on (an upgraded deployment): the first search fills them in
     settings = dataclasses.replace(settings, documents=dataclasses.replace(settings.documents, window_sentences=2))
-    engine, kb = await ev.open_knowledge(settings)
+    engine, services = await open_services(settings)
+    kb = services.knowledge
     try:
         passage, = await kb.search("s", "How long was the incubation period in ferrets?", 1)
         (text, blob), = await stored_windows(kb)
@@ -60,11 +63,12 @@ async def test_windows_are_filled_for_chunks_stored_without_them(tmp_path: Path)
 
 
 def test_windows_embedded_a_group_at_a_time_match_one_pass(monkeypatch: pytest.MonkeyPatch):
+    from bot.config import env_cache_dir
     from bot.services.knowledge import embed_chunks, window_blobs
     from lm import hub
     from lm.encoder import Encoder
 
-    encoder = Encoder.load(hub.pull("minilm-l6"))
+    encoder = Encoder.load(hub.pull("minilm-l6", env_cache_dir()))
     sentences = REPORT.decode().split(". ")
     texts = [". ".join(sentences[i:]) for i in range(3)]
     windows = [sentence_windows(t, 2) or [t] for t in texts]  # 3, 2 and 1 windows
@@ -101,7 +105,8 @@ async def test_an_ingest_stores_batches_under_an_unready_document_and_a_stop_del
                                                                               chunk_overlap_tokens=8))
     monkeypatch.setattr("bot.services.knowledge.STORE_BATCH", 3)
     db = settings.data_dir / "docent.db"
-    engine, kb = await ev.open_knowledge(settings)
+    engine, services = await open_services(settings)
+    kb = services.knowledge
     seen: list[tuple[list[tuple], int]] = []
 
     class Stopped(Exception):
@@ -136,7 +141,8 @@ async def test_documents_a_killed_ingest_left_unfinished_are_discarded(tmp_path:
     from bot.db import documents as documents_db
 
     settings = settings_for(tmp_path, window_sentences=2)
-    engine, kb = await ev.open_knowledge(settings)
+    engine, services = await open_services(settings)
+    kb = services.knowledge
     try:
         await kb.ingest("s", REPORT, "report.txt")
         async with kb.sessions() as s:  # what a process killed mid-ingest leaves behind

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig
+from lm.load import load_model_dir
 from lm.lora import LoRAConfig, LoRALinear, apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
 from lm.model import Transformer
 from lm.tokenizer import Tokenizer
@@ -110,7 +111,7 @@ def test_lora_version_dir_references_its_base(tmp_path):
     randomize_b(base)
     ckpt.save_lora_dir(tmp_path / "v1", base, LoRAConfig(rank=4, alpha=8), str(base_dir), tok, {"v": 1})
     assert not (tmp_path / "v1" / "model.safetensors").exists()  # only the adapter is stored
-    loaded, _, meta = ckpt.load_model_dir(tmp_path / "v1")
+    loaded, _, meta = load_model_dir(tmp_path / "v1", tmp_path)
     assert meta == {"v": 1}
     with torch.no_grad():
         torch.testing.assert_close(loaded(IDX), base(IDX), rtol=1e-5, atol=1e-5)
@@ -136,10 +137,10 @@ def test_lora_training_run_keeps_base_and_saves_only_adapter(tmp_path):
     assert adapter and all(".lora_" in k for k in adapter)
     assert json.loads((tmp_path / "v1" / "adapter_config.json").read_text())["base"] == str(tmp_path / "base")
     # the base directory is untouched and the version dir loads as base + adapter
-    reloaded_base, _, _ = ckpt.load_model_dir(tmp_path / "base")
+    reloaded_base, _, _ = load_model_dir(tmp_path / "base", tmp_path)
     for k, v in base.state_dict().items():
         assert torch.equal(reloaded_base.state_dict()[k], v)
-    tuned, _, _ = ckpt.load_model_dir(Path(tmp_path / "v1"))
+    tuned, _, _ = load_model_dir(Path(tmp_path / "v1"), tmp_path)
     ids = torch.tensor([tok.encode(TEXT[:25])])
     with torch.no_grad():
         assert tuned(ids[:, :-1], ids[:, 1:]) < base.eval()(ids[:, :-1], ids[:, 1:])

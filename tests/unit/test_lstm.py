@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm import checkpoint as ckpt
+from lm.load import load_model_dir
 from lm.lstm import LSTMLM, LSTMConfig, sample_next
 from lm.train import TrainConfig, train
 
@@ -18,7 +18,7 @@ def test_lstm_learns_and_generates(tmp_path):
                                 char=True, n_layers=1, dim=32, block_size=16, batch_size=8, steps=80, lr=1e-2,
                                 warmup=5, eval_interval=0, eval_batches=2, progress=False))
     assert summary["status"] == "done" and summary["val_loss"] < 0.1
-    model, tok, _ = ckpt.load_model_dir(tmp_path / "m")
+    model, tok, _ = load_model_dir(tmp_path / "m", tmp_path)
     assert isinstance(model, LSTMLM)
     prompt = torch.tensor([tok.encode("abc")])
     out = model.generate(prompt, 13, temperature=0.0)

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from bot.documents import parse as parse_mod
-from bot.documents.parse import DocumentError, parse_document
+from bot.documents import parse as parse_pkg
+from bot.documents.parse import DocumentError, formats, parse_document
 from tests.support import hostile_files as hostile
 from tests.support import make_docs as md
+from tests.support import misbehaving_parsers
 
 PAGES = [
     "The first page talks about tides.\nThey rise (and fall) twice a day.",
@@ -121,9 +122,9 @@ def test_zip_bomb_disguised_as_docx_is_refused_from_its_directory():
 
 def test_docx_whose_total_unpacked_size_is_over_the_limit_is_a_zip_bomb(monkeypatch):
     data = md.make_docx("T", [("H", ["Body text."])])
-    monkeypatch.setattr(parse_mod, "ZIP_MAX_TOTAL", 10_000)  # a real .docx unpacks to ~40 KB
+    monkeypatch.setattr(formats, "ZIP_MAX_TOTAL", 10_000)  # a real .docx unpacks to ~40 KB
     with pytest.raises(DocumentError) as info:
-        parse_mod._parse_bytes(data, "big.docx")
+        formats.parse_bytes(data, "big.docx")
     assert info.value.code == "zip_bomb"
 
 
@@ -245,14 +246,14 @@ def test_too_large_is_refused_before_reading(tmp_path):
 
 @pytest.mark.timeout(30)  # without the kill the child would sleep for an hour
 def test_a_hanging_parse_is_killed_and_reported_as_timeout(monkeypatch):
-    monkeypatch.setenv("DOCENT_PARSE_TEST_HOOK", "sleep")
+    monkeypatch.setattr(parse_pkg, "parse_bytes", misbehaving_parsers.sleep_for_an_hour)
     err = error_of(b"hello", "slow.txt", timeout_s=1.5)
     assert err.code == "timeout" and "1.5 s" in err.message
 
 
 def test_a_parse_over_the_memory_limit_is_reported_as_memory(monkeypatch):
-    # The hook allocates (without touching) twice memory_mb: only RLIMIT_AS makes that fail.
-    monkeypatch.setenv("DOCENT_PARSE_TEST_HOOK", "alloc")
+    # The parser allocates (without touching) twice memory_mb: only RLIMIT_AS makes that fail.
+    monkeypatch.setattr(parse_pkg, "parse_bytes", misbehaving_parsers.allocate_past_the_memory_limit)
     err = error_of(b"hello", "huge.txt", memory_mb=300)
     assert err.code == "memory" and "300 MB" in err.message
 

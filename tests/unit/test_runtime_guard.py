@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from bot.config import Settings
-from bot.services.models import ModelManager
+from bot.services import build_services
 from bot.telegram.context import Runtime
 
 
 def _runtime(tmp_path) -> Runtime:
     settings = Settings(data_dir=tmp_path, cache_dir=tmp_path)
-    return Runtime(settings, sessions=None, models=ModelManager(settings))
+    return Runtime(build_services(settings, sessions=None))
 
 
 async def test_messages_of_one_user_are_answered_in_order_after_each_other(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lm.engine import Engine, GenerationConfig
-from lm.serve import PrefixCache, Queued, Server, Started
+from lm.serve import Queued, Server, Started
+from lm.slots import PrefixCache
 from tests.unit.test_engine import chain_model, full_greedy, random_model, tok  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

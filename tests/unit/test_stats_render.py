@@ -6,7 +6,8 @@ from __future__ import annotations
 from bot.db.models import ModelVersion
 from bot.db.stats import ChatTotals, Counts, UserStats
 from bot.services.stats import Overview, Stats
-from bot.telegram.stats import MAX_CHATS_SHOWN, render
+from bot.telegram.texts import MAX_CHATS_SHOWN
+from bot.telegram.texts import stats_text as render
 
 
 def test_a_user_sees_their_numbers_today_and_in_all_with_singular_and_plural():

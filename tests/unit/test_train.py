@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from lm import checkpoint as ckpt
 from lm.config import ModelConfig
 from lm.data import TextBatches, chat_examples, pad_batch, split_tokens
+from lm.load import load_model_dir
 from lm.model import Transformer
 from lm.tokenizer import Tokenizer
 from lm.train import TrainConfig, lr_at, main, train
@@ -53,7 +54,7 @@ def test_loss_decreases_and_writes_loadable_model_dir(tmp_path):
     assert first > 2.0  # about ln(vocab) at the start
     assert summary["val_loss"] < 0.5 * first
     # the output is a model directory that generates what it learned
-    model, tok, meta = ckpt.load_model_dir(cfg.out_dir)
+    model, tok, meta = load_model_dir(cfg.out_dir, tmp_path)
     assert meta["status"] == "done" and meta["mode"] == "scratch"
     assert not (Path(cfg.out_dir) / ckpt.CHECKPOINT).exists()  # removed after a finished run
     ids = torch.tensor([tok.encode("e quick brown fo")])  # 16 tokens: the trained context
@@ -178,7 +179,7 @@ def test_model_dir_round_trip_same_logits(tmp_path):
                       max_seq_len=32)
     model = Transformer(cfg).init_weights(3).eval()
     ckpt.save_model_dir(tmp_path / "m", model, cfg, tok, {"note": "x"})
-    loaded, tok2, meta = ckpt.load_model_dir(tmp_path / "m")
+    loaded, tok2, meta = load_model_dir(tmp_path / "m", tmp_path)
     idx = torch.tensor([tok.encode("the lazy dog")])
     assert tok2.encode("the lazy dog") == idx[0].tolist()
     with torch.no_grad():
@@ -200,4 +201,4 @@ def test_bad_inputs_get_clear_messages(tmp_path, capsys):
     assert main(["--data", str(bad), "--out", str(tmp_path / "o2"), "--char", "--no-progress"]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
     with pytest.raises(ckpt.CheckpointError, match="not a model directory"):
-        ckpt.load_model_dir(tmp_path)
+        load_model_dir(tmp_path, tmp_path)

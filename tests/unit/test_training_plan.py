@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
+from bot.services.training.dataset import DataStats, Example
 from bot.services.training.plan import (
     Plan,
     StepTime,
-    StepTimer,
     TrainingOptions,
     estimate_seconds,
     fit_to_data,
     not_enough_data,
 )
-from bot.services.training.service import DataStats, Example
+from bot.services.training.runner import StepTimer
+from bot.telegram.texts import plan_text, shortfall_text
 
 DEFAULTS = TrainingOptions()  # epochs 3, max_steps 200, batch 4, eval_batches 8, min_examples 5
 
@@ -42,7 +43,7 @@ def test_seven_examples_get_a_few_steps_of_epochs_over_them_not_a_fixed_count():
     assert (o.steps, o.batch_size) == (5, 4)  # ceil(3 epochs × 6 / 4)
     assert o.epochs_over(6) == pytest.approx(20 / 6)
     assert o.eval_batches == 1  # one held-out example: one batch covers it, not eight copies of it
-    text = plan_for(DEFAULTS, 6, 1).describe()
+    text = plan_text(plan_for(DEFAULTS, 6, 1))
     assert "5 steps × batch 4 ≈ 3.3 epochs over the 6 training examples" in text and "capped" not in text
 
 
@@ -54,7 +55,7 @@ def test_the_batch_never_exceeds_the_training_set_and_big_data_is_capped_at_max_
     big = fit_to_data(DEFAULTS, 1800, 200)
     assert (big.steps, big.batch_size, big.eval_batches) == (200, 4, 8)
     assert big.epochs_over(1800) == pytest.approx(800 / 1800)
-    text = plan_for(DEFAULTS, 1800, 200).describe()
+    text = plan_text(plan_for(DEFAULTS, 1800, 200))
     assert "200 steps × batch 4 ≈ 0.4 epochs over the 1,800 training examples (capped at max_steps 200" in text
 
 
@@ -63,9 +64,9 @@ def test_the_estimate_counts_steps_and_every_evaluation_at_the_measured_step_tim
     assert o.evals == 6
     assert estimate_seconds(o, 8000.0) == pytest.approx(8.0 * (5 + 6 * 1 / 3))
     assert estimate_seconds(o, None) is None
-    shown = plan_for(DEFAULTS, 6, 1, ms=8000.0).describe()
+    shown = plan_text(plan_for(DEFAULTS, 6, 1, ms=8000.0))
     assert "Estimated time: 56s (8.0s per step, timed)" in shown
-    assert "Estimated time: ? (timed)" in plan_for(DEFAULTS, 6, 1, ms=None).describe()
+    assert "Estimated time: ? (timed)" in plan_text(plan_for(DEFAULTS, 6, 1, ms=None))
 
 
 @pytest.mark.parametrize("chats, n_train, n_heldout, says", [
@@ -77,12 +78,12 @@ def test_the_estimate_counts_steps_and_every_evaluation_at_the_measured_step_tim
 def test_too_little_data_is_refused_with_the_reason_and_no_run_sized(chats, n_train, n_heldout, says):
     stats = DataStats(chats=chats)
     refusal = not_enough_data(stats, n_train, n_heldout, DEFAULTS.min_examples)
-    assert refusal is not None and says in refusal
+    assert refusal is not None and says in shortfall_text(refusal)
     if chats == 0 or n_train + n_heldout:
-        assert "/training on" in refusal  # what the admin can do about it
+        assert "/training on" in shortfall_text(refusal)  # what the admin can do about it
     plan = plan_for(DEFAULTS, n_train, n_heldout, chats=chats)
     assert not plan.ready and plan.step is None
-    text = plan.describe()
+    text = plan_text(plan)
     assert says in text and "steps ×" not in text and "Estimated time" not in text
 
 

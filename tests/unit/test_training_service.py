@@ -18,25 +18,21 @@ from bot.db import documents as documents_db
 from bot.db import messages as messages_db
 from bot.db import training as training_db
 from bot.db.session import create_engine, session_factory, upgrade
+from bot.services.chats import Chats, Origin
 from bot.services.models import ModelManager
-from bot.services.training.service import (
-    DataStats,
-    Example,
-    MetricsTail,
-    RunOutcome,
-    StepTimer,
-    TrainingOptions,
-    TrainingService,
-    arrange,
-    heldout_loss,
-    plot_loss_curve,
-    should_promote,
-)
+from bot.services.training.dataset import DataStats, Example, arrange
+from bot.services.training.plan import TrainingOptions
+from bot.services.training.report import MetricsTail, RunOutcome, plot_loss_curve, should_promote
+from bot.services.training.runner import StepTimer, train_args
+from bot.services.training.service import TrainingService
+from bot.telegram.texts import plan_text, step_time_text
 from lm.data import chat_examples, read_chat_jsonl, split_examples
+from lm.heldout import heldout_loss
 from lm.tokenizer import Tokenizer
 from tests.support.tiny_gguf import write_tiny_gguf
 
 ON, OFF, UNSET, ADMIN = 101, 102, 103, 900
+BY_ADMIN = Origin(chat_id=ADMIN, chat_type="private", user_id=ADMIN)  # who starts the runs
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,7 +84,8 @@ async def service(tmp_path, tiny, timer):
     settings.data_dir.mkdir(parents=True)
     await upgrade(url)
     engine = create_engine(url)
-    svc = TrainingService(settings, session_factory(engine), ModelManager(settings),
+    sessions = session_factory(engine)
+    svc = TrainingService(settings, sessions, ModelManager(settings), Chats(settings, sessions),
                           TrainingOptions(max_steps=4, batch_size=2, block_size=128, eval_batches=2, min_examples=2),
                           timer=timer)
     yield svc
@@ -137,7 +134,7 @@ def texts(conversations: list[list[dict]], role: str) -> list[str]:
 async def test_export_respects_opt_in_drops_disliked_replies_and_includes_documents(service):
     await fill(service)
     plan = await service.plan()
-    run = await service.start(plan, requested_by=ADMIN)
+    run = await service.start(plan, requested_by=BY_ADMIN)
     service.job = None  # only the export is under test; nothing will run
     written = read_chat_jsonl(service.paths(run.id).data)  # the file lm.train reads, parsed by lm itself
     answers, questions = texts(written, "assistant"), texts(written, "user")
@@ -166,7 +163,7 @@ async def test_plan_numbers_match_what_lm_train_will_see(service, tiny):
     s = plan.stats
     assert (s.chats, s.conversations, s.exchanges, s.liked, s.disliked, s.documents, s.chunks) == \
         (1, 2, 3, 1, 1, 1, 2)
-    run = await service.start(plan, requested_by=ADMIN)
+    run = await service.start(plan, requested_by=BY_ADMIN)
     service.job = None
     conversations = read_chat_jsonl(service.paths(run.id).data)
     tokenizer = Tokenizer.from_gguf(str(tiny))
@@ -178,13 +175,13 @@ async def test_plan_numbers_match_what_lm_train_will_see(service, tiny):
     # lm.train holds out the file's last examples: exactly the ones the plan chose
     assert [ids for ids, _ in held] == [ids for ids, _ in chat_examples([e.messages for e in plan.heldout],
                                                                         tokenizer, 128)]
-    assert "tokens" in plan.describe() and str(plan.examples) in plan.describe()
+    assert "tokens" in plan_text(plan) and str(plan.examples) in plan_text(plan)
 
     # the estimate: real training steps timed on this data, then what a finished run measured with the same
     # base model, batch and block size (a run on another base is no guide)
     o = plan.options
-    assert plan.step.ms > 0 and " per step, timed on 3 training steps" in plan.step.describe()
-    assert f"({plan.step.describe()})" in plan.describe()
+    assert plan.step.ms > 0 and " per step, timed on 3 training steps" in step_time_text(plan.step)
+    assert f"({step_time_text(plan.step)})" in plan_text(plan)
     assert plan.est_seconds == pytest.approx(plan.step.ms / 1000 * (o.steps + o.evals * o.eval_batches / 3))
     async with service.sessions() as ses:
         await training_db.add_version(ses, name="run-x", base=str(tiny), path="/nowhere", notes=json.dumps(
@@ -192,7 +189,7 @@ async def test_plan_numbers_match_what_lm_train_will_see(service, tiny):
         await training_db.add_version(ses, name="run-y", base="another-model", path="/nowhere", notes=json.dumps(
             {"run_id": 43, "ms_per_step": 9000.0, "batch_size": o.batch_size, "block_size": o.block_size}))
     again = await service.plan()
-    assert "3.0s per step, as measured by run #42" in again.describe()
+    assert "3.0s per step, as measured by run #42" in plan_text(again)
     assert again.est_seconds == pytest.approx(3.0 * (o.steps + o.evals * o.eval_batches / 3))
 
 
@@ -203,12 +200,12 @@ async def test_the_plan_and_the_run_it_starts_fit_the_small_data_set(service):
     plan = await service.plan()
     assert (len(plan.train), len(plan.heldout)) == (4, 1)
     assert (plan.options.steps, plan.options.batch_size, plan.options.eval_batches) == (3, 2, 1)
-    assert "3 steps × batch 2 ≈ 1.5 epochs over the 4 training examples" in plan.describe()
-    run = await service.start(plan, requested_by=ADMIN)
+    assert "3 steps × batch 2 ≈ 1.5 epochs over the 4 training examples" in plan_text(plan)
+    run = await service.start(plan, requested_by=BY_ADMIN)
     service.job = None
     async with service.sessions() as s:
         stored = TrainingOptions.from_stored((await training_db.get_run(s, run.id)).config["options"])
-    args = service.train_args(service.paths(run.id), plan.base, stored, resume=False)
+    args = train_args(service.paths(run.id), plan.base, stored, resume=False)
     assert args[args.index("--steps") + 1] == "3" and args[args.index("--batch") + 1] == "2"
     assert args[args.index("--eval-batches") + 1] == "1"
 
@@ -218,10 +215,10 @@ async def test_too_little_data_gets_a_plan_that_says_so_and_cannot_start(service
     service.options.min_examples = 6
     plan = await service.plan()
     assert not plan.ready and plan.step is None  # nothing was timed for it
-    assert "Not enough data to train on yet: 5 examples, and a run needs at least 6" in plan.describe()
-    assert "Estimated time" not in plan.describe()
+    assert "Not enough data to train on yet: 5 examples, and a run needs at least 6" in plan_text(plan)
+    assert "Estimated time" not in plan_text(plan)
     with pytest.raises(ValueError, match="Not enough data"):
-        await service.start(plan, requested_by=ADMIN)
+        await service.start(plan, requested_by=BY_ADMIN)
     async with service.sessions() as s:
         assert await training_db.list_runs(s) == []
     assert not service.busy and not service.runs_dir.exists()
@@ -275,7 +272,7 @@ async def test_finished_run_becomes_a_version_and_is_promoted_only_when_better(s
     root, summary = lora_run
     await fill(service)
     plan = await service.plan(force=force)
-    run = await service.start(plan, requested_by=ADMIN)
+    run = await service.start(plan, requested_by=BY_ADMIN)
     paths = service.paths(run.id)
     shutil.copytree(root / "out", paths.out)
     before = summary["val_loss"] + before_delta

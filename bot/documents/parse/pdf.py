@@ -1,4 +1,4 @@
-"""PDF text for bot.documents.parse, which calls `parse_pdf` inside its limited child process.
+"""PDF text for bot.documents.parse.formats: its `parse_bytes` calls `parse_pdf` in the limited child process.
 
 One section per page. The ways a PDF can be bad are told apart, each with its own message: damaged or
 cut off, password-protected, scanned (no text layer), or a "flate bomb": compressed streams that unpack to
@@ -13,9 +13,9 @@ import io
 import re
 import zlib
 
-from bot.documents.parse import DocumentError, Section, _clean, _empty
+from bot.documents.parse.document import DocumentError, Section, clean_text, empty_error
 
-INFLATED_MAX = 256 * 2**20  # all zlib streams together, unpacked (parse.ZIP_MAX_TOTAL is the same for .docx)
+INFLATED_MAX = 256 * 2**20  # all zlib streams together, unpacked (formats.ZIP_MAX_TOTAL: the same, for .docx)
 _STREAM_START = re.compile(rb"(?<!end)stream\r?\n")
 # Input is fed in small slices (what follows a stream's end is copied once, into unused_data) and output taken
 # in bounded pieces, so measuring a bomb never holds it in memory.
@@ -53,7 +53,7 @@ def parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
     except Exception:  # pypdf raises many types on damaged input
         raise corrupt from None
     if not pages:
-        raise _empty(name)
+        raise empty_error(name)
     if not any(p.strip() for p in pages):
         if inflated_size(data, INFLATED_MAX) > INFLATED_MAX:
             raise _bomb(name)
@@ -95,4 +95,4 @@ def inflated_size(data: bytes, budget: int) -> int:
 
 def _clean_pdf_text(text: str) -> str:
     text = re.sub(r"(?<=[a-z])-\n(?=[a-z])", "", text)  # words hyphenated across lines
-    return _clean(text)
+    return clean_text(text)

@@ -1,0 +1,62 @@
+"""The layers keep to their rooms, read from the imports of every module (AST, nothing is imported): the Telegram
+layer talks to services only, the services know nothing of Telegram, and lm is a library that knows nothing of
+the bot. Also every module's size: bot/ 500 lines at most, lm/ 600."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# package (a folder of the repository) -> the top-level modules or packages it must not import
+FORBIDDEN = {
+    "bot/telegram": ("torch", "lm", "bot.db"),
+    "lm": ("bot", "telegram", "sqlalchemy"),
+    "bot/services": ("telegram",),
+}
+MAX_LINES = {"bot": 500, "lm": 600}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, anywhere in it (also inside functions), as a dotted name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # from bot import db
+    return found
+
+
+def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for module in imported_modules(path):
+            if any(module == f or module.startswith(f + ".") for f in forbidden):
+                bad.append(f"{path.relative_to(ROOT)} imports {module}")
+    return bad
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_a_layer_imports_nothing_it_must_not(package):
+    assert (ROOT / package).is_dir()
+    assert violations(package, FORBIDDEN[package]) == []
+
+
+def test_the_check_sees_an_import_inside_a_function(tmp_path):
+    module = tmp_path / "handler.py"
+    module.write_text("def f():\n    from lm.engine import GenerationConfig\n    import torch\n")
+    assert {"lm.engine", "torch"} <= imported_modules(module)
+    module.write_text("from bot import db\n")
+    assert "bot.db" in imported_modules(module)
+
+
+@pytest.mark.parametrize("package", sorted(MAX_LINES))
+def test_no_module_is_too_long(package):
+    long = [f"{p.relative_to(ROOT)}: {n} lines" for p in sorted((ROOT / package).rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES[package]]
+    assert long == []
