@@ -12,7 +12,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from bot.cli.main import bounded
+from bot.cli.args import bounded
 from bot.config import Settings
 
 DEFAULT_LIMITS = {"retrieval": None, "qa": 30, "summary": None}  # None = every question / document
