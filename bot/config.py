@@ -82,6 +82,11 @@ class DocumentSettings:
     proximity_weight: float = 1.0
     phrase_weight: float = 1.0
 
+    def parse_limits(self) -> dict:
+        """bot.documents.parse.parse_document's limits as these settings set them (its keyword arguments)."""
+        return {"timeout_s": self.parse_timeout_s, "memory_mb": self.parse_memory_mb,
+                "max_bytes": int(self.max_file_mb * 2**20)}
+
 
 @dataclass
 class TrainingSettings:

@@ -98,9 +98,7 @@ def _cmd_summarize(args: argparse.Namespace, settings: Settings) -> int:
     from lm.encoder import Encoder
 
     try:
-        doc = parse_document(Path(args.path), Path(args.path).name, timeout_s=settings.documents.parse_timeout_s,
-                             memory_mb=settings.documents.parse_memory_mb,
-                             max_bytes=int(settings.documents.max_file_mb * 2**20))
+        doc = parse_document(Path(args.path), Path(args.path).name, **settings.documents.parse_limits())
     except DocumentError as e:
         print(f"{args.path}: {e.message}", file=sys.stderr)
         return 1

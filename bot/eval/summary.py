@@ -41,9 +41,7 @@ def lead_sentences(text: str, k: int) -> str:
 def _parse_text(text: str, name: str, settings: Settings) -> list[str]:
     from bot.documents.parse import parse_document
 
-    docs = settings.documents
-    parsed = parse_document(text.encode("utf-8"), name, "text/plain", timeout_s=docs.parse_timeout_s,
-                            memory_mb=docs.parse_memory_mb, max_bytes=int(docs.max_file_mb * 2**20))
+    parsed = parse_document(text.encode("utf-8"), name, "text/plain", **settings.documents.parse_limits())
     return [section.text for section in parsed.sections]
 
 

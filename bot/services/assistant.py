@@ -28,7 +28,7 @@ from bot.db import messages as messages_db
 from bot.db import sources
 from bot.db.models import Message
 from bot.services import answer
-from bot.services.chats import Chats, Origin
+from bot.services.chats import Chats, Origin, record_origin
 from bot.services.jobs import CANCELLED, Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
 from bot.services.models import ChatModel, ModelManager, generation_config
@@ -111,13 +111,13 @@ class _Generated:
 
 class Assistant:
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models: ModelManager,
-                 chats: Chats, knowledge: KnowledgeBase | None = None, jobs: Jobs | None = None):
+                 chats: Chats, knowledge: KnowledgeBase, jobs: Jobs):
         self.settings = settings
         self.sessions = sessions
         self.models = models
         self.chats = chats
         self.knowledge = knowledge
-        self.jobs = jobs or Jobs(sessions)
+        self.jobs = jobs
 
     async def reply(self, incoming: Incoming, open_reply: OpenReply,
                     force_documents: bool = False) -> AsyncIterator[ReplyEvent]:
@@ -207,18 +207,16 @@ class Assistant:
 
     async def accept(self, msg: Incoming) -> Message | None:
         """Store the user's message once; None means this update was already handled."""
-        o = msg.origin
         async with self.sessions() as s:
-            await chats_db.ensure_user_and_chat(s, o.chat_id, o.chat_type, o.user_id, o.username, o.first_name,
-                                                o.title)
+            await record_origin(s, msg.origin)
             return await messages_db.record_update_and_user_message(
-                s, msg.update_id, o.chat_id, o.user_id, msg.text, msg.telegram_message_id,
+                s, msg.update_id, msg.origin.chat_id, msg.origin.user_id, msg.text, msg.telegram_message_id,
                 msg.reply_to_telegram_message_id)
 
-    async def sampling_for(self, chat_id: int, **overrides) -> GenerationConfig:
+    async def sampling_for(self, chat_id: int) -> GenerationConfig:
+        """The configured generation settings at the chat's temperature."""
         prefs = await self.chats.prefs_of(chat_id)
-        overrides.setdefault("temperature", prefs.temperature)
-        return generation_config(self.settings.model, **overrides)
+        return generation_config(self.settings.model, temperature=prefs.temperature)
 
     async def turns(self, conversation_id: int) -> list[Message]:
         """The conversation's stored user and assistant messages that go into a prompt, oldest first."""
@@ -254,7 +252,7 @@ class Assistant:
         messages = await self.conversation(question.chat_id, question.conversation_id, turns)
         prepared = Prepared(messages)
         scope = chat_scope(question.chat_id)
-        if self.knowledge is not None and (force_documents or await self.knowledge.has_documents(scope)):
+        if force_documents or await self.knowledge.has_documents(scope):
             earlier = [m["content"] for m in messages[1:-1] if m["role"] == "user"]
             result = await answer.answer_question(messages[-1]["content"], knowledge=self.knowledge, model=model,
                                                   scope=scope, recent_questions=earlier, force=force_documents)

@@ -40,14 +40,21 @@ class ChatPrefs:
         return self.training_default if self.allow_training is None else self.allow_training
 
 
+async def record_origin(session: AsyncSession, origin: Origin) -> None:
+    """Create or refresh the chat (and its user) an action came from; commits."""
+    await chats_db.ensure_user_and_chat(session, origin.chat_id, origin.chat_type, origin.user_id, origin.username,
+                                        origin.first_name, origin.title)
+
+
 class Chats:
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]):
         self.settings = settings
         self.sessions = sessions
 
-    async def _ensure(self, s: AsyncSession, origin: Origin) -> None:
-        await chats_db.ensure_user_and_chat(s, origin.chat_id, origin.chat_type, origin.user_id, origin.username,
-                                            origin.first_name, origin.title)
+    async def record(self, origin: Origin) -> None:
+        """Record the chat and user of an action whose rows name them (a document, a job, a training run)."""
+        async with self.sessions() as s:
+            await record_origin(s, origin)
 
     def _prefs(self, stored: ChatSettings | None) -> ChatPrefs:
         model = self.settings.model
@@ -65,26 +72,26 @@ class Chats:
     async def prefs(self, origin: Origin) -> ChatPrefs:
         """The settings of the chat `origin` is in, the chat recorded first."""
         async with self.sessions() as s:
-            await self._ensure(s, origin)
+            await record_origin(s, origin)
             return self._prefs(await chats_db.get_chat_settings(s, origin.chat_id))
 
     async def change(self, origin: Origin, **values) -> ChatPrefs:
         """Set some of the chat's settings (system_prompt, temperature, allow_training; None: back to the
         default) and return them all as they now apply. ValueError for a value out of range."""
         async with self.sessions() as s:
-            await self._ensure(s, origin)
+            await record_origin(s, origin)
             return self._prefs(await chats_db.set_chat_settings(s, origin.chat_id, **values))
 
     async def reset(self, origin: Origin) -> None:
         """Start a new conversation; the old one stays in SQL but is no longer sent to the model."""
         async with self.sessions() as s:
-            await self._ensure(s, origin)
+            await record_origin(s, origin)
             await chats_db.start_new_conversation(s, origin.chat_id)
 
     async def rate(self, origin: Origin, telegram_message_id: int, value: int) -> bool:
         """Record the user's +1/-1 on one of the bot's replies; False when that reply is not known."""
         async with self.sessions() as s:
-            await self._ensure(s, origin)
+            await record_origin(s, origin)
             message = await messages_db.message_by_telegram_id(s, origin.chat_id, telegram_message_id)
             if message is None or message.role != "assistant":
                 return False

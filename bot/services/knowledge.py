@@ -97,8 +97,7 @@ class KnowledgeBase:
         report("parsing", 0.0)
         docs = self.settings.documents
         parsed: ParsedDocument = await asyncio.to_thread(
-            parse_document, data, filename, mime, timeout_s=docs.parse_timeout_s,
-            memory_mb=docs.parse_memory_mb, max_bytes=int(docs.max_file_mb * 2**20))
+            parse_document, data, filename, mime, **docs.parse_limits())
         stop()
         report("chunking", 0.05)
         chunks = await asyncio.to_thread(

@@ -23,13 +23,10 @@ log = logging.getLogger(__name__)
 class SummaryOutcome:
     status: Literal["done", "no_such_document", "ambiguous", "empty_conversation", "stopped", "failed"]
     label: str = ""  # the document's name, or "this conversation"
+    of_document: bool = False
     summary: Summary | None = None
     detail: str = ""  # the name asked for, or why it stopped (jobs.CANCELLED / SHUTDOWN)
     matches: int = 0  # how many documents an ambiguous name matched
-
-    @property
-    def of_document(self) -> bool:
-        return self.label != "this conversation"
 
 
 class SummaryView(Protocol):
@@ -45,7 +42,7 @@ class Summaries:
     async def summarize(self, origin: Origin, target: str, view: SummaryView) -> SummaryOutcome:
         """Summarize the chat's document named or numbered `target`, or the current conversation when it is
         empty; `view` shows the progress and the outcome."""
-        await self.assistant.chats.prefs(origin)  # records the chat and user
+        await self.assistant.chats.record(origin)  # the job's row names them
         if target:
             pieces, outcome = await self._document(chat_scope(origin.chat_id), target)
         else:
@@ -83,4 +80,4 @@ class Summaries:
             return [], SummaryOutcome(status, detail=target, matches=len(matches))
         async with self.knowledge.sessions() as s:
             chunks = [c for c in await documents_db.chunks_for_scope(s, scope) if c.document_id == matches[0].id]
-        return [c.text for c in chunks], SummaryOutcome("done", matches[0].name)
+        return [c.text for c in chunks], SummaryOutcome("done", matches[0].name, of_document=True)

@@ -40,7 +40,7 @@ class Uploads:
                     download: Callable[[], Awaitable[bytes]], view: UploadView) -> UploadOutcome:
         """Index the file `download()` fetches for the chat, as a job that /cancel stops; `view` shows how it
         went (and is told before the job's SQL row goes, so a restart never finds it half reported)."""
-        await self.chats.prefs(origin)  # records the chat and user the document is filed under
+        await self.chats.record(origin)  # the document is filed under them
         async with self.jobs.track("ingest", origin.chat_id, origin.user_id, status_message_id, name) as job:
             outcome = await self._index(origin, filename, mime, download, view, job)
             await view.finish(outcome)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -17,8 +16,6 @@ from bot.telegram import texts
 from bot.telegram.access import addressed_to_bot, is_admin, is_allowed, strip_mention
 from bot.telegram.context import Runtime, origin_of, runtime
 from bot.telegram.messages import StreamingMessage
-
-log = logging.getLogger(__name__)
 
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 FEEDBACK = {"fb:1": 1, "fb:-1": -1}

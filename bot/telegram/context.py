@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from telegram import Update
@@ -15,8 +14,6 @@ from bot.services import Services
 from bot.services.chats import Origin
 from bot.telegram import texts
 from bot.telegram.access import RateLimiter, is_allowed
-
-log = logging.getLogger(__name__)
 
 
 class Runtime:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
@@ -18,8 +16,6 @@ from bot.telegram.access import manages_chat
 from bot.telegram.chat import answer_text
 from bot.telegram.context import origin_of, runtime
 from bot.telegram.messages import StatusLine, StreamingMessage
-
-log = logging.getLogger(__name__)
 
 COMMANDS = [
     BotCommand("ask", "answer a question from this chat's documents"),

@@ -440,10 +440,9 @@ def versions_text(versions, configured: str) -> str:
     active = next((v for v in versions if v.is_active), None)
     lines = [f"base – {configured} (configured){'  ✅ active' if active is None else ''}"]
     for v in versions:
-        loss = f"{v.heldout_loss:.4f}" if v.heldout_loss is not None else "?"
         size = f"{v.data_size:,} tokens" if v.data_size is not None else "? tokens"
         lines.append(f"#{v.id} {v.name} – base {v.base}, {v.created_at:%Y-%m-%d %H:%M} UTC, {size}, "
-                     f"held-out {loss}{'  ✅ active' if v.is_active else ''}")
+                     f"held-out {format_loss(v.heldout_loss)}{'  ✅ active' if v.is_active else ''}")
     return "Model versions:\n" + "\n".join(lines) + "\n\nSwitch with /rollback ID or /rollback base."
 
 

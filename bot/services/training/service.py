@@ -1,8 +1,8 @@
 """Retraining the chat model on what the bot has seen, from a plan to a promoted model version: the one
 object the Telegram admin handlers and the bot's start-up call.
 
-    plan = await service.plan()                 # data from SQL, sized to it, timed (training_plan); nothing written
-    run = await service.start(plan, admin_id)   # a training_runs row + data.jsonl in data_dir/runs/<id>/
+    plan = await service.plan()                 # data from SQL, sized to it, timed (plan.py); nothing written
+    run = await service.start(plan, origin)     # a training_runs row + data.jsonl in data_dir/runs/<id>/
     outcome = await service.run(run.id, progress=print)   # child processes; metrics -> progress(job)
 
 Data (dataset.py): the conversations and documents of the chats that opted in, 👎 replies left out, 👍 first,
@@ -25,7 +25,6 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.config import Settings
 from bot.db import training as training_db
 from bot.db.models import ModelVersion, TrainingRun
+from bot.db.session import now_utc
 from bot.services.chats import Chats, Origin
 from bot.services.training import runner
 from bot.services.training.dataset import Example, base_info, build_examples, read_sources, write_jsonl
@@ -52,10 +52,6 @@ from bot.services.training.versions import ModelVersions
 log = logging.getLogger(__name__)
 
 PLAN_TTL_S = 15 * 60
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class TrainingBusy(RuntimeError):
@@ -161,7 +157,7 @@ class TrainingService:
             raise TrainingBusy(f"run #{self.job.run_id} is still in progress")
         if not plan.ready:
             raise ValueError(f"Not enough data to train on: {plan.refusal}")
-        await self.chats.prefs(requested_by)  # records the chat and the admin the run row names
+        await self.chats.record(requested_by)  # the run row names the admin
         self.job = Job(run_id=0, steps=plan.options.steps)
         try:
             async with self.sessions() as s:
@@ -179,7 +175,7 @@ class TrainingService:
                 await asyncio.to_thread(write_jsonl, paths.data, plan.train + plan.heldout)
             except OSError as e:
                 async with self.sessions() as s:
-                    await training_db.update_run(s, run.id, status="failed", finished_at=_now(),
+                    await training_db.update_run(s, run.id, status="failed", finished_at=now_utc(),
                                                  error=f"data export: {e}")
                 raise
             return run
@@ -205,7 +201,7 @@ class TrainingService:
         """The latest resumable run, reserved as this process's job (None: there is none to resume)."""
         run = await self.resumable()
         if run is not None:
-            await self.chats.prefs(requested_by)  # records the chat and the admin, as for a new run
+            await self.chats.record(requested_by)  # as for a new run
             await self.reserve(run)
         return run
 
@@ -230,7 +226,7 @@ class TrainingService:
         outcome = RunOutcome(run_id, "failed", steps=options.steps, forced=bool(cfg.get("force")))
         try:
             paths.cancel.unlink(missing_ok=True)
-            await self._update_run(run_id, status="running", started_at=run.started_at or _now(),
+            await self._update_run(run_id, status="running", started_at=run.started_at or now_utc(),
                                    log_path=str(paths.log), checkpoint_path=str(paths.checkpoint), error=None)
             before = run.heldout_loss_before
             if before is None and not job.cancel_requested:
@@ -292,7 +288,7 @@ class TrainingService:
         outcome.error = error
         with contextlib.suppress(Exception):
             await self._update_run(run_id, status=outcome.status, error=error,
-                                   finished_at=_now() if outcome.status == "failed" else None)
+                                   finished_at=now_utc() if outcome.status == "failed" else None)
 
     async def _finish(self, run_id: int, cfg: dict, o: TrainingOptions, paths: RunPaths, summary: dict | None,
                       outcome: RunOutcome) -> None:
@@ -306,7 +302,7 @@ class TrainingService:
         if summary is None or summary.get("status") != "done":
             if job is not None and job.cancel_requested:
                 outcome.status = "resumable" if paths.checkpoint.is_file() else "cancelled"
-                await self._update_run(run_id, status=outcome.status, finished_at=_now(),
+                await self._update_run(run_id, status=outcome.status, finished_at=now_utc(),
                                        error="cancelled by an admin")
                 return
             tail = paths.log.read_text(errors="replace").strip().splitlines()[-3:] if paths.log.is_file() else []
@@ -328,7 +324,7 @@ class TrainingService:
                 log.exception("could not activate version %s", version.id)
                 outcome.load_failed = True
         outcome.status = "succeeded"
-        await self._update_run(run_id, status="succeeded", finished_at=_now(), result_version_id=version.id,
+        await self._update_run(run_id, status="succeeded", finished_at=now_utc(), result_version_id=version.id,
                                heldout_loss_after=outcome.after, checkpoint_path=None)
         outcome.version = await self.model_versions.get(version.id)
 
@@ -366,7 +362,7 @@ class TrainingService:
             if run.status == "resumable":
                 error = "its checkpoint is gone"
             await self._update_run(run.id, status=status, error=error,
-                                   finished_at=_now() if status == "failed" else None)
+                                   finished_at=now_utc() if status == "failed" else None)
             changed.append((run.id, status))
         return changed
 
