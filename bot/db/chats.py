@@ -14,13 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import (
-    Chat,
-    ChatSettings,
-    ChatType,
-    Conversation,
-    User,
-)
+from bot.db.models import Chat, ChatSettings, ChatType, Conversation, User
 from bot.db.session import check_choice, now_utc, upsert
 
 # ---- users, chats, conversations ----------------------------------------------------------------

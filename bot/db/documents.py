@@ -15,11 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
-from bot.db.models import (
-    Chunk,
-    Document,
-    DocumentStatus,
-)
+from bot.db.models import Chunk, Document, DocumentStatus
 from bot.db.session import check_choice
 
 # ---- documents and chunks -----------------------------------------------------------------------

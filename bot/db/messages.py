@@ -10,12 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.chats import conversation_for_update
-from bot.db.models import (
-    Feedback,
-    Message,
-    MessageStatus,
-    ProcessedUpdate,
-)
+from bot.db.models import Feedback, Message, MessageStatus, ProcessedUpdate
 from bot.db.session import check_choice, upsert
 
 # ---- messages -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 
-if TYPE_CHECKING:  # the modules import torch-side code lazily; building them below is what loads them
+if TYPE_CHECKING:  # imported by build_services: `import bot.services.answer` must not load every service
     from bot.services.assistant import Assistant
     from bot.services.chats import Chats
     from bot.services.jobs import Jobs
