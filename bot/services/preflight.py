@@ -67,9 +67,9 @@ async def check_database(settings: Settings) -> Check:
 
 
 def check_model_files(what: str, name: str, settings: Settings) -> Check:
-    from lm.hub import REGISTRY, HubError, is_pulled, resolve
+    from lm.hub import HubError, canonical, is_pulled, resolve
 
-    if name in REGISTRY:  # resolve() would pull it: only say whether it is there
+    if canonical(name) is not None:  # resolve() would pull it: only say whether it is there
         if is_pulled(name, settings.cache_dir):
             return Check(what, True, f"{name}, pulled")
         return Check(what, False, f"{name} is not pulled yet: run docent model pull {name}")
