@@ -25,6 +25,7 @@ from bot.services import Services, build_services
 from bot.services.models import ModelManager
 from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
 from bot.telegram.context import Runtime
+from bot.telegram.incoming import DocentApplication
 from bot.telegram.messages import StreamingMessage
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     services = build_services(settings, session_factory(engine), models)
     app = (
         Application.builder()
+        .application_class(DocentApplication)  # every update's text made storable before any handler sees it
         .token(settings.telegram.token)
         .base_url(settings.telegram.api_url)
         .base_file_url(_file_url(settings))

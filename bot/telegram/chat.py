@@ -9,7 +9,6 @@ from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
-from bot.safe_text import replace_lone_surrogates
 from bot.services.assistant import AlreadyAnswered, Done, Incoming, Partial, Waiting, Writing
 from bot.services.chats import ChatPrefs
 from bot.telegram import texts
@@ -67,7 +66,7 @@ async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         return
     args = context.args or []
     if args and args[0] in ("system", "prompt"):
-        prompt = replace_lone_surrogates(" ".join(args[1:]).strip())
+        prompt = " ".join(args[1:]).strip()
         if len(prompt) > 2000:
             await update.effective_message.reply_text(texts.SYSTEM_PROMPT_TOO_LONG)
             return
@@ -150,7 +149,6 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
     """Answer a user's text (length-checked, one reply in flight per user), streaming the reply as it is
     written into one Telegram message."""
     message, user = update.effective_message, update.effective_user
-    text = replace_lone_surrogates(text)  # JSON may carry a lone "\ud83d": UTF-8 (SQL, the tokenizer) cannot
     limit = rt.settings.telegram.max_input_chars
     if len(text) > limit:
         await message.reply_text(texts.too_long(len(text), limit))
