@@ -22,6 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.db.models import Chunk, Document, Message, MessageSource, User
 
 
+class AmbiguousName(ValueError):
+    """Several documents of the scope have the name asked for; the message lists their ids."""
+
+
 class NotAllowedToForget(ValueError):
     """The requester neither uploaded the document nor may manage the chat; the message names who may."""
 
@@ -34,16 +38,16 @@ class Forgotten:
 
 async def find_document(session: AsyncSession, scope: str, name_or_id: str | int) -> Document | None:
     """A ready document of `scope` by id, or by name; None when nothing matches (one still being indexed is not
-    matched). Raises ValueError when a name is ambiguous."""
+    matched). Raises AmbiguousName when a name is ambiguous."""
     document = None
     ready = (Document.scope == scope) & (Document.status == "ready")
-    if isinstance(name_or_id, int) or name_or_id.isdigit():
+    if isinstance(name_or_id, int) or (name_or_id.isascii() and name_or_id.isdigit()):  # "١٢" is a name, not 12
         document = await session.scalar(select(Document).where(ready, Document.id == int(name_or_id)))
     if document is None and isinstance(name_or_id, str):
         matches = list(await session.scalars(select(Document).where(ready, Document.name == name_or_id)))
         if len(matches) > 1:
             ids = ", ".join(str(d.id) for d in matches)
-            raise ValueError(f"{len(matches)} documents are named {name_or_id!r} (ids {ids}); give the id")
+            raise AmbiguousName(f"{len(matches)} documents are named {name_or_id!r} (ids {ids}); give the id")
         document = matches[0] if matches else None
     return document
 

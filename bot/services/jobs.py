@@ -12,6 +12,7 @@ The row is deleted only after the job's last status was shown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +29,8 @@ SHUTDOWN = "shutdown"    # ... or the bot stopping
 
 @dataclass
 class Running:
-    """One job in progress: `cancel` is set (and `reason` says why) when it must stop."""
+    """One job in progress: `cancel` is set (and `reason` says why) when it must stop; `ended` is set once it has
+    ended and shown how, with `outcome` (what the job's owner left there, e.g. bot.services.uploads.UploadOutcome)."""
 
     kind: str
     chat_id: int
@@ -36,6 +38,8 @@ class Running:
     label: str
     cancel: threading.Event = field(default_factory=threading.Event)
     reason: str | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: object = None
 
     def stop(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -69,6 +73,7 @@ class Jobs:
             yield job
         finally:
             del self._running[row.id]
+            job.ended.set()
         # only a block that ended normally showed how the job ended; after an error the row stays, and the
         # next start edits the status line, which would otherwise keep showing progress
         async with self.sessions() as s:
@@ -92,6 +97,10 @@ class Jobs:
         for job in found:
             job.stop(CANCELLED)
         return found
+
+    def running(self, kind: str, chat_id: int) -> list[Running]:
+        """The jobs of `kind` running in a chat that were not asked to stop, oldest first."""
+        return [j for j in self._running.values() if j.kind == kind and j.chat_id == chat_id and not j.cancel.is_set()]
 
     def stop_all(self) -> int:
         """The bot is stopping: every running job stops at its next step (and says so); new ones stop at once."""

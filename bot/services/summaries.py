@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SummaryOutcome:
-    status: Literal["done", "no_such_document", "ambiguous", "empty_conversation", "stopped", "failed"]
+    status: Literal["done", "no_such_document", "still_indexing", "ambiguous", "empty_conversation", "stopped",
+                    "failed"]
     label: str = ""  # the document's name, or "this conversation"
     of_document: bool = False
     summary: Summary | None = None
-    detail: str = ""  # the name asked for, or why it stopped (jobs.CANCELLED / SHUTDOWN)
+    detail: str = ""  # the name asked for (the upload's, while it is still being indexed), or why it stopped
+    # (jobs.CANCELLED / SHUTDOWN)
     matches: int = 0  # how many documents an ambiguous name matched
 
 
@@ -44,7 +46,7 @@ class Summaries:
         empty; `view` shows the progress and the outcome."""
         await self.assistant.chats.record(origin)  # the job's row names them
         if target:
-            pieces, outcome = await self._document(chat_scope(origin.chat_id), target)
+            pieces, outcome = await self._document(origin.chat_id, target)
         else:
             turns = await self.assistant.current_conversation(origin.chat_id)
             pieces, outcome = conversation_text(turns), SummaryOutcome("done", "this conversation")
@@ -70,11 +72,19 @@ class Summaries:
             await view.finish(outcome)
         return outcome
 
-    async def _document(self, scope: str, target: str) -> tuple[list[str], SummaryOutcome]:
-        """The text of the one document `target` names (its number, its name, or a part of its name)."""
+    async def _document(self, chat_id: int, target: str) -> tuple[list[str], SummaryOutcome]:
+        """The text of the one document `target` names (its number, its name, or a part of its name); an upload
+        of that name still being indexed is said to be."""
+        scope = chat_scope(chat_id)
         docs = await self.knowledge.documents(scope)
         matches = [d for d in docs if str(d.id) == target or d.name == target] or \
                   [d for d in docs if target.lower() in d.name.lower()]
+        if not matches:
+            uploads = self.jobs.running("ingest", chat_id)
+            indexing = [j for j in uploads if j.label == target] or \
+                       [j for j in uploads if target.lower() in j.label.lower()]
+            if indexing:
+                return [], SummaryOutcome("still_indexing", detail=indexing[0].label)
         if len(matches) != 1:
             status = "ambiguous" if matches else "no_such_document"
             return [], SummaryOutcome(status, detail=target, matches=len(matches))

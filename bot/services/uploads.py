@@ -1,5 +1,6 @@
 """An uploaded file indexed as a job: recorded for /cancel and restarts, downloaded, parsed, chunked, embedded
-and stored (KnowledgeBase.ingest), its outcome shown by the caller's status line before the job ends."""
+and stored (KnowledgeBase.ingest), its outcome shown by the caller's status line before the job ends. /forget
+lives here too: a document may still be an upload being indexed, which forgetting stops."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from bot.db.sources import AmbiguousName, Forgotten, NotAllowedToForget
 from bot.documents.parse import DocumentError
 from bot.services.chats import Chats, Origin
-from bot.services.jobs import Jobs
+from bot.services.jobs import CANCELLED, Jobs, Running
 from bot.services.knowledge import Ingested, KnowledgeBase, chat_scope
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,19 @@ class UploadOutcome:
     status: Literal["indexed", "duplicate", "still_indexing", "rejected", "download_failed", "stopped", "failed"]
     result: Ingested | None = None
     detail: str = ""  # why it was rejected, why the download failed, or why it stopped (jobs.CANCELLED/SHUTDOWN)
+
+
+@dataclass
+class ForgetOutcome:
+    """What /forget did: "forgotten" a ready document; "stopped" the indexing of an upload, so nothing of it is
+    stored; "forgotten_when_indexed": the upload's indexing ended before it could stop, and the document was then
+    forgotten; or nothing, and why ("no_such_document", "ambiguous", "not_allowed")."""
+
+    status: Literal["forgotten", "stopped", "forgotten_when_indexed", "no_such_document", "ambiguous",
+                    "not_allowed"]
+    name: str  # the name asked for, or the upload's
+    forgotten: Forgotten | None = None
+    detail: str = ""  # why not, for a ready document: which ids share the name, who may forget it
 
 
 class UploadView(Protocol):
@@ -42,7 +57,7 @@ class Uploads:
         went (and is told before the job's SQL row goes, so a restart never finds it half reported)."""
         await self.chats.record(origin)  # the document is filed under them
         async with self.jobs.track("ingest", origin.chat_id, origin.user_id, status_message_id, name) as job:
-            outcome = await self._index(origin, filename, mime, download, view, job)
+            outcome = job.outcome = await self._index(origin, filename, mime, download, view, job)
             await view.finish(outcome)
         return outcome
 
@@ -65,3 +80,42 @@ class Uploads:
         if result.duplicate:
             return UploadOutcome("duplicate" if result.document.status == "ready" else "still_indexing", result)
         return UploadOutcome("indexed", result)
+
+    async def forget(self, origin: Origin, target: str, *, any_document: bool,
+                     stopping: Callable[[str], Awaitable[None]]) -> ForgetOutcome:
+        """Forget the chat's document `target` (its name, or its number in /docs) with the answers drawn on it, or,
+        while an upload of that name is still being indexed, stop it (`stopping(name)` is awaited first, to say
+        so) and forget the document if its indexing ended before it could stop. Without `any_document` only the
+        uploader may."""
+        uploads = [j for j in self.jobs.running("ingest", origin.chat_id) if j.label == target]
+        if uploads:
+            return await self._stop_upload(origin, uploads, any_document, stopping)
+        scope = chat_scope(origin.chat_id)
+        try:
+            forgotten = await self.knowledge.forget(scope, target, requester_id=origin.user_id,
+                                                    any_document=any_document)
+        except AmbiguousName as e:
+            return ForgetOutcome("ambiguous", target, detail=str(e))
+        except NotAllowedToForget as e:
+            return ForgetOutcome("not_allowed", target, detail=str(e))
+        return ForgetOutcome("forgotten", target, forgotten) if forgotten else ForgetOutcome("no_such_document", target)
+
+    async def _stop_upload(self, origin: Origin, uploads: list[Running], any_document: bool,
+                           stopping: Callable[[str], Awaitable[None]]) -> ForgetOutcome:
+        """Stop uploads being indexed (all of one name) and wait until each has ended and shown how; a document
+        one of them stored all the same (it was past its last step) is forgotten then."""
+        name = uploads[0].label
+        if not any_document and any(j.user_id != origin.user_id for j in uploads):
+            return ForgetOutcome("not_allowed", name)
+        await stopping(name)
+        for job in uploads:
+            job.stop(CANCELLED)
+        outcome = ForgetOutcome("stopped", name)
+        for job in uploads:
+            await job.ended.wait()
+            done = job.outcome
+            if isinstance(done, UploadOutcome) and done.status == "indexed":
+                forgotten = await self.knowledge.forget(chat_scope(origin.chat_id), str(done.result.document.id))
+                if forgotten is not None:
+                    outcome = ForgetOutcome("forgotten_when_indexed", name, forgotten)
+        return outcome

@@ -10,7 +10,7 @@ from bot.documents.parse import MAX_NAME_CHARS
 from bot.safe_text import shorten_name
 from bot.services.knowledge import chat_scope
 from bot.services.summaries import SummaryOutcome
-from bot.services.uploads import DownloadFailed, UploadOutcome
+from bot.services.uploads import DownloadFailed, ForgetOutcome, UploadOutcome
 from bot.telegram import texts
 from bot.telegram.access import manages_chat
 from bot.telegram.chat import answer_text
@@ -73,6 +73,23 @@ class SummaryStatus:
             .finish(texts.summary_text(outcome))
 
 
+class ForgetStatus:
+    """/forget's reply: at once when it is done; for an upload still being indexed, first that it is being stopped,
+    then (in the same message) how that ended (bot.services.uploads.ForgetOutcome)."""
+
+    def __init__(self, command):
+        self.command, self.message = command, None  # the /forget message; the reply, once sent
+
+    async def stopping(self, name: str) -> None:
+        self.message = await self.command.reply_text(texts.stopping_upload(name))
+
+    async def finish(self, outcome: ForgetOutcome) -> None:
+        if self.message is None:
+            await self.command.reply_text(texts.forget_outcome(outcome))
+        else:
+            await StatusLine(self.message).done(texts.forget_outcome(outcome))
+
+
 async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Download, parse, chunk, embed and index an uploaded file for this chat."""
     rt = runtime(context)
@@ -129,7 +146,8 @@ async def list_docs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Remove a document from this chat with every answer drawn from it, for its uploader or the chat's admins."""
+    """Remove a document from this chat with every answer drawn from it, or stop its indexing, for its uploader or
+    the chat's admins."""
     rt = runtime(context)
     if not await rt.admit(update):
         return
@@ -137,17 +155,11 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not target:
         await update.effective_message.reply_text(texts.FORGET_USAGE)
         return
-    user = update.effective_user
-    any_document = await manages_chat(context.bot, rt.settings.telegram, update)
-    try:
-        removed = await rt.services.knowledge.forget(chat_scope(update.effective_chat.id), target,
-                                                     requester_id=user.id if user else None,
-                                                     any_document=any_document)
-    except ValueError as e:  # an ambiguous name, or not theirs to forget: the message says which
-        await update.effective_message.reply_text(str(e))
-        return
-    await update.effective_message.reply_text(texts.forgot_text(removed) if removed
-                                              else texts.no_such_document(target))
+    view = ForgetStatus(update.effective_message)
+    outcome = await rt.services.uploads.forget(
+        origin_of(update), target, any_document=await manages_chat(context.bot, rt.settings.telegram, update),
+        stopping=view.stopping)
+    await view.finish(outcome)
 
 
 async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -185,6 +185,27 @@ def no_such_document(target: str) -> str:
     return f"No document called {target!r} here. See /docs."
 
 
+def stopping_upload(name: str) -> str:
+    """/forget of an upload still being indexed, while its indexing stops."""
+    return f"{name} is still being indexed. Stopping it…"
+
+
+def forget_outcome(outcome) -> str:
+    """What /forget did (bot.services.uploads.ForgetOutcome)."""
+    if outcome.status == "forgotten":
+        return forgot_text(outcome.forgotten)
+    if outcome.status == "stopped":
+        return f"{outcome.name} was still being indexed: I stopped indexing it, and nothing of it is stored."
+    if outcome.status == "forgotten_when_indexed":
+        return (f"{outcome.name} finished indexing before it could be stopped, so I forgot it once indexed. "
+                + forgot_text(outcome.forgotten))
+    if outcome.status == "not_allowed" and not outcome.detail:
+        return f"{outcome.name} is still being indexed; only its uploader or an admin of this chat can stop it."
+    if outcome.status in ("ambiguous", "not_allowed"):
+        return outcome.detail
+    return no_such_document(outcome.name)
+
+
 def summarizing(label: str) -> str:
     return f"Summarizing {label}…"
 
@@ -197,6 +218,8 @@ def summary_problem(outcome) -> str:
     """Why there is no summary (bot.services.summaries.SummaryOutcome that is not "done")."""
     if outcome.status == "no_such_document":
         return no_such_document(outcome.detail)
+    if outcome.status == "still_indexing":
+        return f"{outcome.detail} is still being indexed. Send /summarize again once it is indexed."
     if outcome.status == "ambiguous":
         return f"{outcome.matches} documents match {outcome.detail!r}; give the number from /docs."
     if outcome.status == "empty_conversation":

@@ -61,6 +61,30 @@ async def test_cancel_stops_an_upload_mid_embedding_and_nothing_is_stored(tmp_pa
             await fake.wait_for(lambda: fake.last_text(ANN).startswith("No documents yet"), 30)
 
 
+async def test_summarize_and_forget_of_an_upload_still_being_indexed_say_so_and_forget_stops_it(tmp_path, tiny_model):
+    from bot.config import env_cache_dir
+
+    def said(text: str):
+        return next((m for m in fake.messages(ANN) if m.text == text), None)
+
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        settings.cache_dir = env_cache_dir()
+        async with running_bot(settings):
+            fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER, "text/plain")
+            await fake.wait_for(lambda: _embedding(fake, ANN), 120)
+            fake.send_user_message(ANN, ANN, "/summarize ledger.txt")
+            await fake.wait_for(lambda: said("ledger.txt is still being indexed. Send /summarize again once it is "
+                                             "indexed."), 30)
+            fake.send_user_message(ANN, ANN, "/forget ledger.txt")
+            reply = await fake.wait_for(lambda: said("ledger.txt was still being indexed: I stopped indexing it, and "
+                                                     "nothing of it is stored."), 60)
+            assert reply.texts[0] == "ledger.txt is still being indexed. Stopping it…"
+            assert _status(fake, ANN).text == "Indexing ledger.txt was cancelled. Nothing was stored."
+            fake.send_user_message(ANN, ANN, "/docs")
+            await fake.wait_for(lambda: fake.last_text(ANN).startswith("No documents yet"), 30)
+
+
 async def test_a_reply_whose_model_cannot_load_is_stored_as_failed(tmp_path):
     from sqlalchemy import select
 
