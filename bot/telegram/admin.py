@@ -10,6 +10,7 @@ loss-curve photo and a final report.
 from __future__ import annotations
 
 import logging
+import re
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatType
@@ -222,7 +223,8 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     message = update.effective_message
     args = context.args or []
-    if len(args) != 1 or not (args[0].lower() == "base" or args[0].lstrip("#").isdigit()):
+    # ASCII digits only: str.isdigit() and int() also take "١٢" (Arabic-Indic) or "¹", read as another number
+    if len(args) != 1 or not (args[0].lower() == "base" or re.fullmatch(r"#?[0-9]+", args[0])):
         await message.reply_text(texts.ROLLBACK_USAGE)
         return
     target = None if args[0].lower() == "base" else int(args[0].lstrip("#"))

@@ -141,8 +141,8 @@ def upload_outcome(name: str, outcome) -> str:
         return f"I am already indexing this file as {result.document.name}; it is not indexed twice."
     if outcome.status == "duplicate":
         return f"I already have this file as {result.document.name}; it was not indexed twice."
-    pages = f"{result.pages} pages, " if result.pages else ""
-    return f"Indexed {result.document.name}: {pages}{result.chunks} chunks. Ask me about it, or /summarize it."
+    pages = f"{_n(result.pages, 'page')}, " if result.pages else ""
+    return f"Indexed {result.document.name}: {pages}{_n(result.chunks, 'chunk')}. Ask me about it, or /summarize it."
 
 
 def stopped_text(what: str, reason: str | None, again: str) -> str:
@@ -166,7 +166,7 @@ def stopping(jobs) -> str:
 
 
 def document_list(docs) -> str:
-    lines = [f"{d.id}. {d.name} – {(str(d.pages) + ' pages, ') if d.pages else ''}{d.chunk_count} chunks"
+    lines = [f"{d.id}. {d.name} – {(_n(d.pages, 'page') + ', ') if d.pages else ''}{_n(d.chunk_count, 'chunk')}"
              for d in docs]
     return "Documents in this chat:\n" + "\n".join(lines)
 
@@ -355,7 +355,7 @@ def plan_text(plan) -> str:
         "Retraining plan",
         f"• Conversations: {s.conversations} from {s.chats} opted-in chat(s), {s.exchanges} exchanges "
         f"({s.liked} rated 👍 first; {s.disliked} rated 👎 left out)",
-        f"• Documents: {s.documents} ({s.chunks} chunks, trained as question -> passage examples)",
+        f"• Documents: {s.documents} ({_n(s.chunks, 'chunk')}, trained as question -> passage examples)",
         f"• Examples: {plan.examples} ({len(plan.heldout)} held out for the before/after loss), "
         f"{plan.tokens:,} tokens" + (f"; {s.dropped} left out (too long or over the cap)" if s.dropped else ""),
     ]

@@ -1,5 +1,6 @@
 """Admin commands that fail say what is wrong in an admin's terms (no paths, no exception text) and log the
-detail: /rollback to a version whose files are gone or damaged, or to an id no database could hold."""
+detail: /rollback to a version whose files are gone or damaged, or to an id no database could hold; an id in
+other than ASCII digits is not read as a number."""
 
 from __future__ import annotations
 
@@ -52,10 +53,13 @@ async def test_rollback_failures_are_explained_without_internals(tmp_path, tiny_
             missing = await rollback("1")
             damaged_reply = await rollback("2")
             huge = await rollback("99999999999999999999")
+            arabic = await rollback("١")  # Arabic-Indic one: int() reads it as 1
+            superscript = await rollback("²")  # str.isdigit() says yes, int() raises
     assert missing.startswith("Version #1's files are missing on the server") and "srv" not in missing
     assert damaged_reply.startswith("Version #2 could not be loaded") and "json" not in damaged_reply.lower()
     assert "line 1" not in damaged_reply and "Error" not in damaged_reply
     assert huge == "There is no model version 99999999999999999999. See /models."
+    assert arabic == superscript == "Usage: /rollback ID (see /models) or /rollback base"
     logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
     assert str(gone) in logged  # the detail an operator needs is in the log
     assert any(r.exc_info and "version 2" in r.getMessage() for r in caplog.records)
