@@ -67,21 +67,28 @@ async def _post_init(app: Application) -> None:
 
 
 async def _recover_replies(app: Application, services: Services) -> None:
-    """Replies a restart cut off: a finished one is delivered again, a cut one shows its note."""
+    """Replies a restart cut off: a finished one is delivered again, a cut one shows its note; in the reply's
+    message, or in a new one (a reply to the question) when the process died before that message was known."""
     finished, cut = await services.assistant.recover()
     for message in finished:  # generated before the restart, perhaps never shown in full: deliver it now
-        if message.telegram_message_id is not None:
-            stream = StreamingMessage.resume(app.bot, message.chat_id, message.telegram_message_id)
-            await stream.finish(message.text, reply_markup=chat.feedback_markup())
+        await _deliver_again(app, message, formatted=True)
         await services.assistant.finish_reply(message, message.text, "complete")
     for message in cut:
-        if message.telegram_message_id is None:
-            continue
-        try:
-            await app.bot.edit_message_text(message.text[:4096], chat_id=message.chat_id,
-                                            message_id=message.telegram_message_id)
-        except TelegramError as e:
-            log.warning("could not mark interrupted reply %s: %s", message.id, e)
+        await _deliver_again(app, message, formatted=False)
+
+
+async def _deliver_again(app: Application, message, formatted: bool) -> None:
+    """A stored reply's text (bot.db.models.Message) in its Telegram message, or else in a new one."""
+    if message.telegram_message_id is not None:
+        stream = StreamingMessage.resume(app.bot, message.chat_id, message.telegram_message_id)
+    else:
+        stream = StreamingMessage(app.bot, message.chat_id, min_interval=0.0,
+                                  reply_to_message_id=message.reply_to_telegram_message_id)
+    try:
+        await stream.finish(message.text, reply_markup=chat.feedback_markup() if formatted else None,
+                            formatted=formatted)
+    except TelegramError as e:
+        log.warning("could not deliver reply %s again: %s", message.id, e)
 
 
 def _stop_on_signal(services: Services) -> None:

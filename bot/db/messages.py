@@ -29,6 +29,30 @@ async def record_update_and_user_message(
 
     Returns None, storing nothing, when the update was already processed (Telegram redelivered it).
     """
+    turn = await _record_update(session, update_id, chat_id, user_id, text, telegram_message_id,
+                                reply_to_telegram_message_id, with_reply=False)
+    return None if turn is None else turn[0]
+
+
+async def record_update_and_turn(
+    session: AsyncSession,
+    update_id: int,
+    chat_id: int,
+    user_id: int | None,
+    text: str,
+    telegram_message_id: int | None,
+    reply_to_telegram_message_id: int | None = None,
+) -> tuple[Message, Message] | None:
+    """Store an incoming user message, the empty "streaming" row of the reply to it, and mark its update
+    processed, all in one transaction: an update never counts as handled without a reply row that a restart can
+    find (and answer or mark interrupted). (question, reply), or None when the update was already processed."""
+    return await _record_update(session, update_id, chat_id, user_id, text, telegram_message_id,
+                                reply_to_telegram_message_id, with_reply=True)
+
+
+async def _record_update(session: AsyncSession, update_id: int, chat_id: int, user_id: int | None, text: str,
+                         telegram_message_id: int | None, reply_to_telegram_message_id: int | None,
+                         with_reply: bool) -> tuple[Message, Message | None] | None:
     stmt = upsert(session, ProcessedUpdate).values(update_id=update_id, chat_id=chat_id)
     claimed = await session.scalar(
         stmt.on_conflict_do_nothing(index_elements=[ProcessedUpdate.update_id]).returning(
@@ -51,11 +75,17 @@ async def record_update_and_user_message(
             status="complete",
         )
         session.add(message)
+        reply = None
+        if with_reply:
+            await session.flush()  # the question's id first: replies are found after their question, by id
+            reply = Message(conversation_id=conversation.id, chat_id=chat_id, role="assistant", text="",
+                            status="streaming", reply_to_telegram_message_id=telegram_message_id)
+            session.add(reply)
         await session.commit()
     except BaseException:
         await session.rollback()  # the update stays unprocessed, so a redelivery is handled again
         raise
-    return message
+    return message, reply
 
 
 async def add_assistant_message(

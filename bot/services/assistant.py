@@ -123,12 +123,20 @@ class Assistant:
                     force_documents: bool = False) -> AsyncIterator[ReplyEvent]:
         """Store the user's message once, then write, stream and store the reply to it (see the module's
         docstring for the events). `force_documents` (/ask): answer from the chat's documents only."""
-        question = await self.accept(incoming)
-        if question is None:
+        turn = await self.accept(incoming)
+        if turn is None:
             yield AlreadyAnswered()
             return
-        # the reply row exists before the model may take a while to load, so a restart meanwhile finds it
-        reply = await self.begin_reply(question, await open_reply(not self.models.loaded))
+        # the reply row was stored with the question, before anything shown or slow (the model may still be
+        # loading): a restart at any point after finds it and answers or marks it, in its message once known
+        question, reply = turn
+        try:
+            shown_in = await open_reply(not self.models.loaded)
+        except BaseException:
+            await self.finish_reply(reply, FAILED_NOTE, "failed")
+            raise
+        if shown_in is not None:
+            await self.show_reply_in(reply, shown_in)
         try:
             model = await self.models.current()
         except Exception:
@@ -205,11 +213,12 @@ class Assistant:
                 await events.aclose()
         out.note = STOPPED_NOTE if running.reason == CANCELLED else ""
 
-    async def accept(self, msg: Incoming) -> Message | None:
-        """Store the user's message once; None means this update was already handled."""
+    async def accept(self, msg: Incoming) -> tuple[Message, Message] | None:
+        """Store the user's message once, with the empty row of the reply to it: (question, reply); None means
+        this update was already handled."""
         async with self.sessions() as s:
             await record_origin(s, msg.origin)
-            return await messages_db.record_update_and_user_message(
+            return await messages_db.record_update_and_turn(
                 s, msg.update_id, msg.origin.chat_id, msg.origin.user_id, msg.text, msg.telegram_message_id,
                 msg.reply_to_telegram_message_id)
 
@@ -264,13 +273,11 @@ class Assistant:
                                          [m.id for m in turns])
         return prepared
 
-    async def begin_reply(self, user_message: Message, telegram_message_id: int | None,
-                          version_id: int | None = None) -> Message:
+    async def show_reply_in(self, reply: Message, telegram_message_id: int) -> None:
+        """Record the Telegram message that shows the reply (and that a restart edits)."""
         async with self.sessions() as s:
-            return await messages_db.add_assistant_message(
-                s, user_message.conversation_id, user_message.chat_id, text="", status="streaming",
-                telegram_message_id=telegram_message_id,
-                reply_to_telegram_message_id=user_message.telegram_message_id, model_version_id=version_id)
+            await messages_db.update_message(s, reply.id, telegram_message_id=telegram_message_id)
+        reply.telegram_message_id = telegram_message_id
 
     async def finish_reply(self, reply: Message, text: str, status: str, token_count: int | None = None,
                            version_id: int | None = None) -> None:
@@ -284,7 +291,8 @@ class Assistant:
 
         A reply whose generation finished carries its token count and final text, so it can be delivered
         again (an edit to the same text is harmless); one cut off mid-generation is marked interrupted, with
-        a note, and returned so that the note can be shown in Telegram too.
+        a note, and returned so that the note can be shown in Telegram too: in its message, or, when the process
+        died before that message was known, in a new one.
         """
         finished, cut = [], []
         async with self.sessions() as s:

@@ -231,6 +231,57 @@ def test_killed_mid_reply_and_restarted_never_answers_twice(tmp_path, endless_mo
     assert len(asyncio.run(_rows(settings, ProcessedUpdate, update_id=update_id))) == 1
 
 
+def test_killed_before_the_reply_is_shown_the_user_is_told_after_the_restart(tmp_path, tiny_model):
+    """kill -9 between storing a message and knowing the Telegram message that shows its reply (where the model is
+    still loading after a start, "Starting up, one moment…"): once before that message is sent, once after Telegram
+    took it but before the bot heard back. The update counts as handled only together with its reply's row, so
+    after each restart the user is told, in a reply to their message, to send it again."""
+    fake = FakeTelegram.start_in_thread()
+    bot: dict = {"proc": None, "kill_at": None}
+
+    def kill(method: str):
+        def hook(params, result) -> None:
+            opening = method == "sendChatAction" or params.get("text") in ("Starting up, one moment…", "…")
+            if bot["kill_at"] == method and params.get("chat_id") == USER and opening:
+                bot["kill_at"] = None
+                bot["proc"].send_signal(signal.SIGKILL)
+                bot["proc"].wait(10)
+        return hook
+
+    fake.after_call("sendChatAction", kill("sendChatAction"))  # the reply's first step: nothing shown yet
+    fake.after_call("sendMessage", kill("sendMessage"))  # its placeholder is on screen; the bot never learns its id
+
+    def notes() -> list:
+        return [m for m in fake.messages(USER) if m.text == INTERRUPTED_NOTE]
+
+    try:
+        for n, method in enumerate(("sendChatAction", "sendMessage")):
+            bot["kill_at"], bot["proc"] = method, _start_bot_process(tmp_path, fake, tiny_model)
+            fake.wait_for_sync(lambda n=n: len(notes()) == n, timeout=60)  # the restart told the previous one
+            fake.send_user_message(USER, USER, f"question {n}")
+            fake.wait_for_sync(lambda: bot["proc"].poll() is not None, timeout=60)
+        placeholder = fake.messages(USER)[-1]
+        bot["proc"] = _start_bot_process(tmp_path, fake, tiny_model)
+        try:
+            fake.wait_for_sync(lambda: len(notes()) == 2, timeout=60)
+            time.sleep(2.0)  # room for a wrong second answer to show up
+        finally:
+            bot["proc"].terminate()
+            bot["proc"].wait(20)
+    finally:
+        if bot["proc"].poll() is None:
+            bot["proc"].kill()
+        fake.close()
+    questions = [m.message_id for m in fake.user_messages(USER)]
+    assert placeholder.text in ("Starting up, one moment…", "…")
+    assert [(m.text, m.reply_to_message_id) for m in fake.messages(USER)] == [
+        (INTERRUPTED_NOTE, questions[0]), (placeholder.text, questions[1]), (INTERRUPTED_NOTE, questions[1])]
+    settings = bot_settings(tmp_path, fake, tiny_model)
+    rows = asyncio.run(_rows(settings, chat_id=USER))
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")] * 2
+    assert len(asyncio.run(_rows(settings, ProcessedUpdate))) == 2
+
+
 async def test_settings_keyboard_marks_the_temperature_just_chosen(tmp_path, tiny_model):
     def marked(message) -> list[str]:
         return [b["text"] for row in message.reply_markup["inline_keyboard"] for b in row if b["text"].startswith("• ")]

@@ -13,7 +13,8 @@ It keeps what a test wants to assert on: per chat, every message the bot sent wi
 (edit history, parse mode, reply markup, monotonic timestamps), every request (`calls(method)`), and it acts
 like Telegram where bots usually get it wrong: HTML parse mode is validated (supported tags only, nesting,
 entities), the 4096 UTF-16 unit limit, "message is not modified", unknown chats/messages, the 20 MB download
-limit, and injected faults (`fail_next`, e.g. 429 with retry_after). Tests play the users with
+limit, injected faults (`fail_next`, e.g. 429 with retry_after) and hooks run after a call, before the bot
+hears back (`after_call`). Tests play the users with
 `send_user_message`, `send_user_document`, `press_button`, and `set_member` and `edit_user_message` (in
 fake_members.py); the bot receives them through getUpdates long polling. The token is never logged (aiohttp's
 access log is off, errors never echo the path).
@@ -374,6 +375,7 @@ class FakeTelegram(ChatMembers, UserEdits):
         self._open_callbacks: set[str] = set()
         self._calls: list[Call] = []
         self._faults: dict[str, list[_Fault]] = {}
+        self._after: dict[str, list[Callable[[dict[str, Any], Any], None]]] = {}  # see after_call
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._closing = False
@@ -499,6 +501,12 @@ class FakeTelegram(ChatMembers, UserEdits):
                            500: "Internal Server Error"}.get(status, f"Error {status}")
         with self._lock:
             self._faults.setdefault(method.lower(), []).append(_Fault(status, description, parameters, count))
+
+    def after_call(self, method: str, hook: Callable[[dict[str, Any], Any], None]) -> None:
+        """`hook(params, result)` runs after each successful call of `method`, before the bot gets the answer:
+        what the call did is done, and the bot does not know it yet (a test can kill the bot there)."""
+        with self._lock:
+            self._after.setdefault(method.lower(), []).append(hook)
 
     # -- acting as users
     def add_chat(self, chat_id: int, chat_type: str = "private", *, title: str | None = None,
@@ -705,6 +713,10 @@ class FakeTelegram(ChatMembers, UserEdits):
                 result = await result
         except ApiError as exc:
             return self._record(method, params, self._error(exc))
+        with self._lock:
+            hooks = list(self._after.get(method.lower(), ()))
+        for hook in hooks:
+            hook(params, result)
         return self._record(method, params, web.json_response({"ok": True, "result": result}))
 
     def _record(self, method: str, params: dict[str, Any], response: web.Response) -> web.Response:
