@@ -3,7 +3,7 @@ that carry it are bot.telegram.messages).
 
 Telegram accepts a small HTML subset (b, i, s, a, code, pre, blockquote, ...) and rejects the whole message on
 one stray `<` or unclosed tag, so the converter escapes everything it does not translate and only ever emits
-tags in matched pairs. Markdown that is cut mid-stream (an unclosed fence, a lone `**`) still renders: an open
+tags in matched pairs. It emits no `a`: a Markdown link is shown as its text and its full address. Markdown that is cut mid-stream (an unclosed fence, a lone `**`) still renders: an open
 fence closes at the end, an unmatched delimiter stays literal. Lengths are counted as Telegram counts them, in
 UTF-16 code units, and measured on the rendered HTML (always at least as long as the visible text), so a part
 that fits here fits there.
@@ -136,10 +136,15 @@ def _inline(text: str) -> str:
         return f"\x00{len(stash) - 1}\x00"
 
     def link(m: re.Match[str]) -> str:
+        # never an anchor whose text hides where it goes: a document quoted in an answer or a summary (or a model
+        # repeating one) could show "the refund portal" and send the reader elsewhere. The address is shown as
+        # text beside its label, where Telegram makes it a link the reader can see.
         label, url = m.group(1), m.group(2)
         if not _SAFE_URL.fullmatch(url):  # javascript:, file:, relative paths: stay literal text
             return m.group()
-        return keep(f'<a href="{html.escape(url, quote=True)}">{_emphasis(label, stash)}</a>')
+        if label.strip() == url:
+            return keep(_esc(url))
+        return keep(f"{_emphasis(label, stash)} ({_esc(url)})")
 
     text = _CODE_SPAN.sub(lambda m: keep(f"<code>{_esc(m.group(2))}</code>"), text)
     text = _LINK.sub(link, text)

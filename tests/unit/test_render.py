@@ -60,13 +60,14 @@ def test_intraword_delimiters_stay_literal() -> None:
     assert entities == []
 
 
-def test_links_only_safe_schemes() -> None:
-    md = "[docs](https://example.com/?a=1&b=2) [me](tg://user?id=1) [x](javascript:alert(1))"
+def test_links_show_their_address_and_are_never_anchors_with_other_text() -> None:
+    md = ("[docs](https://example.com/?a=1&b=2) [**me**](tg://user?id=1) [x](javascript:alert(1)) "
+          "[https://e.org/a_b](https://e.org/a_b) [the refund portal](https://evil.example/steal)")
     html, plain, entities = render(md)
-    links = [e for e in entities if e["type"] == "text_link"]
-    assert [e["url"] for e in links] == ["https://example.com/?a=1&b=2", "tg://user?id=1"]
-    assert "javascript" not in "".join(e.get("url", "") for e in entities)
-    assert plain.startswith("docs me [x](javascript:alert(1))")
+    assert "<a " not in html and not [e for e in entities if e["type"] == "text_link"]
+    assert plain == ("docs (https://example.com/?a=1&b=2) me (tg://user?id=1) [x](javascript:alert(1)) "
+                     "https://e.org/a_b the refund portal (https://evil.example/steal)")
+    assert kinds(entities) == ["bold"]  # the label keeps its emphasis; the address is plain text
 
 
 def test_bare_url_underscores_are_not_italics() -> None:

@@ -20,6 +20,13 @@ from bot.documents.parse.document import (
     clean_text,
     empty_error,
 )
+from bot.documents.parse.hidden import (
+    drop_hidden_elements,
+    drop_hidden_markup,
+    drop_invisible,
+    drop_never_shown,
+    visible_paragraph_text,
+)
 from bot.documents.parse.pdf import parse_pdf
 from bot.documents.parse.sniff import TEXT_EXTS, binary_error, detect_kind, unsupported_error
 from bot.safe_text import replace_lone_surrogates
@@ -50,10 +57,11 @@ def parse_bytes(data: bytes, filename: str, mime: str | None = None) -> ParsedDo
 
 
 def _encodable(section: Section) -> Section:
-    """The section with lone surrogates replaced: whatever a parser returns, the text leaving the parse can be
-    tokenized, stored and sent."""
-    heading = replace_lone_surrogates(section.heading) if section.heading else section.heading
-    return Section(replace_lone_surrogates(section.text), section.page, heading)
+    """The section with lone surrogates replaced and invisible characters dropped (hidden.drop_invisible):
+    whatever a parser returns, the text leaving the parse can be tokenized, stored and sent, and holds nothing a
+    reader could not see."""
+    heading = drop_invisible(replace_lone_surrogates(section.heading)) if section.heading else section.heading
+    return Section(drop_invisible(replace_lone_surrogates(section.text)), section.page, heading)
 
 
 # -- DOCX
@@ -89,7 +97,7 @@ def _parse_docx(data: bytes, name: str) -> tuple[list[Section], None]:
             if isinstance(block, Table):
                 parts.append(_table_text(block))
                 continue
-            text = block.text.strip()
+            text = visible_paragraph_text(block).strip()  # Word's hidden text is not indexed
             style = (block.style.name if block.style is not None else "") or ""
             if text and (style.startswith("Heading") or style == "Title"):
                 sections.append(Section(clean_text("\n\n".join(parts)), heading=heading))
@@ -123,7 +131,7 @@ def _table_text(table) -> str:
             if id(cell._tc) in seen:  # a merged cell is returned once per grid column it spans
                 continue
             seen.add(id(cell._tc))
-            cells.append(" ".join(cell.text.split()))
+            cells.append(" ".join("\n".join(visible_paragraph_text(p) for p in cell.paragraphs).split()))
         if any(cells):
             rows.append(" | ".join(cells))
     return "\n".join(rows)
@@ -144,16 +152,16 @@ _BREAK, _HEAD = "\ue000", "\ue001"  # private-use marks: block break, heading sl
 
 
 def _parse_html(data: bytes, name: str) -> tuple[list[Section], None]:
-    from bs4 import BeautifulSoup, Comment
+    from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(data, "lxml")
     title = soup.title.get_text(" ", strip=True) if soup.title else None
+    drop_hidden_elements(soup)  # what a browser would not show is not indexed (before <style> goes)
+    drop_never_shown(soup)
     for tag in soup.find_all(_DROP_TAGS):
         tag.decompose()
     for tag in soup.find_all(attrs={"role": ["navigation", "banner", "contentinfo", "search"]}):
         tag.decompose()
-    for c in soup.find_all(string=lambda s: isinstance(s, Comment)):
-        c.extract()
     root = soup.find("main") or soup.find("article") or soup.body or soup
     # Headings become numbered slots and blocks become break marks, then one get_text() walks the
     # tree iteratively (deeply nested hostile HTML would overflow a recursive walk).
@@ -187,7 +195,8 @@ _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 
 
 def _parse_markdown(data: bytes, name: str) -> tuple[list[Section], None]:
-    lines = _decode(data, name).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    text = drop_hidden_markup(_decode(data, name).replace("\r\n", "\n").replace("\r", "\n"))
+    lines = text.split("\n")
     if lines and lines[0].strip() == "---":  # YAML front matter
         end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
         if end is not None:
