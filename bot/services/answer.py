@@ -191,6 +191,18 @@ def span_prompt(question: str, evidence: Sequence[Evidence], earlier: str | None
     return messages
 
 
+def fitting_evidence(model, question: str, evidence: Sequence[Evidence], earlier: str | None,
+                     max_tokens: int) -> list[Evidence]:
+    """The strongest evidence whose copy-decoding prompts (the question's and the baseline's) leave room for a
+    `max_tokens` answer in the model's context: the weakest sentences go first (dense text, such as a run without
+    spaces, can hold many tokens a sentence). [] when not even the best one fits: then there is no span."""
+    for n in range(len(evidence), 0, -1):
+        if all(model.leaves_room(chat, max_tokens) for chat in (span_prompt(question, evidence[:n], earlier),
+                                                                  span_prompt(BASELINE_QUESTION, evidence[:n]))):
+            return list(evidence[:n])
+    return []
+
+
 def answer_type(question: str) -> str | None:
     """"time" for a question asking when, "number" for one asking how many, much, long or old; else None."""
     w = _question_words(question)
@@ -313,10 +325,11 @@ async def answer_question(question: str, *, knowledge, model, scope: str, recent
         return result
     result.about_documents = True  # asked for (or found) in the documents: a miss is a "not found"
     earlier = recent_questions[-1] if query != question else None
-    spans = await model.copy_spans(
-        span_prompt(question, evidence, earlier), [e.text for e in evidence],
-        baseline=span_prompt(BASELINE_QUESTION, evidence), calibration=CALIBRATION,
-        max_tokens=knowledge.settings.documents.answer_max_tokens, beams=BEAMS)
+    max_tokens = knowledge.settings.documents.answer_max_tokens
+    read = fitting_evidence(model, question, evidence, earlier, max_tokens)
+    spans = [] if not read else await model.copy_spans(
+        span_prompt(question, read, earlier), [e.text for e in read],
+        baseline=span_prompt(BASELINE_QUESTION, read), calibration=CALIBRATION, max_tokens=max_tokens, beams=BEAMS)
     phrase = wants_a_phrase(question)
     chosen = choose(spans, question, evidence, statement=not phrase)
     if chosen is None:

@@ -68,6 +68,12 @@ class ChatModel:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
+    def leaves_room(self, messages: list[dict], new_tokens: int) -> bool:
+        """Whether the chat `messages`, as the model's template writes them, leave `new_tokens` (and an end
+        token) in the context: what copy decoding (lm.spans) needs of its prompt."""
+        prompt = self.tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+        return len(prompt) + new_tokens + 1 <= self.context_tokens
+
     def fit(self, messages: list[dict], config: GenerationConfig) -> list[dict]:
         """Drop the oldest turns until the prompt and the reply fit the context (system prompt kept). The reply
         keeps at most a quarter of the context; the server cuts it to what the prompt leaves

@@ -6,7 +6,7 @@ from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot.documents.parse import MAX_NAME_CHARS
+from bot.documents.parse import MAX_NAME_CHARS, clean_name
 from bot.safe_text import shorten_name
 from bot.services.knowledge import chat_scope
 from bot.services.summaries import SummaryOutcome
@@ -171,7 +171,7 @@ async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     target = " ".join(context.args or []).strip()
     replied = message.reply_to_message
     if not target and replied is not None and replied.document is not None:
-        target = replied.document.file_name or ""
+        target = clean_name(replied.document.file_name or "")  # the name it was stored under (shortened, ...)
     view = SummaryStatus(message)
     try:
         await rt.services.summaries.summarize(origin_of(update), target, view)

@@ -3,8 +3,11 @@ returned. Handlers pick the text; services return data (the text of a reply itse
 
 from __future__ import annotations
 
+from bot.safe_text import shorten_name
 from bot.services.jobs import SHUTDOWN
 from bot.services.training.plan import format_duration
+
+NAME_SHOWN = 200  # characters of a name a user typed that a reply repeats: a name can be as long as a message
 
 # ---- access and the reply queue -------------------------------------------------------------------------
 
@@ -182,7 +185,7 @@ def forgot_text(removed) -> str:
 
 
 def no_such_document(target: str) -> str:
-    return f"No document called {target!r} here. See /docs."
+    return f"No document called {shorten_name(target, NAME_SHOWN)!r} here. See /docs."
 
 
 def stopping_upload(name: str) -> str:
@@ -221,7 +224,7 @@ def summary_problem(outcome) -> str:
     if outcome.status == "still_indexing":
         return f"{outcome.detail} is still being indexed. Send /summarize again once it is indexed."
     if outcome.status == "ambiguous":
-        return f"{outcome.matches} documents match {outcome.detail!r}; give the number from /docs."
+        return f"{outcome.matches} documents match {shorten_name(outcome.detail, NAME_SHOWN)!r}; give the number from /docs."
     if outcome.status == "empty_conversation":
         return EMPTY_CONVERSATION
     if outcome.status == "stopped":

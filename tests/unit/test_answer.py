@@ -154,3 +154,25 @@ def test_coverage_weighs_the_question_words_by_idf():
     assert coverage({"kelvara", "erupt"}, {"kelvara"}, idf) == pytest.approx(0.8)
     assert coverage({"kelvara", "unknown"}, {"unknown"}, idf) == pytest.approx(0.5)  # unknown counts as rarest
     assert coverage(set(), {"x"}, idf) == 0.0
+
+
+def test_evidence_is_cut_to_what_the_context_holds_weakest_first(tmp_path):
+    """Dense evidence (a run without spaces is a token a character) must not overflow copy decoding's prompt,
+    which lm.spans refuses: the weakest sentences go, and with not even the best one fitting there is no span."""
+    from bot.config import Settings
+    from bot.services.models import ChatModel
+    from tests.support.tiny_gguf import write_tiny_gguf
+
+    settings = Settings(data_dir=tmp_path)
+    settings.model.name, settings.model.weights = str(write_tiny_gguf(tmp_path / "tiny.gguf", max_seq_len=1024).path), "fp32"
+    settings.model.context_tokens = 800  # the prompt's instruction and examples take about 600 tiny-model tokens
+    model = ChatModel.load(settings)
+    dense = ev("*_" * 150 + ".")
+    question = "When did Robert Crispin lead the Normans?"
+    try:
+        assert answer.fitting_evidence(model, question, [CRISPIN, HASTINGS], None, 48) == [CRISPIN, HASTINGS]
+        assert answer.fitting_evidence(model, question, [CRISPIN, HASTINGS, dense], None, 48) == [CRISPIN, HASTINGS]
+        assert answer.fitting_evidence(model, question, [dense, CRISPIN], None, 48) == []
+        assert not model.leaves_room(answer.span_prompt(question, [CRISPIN, HASTINGS, dense]), 48)
+    finally:
+        model.close()

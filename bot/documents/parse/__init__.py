@@ -70,6 +70,7 @@ __all__ = [
     "DocumentError",
     "ParsedDocument",
     "Section",
+    "clean_name",
     "detect_kind",
     "parse_document",
 ]
