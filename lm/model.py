@@ -1,5 +1,11 @@
 """A Llama-family decoder in one file: RMSNorm, RoPE, grouped-query attention, SwiGLU, tied or untied head.
 
+The other families docent loads are config flags on the same decoder (lm/config.py): qwen2's q/k/v biases;
+qwen3's per-head q/k RMSNorm and a head_dim that is not dim / n_heads; gemma2/3's scaled embeddings, GeGLU,
+post-attention and post-FFN norms, query scale, attention and final logit soft-capping, and sliding-window
+(local) layers with their own RoPE base; llama3's and phi3's RoPE frequency factors. llama.cpp's converter has
+already folded gemma's RMSNorm (1 + w) into the weights, so every norm here is a plain w * x / rms(x).
+
 `forward(idx, targets=None, cache=None)`:
 - with `targets`: returns the mean cross-entropy loss (positions whose target is -100 are ignored; the
   chat template's loss mask is applied that way);
@@ -55,13 +61,28 @@ class RMSNorm(nn.Module):
         return torch.div(x, torch.linalg.vector_norm(x, dim=-1, keepdim=True).hypot_(floor)).mul_(scaled)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(head_dim: int, max_len: int, theta: float, factors: Sequence[float] | None = None,
+                scale: float = 1.0, attn_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables, (max_len, head_dim), in the rotate-half layout of HF Llama, with rotate-half's sign folded
-    into the sine: (-sin, +sin) over the two halves (see apply_rope)."""
+    into the sine: (-sin, +sin) over the two halves (see apply_rope).
+
+    factors (head_dim / 2): each frequency divided by its factor (llama3's rope_freqs, phi3's longrope factors);
+    scale: linear scaling, positions / scale; attn_factor multiplies both tables (phi3's longrope)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    freqs = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, D/2)
+    if factors is not None:
+        inv_freq = inv_freq / torch.tensor(list(factors), dtype=torch.float64)
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float64) / scale, inv_freq)  # (L, D/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (L, D)
-    return emb.cos().float(), torch.cat([-freqs.sin(), freqs.sin()], dim=-1).float()
+    sin = torch.cat([-freqs.sin(), freqs.sin()], dim=-1)
+    return (emb.cos() * attn_factor).float(), (sin * attn_factor).float()
+
+
+def window_mask(T: int, S: int, window: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, S) bool, True where the i-th of T new queries (position S - T + i) may see key j: causal and within the
+    last `window` positions, itself included (j > S - T + i - window)."""
+    query = torch.arange(S - T, S, device=device)[:, None]
+    keys = torch.arange(S, device=device)[None, :]
+    return (keys <= query) & (keys > query - window)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -85,6 +106,7 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0  # number of positions already filled
         self._mask: tuple[int, int, torch.Tensor | None] | None = None  # (pos, T, mask) of the current forward
+        self._window_mask: tuple[tuple[int, int, int], torch.Tensor] | None = None  # the same for local layers
         self._layers = tuple(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # per-layer views, made once
 
     @classmethod
@@ -92,7 +114,7 @@ class KVCache:
         """A cache that writes into existing tensors, one (B, KV, capacity, D) per layer (views of a larger store),
         with `pos` positions filled."""
         cache = cls.__new__(cls)
-        cache.max_len, cache.pos, cache._mask = k[0].shape[2], pos, None
+        cache.max_len, cache.pos, cache._mask, cache._window_mask = k[0].shape[2], pos, None, None
         cache._layers = tuple(zip(k, v, strict=True))
         return cache
 
@@ -116,8 +138,14 @@ class KVCache:
         values[:, :, self.pos:end] = v
         return keys[:, :, :end], values[:, :, :end]
 
-    def mask(self, T: int) -> tuple[torch.Tensor | None, bool]:
-        """(attn_mask, is_causal) for T new queries after self.pos cached keys."""
+    def mask(self, T: int, window: int = 0) -> tuple[torch.Tensor | None, bool]:
+        """(attn_mask, is_causal) for T new queries after self.pos cached keys; window > 0: a local layer's, whose
+        queries see only the last `window` positions."""
+        if window and self.pos + T > window:  # some key is out of some query's window
+            key = (self.pos, T, window)
+            if self._window_mask is None or self._window_mask[0] != key:
+                self._window_mask = (key, window_mask(T, self.pos + T, window, self._layers[0][0].device))
+            return self._window_mask[1], False
         if T == 1:
             return None, False  # one query sees every cached key
         if self.pos == 0:
@@ -177,6 +205,27 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return torch.bmm(probs, values).view(B, H, T, D)
 
 
+def softcap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                      cap: float) -> torch.Tensor:
+    """cached_attention's math with the scores soft-capped, cap * tanh(scores / cap), before the mask and softmax
+    (gemma2), which SDPA cannot do: the scores are written out, in float32. q (B, H, T, D), k/v (B, KV, S, D)."""
+    H, T, D, KV, S = q.shape[1], q.shape[2], q.shape[3], k.shape[1], k.shape[2]
+    keys, values = k.float().repeat_interleave(H // KV, dim=1), v.float().repeat_interleave(H // KV, dim=1)
+    scores = torch.tanh(q.float() @ keys.transpose(-1, -2) * (D ** -0.5 / cap)) * cap  # (B, H, T, S)
+    if causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores, dim=-1) @ values  # (B, H, T, D)
+
+
+def attention_kernel(cfg: ModelConfig):
+    """cached_attention, or softcap_attention with the config's cap."""
+    if not cfg.attn_softcap:
+        return cached_attention
+    return lambda q, k, v, mask, causal: softcap_attention(q, k, v, mask, causal, cfg.attn_softcap)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -185,25 +234,48 @@ class Attention(nn.Module):
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self.wqkv = nn.Linear(cfg.dim, qkv_out, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        if cfg.qk_norm:  # over each head's D values, before RoPE
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
+        self.window = cfg.sliding_window if cfg.is_local(layer) else 0  # 0 = a global layer
+        # queries pre-multiplied so that the kernels' 1/sqrt(D) gives the config's scale
+        self.q_mult = cfg.query_scale * cfg.head_dim ** 0.5 if cfg.query_scale else 1.0
+        self.softcap = cfg.attn_softcap
+        self.attend = attention_kernel(cfg)
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(x).view(B, T, H + 2 * KV, D)
+        qk = qkv[:, :, :H + KV]
+        if self.qk_norm:
+            qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
         # rotate the q and k heads in one go (half the small ops of a decode step's RoPE)
-        qk = apply_rope(qkv[:, :, :H + KV], cos, sin)  # (B, T, H+KV, D)
+        qk = apply_rope(qk, cos, sin)  # (B, T, H+KV, D)
         q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
+        if self.q_mult != 1.0:
+            q = q * self.q_mult
         k = qk[:, :, H:].transpose(1, 2)  # (B, KV, T, D)
         v = qkv[:, :, H + KV:].transpose(1, 2)  # (B, KV, T, D)
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            local = self.window and T > self.window
+            mask, causal = (window_mask(T, T, self.window, x.device), False) if local else (None, True)
+            if self.softcap:
+                y = self.attend(q, k, v, mask, causal).to(x.dtype)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True,
+                                                   dropout_p=self.dropout if self.training else 0.0)
         else:
             k, v = cache.update(self.layer, k, v)  # (B, KV, S, D): every key this query may see, and padding
-            mask, causal = cache.mask(T)
-            y = cached_attention(q, k, v, mask, causal).to(x.dtype)  # (B, H, T, D)
+            mask, causal = cache.mask(T, self.window)
+            y = self.attend(q, k, v, mask, causal).to(x.dtype)  # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
 
 
 class FeedForward(nn.Module):
@@ -212,10 +284,11 @@ class FeedForward(nn.Module):
         self.hidden = cfg.hidden_dim
         self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # gate and up, fused
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)  # down
+        self.act = F.silu if cfg.activation == "silu" else gelu_tanh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).split(self.hidden, dim=-1)
-        return self.w2(F.silu(gate).mul_(up))  # in place: silu's output is a new tensor
+        return self.w2(self.act(gate).mul_(up))  # in place: the activation's output is a new tensor
 
 
 class Block(nn.Module):
@@ -225,10 +298,17 @@ class Block(nn.Module):
         self.attention = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
+        if cfg.post_norms:  # gemma: the sublayers' outputs are normalised before the residual add
+            self.post_attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+            self.post_ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.post_norms = cfg.post_norms
+        self.local_rope = cfg.is_local(layer) and bool(cfg.rope_local_theta)  # uses the local RoPE tables
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache)
-        return x + self.feed_forward(self.ffn_norm(x))
+        h = self.attention(self.attention_norm(x), cos, sin, cache)
+        x = x + (self.post_attention_norm(h) if self.post_norms else h)
+        h = self.feed_forward(self.ffn_norm(x))
+        return x + (self.post_ffn_norm(h) if self.post_norms else h)
 
 
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -247,9 +327,30 @@ class Transformer(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_rope()
+
+    def init_rope(self) -> None:
+        """(Re)compute the RoPE tables from the config (its max_seq_len may have changed): rope_cos/rope_sin, and
+        rope_cos_local/rope_sin_local where local layers have their own base (gemma3)."""
+        c = self.config
+        tables = {"": rope_tables(c.head_dim, c.max_seq_len, c.rope_theta, c.rope_freq_factors, c.rope_scale,
+                                  c.rope_attn_factor)}
+        if c.rope_local_theta:
+            tables["_local"] = rope_tables(c.head_dim, c.max_seq_len, c.rope_local_theta)
+        for suffix, (cos, sin) in tables.items():
+            self.register_buffer("rope_cos" + suffix, cos, persistent=False)
+            self.register_buffer("rope_sin" + suffix, sin, persistent=False)
+
+    def _ropes(self, cache: KVCache | None, T: int) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
+        """{local: (cos, sin)} rows for the T new positions: (T, 1, D), or (B, T, 1, D) from a SlotBatch."""
+        out = {}
+        for local, suffix in ((False, ""), (True, "_local")):
+            if local and not self.config.rope_local_theta:
+                out[True] = out[False]
+                break
+            cos, sin = getattr(self, "rope_cos" + suffix), getattr(self, "rope_sin" + suffix)
+            out[local] = (cos[:T, None], sin[:T, None]) if cache is None else cache.rope(cos, sin, T)
+        return out
 
     def init_weights(self, seed: int | None = None) -> Transformer:
         """Random initialisation for training from scratch (GPT-2 style, scaled residual projections)."""
@@ -275,23 +376,26 @@ class Transformer(nn.Module):
         B, T = idx.shape
         if cache is not None and T == 1 and targets is None:
             return self.decode(idx, cache)
-        if cache is None:
-            if T > self.config.max_seq_len:
-                raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.config.max_seq_len}")
-            cos, sin = self.rope_cos[:T, None], self.rope_sin[:T, None]  # (T, 1, D)
-        else:
-            cos, sin = cache.rope(self.rope_cos, self.rope_sin, T)
+        if cache is None and T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.config.max_seq_len}")
+        ropes = self._ropes(cache, T)  # (T, 1, D) each
         x = self.tok_embeddings(idx)  # (B, T, C)
+        if self.config.embed_scale != 1.0:
+            x = x * self.config.embed_scale
         for block in self.layers:
-            x = block(x, cos, sin, cache)
+            x = block(x, *ropes[block.local_rope], cache)
         if cache is not None:
             cache.advance(T)
             x = x[:, -1:]  # only the last position's logits are needed to generate
         x = self.norm(x)
-        logits = self.output(x)  # (B, T, V)
+        logits = self.softcap_logits(self.output(x))  # (B, T, V)
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+    def softcap_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = self.config.final_softcap
+        return logits if not cap else torch.tanh(logits / cap) * cap
 
     def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per row, (B, 1) ids -> (B, 1, V) logits: forward() with a cache, for T = 1.
@@ -305,24 +409,37 @@ class Transformer(nn.Module):
         both paths give the same logits.
         """
         B = idx.shape[0]
-        H, KV, D = self.config.n_heads, self.config.n_kv_heads, self.config.head_dim
-        cos, sin = cache.rope(self.rope_cos, self.rope_sin, 1)  # (1, 1, D) or (B, 1, 1, D)
-        cos, sin = cos.view(-1, 1, D), sin.view(-1, 1, D)  # against (B, heads, D)
-        mask, causal = cache.mask(1)
+        cfg = self.config
+        H, KV, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        ropes = {local: (cos.view(-1, 1, D), sin.view(-1, 1, D))  # against (B, heads, D)
+                 for local, (cos, sin) in self._ropes(cache, 1).items()}  # (1, 1, D) or (B, 1, 1, D) each
+        masks = {0: cache.mask(1)}  # window -> (mask, causal)
+        attend = attention_kernel(cfg)
         x = self.tok_embeddings.forward(idx).view(B, -1)  # (B, C)
+        if cfg.embed_scale != 1.0:
+            x = x * cfg.embed_scale
         for i, block in enumerate(self.layers):
             # submodules straight from the module dicts: nn.Module.__getattr__ costs ~0.5 us a lookup, 20 a layer
             attention, ffn = block._modules["attention"]._modules, block._modules["feed_forward"]._modules
+            layer = block._modules["attention"]
             qkv = _rows(attention["wqkv"], _rows(block._modules["attention_norm"], x)).view(B, H + 2 * KV, D)
-            qk = apply_rope(qkv[:, :H + KV], cos, sin)  # (B, H+KV, D)
+            qk = qkv[:, :H + KV]
+            if layer.qk_norm:
+                qk = torch.cat([_rows(attention["q_norm"], qk[:, :H]), _rows(attention["k_norm"], qk[:, H:])], dim=1)
+            qk = apply_rope(qk, *ropes[block.local_rope])  # (B, H+KV, D)
             k, v = cache.update(i, qk[:, H:, None], qkv[:, H + KV:, None])  # written as (B, KV, 1, D)
-            y = cached_attention(qk[:, :H, None], k, v, mask, causal)  # (B, H, 1, D)
+            if layer.window not in masks:
+                masks[layer.window] = cache.mask(1, layer.window)
+            q = qk[:, :H, None] if layer.q_mult == 1.0 else qk[:, :H, None] * layer.q_mult
+            y = attend(q, k, v, *masks[layer.window])  # (B, H, 1, D)
             y = y.view(B, H * D)  # one position: (h, d) order, no copy
-            x = x + _rows(attention["wo"], y if y.dtype == x.dtype else y.to(x.dtype))
+            h = _rows(attention["wo"], y if y.dtype == x.dtype else y.to(x.dtype))
+            x = x + (_rows(block._modules["post_attention_norm"], h) if block.post_norms else h)
             gate, up = _rows(ffn["w13"], _rows(block._modules["ffn_norm"], x)).chunk(2, dim=-1)
-            x = x + _rows(ffn["w2"], F.silu(gate).mul_(up))
+            h = _rows(ffn["w2"], block._modules["feed_forward"].act(gate).mul_(up))
+            x = x + (_rows(block._modules["post_ffn_norm"], h) if block.post_norms else h)
         cache.advance(1)
-        return _rows(self.output, _rows(self.norm, x)).view(B, 1, -1)  # (B, 1, V)
+        return self.softcap_logits(_rows(self.output, _rows(self.norm, x))).view(B, 1, -1)  # (B, 1, V)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

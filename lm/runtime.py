@@ -22,7 +22,7 @@ import torch
 from lm.quant import quantize_model
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3  # bump when the converted layout changes (3: int4 groups)
+CACHE_VERSION = 4  # bump when the converted layout changes (3: int4 groups; 4: the other architectures)
 
 
 def physical_cores() -> int:
@@ -85,7 +85,6 @@ def _skeleton(config, weights: str) -> torch.nn.Module:
 
 def _read_cached(path: Path, weights: str):
     from lm.config import ModelConfig
-    from lm.model import rope_tables
 
     blob = torch.load(path, mmap=True, weights_only=True)
     config = ModelConfig(**blob["config"])
@@ -93,7 +92,7 @@ def _read_cached(path: Path, weights: str):
     model.load_state_dict(blob["state_dict"], assign=True)
     if weights in ("bf16", "fp32") and config.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    model.rope_cos, model.rope_sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+    model.init_rope()
     return model.eval(), blob["metadata"]
 
 

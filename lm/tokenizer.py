@@ -1,8 +1,10 @@
 """Tokenizers and chat templates: text <-> token ids, conversations -> (ids, loss mask).
 
 One `Tokenizer` class over HF `tokenizers`, built four ways:
-- `from_gguf`: the byte-level BPE a GGUF file describes (`tokenizer.ggml.tokens/merges/token_type`, the
-  `tokenizer.ggml.pre` pre-tokenizer name) and its Jinja `tokenizer.chat_template`;
+- `from_gguf`: the tokenizer a GGUF file describes, and its Jinja `tokenizer.chat_template`: a byte-level BPE
+  (`tokenizer.ggml.model` "gpt2": tokens, merges, the `tokenizer.ggml.pre` pre-tokenizer name) or a
+  SentencePiece BPE ("llama": Llama 2, Mistral, Gemma, Phi-3: tokens, scores, token types with `<0x..>` byte
+  tokens), rebuilt as an HF BPE with byte fallback whose merges come from the scores (lm/spm.py);
 - `from_file`: a `tokenizer.json` (+ optional HF-style `tokenizer_config.json`) written by `save`;
 - `train_bpe`: a byte-level BPE trained on a corpus (models trained from scratch);
 - `char`: one id per character of a corpus, plus special tokens (the smallest possible tokenizer).
@@ -31,7 +33,7 @@ CONTROL, USER_DEFINED = 3, 4
 
 DEFAULT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # end-of-turn / end-of-text tokens that stop generation when the vocabulary has them
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>")
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>")
 
 # Used when a model ships no template (models trained from scratch): plain ChatML.
 CHATML_TEMPLATE = (
@@ -45,6 +47,7 @@ CHATML_TEMPLATE = (
 _SPLIT_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _SPLIT_LLAMA3 = _SPLIT_QWEN2.replace(r"\p{N}|", r"\p{N}{1,3}|", 1)
+LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3")
 
 
 class TokenizerError(ValueError):
@@ -58,7 +61,7 @@ def _pre_tokenizer(name: str):
         return byte_level
     if name == "smollm":  # SmolLM/SmolLM2: every digit is its own token, then GPT-2's split
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if name in ("qwen2", "llama-bpe", "llama3"):
+    if name == "qwen2" or name in LLAMA3_PRE:
         pattern = _SPLIT_QWEN2 if name == "qwen2" else _SPLIT_LLAMA3
         return pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
@@ -108,6 +111,25 @@ def _check_messages(messages: Sequence[dict]) -> None:
             raise TokenizerError(f"message {i} must be a dict with string 'role' and 'content', got {m!r:.80}")
 
 
+def _bpe_tokenizer(tokens: list[str], merges: list[str], pre: str, llama3: bool) -> HFTokenizer:
+    """The byte-level BPE of a GGUF's tables; Llama 3's ignores the merges for a pre-token in the vocabulary, as
+    its tokenizer.json and llama.cpp do."""
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)  # a duplicate keeps its first id, as llama.cpp does
+    try:
+        pairs = [tuple(m.split(" ", 1)) for m in merges]
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False,
+                                     ignore_merges=llama3))
+    except Exception as e:
+        raise TokenizerError(f"GGUF BPE tables are invalid: {e}") from e
+    tok.pre_tokenizer = _pre_tokenizer(pre)
+    if pre == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
 class Tokenizer:
     def __init__(self, tok: HFTokenizer, *, bos_token: str | None = None, eos_token: str | None = None,
                  chat_template: str | None = None, add_bos: bool = False, add_eos: bool = False,
@@ -122,7 +144,32 @@ class Tokenizer:
         self.bos_id = self._require(bos_token) if bos_token else None
         self.eos_id = self._require(eos_token) if eos_token else None
         stops = [self.eos_id] + [tok.token_to_id(t) for t in STOP_TOKENS] + list(extra_stop)
+        stops.append(self._template_end_of_turn())
         self.stop_ids: list[int] = sorted({i for i in stops if i is not None})
+        # the fallback template's end of turn, where the vocabulary has no such token (a base model): a stop string
+        self.stop_strings: tuple[str, ...] = () if chat_template or tok.token_to_id("<|im_end|>") is not None \
+            else ("<|im_end|>",)
+
+    def _template_end_of_turn(self) -> int | None:
+        """The special token the chat template closes an assistant turn with (Gemma's <end_of_turn>, Llama 3's
+        <|eot_id|>, Phi-3's <|end|>, ...), found by rendering one: generation stops there."""
+        if not self.own_template:
+            return None
+        answer = "Zq7 answer"
+        try:
+            text = self._render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}], False)
+        except Exception:  # a template that wants other roles or arguments: no stop token from it
+            return None
+        at = text.find(answer)
+        if at < 0:
+            return None
+        ids = self._tok.encode(text[at + len(answer):].lstrip(), add_special_tokens=False).ids
+        if ids and self._tok.id_to_token(ids[0]) in {t.content for t in self._specials()}:
+            return ids[0]
+        return None
+
+    def _specials(self) -> list[AddedToken]:
+        return [t for t in self._tok.get_added_tokens_decoder().values() if t.special]
 
     def _require(self, token: str) -> int:
         i = self._tok.token_to_id(token)
@@ -142,26 +189,22 @@ class Tokenizer:
 
             meta = read_metadata(Path(path_or_metadata))
         kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise TokenizerError(f"tokenizer model {kind!r} is not supported; docent reads byte-level BPE ('gpt2')")
+        if kind not in ("gpt2", "llama"):
+            raise TokenizerError(f"tokenizer model {kind!r} is not supported; docent reads byte-level BPE ('gpt2') "
+                                 "and SentencePiece BPE ('llama')")
         tokens: list[str] = list(meta.get("tokenizer.ggml.tokens") or [])
-        merges: list[str] = list(meta.get("tokenizer.ggml.merges") or [])
         types: list[int] = list(meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))
         if not tokens or len(types) != len(tokens):
             raise TokenizerError(f"GGUF token tables are inconsistent: {len(tokens)} tokens, {len(types)} token types")
-        vocab: dict[str, int] = {}
-        for i, t in enumerate(tokens):
-            vocab.setdefault(t, i)  # a duplicate keeps its first id, as llama.cpp does
-        try:
-            pairs = [tuple(m.split(" ", 1)) for m in merges]
-            tok = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
-        except Exception as e:
-            raise TokenizerError(f"GGUF BPE tables are invalid: {e}") from e
         pre = meta.get("tokenizer.ggml.pre", "default")
-        tok.pre_tokenizer = _pre_tokenizer(pre)
-        if pre == "qwen2":
-            tok.normalizer = normalizers.NFC()
-        tok.decoder = decoders.ByteLevel()
+        llama3 = pre in LLAMA3_PRE
+        if kind == "llama":
+            from lm.spm import spm_tokenizer
+
+            tok = spm_tokenizer(tokens, list(meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)), types,
+                                bool(meta.get("tokenizer.ggml.add_space_prefix", True)))
+        else:
+            tok = _bpe_tokenizer(tokens, list(meta.get("tokenizer.ggml.merges") or []), pre, llama3)
 
         def special_id(key: str) -> int | None:
             v = meta.get(f"tokenizer.ggml.{key}_token_id")
@@ -174,10 +217,11 @@ class Tokenizer:
         tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in sorted(control)])
         tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
                         for i, t in enumerate(types) if t == USER_DEFINED and i not in control])
+        # llama.cpp's defaults where the file says nothing: BOS for SentencePiece and Llama 3 vocabularies
         return cls(tok, bos_token=tokens[bos] if bos is not None else None,
                    eos_token=tokens[eos] if eos is not None else None,
                    chat_template=meta.get("tokenizer.chat_template"),
-                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+                   add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama" or llama3)),
                    add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
                    id_to_token=tokens, extra_stop=[eot] if eot is not None else [])
 
@@ -308,7 +352,11 @@ class Tokenizer:
             while j < len(spans) and spans[j][1] <= s:
                 j += 1
             mask.append(int(j < len(spans) and spans[j][0] < e))
-        return enc.ids, mask
+        ids = enc.ids
+        if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+            # a model that wants BOS gets it when the template wrote none (as llama.cpp adds it to a prompt)
+            ids, mask = [self.bos_id, *ids], [0, *mask]
+        return ids, mask
 
     def _assistant_spans(self, messages: Sequence[dict], text: str, extra: dict) -> list[tuple[int, int]]:
         """Character spans of `text` holding assistant content + end-of-turn token, found by rendering
