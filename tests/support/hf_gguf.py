@@ -39,29 +39,28 @@ def hf_config(arch: str, **overrides):
         rope = theta if arch == "llama" else {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                               "original_max_position_embeddings": 32}
-        cfg = tf.LlamaConfig(**{**common, "rope_parameters": rope, "tie_word_embeddings": arch == "llama3"})
+        cls, kw = tf.LlamaConfig, {"rope_parameters": rope, "tie_word_embeddings": arch == "llama3"}
     elif arch == "mistral":
-        cfg = tf.MistralConfig(**{**common, "sliding_window": None, "rope_parameters": theta})
+        cls, kw = tf.MistralConfig, {"sliding_window": None, "rope_parameters": theta}
     elif arch == "qwen2":
-        cfg = tf.Qwen2Config(**{**common, "rope_parameters": {**theta, "rope_theta": 1e6}, "tie_word_embeddings": True})
+        cls, kw = tf.Qwen2Config, {"rope_parameters": {**theta, "rope_theta": 1e6}, "tie_word_embeddings": True}
     elif arch == "qwen3":
-        cfg = tf.Qwen3Config(**{**common, "head_dim": 32, "rope_parameters": theta})
+        cls, kw = tf.Qwen3Config, {"head_dim": 32, "rope_parameters": theta}
     elif arch == "gemma2":
-        cfg = tf.Gemma2Config(**{**common, "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 8,
-                                 "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
-                                 "tie_word_embeddings": True, "rope_parameters": theta})
+        cls, kw = tf.Gemma2Config, {"head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 8,
+                                    "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                                    "tie_word_embeddings": True, "rope_parameters": theta}
     elif arch == "gemma3":
-        cfg = tf.Gemma3TextConfig(**{**common, "num_hidden_layers": 6, "head_dim": 32, "query_pre_attn_scalar": 32,
-                                     "sliding_window": 8, "tie_word_embeddings": True, "rope_parameters": {
-                                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                                         "full_attention": {"rope_type": "default", "rope_theta": 1e6}}})
+        cls, kw = tf.Gemma3TextConfig, {"num_hidden_layers": 6, "head_dim": 32, "query_pre_attn_scalar": 32,
+                                        "sliding_window": 8, "tie_word_embeddings": True, "rope_parameters": {
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                            "full_attention": {"rope_type": "default", "rope_theta": 1e6}}}
     elif arch == "phi3":
-        cfg = tf.Phi3Config(**{**common, "num_key_value_heads": 4, "sliding_window": None, "rope_parameters": theta,
-                               "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2})
+        cls, kw = tf.Phi3Config, {"num_key_value_heads": 4, "sliding_window": None, "rope_parameters": theta,
+                                  "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     else:
         raise ValueError(arch)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    cfg = cls(**{**common, **kw, **overrides})
     return cfg
 
 
