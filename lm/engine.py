@@ -247,7 +247,8 @@ class Decoder:
         if cfg.repetition_penalty != 1.0:  # every id of prompt + output, preallocated
             self.seen = torch.empty(len(prompt) + self.budget, dtype=torch.long)
             self.seen[:len(prompt)] = torch.tensor(prompt)
-        self.text = TextTracker(tokenizer, cfg.stop_strings)
+        # the tokenizer's own stop strings: the fallback template's end of turn where it is no single token
+        self.text = TextTracker(tokenizer, cfg.stop_strings + tuple(getattr(tokenizer, "stop_strings", ()) or ()))
         self.blocker = NgramBlocker(cfg.no_repeat_ngram) if cfg.no_repeat_ngram else None
         self.out: list[int] = []
         self.finish: str | None = None  # set once generation has ended: see Result.finish_reason

@@ -5,7 +5,7 @@
 (lm.load.load_chat_model is the entry point: it resolves a hub name or a model directory and sets the threads.)
 The converted model is cached next to the GGUF (`<file>.<weights>[.ctx<n>].v<version>.<size>-<mtime>.pt`,
 written atomically, loaded with mmap) so that a second load skips the GGUF parsing, the dequantization and the
-re-quantization.
+re-quantization; it holds the built tokenizer too (a large SentencePiece vocabulary takes seconds to rebuild).
 If that directory is not writable the cache is skipped (with a log line), nothing else changes. Writing a new
 one removes the same format's files left by an older cache version or an older copy of the GGUF.
 """
@@ -93,10 +93,10 @@ def _read_cached(path: Path, weights: str):
     if weights in ("bf16", "fp32") and config.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     model.init_rope()
-    return model.eval(), blob["metadata"]
+    return model.eval(), blob["metadata"], blob.get("tokenizer")
 
 
-def _save_converted(path: Path, model: torch.nn.Module, metadata: dict) -> None:
+def _save_converted(path: Path, model: torch.nn.Module, metadata: dict, tokenizer: str) -> None:
     from dataclasses import asdict
 
     try:
@@ -106,7 +106,8 @@ def _save_converted(path: Path, model: torch.nn.Module, metadata: dict) -> None:
         return
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"config": asdict(model.config), "state_dict": model.state_dict(), "metadata": metadata}, f)
+            torch.save({"config": asdict(model.config), "state_dict": model.state_dict(), "metadata": metadata,
+                        "tokenizer": tokenizer}, f)
         os.replace(tmp, path)  # atomic: a concurrent loader never sees half a file
     except Exception:
         Path(tmp).unlink(missing_ok=True)
@@ -122,18 +123,19 @@ def load_converted(path: Path, weights: str = "int4", max_seq_len: int | None = 
     cached = converted_path(path, weights, max_seq_len)
     if use_cache and cached.is_file():
         try:
-            model, metadata = _read_cached(cached, weights)
-            return model, Tokenizer.from_gguf(metadata)
+            model, metadata, tokenizer = _read_cached(cached, weights)
+            return model, Tokenizer.from_gguf(metadata, prebuilt=tokenizer)
         except Exception as e:  # a stale or damaged cache file is not an error: rebuild it
             log.warning("ignoring converted-weights cache %s: %s", cached, e)
     model, g = read_model(path, max_seq_len=max_seq_len)
     g.state_dict.clear()  # the model holds the tensors; dropping these references lets conversion free them
     model = quantize_model(model, weights)
     metadata = {k: v for k, v in g.metadata.items()}
+    tokenizer = Tokenizer.from_gguf(metadata)
     if use_cache:
         try:
-            _save_converted(cached, model, metadata)
+            _save_converted(cached, model, metadata, tokenizer.serialized())
             _remove_stale(cached, path, weights, max_seq_len)
         except Exception as e:
             log.warning("could not cache converted weights at %s: %s", cached, e)
-    return model, Tokenizer.from_gguf(metadata)
+    return model, tokenizer

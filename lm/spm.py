@@ -9,12 +9,13 @@ transformers' GGUF and SentencePiece converters build it. Around it:
 - characters outside the vocabulary fall back to their UTF-8 bytes, the `<0x..>` BYTE pieces;
 - CONTROL pieces (<bos>, <start_of_turn>, ...) are special tokens, USER_DEFINED ones (Gemma's runs of spaces and
   newlines, HTML tags) are matched whole in the raw text; neither is ever the result of a merge, nor are BYTE,
-  UNKNOWN and UNUSED pieces.
+  UNKNOWN and UNUSED pieces. As in llama.cpp, the space prefix also goes after a USER_DEFINED piece in the text,
+  where SentencePiece itself adds none (only vocabularies with both differ: Gemma's has no space prefix).
 """
 
 from __future__ import annotations
 
-from tokenizers import AddedToken, Regex, decoders, models, normalizers
+from tokenizers import Regex, decoders, models, normalizers
 from tokenizers import Tokenizer as HFTokenizer
 
 # gguf TokenType values (llama.cpp)
@@ -61,8 +62,4 @@ def spm_tokenizer(tokens: list[str], scores: list[float], types: list[int], add_
     tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), space]) if add_space_prefix else space
     steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
     tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
-    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                            for i, t in enumerate(types) if t == CONTROL])
-    tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                    for i, t in enumerate(types) if t == USER_DEFINED])
-    return tok
+    return tok  # Tokenizer.from_gguf adds the CONTROL and USER_DEFINED pieces, as for a byte-level BPE

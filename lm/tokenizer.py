@@ -180,8 +180,9 @@ class Tokenizer:
     # ---------------------------------------------------------------- constructors
 
     @classmethod
-    def from_gguf(cls, path_or_metadata: str | Path | dict[str, Any]) -> Tokenizer:
-        """Rebuild the tokenizer a GGUF file describes (only byte-level BPE, `tokenizer.ggml.model == "gpt2"`)."""
+    def from_gguf(cls, path_or_metadata: str | Path | dict[str, Any], prebuilt: str | None = None) -> Tokenizer:
+        """Rebuild the tokenizer a GGUF file describes. `prebuilt`: what `serialized()` returned for the same file
+        (lm.runtime keeps it with the converted weights: Gemma 3's 262,144 pieces take seconds to rebuild)."""
         if isinstance(path_or_metadata, dict):
             meta = path_or_metadata
         else:
@@ -198,7 +199,9 @@ class Tokenizer:
             raise TokenizerError(f"GGUF token tables are inconsistent: {len(tokens)} tokens, {len(types)} token types")
         pre = meta.get("tokenizer.ggml.pre", "default")
         llama3 = pre in LLAMA3_PRE
-        if kind == "llama":
+        if prebuilt is not None:
+            tok = HFTokenizer.from_str(prebuilt)
+        elif kind == "llama":
             from lm.spm import spm_tokenizer
 
             tok = spm_tokenizer(tokens, list(meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)), types,
@@ -214,9 +217,10 @@ class Tokenizer:
         control = {i for i, t in enumerate(types) if t == CONTROL} | {i for i in (bos, eos, eot) if i is not None}
         # CONTROL tokens are special (skipped by decode(skip_special=True)); USER_DEFINED ones are plain text
         # that must still never be split.
-        tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in sorted(control)])
-        tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                        for i, t in enumerate(types) if t == USER_DEFINED and i not in control])
+        if prebuilt is None:
+            tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in sorted(control)])
+            tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                            for i, t in enumerate(types) if t == USER_DEFINED and i not in control])
         # llama.cpp's defaults where the file says nothing: BOS for SentencePiece and Llama 3 vocabularies
         return cls(tok, bos_token=tokens[bos] if bos is not None else None,
                    eos_token=tokens[eos] if eos is not None else None,
@@ -274,6 +278,10 @@ class Tokenizer:
         tok.decoder = decoders.Fuse()  # join pieces without the spaces WordLevel would put between them
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in [*specials, unk_token]])
         return cls(tok, eos_token=_default_eos(specials))
+
+    def serialized(self) -> str:
+        """The HF tokenizer as JSON, for from_gguf(meta, prebuilt=...)."""
+        return self._tok.to_str()
 
     def save(self, directory: str | Path) -> Path:
         """Write tokenizer.json and an HF-style tokenizer_config.json (specials, flags, chat template)."""
