@@ -332,6 +332,17 @@ class Tokenizer:
     # ---------------------------------------------------------------- chat
 
     def _render(self, messages: Sequence[dict], add_generation_prompt: bool, **extra: Any) -> str:
+        """The template's text; a template that refuses a system message (Mistral's, Gemma 2's) gets it folded into
+        the first user message instead, as llama.cpp's chat templates do for such models."""
+        try:
+            return self._render_template(messages, add_generation_prompt, **extra)
+        except TokenizerError:
+            if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+                raise
+            folded = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+            return self._render_template([folded, *messages[2:]], add_generation_prompt, **extra)
+
+    def _render_template(self, messages: Sequence[dict], add_generation_prompt: bool, **extra: Any) -> str:
         import jinja2
 
         try:

@@ -197,8 +197,10 @@ def test_loss_mask_works_for_other_templates(template, specials, bos, eos, end):
 
 def test_template_errors_and_bad_messages_are_clear(meta):
     tok = Tokenizer.from_gguf({**meta, "tokenizer.chat_template": GEMMA_TEMPLATE})
-    with pytest.raises(TokenizerError, match="System role not supported"):
-        tok.render_chat([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])
+    with pytest.raises(TokenizerError, match="Conversation roles must alternate"):
+        tok.render_chat([{"role": "user", "content": "x"}, {"role": "user", "content": "y"}])
+    with pytest.raises(TokenizerError, match="System role not supported"):  # nothing to fold it into
+        tok.render_chat([{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}])
     with pytest.raises(TokenizerError, match="message 1 must be a dict"):
         tok.render_chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": None}])
     with pytest.raises(TokenizerError, match="list of"):
@@ -206,6 +208,19 @@ def test_template_errors_and_bad_messages_are_clear(meta):
     broken = Tokenizer.from_gguf({**meta, "tokenizer.chat_template": "{% for m in messages %}"})
     with pytest.raises(TokenizerError, match="does not compile"):
         broken.render_prompt_text([{"role": "user", "content": "x"}])
+
+
+def test_a_system_message_the_template_refuses_is_folded_into_the_first_user_turn():
+    tok = Tokenizer.from_gguf(tiny_metadata(specials=["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+                                            chat_template=GEMMA_TEMPLATE, bos="<bos>", eos="<eos>"))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    text = tok.render_prompt_text(messages)
+    assert text == jinja_render(GEMMA_TEMPLATE, [{"role": "user", "content": "Be brief.\n\nHi"}, *messages[2:]], True,
+                                bos_token=tok.bos_token, eos_token=tok.eos_token,
+                                raise_exception=lambda m: 1 / 0)
+    ids, mask = tok.render_chat(messages, add_generation_prompt=False)
+    assert masked_runs(tok, ids, mask) == ["Hello.<end_of_turn>"]
 
 
 def test_chatml_fallback_without_a_template(meta):
