@@ -27,6 +27,7 @@ cost of a decode step is dominated by the number of kernel launches, not by FLOP
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -221,9 +222,7 @@ def softcap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
 def attention_kernel(cfg: ModelConfig):
     """cached_attention, or softcap_attention with the config's cap."""
-    if not cfg.attn_softcap:
-        return cached_attention
-    return lambda q, k, v, mask, causal: softcap_attention(q, k, v, mask, causal, cfg.attn_softcap)
+    return partial(softcap_attention, cap=cfg.attn_softcap) if cfg.attn_softcap else cached_attention
 
 
 class Attention(nn.Module):
