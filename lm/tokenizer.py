@@ -213,8 +213,8 @@ class Tokenizer:
             v = meta.get(f"tokenizer.ggml.{key}_token_id")
             return int(v) if v is not None and 0 <= int(v) < len(tokens) else None
 
-        bos, eos, eot = special_id("bos"), special_id("eos"), special_id("eot")
-        control = {i for i, t in enumerate(types) if t == CONTROL} | {i for i in (bos, eos, eot) if i is not None}
+        bos, eos, eot, eom = special_id("bos"), special_id("eos"), special_id("eot"), special_id("eom")
+        control = {i for i, t in enumerate(types) if t == CONTROL} | {i for i in (bos, eos, eot, eom) if i is not None}
         # CONTROL tokens are special (skipped by decode(skip_special=True)); USER_DEFINED ones are plain text
         # that must still never be split.
         if prebuilt is None:
@@ -227,7 +227,7 @@ class Tokenizer:
                    chat_template=meta.get("tokenizer.chat_template"),
                    add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama" or llama3)),
                    add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-                   id_to_token=tokens, extra_stop=[eot] if eot is not None else [])
+                   id_to_token=tokens, extra_stop=[i for i in (eot, eom) if i is not None])
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:

@@ -104,3 +104,12 @@ def test_llama3_bpe_keeps_whole_words_of_the_vocabulary():
     assert llama3.add_bos
     qwen = Tokenizer.from_gguf({**meta, "tokenizer.ggml.pre": "qwen2"})
     assert len(qwen.encode("a zzyzx")) > 2 and not qwen.add_bos
+
+
+def test_eot_and_eom_ids_of_the_file_stop_generation():
+    meta = tiny_metadata()
+    tokens = meta["tokenizer.ggml.tokens"]
+    eot, eom = len(tokens) - 2, len(tokens) - 1  # padding tokens of the tiny vocabulary, named as the ends here
+    tok = Tokenizer.from_gguf({**meta, "tokenizer.ggml.eot_token_id": eot, "tokenizer.ggml.eom_token_id": eom})
+    assert {eot, eom} <= set(tok.stop_ids) and tok.encode(tokens[eom]) == [eom]
+    assert not {eot, eom} & set(Tokenizer.from_gguf(meta).stop_ids)
