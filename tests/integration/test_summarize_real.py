@@ -45,7 +45,9 @@ def test_docent_summarize_takes_a_5000_word_single_paragraph_file(tmp_path: Path
 def test_windows_fit_smollm2s_budget_by_its_own_count():
     from bot.services.models import ChatModel
 
-    model = ChatModel.load(Settings())
+    settings = Settings()
+    settings.model.name = "smollm2-135m"
+    model = ChatModel.load(settings)
     text = long_paragraph(5200)
     budget = model.context_tokens - 160  # the 1,888 tokens the map-reduce summary overflowed
     for pieces in ([text], [text.replace(".", "")]):  # sentences, and one 5,000-word sentence

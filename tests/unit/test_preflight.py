@@ -60,4 +60,4 @@ def test_the_command_exits_1_and_prints_what_is_wrong(tmp_path, monkeypatch, cap
     monkeypatch.delenv("DOCENT_TELEGRAM_TOKEN", raising=False)
     assert main(["run", "--check"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL  token: not set" in out and "FAIL  chat model: smollm2-135m is not pulled yet" in out
+    assert "FAIL  token: not set" in out and "FAIL  chat model: qwen2.5-coder-0.5b is not pulled yet" in out
