@@ -1,9 +1,9 @@
-"""LoRA fine-tuning: SmolLM2-135M on 90 COVID-QA papers, perplexity on 8 held-out papers before and after.
+"""LoRA fine-tuning of a hub model (default: the default chat model) on 90 COVID-QA papers, perplexity on 8 held-out papers before and after.
 
     python -m bench.finetune                       # 150 steps, batch 1 x 256 tokens, bf16 autocast
     python -m bench.finetune --steps 20 --eval-windows 1     # a quick check that it all runs
 
-The base model is the hub's SmolLM2-135M-Instruct GGUF, dequantized to fp32 (lm.gguf.read_model), with its
+The base model (`--base`, a hub name) is its GGUF, dequantized to fp32 (lm.gguf.read_model), with its
 own tokenizer (Tokenizer.from_gguf). Papers 0-89 (data[i].paragraphs[0].context of covidqa.json) are the
 training text; papers 90-97 are held out. Perplexity is exp(mean next-token loss) over the first
 `--eval-windows` non-overlapping windows of `--block` tokens of each held-out paper, computed in fp32 with
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bot.config import env_cache_dir
+from bot.config import ModelSettings, env_cache_dir
 from lm import hub
 from lm.gguf import read_model
 from lm.tokenizer import Tokenizer
@@ -60,6 +60,7 @@ def eval_windows(tok: Tokenizer, texts: list[str], block: int, per_text: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default=ModelSettings().name, help="hub name of the base model")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--block", type=int, default=256, help="context length of training and evaluation windows")
@@ -77,7 +78,7 @@ def main() -> None:
     texts = papers()
     train_texts, test_texts = texts[:90], texts[90:98]
     t0 = time.perf_counter()
-    path = hub.pull("smollm2-135m", env_cache_dir())
+    path = hub.pull(args.base, env_cache_dir())
     model, g = read_model(path, max_seq_len=2048)
     tok = Tokenizer.from_gguf(g.metadata)
     load_s = time.perf_counter() - t0
@@ -92,7 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "covid_train.txt"
         data.write_text("\n\n".join(train_texts))
-        cfg = TrainConfig(mode="lora", base="smollm2-135m", data=str(data), out_dir=str(Path(tmp) / "lora"),
+        cfg = TrainConfig(mode="lora", base=args.base, data=str(data), out_dir=str(Path(tmp) / "lora"),
                           block_size=args.block, batch_size=args.batch, steps=args.steps, lr=args.lr,
                           min_lr=args.lr / 10, warmup=max(1, args.steps // 20), weight_decay=0.0,
                           lora_rank=args.rank, lora_alpha=args.alpha, bf16=args.bf16, eval_interval=0,
@@ -101,16 +102,18 @@ def main() -> None:
         t = time.perf_counter()
         summary = train(cfg, model=model, tokenizer=tok)
         train_s = time.perf_counter() - t
+        if summary["status"] != "done":
+            raise SystemExit(f"training ended {summary['status']} at step {summary['step']} of {args.steps}")
         adapter_bytes = (Path(tmp) / "lora" / "lora.safetensors").stat().st_size
 
     ppl_after = perplexity(model, windows)
     reduction = 1.0 - ppl_after / ppl_before
     print(f"\n{'':<24}{'perplexity':>12}")
-    print(f"{'SmolLM2-135M (base)':<24}{ppl_before:>12.3f}")
+    print(f"{args.base + ' (base)':<24}{ppl_before:>12.3f}")
     print(f"{'+ LoRA, ' + str(args.steps) + ' steps':<24}{ppl_after:>12.3f}")
     print(f"reduction {100 * reduction:.1f}%; training {train_s:.0f} s ({summary['ms_per_step'] / 1000:.2f} s/step, "
           f"{summary['trainable_params']:,} trainable parameters, adapter {adapter_bytes / 1e6:.1f} MB)")
-    print(json.dumps({"bench": "finetune", "steps": args.steps, "batch": args.batch, "block": args.block,
+    print(json.dumps({"bench": "finetune", "base": args.base, "steps": args.steps, "batch": args.batch, "block": args.block,
                       "bf16": args.bf16, "eval_tokens": int(windows[:, 1:].numel()),
                       "ppl_before": round(ppl_before, 4), "ppl_after": round(ppl_after, 4),
                       "reduction": round(reduction, 4), "train_s": round(train_s, 1),
