@@ -1,0 +1,92 @@
+"""The dev set of real documents (tests/data/realdocs): its gold answers are in the documents as our parser
+reads them, it meets issue 24's minimums, and its loader rejects a broken set with a clear message."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bot.documents.parse import parse_document
+from bot.eval import datasets, realdocs
+from bot.eval.metrics import normalize_span
+
+REALDOCS = Path(__file__).resolve().parents[1] / "data" / "realdocs"
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict:
+    """Every document of the set, parsed by the product's own parser: {file name: ParsedDocument}."""
+    return {p.name: parse_document(p, p.name) for p in sorted(REALDOCS.iterdir())
+            if p.name not in ("README.md", realdocs.QUESTIONS_FILE)}
+
+
+def test_every_gold_answer_is_in_its_documents_parsed_text(parsed):
+    papers = datasets.load_qa(REALDOCS)
+    texts = {name: normalize_span(doc.text) for name, doc in parsed.items()}
+    missing = [(q.qid, a) for p in papers for q in p.questions for a in q.answers
+               if normalize_span(a) not in texts[p.name]]
+    assert missing == []
+    assert all(not q.answers for p in papers for q in p.unanswerable)
+
+
+def test_the_set_meets_the_issues_minimums(parsed):
+    papers = datasets.load_qa(REALDOCS)
+    answerable = [q for p in papers for q in p.questions]
+    unanswerable = [q for p in papers for q in p.unanswerable]
+    assert len(answerable) >= 60 and len(unanswerable) >= 20
+    assert {p.name for p in papers} == set(parsed)  # every document is asked about, and none is missing
+    kinds = Counter(doc.kind for doc in parsed.values())
+    assert {"pdf", "html", "markdown", "text"} <= set(kinds) and len(parsed) >= 6
+    assert max(doc.pages or 0 for doc in parsed.values()) >= 15  # a real manual, not a leaflet
+    assert {"fact", "number", "why", "procedure", "obligation", "list"} <= {q.kind for q in answerable}
+    for group in (answerable, unanswerable):  # both halves hold both kinds of question, about even
+        halves = Counter(datasets.question_half(q, seed=0) for q in group)
+        assert abs(halves[0] - halves[1]) <= 1
+    assert sum(p.stat().st_size for p in REALDOCS.iterdir()) < 3 * 2**20
+
+
+def test_the_readme_records_every_documents_source_and_licence(parsed):
+    readme = (REALDOCS / "README.md").read_text()
+    for name in parsed:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}`")), "")
+        assert "/usr/share/" in row and row.count("|") >= 6, name
+
+
+def _write_set(folder: Path, questions: list[dict]) -> Path:
+    folder.mkdir()
+    (folder / "a.txt").write_text("The answer is forty-two.")
+    (folder / "questions.json").write_text(json.dumps({"questions": questions}))
+    return folder
+
+
+def test_the_loader_reads_a_set_and_keeps_its_split(tmp_path):
+    folder = _write_set(tmp_path / "set", [
+        {"id": "a1", "document": "a.txt", "question": "What is the answer?", "answers": ["forty-two"],
+         "kind": "number", "split": "held-out"},
+        {"id": "u1", "document": "a.txt", "question": "Who asked?", "answerable": False, "split": "tune"}])
+    (paper,) = datasets.load_qa(folder)
+    assert paper.path == folder / "a.txt" and paper.name == "a.txt"
+    assert [q.qid for q in paper.questions] == ["a1"] and [q.qid for q in paper.unanswerable] == ["u1"]
+    assert datasets.question_half(paper.questions[0], seed=0) == 1
+    assert datasets.question_half(paper.unanswerable[0], seed=0) == 0
+
+
+@pytest.mark.parametrize("question, message", [
+    ({"id": "a1", "document": "missing.txt", "question": "Q?", "answers": ["x"]}, "missing.txt"),
+    ({"id": "a1", "document": "a.txt", "question": "Q?", "answers": []}, "at least one gold answer"),
+    ({"id": "a1", "document": "a.txt", "question": "Q?", "answers": ["x"], "split": "train"}, "split must be"),
+    ({"document": "a.txt", "question": "Q?"}, "needs id"),
+])
+def test_the_loader_names_what_is_wrong_with_a_set(tmp_path, question, message):
+    folder = _write_set(tmp_path / "set", [question])
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        datasets.load_qa(folder)
+
+
+def test_repeated_ids_are_refused(tmp_path):
+    q = {"id": "a1", "document": "a.txt", "question": "Q?", "answers": ["forty-two"]}
+    with pytest.raises(ValueError, match="repeat"):
+        datasets.load_qa(_write_set(tmp_path / "set", [q, q]))
