@@ -6,7 +6,7 @@ answer (the right reply says so rather than inventing). Each conversation is rep
 bot does it (`bot.services.models.ChatModel`: the system prompt, the history within the context budget, the
 configured sampling), with the model's own earlier replies in the history; the last reply is scored:
 
-- right: it mentions a gold answer (SQuAD normalisation) in at most `max_words` words; for a refuse item it
+- right: it mentions a gold answer (as whole words, `mentions_gold`) in at most `max_words` words; for a refuse item it
   says it cannot know (one of the set's refusal markers);
 - mentions: the gold anywhere, however long the reply (a long reply that holds the answer is not right);
 - words per reply, loops, and replies cut by the token cap.
@@ -18,6 +18,7 @@ the bot (its server batches their decoding).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.eval.datasets import by_half
-from bot.eval.metrics import contains_answer, loops, mean, word_count
+from bot.eval.metrics import loops, mean, word_count
 
 DEFAULT_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "chat_quality.json"
 KINDS = ("fact", "arithmetic", "units", "multi_turn", "refuse")
@@ -81,6 +82,18 @@ def _item(row: dict, markers: list[str], max_words: int, where: str) -> ChatItem
     return ChatItem(iid, kind, turns, answers, int(row.get("max_words", max_words)), split)
 
 
+def _words(text: str) -> str:
+    """Lower case, every run of what is not a letter or digit one blank, no articles: "100°C" has the word
+    "100", and "9:30" matches "9:30 am" (SQuAD's normalisation would glue "100°c" and "930")."""
+    return " ".join(w for w in re.sub(r"[\W_]+", " ", text.lower()).split() if w not in ("a", "an", "the"))
+
+
+def mentions_gold(reply: str, answers: list[str]) -> bool:
+    """The reply mentions one of the gold answers as whole words."""
+    text = f" {_words(reply)} "
+    return any(f" {_words(a)} " in text for a in answers if _words(a))
+
+
 def _says_it_cannot_know(reply: str, markers: list[str]) -> bool:
     text = reply.lower().replace("\u2019", "'")
     return any(m.lower() in text for m in markers)
@@ -89,7 +102,7 @@ def _says_it_cannot_know(reply: str, markers: list[str]) -> bool:
 def score_reply(item: ChatItem, reply: str) -> dict:
     """The figures of one item's last reply: right, mentions, words, loops."""
     mentions = (_says_it_cannot_know(reply, item.answers) if item.kind == REFUSE
-                else contains_answer(reply, item.answers))
+                else mentions_gold(reply, item.answers))
     words = word_count(reply)
     return {"right": mentions and words <= item.max_words, "mentions": mentions, "words": words,
             "loops": loops(reply)}
