@@ -126,6 +126,8 @@ def test_a_right_reply_scores_right_and_a_wrong_long_or_invented_one_does_not():
     breakfast = next(it for it in items.values() if it.kind == "refuse" and "breakfast" in it.turns[0])
     assert chat.score_reply(breakfast, "I’m sorry, but I don't know what you ate this morning.")["right"]
     assert not chat.score_reply(breakfast, "You had eggs and toast with orange juice.")["right"]
+    invented_quote = 'The third sentence was: "I\'m sorry for any inconvenience."'  # an apology is no refusal
+    assert not chat.score_reply(breakfast, invented_quote)["right"]
 
 
 def test_a_broken_chat_set_is_refused_with_a_message_naming_the_item(tmp_path):
