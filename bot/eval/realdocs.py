@@ -17,6 +17,7 @@ from bot.eval.datasets import Paper, Question
 
 QUESTIONS_FILE = "questions.json"
 SPLITS = ("tune", "held-out")
+NOT_DOCUMENTS = (QUESTIONS_FILE, "README.md")
 
 
 def is_doc_set(path: str | Path) -> bool:
@@ -76,8 +77,9 @@ def load_doc_set(path: str | Path) -> list[Paper]:
 
 
 def content_key(path: str | Path) -> bytes:
-    """A digest of the set's files and questions (names and bytes): what an eval store is keyed by."""
+    """A digest of the set's documents (names and bytes): what an eval store is keyed by. The questions and the
+    README are not indexed, so editing them keeps the store and its embeddings."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
+    for file in sorted(p for p in Path(path).iterdir() if p.is_file() and p.name not in NOT_DOCUMENTS):
         digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
     return digest.digest()

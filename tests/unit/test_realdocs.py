@@ -86,6 +86,16 @@ def test_the_loader_names_what_is_wrong_with_a_set(tmp_path, question, message):
         datasets.load_qa(folder)
 
 
+def test_the_eval_store_key_follows_the_documents_not_the_questions(tmp_path):
+    folder = _write_set(tmp_path / "set", [{"id": "a1", "document": "a.txt", "question": "Q?", "answers": ["x"]}])
+    key = realdocs.content_key(folder)
+    (folder / "questions.json").write_text(json.dumps({"questions": []}))
+    (folder / "README.md").write_text("notes")
+    assert realdocs.content_key(folder) == key
+    (folder / "a.txt").write_text("The answer is forty-three.")
+    assert realdocs.content_key(folder) != key
+
+
 def test_repeated_ids_are_refused(tmp_path):
     q = {"id": "a1", "document": "a.txt", "question": "Q?", "answers": ["forty-two"]}
     with pytest.raises(ValueError, match="repeat"):
