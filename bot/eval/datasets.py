@@ -2,7 +2,8 @@
 
 - SQuAD-format JSON (COVID-QA, SQuAD 2.0): `load_squad`, one paper per article with its questions;
 - QMSum JSON lines: `load_qmsum`, meeting transcripts with a general reference summary;
-- a folder with `documents.txt` and `references.txt`, one document a line (PyrXSum): `load_folder`.
+- a folder with `documents.txt` and `references.txt`, one document a line (PyrXSum): `load_folder`;
+- a folder of real files with `questions.json` (tests/data/realdocs): bot.eval.realdocs, through `load_qa`.
 
 `sample` takes a seeded sample of the items; `half_of` puts each item, by its id, in the tuning half (0) or
 the held-out half (1), and `by_half` groups anything by those halves for the figures.
@@ -27,6 +28,8 @@ class Question:
     answers: list[str]  # for an unanswerable question: SQuAD 2.0's plausible (wrong) answers
     paper: str  # the document name of the paper it is about
     answerable: bool = True
+    kind: str = ""  # what is asked (a dev set's fact, number, why, ...); "" where the set does not say
+    split: str | None = None  # a dev set's own "tune" / "held-out" mark; None: half_of decides
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Paper:
     text: str
     questions: list[Question]  # answerable, with at least one gold answer
     unanswerable: list[Question] = field(default_factory=list)  # SQuAD 2.0's is_impossible questions
+    path: Path | None = None  # a real file, uploaded as it is (bot.eval.realdocs); None: `text` as plain text
 
 
 def load_squad(path: str | Path) -> list[Paper]:
@@ -67,6 +71,13 @@ def load_squad(path: str | Path) -> list[Paper]:
     if not papers:
         raise ValueError(f"{path}: no articles in data")
     return papers
+
+
+def load_qa(path: str | Path) -> list[Paper]:
+    """The papers of a question set: a folder of real documents with questions.json, or SQuAD-format JSON."""
+    from bot.eval.realdocs import is_doc_set, load_doc_set
+
+    return load_doc_set(path) if is_doc_set(path) else load_squad(path)
 
 
 # ------------------------------------------------------------------------------------------ QMSum
@@ -173,6 +184,13 @@ def sample(items: list, limit: int | None, seed: int) -> list:
 def half_of(key: str, seed: int) -> int:
     """0 or 1, a stable function of (seed, key): the tuning half is 0, the held-out half 1."""
     return hashlib.sha256(f"{seed}:{key}".encode()).digest()[0] & 1
+
+
+def question_half(q: Question, seed: int) -> int:
+    """The half a question is in: the split its data set records, else half_of its id."""
+    if q.split is not None:
+        return 0 if q.split == "tune" else 1
+    return half_of(q.qid, seed)
 
 
 def by_half(items: list, halves: list[int]) -> dict[str, list]:

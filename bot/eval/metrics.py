@@ -1,7 +1,8 @@
 """The evals' metrics: pure functions of texts and ranks, with no model and no database.
 
 - retrieval: whether a passage contains an answer span (`first_hit`), recall@k and MRR (`ranking_metrics`);
-- answers: SQuAD's normalisation, token F1 and "contains a gold answer"; a decoding loop (`loops`);
+- answers: SQuAD's normalisation, token F1, "contains a gold answer", "right" (contains one and is short);
+  a decoding loop (`loops`);
 - summaries: ROUGE-1/2/Lsum from the `rouge-score` package (`rouge`), Porter stemming, Lsum on sentence lines.
 
 The small ROUGE functions (`rouge_n`, `rouge_l`, ...) are a transparent re-implementation with the same
@@ -93,6 +94,19 @@ def contains_answer(prediction: str, answers: Iterable[str]) -> bool:
     """The prediction contains one gold answer, compared after SQuAD normalisation."""
     p = f" {squad_normalize(prediction)} "
     return any(f" {squad_normalize(a)} " in p for a in answers if squad_normalize(a))
+
+
+RIGHT_MAX_WORDS = 50  # an answer longer than this is not counted right even when it mentions the gold
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def right(prediction: str, answers: Iterable[str], max_words: int = RIGHT_MAX_WORDS) -> bool:
+    """The prediction mentions a gold answer and is short: what a reader would call a right answer (a long text
+    that happens to contain it, such as a whole passage pasted back, is not)."""
+    return word_count(prediction) <= max_words and contains_answer(prediction, answers)
 
 
 def loops(text: str, n: int = 8, times: int = 3) -> bool:

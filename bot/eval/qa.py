@@ -3,7 +3,8 @@
 The data set's papers are ingested into an eval scope as `docent ingest` would (bot.eval.retrieval.prepare_store);
 then every sampled question goes through exactly what a Telegram user's `/ask` goes through. Scored:
 
-- answerable questions: the answer contains a gold answer (after SQuAD normalisation) and SQuAD token F1,
+- answerable questions: the answer contains a gold answer (after SQuAD normalisation), is "right" (contains
+  one in at most bot.eval.metrics.RIGHT_MAX_WORDS words) and SQuAD token F1,
   which punishes a long answer that merely contains it; how often the sentence quoted under the reply
   contains it; how often the gold answer was in the evidence the model read, and in the retrieved passages;
   how often we said "not found" although there was an answer;
@@ -12,7 +13,9 @@ then every sampled question goes through exactly what a Telegram user's `/ask` g
 - every reply: the unsupported rate (answers with a content word or number the evidence does not have) and
   loops (a line, or 8 words in a row, said 3 times).
 
-Each figure is given for the tuning half, the held-out half (bot.eval.datasets.half_of) and all questions.
+Each figure is given for the tuning half, the held-out half (a dev set's recorded split, else
+bot.eval.datasets.half_of) and all questions. The data set is SQuAD-format JSON or a folder of real documents
+with questions.json (bot.eval.realdocs), whose files are uploaded as they are.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import time
 from pathlib import Path
 
 from bot.config import Settings
-from bot.eval.datasets import by_half, half_of, sample
-from bot.eval.metrics import contains_answer, first_hit, loops, mean, token_f1
+from bot.eval.datasets import by_half, question_half, sample
+from bot.eval.metrics import contains_answer, first_hit, loops, mean, right, token_f1, word_count
 from bot.eval.retrieval import SCOPE, prepare_store
 
 
@@ -35,9 +38,10 @@ def score_row(q, result, seconds: float) -> dict:
     row = {"qid": q.qid, "question": q.text, "answerable": q.answerable, "gold": q.answers[:3],
            "answer": result.text, "reply": reply, "not_found": not result.found, "seconds": seconds,
            "unsupported": result.found and not answer.supported(result.text, [e.text for e in result.evidence]),
-           "loops": loops(reply)}
+           "loops": loops(reply), "kind": q.kind, "words": word_count(result.text) if result.found else 0}
     if q.answerable:
         row |= {"contains": result.found and contains_answer(result.text, q.answers),
+                "right": result.found and right(result.text, q.answers),
                 "f1": max(token_f1(result.text, a) for a in q.answers) if result.found else 0.0,
                 "quote_contains": first_hit([quoted], q.answers) is not None,
                 "in_evidence": first_hit([e.text for e in result.evidence], q.answers) is not None,
@@ -53,6 +57,7 @@ def figures(rows: list[dict]) -> dict:
     return {
         "answerable": len(ans), "unanswerable": len(imp),
         "contains_gold": mean(r["contains"] for r in ans), "f1": mean(r["f1"] for r in ans),
+        "right": mean(r["right"] for r in ans), "answer_words": mean(r["words"] for r in given),
         "quote_contains_gold": mean(r["quote_contains"] for r in ans),
         "gold_in_evidence": mean(r["in_evidence"] for r in ans),
         "gold_in_passages": mean(r["in_passages"] for r in ans),
@@ -82,7 +87,7 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None 
             t0 = time.perf_counter()
             result = await answer.answer_question(q.text, knowledge=services.knowledge, model=model, scope=SCOPE,
                                                   force=True)
-            rows.append(score_row(q, result, time.perf_counter() - t0) | {"half": half_of(q.qid, seed)})
+            rows.append(score_row(q, result, time.perf_counter() - t0) | {"half": question_half(q, seed)})
     return {
         "eval": "qa", "dataset": dataset.name, "seed": seed, "model": settings.model.name,
         "halves": {half: figures(rs) for half, rs in by_half(rows, [r["half"] for r in rows]).items()},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import DatabaseSettings, Settings
-from bot.eval.datasets import Paper, half_of, load_squad, sample
+from bot.eval.datasets import Paper, load_qa, question_half, sample
 from bot.eval.metrics import first_hit, mean, split_figures
 
 if TYPE_CHECKING:
@@ -36,7 +36,10 @@ def eval_store(settings: Settings, dataset: Path) -> Path:
     the sentence windows, so a rerun with the same settings reuses the embeddings and a change of what is
     embedded starts afresh (the ranking weights are not part of the key: they apply at search time)."""
     docs = settings.documents
-    sha = hashlib.sha256(dataset.read_bytes() + b"\0" + docs.encoder.encode()).hexdigest()[:12]
+    from bot.eval.realdocs import content_key
+
+    content = content_key(dataset) if dataset.is_dir() else dataset.read_bytes()
+    sha = hashlib.sha256(content + b"\0" + docs.encoder.encode()).hexdigest()[:12]
     encoder = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(docs.encoder).name)  # a hub name, or a model directory
     key = f"{dataset.stem}-{sha}-{encoder}-c{docs.chunk_tokens}-o{docs.chunk_overlap_tokens}-w{docs.window_sentences}"
     return settings.data_dir / "eval" / key
@@ -48,7 +51,8 @@ def eval_settings(settings: Settings, store: Path) -> Settings:
 
 
 async def ingest_papers(kb, scope: str, papers: list[Paper], show_progress: bool = True) -> None:
-    """Ingest every paper as a text document, the way `docent ingest` does (already present = skipped)."""
+    """Ingest every paper the way `docent ingest` does (already present = skipped): a real file as it is,
+    through the product's parser; a data set's text as a text document."""
     from tqdm import tqdm
 
     present = {d.name for d in await kb.documents(scope)}
@@ -57,8 +61,8 @@ async def ingest_papers(kb, scope: str, papers: list[Paper], show_progress: bool
         return
     bar = tqdm(todo, desc="ingesting papers", unit="paper", disable=not show_progress)
     for paper in bar:
-        await kb.ingest(scope, paper.text.encode("utf-8"), paper.name, mime="text/plain",
-                        progress=lambda stage, frac: bar.set_postfix_str(stage))
+        data, mime = (paper.path.read_bytes(), None) if paper.path else (paper.text.encode("utf-8"), "text/plain")
+        await kb.ingest(scope, data, paper.name, mime=mime, progress=lambda stage, frac: bar.set_postfix_str(stage))
     bar.close()
 
 
@@ -69,7 +73,7 @@ async def prepare_store(settings: Settings, dataset: Path,
     database is closed on leaving."""
     from bot.services import open_services
 
-    papers = load_squad(dataset)
+    papers = load_qa(dataset)
     engine, services = await open_services(eval_settings(settings, eval_store(settings, dataset)))
     try:
         await ingest_papers(services.knowledge, SCOPE, papers, show_progress)
@@ -97,7 +101,7 @@ async def retrieval_eval(settings: Settings, dataset: str | Path, *, limit: int 
                 passages = await kb.search(SCOPE, q.text, k, mode=mode, query_vec=qvec)
                 ranks[mode].append(first_hit([p.text for p in passages], q.answers))
         seconds = time.perf_counter() - started
-    halves = [half_of(q.qid, seed) for q in questions]
+    halves = [question_half(q, seed) for q in questions]
     docs = settings.documents
     return {
         "eval": "retrieval", "dataset": dataset.name, "papers": len(papers), "chunks": len(chunks),

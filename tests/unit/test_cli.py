@@ -60,3 +60,12 @@ def test_default_logging_keeps_warnings_and_our_own_progress_and_v_shows_everyth
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+def test_eval_chat_takes_a_model_and_a_token_cap_and_qa_still_needs_a_dataset(capsys):
+    args = build_parser().parse_args(["eval", "chat", "--model", "smollm2-135m", "--max-new-tokens", "64"])
+    assert (args.what, args.dataset, args.model, args.max_new_tokens) == ("chat", None, "smollm2-135m", 64)
+    assert "must be >= 1, not 0" in refused(["eval", "chat", "--max-new-tokens", "0"], capsys)
+    args = build_parser().parse_args(["eval", "qa"])
+    with pytest.raises(SystemExit, match="--dataset is required"):
+        args.func(args, None)

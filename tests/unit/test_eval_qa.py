@@ -23,12 +23,14 @@ def test_loops_finds_a_line_or_eight_words_said_three_times():
 
 def test_figures_split_answerable_and_unanswerable_questions():
     rows = [
-        {"answerable": True, "contains": True, "f1": 1.0, "quote_contains": True, "in_evidence": True,
-         "in_passages": True, "not_found": False, "unsupported": False, "loops": False, "seconds": 1.0},
-        {"answerable": True, "contains": False, "f1": 0.0, "quote_contains": True, "in_evidence": True,
-         "in_passages": True, "not_found": True, "unsupported": False, "loops": False, "seconds": 3.0},
-        {"answerable": False, "not_found": True, "unsupported": False, "loops": False, "seconds": 2.0},
-        {"answerable": False, "not_found": False, "unsupported": True, "loops": True, "seconds": 2.0},
+        {"answerable": True, "contains": True, "right": True, "words": 4, "f1": 1.0, "quote_contains": True,
+         "in_evidence": True, "in_passages": True, "not_found": False, "unsupported": False, "loops": False,
+         "seconds": 1.0},
+        {"answerable": True, "contains": False, "right": False, "words": 0, "f1": 0.0, "quote_contains": True,
+         "in_evidence": True, "in_passages": True, "not_found": True, "unsupported": False, "loops": False,
+         "seconds": 3.0},
+        {"answerable": False, "not_found": True, "words": 0, "unsupported": False, "loops": False, "seconds": 2.0},
+        {"answerable": False, "not_found": False, "words": 8, "unsupported": True, "loops": True, "seconds": 2.0},
     ]
     f = eval_qa.figures(rows)
     assert (f["answerable"], f["unanswerable"]) == (2, 2)
@@ -36,6 +38,7 @@ def test_figures_split_answerable_and_unanswerable_questions():
     assert f["unanswerable_not_found"] == 0.5
     assert f["unsupported_rate"] == 0.5  # of the two replies that gave an answer
     assert f["loops"] == 1 and f["seconds_per_question"] == 2.0
+    assert f["right"] == 0.5 and f["answer_words"] == 6.0  # words: of the two answers given
     assert eval_qa.figures(rows[:2])["unanswerable_not_found"] is None
 
 
