@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,19 +34,23 @@ def _print_qa(r: dict) -> None:
     for row in [x for x in r["examples"] if x["answerable"]][:4] + [x for x in r["examples"] if not x["answerable"]][:2]:
         gold = "; ".join(g[:80] for g in row["gold"]) or "-"
         kind = "gold" if row["answerable"] else "unanswerable; plausible"
-        print(f"Q: {row['question']}\n   {kind}: {gold}\n   reply: {row['reply'][:300]}\n")
-    print(f"{r['dataset']}, seed {r['seed']}")
+        print(f"Q: {row['question']}\n   {kind}: {gold}\n   reply [{row['path'] or 'not found'}]: "
+              f"{row['reply'][:300]}\n")
+    print(f"{r['dataset']}, seed {r['seed']}, model {r['model']}, writing {r['writing']}")
     print(f"{'half':<5} {'n':>4} {'contains':>8} {'F1':>6} {'quote':>6} {'in ev.':>6} {'in psg':>6} {'miss':>6} "
-          f"{'unans':>4} {'said nf':>7} {'unsupp':>6} {'loops':>5} {'s/q':>5}")
+          f"{'unans':>4} {'said nf':>7} {'unsupp':>6} {'loops':>5} {'s/q':>5} {'words':>5} {'reject':>6}  paths")
     for half, m in r["halves"].items():
         nf = "-" if m["unanswerable_not_found"] is None else f"{m['unanswerable_not_found']:.3f}"
         print(f"{half:<5} {m['answerable']:>4} {m['contains_gold']:>8.3f} {m['f1']:>6.3f} "
               f"{m['quote_contains_gold']:>6.3f} {m['gold_in_evidence']:>6.3f} {m['gold_in_passages']:>6.3f} "
               f"{m['answerable_not_found']:>6.3f} {m['unanswerable']:>4} {nf:>7} {m['unsupported_rate']:>6.3f} "
-              f"{m['loops']:>5} {m['seconds_per_question']:>5.1f}")
+              f"{m['loops']:>5} {m['seconds_per_question']:>5.1f} {m['answer_words']:>5.1f} "
+              f"{m['written_rejected']:>6.3f}  {m['paths']}")
     print("contains/F1/quote/in ev./in psg/miss: answerable questions (the answer, the sentence quoted under it, "
           "the evidence the model read and the retrieved passages contain a gold answer; miss = said not found); "
-          "said nf: unanswerable questions answered 'not found'; unsupp: answers with words the evidence lacks")
+          "said nf: unanswerable questions answered 'not found'; unsupp: answers shown with a name, number or quoted term "
+          "the evidence lacks; words: words per answer shown; reject: written answers the support check refused; "
+          "paths: who answered (model = written, copy = a copied span)")
 
 
 def _print_summary(r: dict) -> None:
@@ -67,6 +72,8 @@ def _print_summary(r: dict) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "model", None):  # loaded by the services in place of the configured model
+        settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, name=args.model))
     limit = args.limit if args.limit is not None else DEFAULT_LIMITS[args.what]
     if args.what == "retrieval":
         from bot.eval.retrieval import retrieval_eval
@@ -76,7 +83,7 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     elif args.what == "qa":
         from bot.eval.qa import qa_eval
 
-        result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed))
+        result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed, writing=args.writing))
         _print_qa(result)
     else:
         from bot.eval.summary import summary_eval
@@ -103,5 +110,9 @@ def register(sub) -> None:
                    help="summary, QMSum: words in the lead baseline (default: the reference's length)")
     p.add_argument("--rewrite", action="store_true",
                    help="summary: also let the chat model shorten the extracted sentences (measured, off in the bot)")
+    p.add_argument("--model", help="qa, summary: the chat model (hub name, .gguf path or model directory; default: "
+                   "settings)")
+    p.add_argument("--writing", choices=["auto", "model", "copy"],
+                   help="qa: who words the answer (default: [documents] writing)")
     p.add_argument("--out", help="also write every figure and example to this JSON file")
     p.set_defaults(func=_cmd_eval)

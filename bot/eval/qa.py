@@ -9,8 +9,10 @@ then every sampled question goes through exactly what a Telegram user's `/ask` g
   how often we said "not found" although there was an answer;
 - unanswerable questions (SQuAD 2.0's is_impossible): how often the reply is "not found" rather than an
   answer;
-- every reply: the unsupported rate (answers with a content word or number the evidence does not have) and
-  loops (a line, or 8 words in a row, said 3 times).
+- every reply: the unsupported rate (answers shown with a name, number or quoted term the evidence does not
+  have, bot.services.support), loops (a line, or 8 words in a row, said 3 times), the answer's length in words;
+- which path answered ("model": written, "copy": a copied span, "": not found), and how often the support check
+  refused a written answer (never shown).
 
 Each figure is given for the tuning half, the held-out half (bot.eval.datasets.half_of) and all questions.
 """
@@ -28,14 +30,16 @@ from bot.eval.retrieval import SCOPE, prepare_store
 
 def score_row(q, result, seconds: float) -> dict:
     """One question's figures from its answer_question result."""
-    from bot.services import answer
+    from bot.services.support import unsupported_terms
 
     reply = result.render()
     quoted = result.source.text if result.source else (result.evidence[0].text if result.evidence else "")
+    read = [f"{e.before} {e.text}" for e in result.evidence]
     row = {"qid": q.qid, "question": q.text, "answerable": q.answerable, "gold": q.answers[:3],
            "answer": result.text, "reply": reply, "not_found": not result.found, "seconds": seconds,
-           "unsupported": result.found and not answer.supported(result.text, [e.text for e in result.evidence]),
-           "loops": loops(reply)}
+           "unsupported": result.found and bool(unsupported_terms(result.text, read)),
+           "loops": loops(reply) or loops(result.written), "path": result.path, "written": result.written,
+           "rejected": result.rejected, "words": len(result.text.split())}
     if q.answerable:
         row |= {"contains": result.found and contains_answer(result.text, q.answers),
                 "f1": max(token_f1(result.text, a) for a in q.answers) if result.found else 0.0,
@@ -60,11 +64,14 @@ def figures(rows: list[dict]) -> dict:
         "unanswerable_not_found": mean(r["not_found"] for r in imp) if imp else None,
         "unsupported_rate": mean(r["unsupported"] for r in given), "loops": sum(r["loops"] for r in rows),
         "seconds_per_question": mean(r["seconds"] for r in rows),
+        "answer_words": mean(r["words"] for r in given) if given else 0.0,
+        "written_rejected": mean(bool(r["rejected"]) for r in rows),
+        "paths": {p or "not found": sum(r["path"] == p for r in rows) for p in ("model", "copy", "")},
     }
 
 
 async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None = 30, seed: int = 0,
-                  show_progress: bool = True) -> dict:
+                  show_progress: bool = True, writing: str | None = None) -> dict:
     """Answers end to end through `answer.answer_question`, scored against gold. `limit` samples that many
     answerable questions and, where the set has them, that many unanswerable ones (None: all)."""
 
@@ -81,10 +88,11 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None 
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
             t0 = time.perf_counter()
             result = await answer.answer_question(q.text, knowledge=services.knowledge, model=model, scope=SCOPE,
-                                                  force=True)
+                                                  force=True, writing=writing)
             rows.append(score_row(q, result, time.perf_counter() - t0) | {"half": half_of(q.qid, seed)})
     return {
         "eval": "qa", "dataset": dataset.name, "seed": seed, "model": settings.model.name,
+        "writing": answer.writing_mode(writing or settings.documents.writing, model),
         "halves": {half: figures(rs) for half, rs in by_half(rows, [r["half"] for r in rows]).items()},
         "examples": rows,
     }

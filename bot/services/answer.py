@@ -129,12 +129,16 @@ def about_documents(evidence: Sequence[Evidence]) -> bool:
 
 
 def model_parameters(model) -> int:
-    """How many parameters the chat model has (0 when it cannot say)."""
-    inner = getattr(model, "model", None)
-    try:
-        return sum(p.numel() for p in inner.parameters())
-    except AttributeError:
+    """How many parameters the chat model has, from its shape (its weights may be packed: int4, int8); 0 when it
+    cannot say."""
+    config = getattr(getattr(model, "model", None), "config", None)
+    if config is None:
         return 0
+    head = config.key_length or config.dim // config.n_heads
+    attention = config.dim * head * (2 * config.n_heads + 2 * config.n_kv_heads)  # q, o; k, v
+    ffn = 3 * config.dim * config.hidden_dim
+    embeddings = config.vocab_size * config.dim * (1 if config.tie_embeddings else 2)
+    return embeddings + config.n_layers * (attention + ffn)
 
 
 def writing_mode(setting: str, model) -> str:
