@@ -118,6 +118,13 @@ def retrieval_query(question: str, recent_questions: Sequence[str]) -> str:
     return question
 
 
+def is_question(text: str) -> bool:
+    """A message asking something: it ends with "?" or begins with a question word."""
+    first = copy_answer.words(text.lower())[:1]
+    return text.rstrip().endswith("?") or first in (["what"], ["who"], ["when"], ["where"], ["which"], ["why"],
+                                                    ["how"], ["whom"], ["whose"])
+
+
 def about_documents(evidence: Sequence[Evidence]) -> bool:
     """Whether a message is about the documents: its best sentence (a planted instruction aside) is close in
     meaning or shares its words."""

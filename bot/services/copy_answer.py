@@ -56,7 +56,7 @@ EXAMPLES = (
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _STOP = frozenset("""a an and are as at be by for from has have in is it its of on or that the this to was were
-which with what who how why when where does do did not no can could may might will would should""".split())
+which with what who how why when where does do did not no can could may might will would should i""".split())
 _AUX = frozenset("is are was were be been does do did has have had can could should would will shall may might "
                  "must".split())
 _WH_SHORT = frozenset("who whom whose when where which".split())
