@@ -64,9 +64,9 @@ def figures(rows: list[dict]) -> dict:
         "unanswerable_not_found": mean(r["not_found"] for r in imp) if imp else None,
         "unsupported_rate": mean(r["unsupported"] for r in given), "loops": sum(r["loops"] for r in rows),
         "seconds_per_question": mean(r["seconds"] for r in rows),
-        "answer_words": mean(r["words"] for r in given) if given else 0.0,
-        "written_rejected": mean(bool(r["rejected"]) for r in rows),
-        "paths": {p or "not found": sum(r["path"] == p for r in rows) for p in ("model", "copy", "")},
+        "answer_words": mean(r.get("words", 0) for r in given) if given else 0.0,
+        "written_rejected": mean(bool(r.get("rejected")) for r in rows),
+        "paths": {p or "not found": sum(r.get("path", "") == p for r in rows) for p in ("model", "copy", "")},
     }
 
 

@@ -21,16 +21,14 @@ gives it to the model as evidence nor shows it as the bot's own statement, only 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import re
 
 import numpy as np
 
 from bot.documents.chunk import split_sentences
 from lm.rank import bm25_tokens
-
 
 INSTRUCTION_PENALTY = 1.0  # a whole cosine: such a sentence wins only where nothing else matches at all
 

@@ -24,11 +24,14 @@ def test_loops_finds_a_line_or_eight_words_said_three_times():
 def test_figures_split_answerable_and_unanswerable_questions():
     rows = [
         {"answerable": True, "contains": True, "f1": 1.0, "quote_contains": True, "in_evidence": True,
-         "in_passages": True, "not_found": False, "unsupported": False, "loops": False, "seconds": 1.0},
+         "in_passages": True, "not_found": False, "unsupported": False, "loops": False, "seconds": 1.0,
+         "path": "model", "rejected": "", "words": 3},
         {"answerable": True, "contains": False, "f1": 0.0, "quote_contains": True, "in_evidence": True,
-         "in_passages": True, "not_found": True, "unsupported": False, "loops": False, "seconds": 3.0},
+         "in_passages": True, "not_found": True, "unsupported": False, "loops": False, "seconds": 3.0,
+         "path": "", "rejected": "terms", "words": 0},
         {"answerable": False, "not_found": True, "unsupported": False, "loops": False, "seconds": 2.0},
-        {"answerable": False, "not_found": False, "unsupported": True, "loops": True, "seconds": 2.0},
+        {"answerable": False, "not_found": False, "unsupported": True, "loops": True, "seconds": 2.0,
+         "path": "copy", "rejected": "asked", "words": 1},
     ]
     f = eval_qa.figures(rows)
     assert (f["answerable"], f["unanswerable"]) == (2, 2)
@@ -36,6 +39,8 @@ def test_figures_split_answerable_and_unanswerable_questions():
     assert f["unanswerable_not_found"] == 0.5
     assert f["unsupported_rate"] == 0.5  # of the two replies that gave an answer
     assert f["loops"] == 1 and f["seconds_per_question"] == 2.0
+    assert f["answer_words"] == 2.0 and f["written_rejected"] == 0.5  # words of the answers shown
+    assert f["paths"] == {"model": 1, "copy": 1, "not found": 2}
     assert eval_qa.figures(rows[:2])["unanswerable_not_found"] is None
 
 
@@ -68,3 +73,12 @@ async def test_qa_eval_runs_the_answer_pipeline_end_to_end(tmp_path: Path):
             assert "\n\nSource: tiny-" in row["reply"] and row["answer"] in row["reply"]
     halves = result["halves"]
     assert halves["tune"]["answerable"] + halves["test"]["answerable"] == 4
+    assert result["writing"] == "copy" and {r["path"] for r in result["examples"]} <= {"copy", ""}  # the tiny model
+
+    # made to write, the random model's words fail the support check: never shown, the copy path answers instead
+    written = await eval_qa.qa_eval(settings, path, limit=2, seed=1, show_progress=False, writing="model")
+    assert written["writing"] == "model" and written["halves"]["all"]["unsupported_rate"] == 0.0
+    for row in written["examples"]:
+        assert row["path"] != "model" or row["answer"] == row["written"]
+        if row["path"] != "model" and len(row["written"]) > 20:  # a refused written answer is not what is shown
+            assert not row["reply"].startswith(row["written"])
