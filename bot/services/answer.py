@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bot.services import copy_answer
-from bot.services.evidence import Evidence, Passage
+from bot.services.evidence import Evidence, Passage, addresses_reader
 from bot.services.support import content_words, rests_on, unsupported_terms
 from bot.telegram.texts import ANSWER_SOURCE, NOT_IN_DOCUMENTS, NOT_STATED
 
@@ -167,11 +167,16 @@ def write_prompt(question: str, evidence: Sequence[Evidence], earlier: str | Non
     shown = {e.text for e in evidence}
     lines = []
     for e in reversed(evidence):  # the best last, nearest the question, where a small model attends most
-        context = e.before if e.before and e.before not in shown else ""
+        context = _context(e) if _context(e) not in shown else ""
         lines.append(f"- {context} {e.text}".replace("-  ", "- "))
     asked = f"Earlier question: {earlier}\nQuestion: {question}" if earlier else f"Question: {question}"
     messages.append({"role": "user", "content": "Evidence:\n" + "\n".join(lines) + f"\n\n{asked}"})
     return messages
+
+
+def _context(e: Evidence) -> str:
+    """The sentence before an evidence sentence, for what "he" or "it" refers to; "" when it is a planted order."""
+    return "" if addresses_reader(e.before) else e.before
 
 
 def says_not_found(text: str) -> bool:
@@ -197,7 +202,7 @@ def check_written(text: str, question: str, evidence: Sequence[Evidence]) -> tup
       question asks about (SQuAD's unanswerable questions: the evidence is about someone else);
     - "repeats": it only repeats the question.
     """
-    read = [f"{e.before} {e.text}" for e in evidence]
+    read = [f"{_context(e)} {e.text}" for e in evidence]
     if unsupported_terms(text, read):
         return None, "terms"
     said = content_words(text)
