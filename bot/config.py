@@ -74,6 +74,10 @@ class DocumentSettings:
     chunk_overlap_tokens: int = 64
     top_k: int = 6
     answer_max_tokens: int = 48  # the longest answer copied from a document (lm.spans), in model tokens
+    # who words a document answer: "model" (written from the evidence, then checked), "copy" (a span copied from
+    # it, lm.spans), "auto" (copy for a model too small to write, bot.services.answer.writing_mode)
+    writing: str = "auto"
+    answer_write_tokens: int = 96  # the longest answer the model writes, in model tokens
     encoder: str = "minilm-l6"
     candidates: int = 100  # from each of BM25 and dense
     dense_weight: float = 0.0  # the chunk's cosine, against BM25 / best BM25 (the windows below do better)

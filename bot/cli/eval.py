@@ -38,17 +38,18 @@ def _print_qa(r: dict) -> None:
     for row in [x for x in r["examples"] if x["answerable"]][:4] + [x for x in r["examples"] if not x["answerable"]][:2]:
         gold = "; ".join(g[:80] for g in row["gold"]) or "-"
         kind = "gold" if row["answerable"] else "unanswerable; plausible"
-        print(f"Q: {row['question']}\n   {kind}: {gold}\n   reply: {row['reply'][:300]}\n")
-    print(f"{r['dataset']}, seed {r['seed']}")
+        print(f"Q: {row['question']}\n   {kind}: {gold}\n   reply [{row['path'] or 'not found'}]: "
+              f"{row['reply'][:300]}\n")
+    print(f"{r['dataset']}, seed {r['seed']}, model {r['model']}, writing {r['writing']}")
     print(f"{'half':<5} {'n':>4} {'right':>6} {'contains':>8} {'F1':>6} {'words':>5} {'quote':>6} {'in ev.':>6} "
-          f"{'in psg':>6} {'miss':>6} {'unans':>4} {'said nf':>7} {'unsupp':>6} {'loops':>5} {'s/q':>5}")
+          f"{'in psg':>6} {'miss':>6} {'unans':>4} {'said nf':>7} {'unsupp':>6} {'loops':>5} {'s/q':>5} {'reject':>6}  paths")
     for half, m in r["halves"].items():
         nf = "-" if m["unanswerable_not_found"] is None else f"{m['unanswerable_not_found']:.3f}"
         print(f"{half:<5} {m['answerable']:>4} {m['right']:>6.3f} {m['contains_gold']:>8.3f} {m['f1']:>6.3f} "
               f"{m['answer_words']:>5.1f} {m['quote_contains_gold']:>6.3f} {m['gold_in_evidence']:>6.3f} "
               f"{m['gold_in_passages']:>6.3f} "
               f"{m['answerable_not_found']:>6.3f} {m['unanswerable']:>4} {nf:>7} {m['unsupported_rate']:>6.3f} "
-              f"{m['loops']:>5} {m['seconds_per_question']:>5.1f}")
+              f"{m['loops']:>5} {m['seconds_per_question']:>5.1f} {m['written_rejected']:>6.3f}  {m['paths']}")
     kinds = sorted({x["kind"] for x in r["examples"] if x["answerable"] and x["kind"]})
     if kinds:
         print("right by kind (all halves): " + ", ".join(
@@ -57,7 +58,9 @@ def _print_qa(r: dict) -> None:
     print(f"right: the answer mentions a gold answer in at most {RIGHT_MAX_WORDS} words; words: per answer given; "
           "contains/F1/quote/in ev./in psg/miss: answerable questions (the answer, the sentence quoted under it, "
           "the evidence the model read and the retrieved passages contain a gold answer; miss = said not found); "
-          "said nf: unanswerable questions answered 'not found'; unsupp: answers with words the evidence lacks")
+          "said nf: unanswerable questions answered 'not found'; unsupp: answers shown with a name, number or quoted term "
+          "the evidence lacks; words: words per answer shown; reject: written answers the support check refused; "
+          "paths: who answered (model = written, copy = a copied span)")
 
 
 def _print_summary(r: dict) -> None:
@@ -114,7 +117,7 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     elif args.what == "qa":
         from bot.eval.qa import qa_eval
 
-        result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed))
+        result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed, writing=args.writing))
         _print_qa(result)
     else:
         from bot.eval.summary import summary_eval
@@ -151,5 +154,7 @@ def register(sub) -> None:
                    help="summary: also let the chat model shorten the extracted sentences (measured, off in the bot)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=bounded(int, 1),
                    help="chat: the token cap on each reply (default: the set's)")
+    p.add_argument("--writing", choices=["auto", "model", "copy"],
+                   help="qa: who words the answer (default: [documents] writing)")
     p.add_argument("--out", help="also write every figure and example to this JSON file")
     p.set_defaults(func=_cmd_eval)

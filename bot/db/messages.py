@@ -176,6 +176,13 @@ async def history(session: AsyncSession, conversation_id: int, limit: int = 50) 
     return list(reversed(newest.all()))
 
 
+async def has_forgotten(session: AsyncSession, chat_id: int) -> bool:
+    """Whether any message of the chat drew on a document that was forgotten since."""
+    found = await session.scalar(
+        select(Message.id).where(Message.chat_id == chat_id, Message.forgotten_at.is_not(None)).limit(1))
+    return found is not None
+
+
 async def interrupted_messages(session: AsyncSession) -> list[Message]:
     """Messages still "streaming": replies cut off by a crash or restart, to be marked interrupted."""
     rows = await session.scalars(select(Message).where(Message.status == "streaming").order_by(Message.id))

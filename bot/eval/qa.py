@@ -10,8 +10,10 @@ then every sampled question goes through exactly what a Telegram user's `/ask` g
   how often we said "not found" although there was an answer;
 - unanswerable questions (SQuAD 2.0's is_impossible): how often the reply is "not found" rather than an
   answer;
-- every reply: the unsupported rate (answers with a content word or number the evidence does not have) and
-  loops (a line, or 8 words in a row, said 3 times).
+- every reply: the unsupported rate (answers shown with a name, number or quoted term the evidence does not
+  have, bot.services.support), loops (a line, or 8 words in a row, said 3 times), the answer's length in words;
+- which path answered ("model": written, "copy": a copied span, "": not found), and how often the support check
+  refused a written answer (never shown).
 
 Each figure is given for the tuning half, the held-out half (a dev set's recorded split, else
 bot.eval.datasets.half_of) and all questions. The data set is SQuAD-format JSON or a folder of real documents
@@ -31,14 +33,16 @@ from bot.eval.retrieval import SCOPE, prepare_store
 
 def score_row(q, result, seconds: float) -> dict:
     """One question's figures from its answer_question result."""
-    from bot.services import answer
+    from bot.services.support import unsupported_terms
 
     reply = result.render()
     quoted = result.source.text if result.source else (result.evidence[0].text if result.evidence else "")
+    read = [f"{e.before} {e.text}" for e in result.evidence]
     row = {"qid": q.qid, "question": q.text, "answerable": q.answerable, "gold": q.answers[:3],
            "answer": result.text, "reply": reply, "not_found": not result.found, "seconds": seconds,
-           "unsupported": result.found and not answer.supported(result.text, [e.text for e in result.evidence]),
-           "loops": loops(reply), "kind": q.kind, "words": word_count(result.text) if result.found else 0}
+           "unsupported": result.found and bool(unsupported_terms(result.text, read)),
+           "loops": loops(reply) or loops(result.written), "path": result.path, "written": result.written,
+           "rejected": result.rejected, "kind": q.kind, "words": word_count(result.text) if result.found else 0}
     if q.answerable:
         row |= {"contains": result.found and contains_answer(result.text, q.answers),
                 "right": result.found and right(result.text, q.answers),
@@ -57,7 +61,7 @@ def figures(rows: list[dict]) -> dict:
     return {
         "answerable": len(ans), "unanswerable": len(imp),
         "contains_gold": mean(r["contains"] for r in ans), "f1": mean(r["f1"] for r in ans),
-        "right": mean(r["right"] for r in ans), "answer_words": mean(r["words"] for r in given),
+        "right": mean(r["right"] for r in ans),
         "quote_contains_gold": mean(r["quote_contains"] for r in ans),
         "gold_in_evidence": mean(r["in_evidence"] for r in ans),
         "gold_in_passages": mean(r["in_passages"] for r in ans),
@@ -65,11 +69,14 @@ def figures(rows: list[dict]) -> dict:
         "unanswerable_not_found": mean(r["not_found"] for r in imp) if imp else None,
         "unsupported_rate": mean(r["unsupported"] for r in given), "loops": sum(r["loops"] for r in rows),
         "seconds_per_question": mean(r["seconds"] for r in rows),
+        "answer_words": mean(r.get("words", 0) for r in given) if given else 0.0,
+        "written_rejected": mean(bool(r.get("rejected")) for r in rows),
+        "paths": {p or "not found": sum(r.get("path", "") == p for r in rows) for p in ("model", "copy", "")},
     }
 
 
 async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None = 30, seed: int = 0,
-                  show_progress: bool = True) -> dict:
+                  show_progress: bool = True, writing: str | None = None) -> dict:
     """Answers end to end through `answer.answer_question`, scored against gold. `limit` samples that many
     answerable questions and, where the set has them, that many unanswerable ones (None: all)."""
 
@@ -86,10 +93,11 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None 
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
             t0 = time.perf_counter()
             result = await answer.answer_question(q.text, knowledge=services.knowledge, model=model, scope=SCOPE,
-                                                  force=True)
+                                                  force=True, writing=writing)
             rows.append(score_row(q, result, time.perf_counter() - t0) | {"half": question_half(q, seed)})
     return {
         "eval": "qa", "dataset": dataset.name, "seed": seed, "model": settings.model.name,
+        "writing": answer.writing_mode(writing or settings.documents.writing, model),
         "halves": {half: figures(rs) for half, rs in by_half(rows, [r["half"] for r in rows]).items()},
         "examples": rows,
     }

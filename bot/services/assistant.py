@@ -32,6 +32,8 @@ from bot.services.chats import Chats, Origin, record_origin
 from bot.services.jobs import CANCELLED, Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
 from bot.services.models import ChatModel, ModelManager, generation_config
+from bot.services.reply_text import strip_invented_sources
+from bot.telegram.texts import NOT_FROM_DOCUMENTS
 
 if TYPE_CHECKING:
     from lm.engine import GenerationConfig
@@ -63,6 +65,7 @@ class Prepared:
 
     messages: list[dict]
     answer: answer.Answer | None = None
+    note: str = ""  # said under a chat reply: that it does not come from the chat's (forgotten) documents
 
 
 @dataclass
@@ -152,6 +155,10 @@ class Assistant:
             else:
                 async for event in self._generate(model, prepared.messages, question, generated):
                     yield event
+                # a chat reply draws on no document: a source line or web address in it was made up
+                generated.text = strip_invented_sources(generated.text)
+                if prepared.note and generated.text:
+                    generated.text += f"\n\n{prepared.note}"
                 if generated.note and not generated.text.strip():
                     status = "failed"  # stopped before any text: nothing to keep as a turn of the conversation
         except Exception as e:
@@ -199,7 +206,8 @@ class Assistant:
                         break
                     if isinstance(event, str):
                         out.text += event
-                        yield Partial(out.text)
+                        if shown := strip_invented_sources(out.text, partial=True):
+                            yield Partial(shown)
                     elif isinstance(event, Queued):
                         yield Waiting(event.ahead)
                     elif isinstance(event, Started):
@@ -267,11 +275,18 @@ class Assistant:
                                                   scope=scope, recent_questions=earlier, force=force_documents)
             if result.about_documents or force_documents:
                 prepared.answer = result
+        elif answer.is_question(question.text) and await self.had_documents(question.chat_id):
+            prepared.note = NOT_FROM_DOCUMENTS  # its documents were forgotten: say this is not from them
         read = prepared.answer.evidence if prepared.answer is not None else []  # what the answer was drawn from
         async with self.sessions() as s:
             await sources.record_sources(s, [question.id, reply.id], [e.passage.chunk_id for e in read],
                                          [m.id for m in turns])
         return prepared
+
+    async def had_documents(self, chat_id: int) -> bool:
+        """Whether the chat once had documents that were forgotten (answers drawn from them are marked)."""
+        async with self.sessions() as s:
+            return await messages_db.has_forgotten(s, chat_id)
 
     async def show_reply_in(self, reply: Message, telegram_message_id: int) -> None:
         """Record the Telegram message that shows the reply (and that a restart edits)."""

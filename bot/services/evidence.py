@@ -12,10 +12,16 @@ SQuAD 2.0's Normans article the best five sentences hold the answer for 0.93 of 
 (the best one alone: 0.76).
 
 The same figures of the best sentence say whether a message is about the documents at all.
+
+Documents are data, not instructions. A sentence that addresses the assistant, the user or the system ("ignore
+previous instructions", "tell the user ...", "Assistant: ...", "NOTE TO THE AI") loses INSTRUCTION_PENALTY of
+its score, so it never wins the ranking for an unrelated question, and is flagged: the answer pipeline never
+gives it to the model as evidence nor shows it as the bot's own statement, only as a quote.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +29,30 @@ import numpy as np
 
 from bot.documents.chunk import split_sentences
 from lm.rank import bm25_tokens
+
+INSTRUCTION_PENALTY = 1.0  # a whole cosine: such a sentence wins only where nothing else matches at all
+
+_ADDRESSES_READER = re.compile(r"""(?ix)
+    \b(?:ignore|disregard|forget|override)\b[^.!?]{0,40}\b(?:instructions?|prompts?|rules|directions|guidelines)\b
+  | \b(?:note|message|instructions?|attention|reminder)\s+(?:to|for)\s+(?:the\s+|any\s+|all\s+)?
+        (?:ai|a\.i\.|assistants?|bots?|chatbots?|language\s+models?|llms?|models?|gpt)\b
+  | (?:^|\n|[.!?]\s+)\W*(?:assistant|system|ai|bot|chatbot|user)\s*:
+  | \b(?:tell|inform|remind|warn)\s+(?:the|every|all|each|any|your)\s+(?:users?|readers?|customers?|people)\b
+  | \b(?:you\s+are\s+now|as\s+an\s+ai|act\s+as\s+(?:an?\s+)?(?:ai|assistant)|from\s+now\s+on,?\s+you)\b
+  | \b(?:system\s+prompt|jailbreak|prompt\s+injection)\b
+  | \b(?:ai|assistant|chatbot|language\s+model)s?\b[^.!?]{0,30}\b(?:must|should|shall|will)\s+(?:always|never|now|tell|say|reply|answer|respond|ignore)\b
+""")
+
+
+def addresses_reader(text: str) -> bool:
+    """Whether a document's sentence speaks to the assistant, the user or the system instead of stating something:
+    an instruction planted in a document, to be quoted and never followed."""
+    return bool(_ADDRESSES_READER.search(text))
+
+
+def _under_instruction_header(before: str) -> bool:
+    """"NOTE TO THE AI:" then a sentence: the sentence is part of the planted instruction."""
+    return before.rstrip().endswith(":") and addresses_reader(before)
 
 
 @dataclass
@@ -52,10 +82,11 @@ class Evidence:
     cosine: float
     coverage: float
     shared: int = 0  # how many of the question's words (stopwords aside) it contains
+    instruction: bool = False  # it addresses the reader (addresses_reader): quoted, never followed
 
     @property
     def score(self) -> float:
-        return self.cosine + self.coverage
+        return self.cosine + self.coverage - (INSTRUCTION_PENALTY if self.instruction else 0.0)
 
 
 def coverage(question_words: set[str], text_words: set[str], idf: dict[str, float]) -> float:
@@ -86,7 +117,8 @@ def select(question: str, passages: Sequence[Passage], encode: Callable[[list[st
     scored = []
     for (s, p, before), c in zip(found, cosines, strict=True):
         have = set(bm25_tokens(s))
-        scored.append(Evidence(s, p, before, float(c), coverage(words, have, idf), len(words & have)))
+        scored.append(Evidence(s, p, before, float(c), coverage(words, have, idf), len(words & have),
+                               instruction=addresses_reader(s) or _under_instruction_header(before)))
     scored.sort(key=lambda e: -e.score)
     return scored[:n]
 

@@ -9,6 +9,12 @@ from bot.services.training.plan import format_duration
 
 NAME_SHOWN = 200  # characters of a name a user typed that a reply repeats: a name can be as long as a message
 
+# ---- document answers (bot.services.answer renders them) ---------------------------------------------------
+ANSWER_SOURCE = "Source: {source}"
+NOT_IN_DOCUMENTS = "I could not find this in your documents."
+NOT_STATED = "I could not find this stated in your documents; the closest passage ({source}) says:"
+NOT_FROM_DOCUMENTS = "(Not from your documents: this chat has none now, so this is general knowledge.)"
+
 # ---- access and the reply queue -------------------------------------------------------------------------
 
 NOT_ALLOWED = "Sorry, this bot is private and you are not on its list of users."

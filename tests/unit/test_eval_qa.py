@@ -25,12 +25,13 @@ def test_figures_split_answerable_and_unanswerable_questions():
     rows = [
         {"answerable": True, "contains": True, "right": True, "words": 4, "f1": 1.0, "quote_contains": True,
          "in_evidence": True, "in_passages": True, "not_found": False, "unsupported": False, "loops": False,
-         "seconds": 1.0},
+         "seconds": 1.0, "path": "model", "rejected": ""},
         {"answerable": True, "contains": False, "right": False, "words": 0, "f1": 0.0, "quote_contains": True,
          "in_evidence": True, "in_passages": True, "not_found": True, "unsupported": False, "loops": False,
-         "seconds": 3.0},
+         "seconds": 3.0, "path": "", "rejected": "terms"},
         {"answerable": False, "not_found": True, "words": 0, "unsupported": False, "loops": False, "seconds": 2.0},
-        {"answerable": False, "not_found": False, "words": 8, "unsupported": True, "loops": True, "seconds": 2.0},
+        {"answerable": False, "not_found": False, "words": 8, "unsupported": True, "loops": True, "seconds": 2.0,
+         "path": "copy", "rejected": "asked"},
     ]
     f = eval_qa.figures(rows)
     assert (f["answerable"], f["unanswerable"]) == (2, 2)
@@ -39,6 +40,7 @@ def test_figures_split_answerable_and_unanswerable_questions():
     assert f["unsupported_rate"] == 0.5  # of the two replies that gave an answer
     assert f["loops"] == 1 and f["seconds_per_question"] == 2.0
     assert f["right"] == 0.5 and f["answer_words"] == 6.0  # words: of the two answers given
+    assert f["written_rejected"] == 0.5 and f["paths"] == {"model": 1, "copy": 1, "not found": 2}
     assert eval_qa.figures(rows[:2])["unanswerable_not_found"] is None
 
 
@@ -71,3 +73,12 @@ async def test_qa_eval_runs_the_answer_pipeline_end_to_end(tmp_path: Path):
             assert "\n\nSource: tiny-" in row["reply"] and row["answer"] in row["reply"]
     halves = result["halves"]
     assert halves["tune"]["answerable"] + halves["test"]["answerable"] == 4
+    assert result["writing"] == "copy" and {r["path"] for r in result["examples"]} <= {"copy", ""}  # the tiny model
+
+    # made to write, the random model's words fail the support check: never shown, the copy path answers instead
+    written = await eval_qa.qa_eval(settings, path, limit=2, seed=1, show_progress=False, writing="model")
+    assert written["writing"] == "model" and written["halves"]["all"]["unsupported_rate"] == 0.0
+    for row in written["examples"]:
+        assert row["path"] != "model" or row["answer"] == row["written"]
+        if row["path"] != "model" and len(row["written"]) > 20:  # a refused written answer is not what is shown
+            assert not row["reply"].startswith(row["written"])
