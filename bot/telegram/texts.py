@@ -234,10 +234,20 @@ def summary_problem(outcome) -> str:
     return f"There is nothing I could summarize in {outcome.label}."  # done, but no sentence to show
 
 
+DIGEST_HEADINGS = {"asked": "You asked", "answered": "I answered", "decided": "Decided"}
+
+
+def digest_text(digest: dict[str, list[str]]) -> str:
+    """A conversation's extracted digest (bot.services.summarize.conversation_digest): one bullet per part."""
+    return "\n".join(f"- **{DIGEST_HEADINGS[part]}:** " + " · ".join(items)
+                     for part, items in digest.items() if items)
+
+
 def summary_text(outcome) -> str:
     """The finished summary, Markdown: a file name as code, so its _ and * stay literal."""
     title = f"`{outcome.label}`" if outcome.of_document and "`" not in outcome.label else outcome.label
-    return f"**Summary of {title}:**\n\n{outcome.summary.text}"
+    body = digest_text(outcome.summary.digest) if outcome.summary.digest else outcome.summary.text
+    return f"**Summary of {title}:**\n\n{body}"
 
 
 # ---- /stats --------------------------------------------------------------------------------------------------
