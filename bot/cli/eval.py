@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -54,11 +55,17 @@ def _print_summary(r: dict) -> None:
     for row in r["examples"]:
         if row["error"]:
             print(f"{row['id']}: not summarized (scored as an empty summary): {row['error']}")
-    print(f"{'system':<22} {'half':<5} {'n':>4} {'R-1':>6} {'R-2':>6} {'R-Lsum':>6} {'unsupp.':>8} {'words':>6}")
+    print(f"{'system':<22} {'half':<5} {'n':>4} {'R-1':>6} {'R-2':>6} {'R-Lsum':>6} {'unsupp.':>8} {'cover':>6} "
+          f"{'words':>6}")
     for name, halves in r["systems"].items():
         for half, m in halves.items():
             print(f"{name:<22} {half:<5} {m['n']:>4} {100 * m['rouge1']:>6.2f} {100 * m['rouge2']:>6.2f} "
-                  f"{100 * m['rougeLsum']:>6.2f} {m['unsupported_rate']:>8.3f} {m['words']:>6.0f}")
+                  f"{100 * m['rougeLsum']:>6.2f} {m['unsupported_rate']:>8.3f} {m['coverage']:>6.2f} "
+                  f"{m['words']:>6.0f}")
+    how = (f"written by {r['model']} ({r['sections_per_document']:.1f} sections per document; "
+           f"{r['replaced_per_document']:.2f} sentences replaced and {r['dropped_per_document']:.2f} dropped by the "
+           "check per document)" if r["written"] else "extracted")
+    print(f"summarize: {how}")
     lead = f"; lead = first {r['lead_words']} words" if r["lead_words"] else ""
     print(f"{r['documents']} documents ({r['failed']} failed) of {r['source_words']:.0f} words on average, seed "
           f"{r['seed']}: {r['seconds_per_document']:.2f} s per document to summarize (+ "
@@ -81,8 +88,10 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     else:
         from bot.eval.summary import summary_eval
 
+        if args.model:  # loaded in place of the configured model
+            settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, name=args.model))
         result = summary_eval(settings, args.dataset, limit=limit, seed=args.seed, lead_words=args.lead_words,
-                              rewrite=args.rewrite)
+                              rewrite=args.rewrite, writing=args.writing, sentences=args.sentences)
         _print_summary(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -103,5 +112,10 @@ def register(sub) -> None:
                    help="summary, QMSum: words in the lead baseline (default: the reference's length)")
     p.add_argument("--rewrite", action="store_true",
                    help="summary: also let the chat model shorten the extracted sentences (measured, off in the bot)")
+    p.add_argument("--model", help="summary: the chat model that writes (a hub name or a path; default: [model] name)")
+    p.add_argument("--writing", choices=["auto", "model", "extract"],
+                   help="summary: who writes the summary (default: [documents] summary_writing)")
+    p.add_argument("--sentences", type=bounded(int, 1),
+                   help="summary: sentences of a written summary (default: by the document's length, as in the bot)")
     p.add_argument("--out", help="also write every figure and example to this JSON file")
     p.set_defaults(func=_cmd_eval)
