@@ -157,17 +157,23 @@ def _reduce(notes: list[str], calls: _Calls, count: CountTokens, budget: int, n:
         if len(groups) == 1:
             break
         calls.total += len(groups)
-        notes = [calls(REDUCE_PROMPT.format(n=_how_many(n)), g, SUMMARY_TOKENS * n) for g in groups]
+        shorter = [calls(REDUCE_PROMPT.format(n=_how_many(n)), g, SUMMARY_TOKENS * n) for g in groups]
+        if len(windows(shorter, budget, count)) >= len(groups):  # no shorter: another round would not help
+            notes = shorter
+            break
+        notes = shorter
     # the final call was counted from the start; after MAX_ROUNDS (never in practice) the first group that fits
     return calls(REDUCE_PROMPT.format(n=_how_many(n)), windows(notes, budget, count)[0], SUMMARY_TOKENS * n)
 
 
 def write_summary(pieces: list[str], write: Write, count: CountTokens, *, sentences: int | None = None,
-                  section_tokens: int = SECTION_TOKENS, progress: Progress | None = None,
-                  cancel: threading.Event | None = None, share: float | None = None) -> Written:
+                  section_tokens: int = SECTION_TOKENS, reduce_tokens: int | None = None,
+                  progress: Progress | None = None, cancel: threading.Event | None = None,
+                  share: float | None = None) -> Written:
     """The model's summary of all of `pieces`, checked against them (see the module's docstring).
 
-    `count` counts the model's tokens. Raises InterruptedError when `cancel` is set."""
+    `count` counts the model's tokens; the notes combined in one prompt take at most `reduce_tokens` (default:
+    `section_tokens`). Raises InterruptedError when `cancel` is set."""
     sections = sections_of(pieces, count, section_tokens)
     if not sections:
         return Written([], 0)
@@ -183,7 +189,7 @@ def write_summary(pieces: list[str], write: Write, count: CountTokens, *, senten
             notes.append(" ".join(s for s in reply_sentences(reply) if not unsupported(s, Source([section])))
                          or "")
         notes = [note for note in notes if note]
-        draft = _reduce(notes, calls, count, section_tokens, n) if notes else ""
+        draft = _reduce(notes, calls, count, reduce_tokens or section_tokens, n) if notes else ""
     return _checked(reply_sentences(draft), n, Source(sections), notes, calls.done, share)
 
 
