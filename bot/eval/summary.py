@@ -12,8 +12,8 @@ The product's summary is written by the chat model (`--model NAME`, map-reduce, 
 extracted (bot.services.summarize), as [documents] summary_writing and the model's size choose in the bot
 (`--writing` overrides). Every system is scored with the `rouge-score` package (ROUGE-1/2/Lsum F1, Porter
 stemming; for Lsum the sentences are put on separate lines, as rouge-score expects), by its unsupported rate:
-the share of the summary's numbers and capitalised names (a sentence's first word included) that do not occur in
-the source (`summarize.unsupported_terms`), and by its coverage: the share of the document's sections (as the
+the share of the summary's names, numbers and quoted terms that do not occur in the source (the check written
+answers pass, bot.services.support), and by its coverage: the share of the document's sections (as the
 writer cuts them) that the summary draws on, a sentence drawing on the section that holds most of its content
 words (`summary_check.rests_on`).
 Figures are given for the tuning half (0), the held-out half (1) of a seeded split by document id, and all.
@@ -66,11 +66,11 @@ def coverage(summary: str, sections) -> float:
     return len(drawn) / len(sections.sections) if sections.sections else 0.0
 
 
-def _score(summary: str, reference: str, source: set[str], sections) -> dict:
-    from bot.services.summarize import checked_terms, unsupported_terms
+def _score(summary: str, reference: str, source: str, sections) -> dict:
+    from bot.services.support import claim_terms, unsupported_terms
 
-    return {**rouge(summary, reference), "checked": len(checked_terms(summary, first_words=True)),
-            "unsupported": unsupported_terms(summary, source, first_words=True), "words": len(summary.split()),
+    return {**rouge(summary, reference), "checked": len(claim_terms(summary)),
+            "unsupported": unsupported_terms(summary, source), "words": len(summary.split()),
             "coverage": coverage(summary, sections)}
 
 
@@ -103,7 +103,7 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
 
     from bot.documents.parse import DocumentError
     from bot.services.summaries import model_writes
-    from bot.services.summarize import source_terms, summarize
+    from bot.services.summarize import summarize
     from bot.services.summary_check import Source
     from bot.services.summary_writer import SECTION_TOKENS, section_budget, sections_of
     from lm import hub
@@ -140,7 +140,7 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
             summary, rewritten = "\n".join(result.sentences), result.rewritten
         t2 = time.perf_counter()
         sections = Source(sections_of(pieces or [source_text], count, budget))
-        source, reference = source_terms(source_text), item["reference"]
+        source, reference = source_text, item["reference"]
         baselines = ({"lead": lead(item["transcript"], lead_words or len(reference.split()))} if kind == "qmsum"
                      else {"lead-1": lead_sentences(source_text, 1), "lead-3": lead_sentences(source_text, 3),
                            **item["systems"]})

@@ -5,7 +5,7 @@ A sentence the model wrote is shown only when
   no broken-off clause) and not a description of the text ("The article discusses ...") instead of its facts;
 - it does not speak to the reader the way injected instructions do (`addresses_reader`: "ignore previous
   instructions", "tell the user ..."): a document can say that, a summary never repeats it as its own;
-- every name, number and quoted term in it occurs in the source (`unsupported`);
+- every name, number and quoted term in it occurs in the source (`unsupported`, bot.services.support);
 - its claim rests on one section (`rests_on`): most of its content words occur in that one section of the
   source. A sentence that mixes two sections' facts, or says what no section says, rests on none.
 A sentence that fails is replaced by the source sentence closest to it (`closest_source_sentence`), which is
@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass
 
 from bot.documents.chunk import split_sentences
-from bot.services.summarize import is_complete, source_terms, unsupported_terms
+from bot.services.summarize import is_complete
+from bot.services.support import unsupported_terms
 
 SUPPORT_SHARE = 0.7  # the share of a sentence's content words that one section must hold
 MIN_WORDS = 4  # a shorter "sentence" is a heading or a label, not a statement
@@ -33,7 +34,6 @@ we were what when where which while who whom why will with would you your yours 
 one two new like well many much us""".split())
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
-_QUOTED = re.compile(r"[\"“”]([^\"“”]{2,60})[\"“”]")
 _GLUE = re.compile(r"[A-Za-z]\.{1,2}/|\b[a-z]{2,}\.[A-Z][a-z]")  # "the./configure", "end.Next": a lost break
 _PAGE_HEADER = re.compile(r"^(?:page\s+\d+(?:\s+of\s+\d+)?|\d+\s*/\s*\d+|-\s*\d+\s*-)$", re.IGNORECASE)
 _UNDERLINE = re.compile(r"^[\s=\-_*#~+.•·]+$")
@@ -105,7 +105,6 @@ class Source:
 
     def __post_init__(self) -> None:
         self.text = "\n\n".join(self.sections)
-        self.terms = source_terms(self.text)
         self.section_terms = [content_terms(s) for s in self.sections]
         self.sentences = [(i, strip_bullet(s)) for i, section in enumerate(self.sections)
                           for s in split_sentences(section)]
@@ -113,12 +112,9 @@ class Source:
 
 
 def unsupported(sentence: str, source: Source) -> list[str]:
-    """The names, numbers and quoted terms of `sentence` that the source does not hold (a name may open the
-    sentence: the model can invent one there)."""
-    missing = unsupported_terms(sentence, source.terms, first_words=True)
-    lowered = " ".join(source.text.lower().split())
-    missing += [q for q in _QUOTED.findall(sentence) if " ".join(q.lower().split()) not in lowered]
-    return missing
+    """The names, numbers and quoted terms of `sentence` that the source does not hold (bot.services.support,
+    the check written answers pass too)."""
+    return unsupported_terms(sentence, source.text)
 
 
 def rests_on(sentence: str, source: Source, share: float = SUPPORT_SHARE) -> int | None:
