@@ -16,7 +16,8 @@
    QMSum meetings): ROUGE-1 +0.5 and +0.2, but 4 of the 10 kept rewrites of the articles changed who did
    what or crossed two names ("the charity told the programme it had been overwhelmed" became "the
    programme has been overwhelmed"), which no name-and-number check can see, and it costs the model's time
-   (2 s an article on a quiet machine, 35-50 s on a busy one). So the bot and the CLI show extracted sentences.
+   (2 s an article on a quiet machine, 35-50 s on a busy one). So extracted sentences are shown as they are;
+   a model big enough to write writes the whole summary instead (bot.services.summary_writer).
 4. Support check: every number and capitalised name (a capitalised word that does not start a sentence)
    must occur in the source; `unsupported_terms` is also what the eval's "unsupported rate" counts.
 

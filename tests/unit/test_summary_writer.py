@@ -201,3 +201,10 @@ def test_the_tiny_random_model_writes_and_nothing_unsupported_is_shown(tmp_path)
     assert out.sections >= 2 and out.sections <= out.calls <= out.sections + 1  # notes all dropped: no reduce
     source = " ".join(" ".join(sc.split_sentences(s)) for s in DOCUMENT[:3])
     assert all(s in source for s in out.sentences) and out.unsupported == []
+
+
+def test_a_spelled_ordinal_in_the_source_supports_the_same_ordinal():
+    """An ordinal is compared by value like every other number (it once was never found in its own source)."""
+    src = sc.Source(["Belgium, ranked fourth in the world, leads the group on goal difference."])
+    assert sc.unsupported("Belgium is ranked fourth in the world.", src) == []
+    assert sc.unsupported("Belgium is ranked fifth in the world.", src) == ["fifth"]
