@@ -87,6 +87,10 @@ class DocumentSettings:
     proximity_window: int = 12  # words (stopwords removed)
     proximity_weight: float = 1.0
     phrase_weight: float = 1.0
+    # who writes /summarize's summaries: "model" (map-reduce, bot.services.summary_writer), "extract" (salient
+    # sentences, bot.services.summarize), or "auto": the model when it is big enough to write without
+    # inventing (bot.services.summaries.WRITER_MIN_PARAMS), else extracted sentences
+    summary_writing: str = "auto"
 
     def parse_limits(self) -> dict:
         """bot.documents.parse.parse_document's limits as these settings set them (its keyword arguments)."""

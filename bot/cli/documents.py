@@ -93,27 +93,50 @@ def _cmd_summarize(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from bot.documents.parse import DocumentError, parse_document
-    from bot.services.summarize import summarize
-    from lm import hub
-    from lm.encoder import Encoder
 
+    if args.model:  # loaded in place of the configured model
+        settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, name=args.model))
     try:
         doc = parse_document(Path(args.path), Path(args.path).name, **settings.documents.parse_limits())
     except DocumentError as e:
         print(f"{args.path}: {e.message}", file=sys.stderr)
         return 1
-    # extractive, as in the bot: see bot.services.summarize on why the chat model does not rewrite
-    encoder = Encoder.load(hub.resolve(settings.documents.encoder, settings.cache_dir))
     bar = tqdm(desc="summarizing", unit="part")
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
-    summary = summarize([s.text for s in doc.sections], encoder, progress=progress)
+    text = _summary_text([s.text for s in doc.sections], settings, args.writing or settings.documents.summary_writing,
+                         progress)
     bar.close()
-    print(summary.text or f"{args.path}: no sentences to summarize")
+    print(text or f"{args.path}: no sentences to summarize")
     return 0
+
+
+def _summary_text(pieces: list[str], settings: Settings, writing: str, progress) -> str:
+    """The summary as the bot would show it: written by the chat model when `writing` lets it (map-reduce,
+    every sentence checked), else extracted."""
+    from bot.services.summaries import as_summary, model_writes
+    from bot.services.summarize import summarize
+    from lm import hub
+    from lm.encoder import Encoder
+
+    if writing != "extract":
+        from bot.services.models import ChatModel
+        from bot.services.summary_writer import model_writer, section_budget, write_summary
+
+        model = ChatModel.load(settings)
+        try:
+            if model_writes(writing, model):
+                written = write_summary(pieces, model_writer(model), model.count_tokens, progress=progress,
+                                        section_tokens=section_budget(model.context_tokens))
+                if written.sentences:
+                    return as_summary(written).text
+        finally:
+            model.close()
+    encoder = Encoder.load(hub.resolve(settings.documents.encoder, settings.cache_dir))
+    return summarize(pieces, encoder, progress=progress).text
 
 
 def register(sub) -> None:
@@ -128,6 +151,9 @@ def register(sub) -> None:
     p.add_argument("--model")
     p.set_defaults(func=_cmd_ask)
 
-    p = sub.add_parser("summarize", help="summarize a whole document (its most salient sentences)")
+    p = sub.add_parser("summarize", help="summarize a whole document, as /summarize does")
     p.add_argument("path")
+    p.add_argument("--model", help="the chat model that writes (a hub name or a path; default: [model] name)")
+    p.add_argument("--writing", choices=["auto", "model", "extract"],
+                   help="who writes the summary (default: [documents] summary_writing)")
     p.set_defaults(func=_cmd_summarize)

@@ -69,11 +69,17 @@ def _print_summary(r: dict) -> None:
     for row in r["examples"]:
         if row["error"]:
             print(f"{row['id']}: not summarized (scored as an empty summary): {row['error']}")
-    print(f"{'system':<22} {'half':<5} {'n':>4} {'R-1':>6} {'R-2':>6} {'R-Lsum':>6} {'unsupp.':>8} {'words':>6}")
+    print(f"{'system':<22} {'half':<5} {'n':>4} {'R-1':>6} {'R-2':>6} {'R-Lsum':>6} {'unsupp.':>8} {'cover':>6} "
+          f"{'words':>6}")
     for name, halves in r["systems"].items():
         for half, m in halves.items():
             print(f"{name:<22} {half:<5} {m['n']:>4} {100 * m['rouge1']:>6.2f} {100 * m['rouge2']:>6.2f} "
-                  f"{100 * m['rougeLsum']:>6.2f} {m['unsupported_rate']:>8.3f} {m['words']:>6.0f}")
+                  f"{100 * m['rougeLsum']:>6.2f} {m['unsupported_rate']:>8.3f} {m['coverage']:>6.2f} "
+                  f"{m['words']:>6.0f}")
+    how = (f"written by {r['model']} ({r['sections_per_document']:.1f} sections per document; "
+           f"{r['replaced_per_document']:.2f} sentences replaced and {r['dropped_per_document']:.2f} dropped by the "
+           "check per document)" if r["written"] else "extracted")
+    print(f"summarize: {how}")
     lead = f"; lead = first {r['lead_words']} words" if r["lead_words"] else ""
     print(f"{r['documents']} documents ({r['failed']} failed) of {r['source_words']:.0f} words on average, seed "
           f"{r['seed']}: {r['seconds_per_document']:.2f} s per document to summarize (+ "
@@ -117,13 +123,15 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     elif args.what == "qa":
         from bot.eval.qa import qa_eval
 
-        result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed, writing=args.writing))
+        result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed,
+                                     writing={"extract": "copy"}.get(args.writing, args.writing)))
         _print_qa(result)
     else:
         from bot.eval.summary import summary_eval
 
+        writing = {"copy": "extract"}.get(args.writing, args.writing)
         result = summary_eval(settings, args.dataset, limit=limit, seed=args.seed, lead_words=args.lead_words,
-                              rewrite=args.rewrite)
+                              rewrite=args.rewrite, writing=writing, sentences=args.sentences)
         _print_summary(result)
     return _write(args, result)
 
@@ -154,7 +162,11 @@ def register(sub) -> None:
                    help="summary: also let the chat model shorten the extracted sentences (measured, off in the bot)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=bounded(int, 1),
                    help="chat: the token cap on each reply (default: the set's)")
-    p.add_argument("--writing", choices=["auto", "model", "copy"],
-                   help="qa: who words the answer (default: [documents] writing)")
+    p.add_argument("--writing", choices=["auto", "model", "copy", "extract"],
+                   help="who words the answer or summary: qa auto|model|copy (default: [documents] writing), "
+                   "summary auto|model|extract (default: [documents] summary_writing); copy and extract both mean "
+                   "that the model writes nothing")
+    p.add_argument("--sentences", type=bounded(int, 1),
+                   help="summary: sentences of a written summary (default: by the document's length, as in the bot)")
     p.add_argument("--out", help="also write every figure and example to this JSON file")
     p.set_defaults(func=_cmd_eval)

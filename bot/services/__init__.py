@@ -60,7 +60,8 @@ def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession
     assistant = Assistant(settings, sessions, models, chats, knowledge, jobs)
     return Services(
         settings=settings, sessions=sessions, models=models, chats=chats, knowledge=knowledge, jobs=jobs,
-        assistant=assistant, uploads=Uploads(chats, knowledge, jobs), summaries=Summaries(assistant, knowledge, jobs),
+        assistant=assistant, uploads=Uploads(chats, knowledge, jobs),
+        summaries=Summaries(assistant, knowledge, jobs, settings.documents.summary_writing),
         stats=StatsService(settings, sessions), training=TrainingService(settings, sessions, models, chats))
 
 

@@ -1,6 +1,13 @@
 """/summarize as a job: what to summarize (a document of the chat, by name or number, or else the current
-conversation), the summarizer (bot.services.summarize) run in its own thread, stoppable with /cancel, its
-outcome shown by the caller's status line before the job ends."""
+conversation), who writes the summary, run in its own thread, stoppable with /cancel, its outcome shown by
+the caller's status line before the job ends.
+
+Who writes it ([documents] summary_writing): the chat model, map-reduce over the whole document with every
+sentence held to the source (bot.services.summary_writer), or extracted sentences (bot.services.summarize;
+for a conversation, what was asked, answered and decided, from its own sentences). "auto" lets the model write
+when it is big enough not to invent as soon as it writes (WRITER_MIN_PARAMS, by its decoder's size: SmolLM2-135M
+and Gemma 3 270M extract; Qwen2.5 0.5B and up write), and falls back to extraction when nothing the model
+wrote survives the check."""
 
 from __future__ import annotations
 
@@ -14,9 +21,36 @@ from bot.services.chats import Origin
 from bot.services.compute import in_own_thread
 from bot.services.jobs import Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
-from bot.services.summarize import Summary, conversation_text, summarize
+from bot.services.summarize import Summary, conversation_digest, conversation_text, summarize
+from bot.services.summary_writer import Written, model_writer, section_budget, write_summary
+from bot.services.summary_writer import write_conversation_summary as write_about_conversation
 
 log = logging.getLogger(__name__)
+
+WRITER_MIN_PARAMS = 250e6  # decoder weights (embeddings not counted) of a model that writes summaries in "auto"
+PROSE_SENTENCES = 3  # a written summary of up to this many sentences is a paragraph; a longer one, bullets
+
+
+def decoder_params(config) -> float:
+    """The weights of a decoder's layers (embeddings left out), from its lm.config.ModelConfig."""
+    head = config.key_length or config.dim // config.n_heads
+    attention = config.dim * head * (2 * config.n_heads + 2 * config.n_kv_heads)
+    return config.n_layers * (attention + 3 * config.dim * config.hidden_dim)
+
+
+def model_writes(mode: str, model) -> bool:
+    """Whether the chat model writes the summary: [documents] summary_writing, "auto" by the model's size."""
+    if mode in ("model", "extract"):
+        return mode == "model"
+    return decoder_params(model.model.config) >= WRITER_MIN_PARAMS
+
+
+def as_summary(written: Written) -> Summary:
+    """A written summary in the shape the bot shows: a paragraph, or bullets when it is longer."""
+    sentences = written.sentences
+    text = " ".join(sentences) if len(sentences) <= PROSE_SENTENCES else "\n".join(f"- {s}" for s in sentences)
+    return Summary(sentences, text, unsupported=written.unsupported, written=True, sections=written.sections,
+                   drawn=written.drawn)
 
 
 @dataclass
@@ -38,13 +72,15 @@ class SummaryView(Protocol):
 
 
 class Summaries:
-    def __init__(self, assistant: Assistant, knowledge: KnowledgeBase, jobs: Jobs):
+    def __init__(self, assistant: Assistant, knowledge: KnowledgeBase, jobs: Jobs, writing: str = "auto"):
         self.assistant, self.knowledge, self.jobs = assistant, knowledge, jobs
+        self.writing = writing  # [documents] summary_writing
 
     async def summarize(self, origin: Origin, target: str, view: SummaryView) -> SummaryOutcome:
         """Summarize the chat's document named or numbered `target`, or the current conversation when it is
         empty; `view` shows the progress and the outcome."""
         await self.assistant.chats.record(origin)  # the job's row names them
+        turns: list[dict] = []
         if target:
             pieces, outcome = await self._document(origin.chat_id, target)
         else:
@@ -59,9 +95,10 @@ class Summaries:
         async with self.jobs.track("summary", origin.chat_id, origin.user_id, status_message_id,
                                    outcome.label) as job:
             try:
+                model = await self.assistant.models.current()
+                writes = model_writes(self.writing, model)
                 outcome.summary = await in_own_thread(
-                    lambda: summarize(pieces, self.knowledge.encoder, conversation=not target, cancel=job.cancel,
-                                      progress=view.progress))
+                    lambda: self._summary(pieces, turns, model if writes else None, job.cancel, view.progress))
             except InterruptedError:
                 outcome.status, outcome.detail = "stopped", job.reason or ""
             except Exception:
@@ -71,6 +108,22 @@ class Summaries:
                 job.cancel.set()  # the caller was cancelled: the worker thread stops at its next window
             await view.finish(outcome)
         return outcome
+
+    def _summary(self, pieces: list[str], turns: list[dict], model, cancel, progress) -> Summary:
+        """The summary of a document's pieces, or of a conversation's turns when there are any (blocking):
+        written by `model` when it is given and something it wrote passes the check, else extracted."""
+        if model is not None:
+            write, budget = model_writer(model, cancel), section_budget(model.context_tokens)
+            written = (write_about_conversation(pieces, write, model.count_tokens, section_tokens=budget,
+                                                  progress=progress, cancel=cancel) if turns else
+                       write_summary(pieces, write, model.count_tokens, section_tokens=budget, progress=progress,
+                                     cancel=cancel))
+            if written.sentences:
+                return as_summary(written)
+            log.info("nothing the model wrote passed the check; the summary is extracted")
+        if turns:
+            return conversation_digest(turns)
+        return summarize(pieces, self.knowledge.encoder, cancel=cancel, progress=progress)
 
     async def _document(self, chat_id: int, target: str) -> tuple[list[str], SummaryOutcome]:
         """The text of the one document `target` names (its number, its name, or a part of its name); an upload
@@ -90,4 +143,20 @@ class Summaries:
             return [], SummaryOutcome(status, detail=target, matches=len(matches))
         async with self.knowledge.sessions() as s:
             chunks = [c for c in await documents_db.chunks_for_scope(s, scope) if c.document_id == matches[0].id]
-        return [c.text for c in chunks], SummaryOutcome("done", matches[0].name, of_document=True)
+        return pages(chunks), SummaryOutcome("done", matches[0].name, of_document=True)
+
+
+def pages(chunks) -> list[str]:
+    """A stored document's text as pieces: its chunks joined page by page (a PDF) or by heading, in order,
+    so that the summary's sections follow the document's own; the chunks' overlaps stay (the summarizers
+    drop repeated sentences)."""
+    out: list[str] = []
+    last = object()
+    for chunk in sorted(chunks, key=lambda c: c.ordinal):
+        key = chunk.page if chunk.page is not None else chunk.heading
+        if out and key == last:
+            out[-1] += "\n\n" + chunk.text
+        else:
+            out.append(chunk.text)
+        last = key
+    return out

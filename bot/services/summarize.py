@@ -16,7 +16,8 @@
    QMSum meetings): ROUGE-1 +0.5 and +0.2, but 4 of the 10 kept rewrites of the articles changed who did
    what or crossed two names ("the charity told the programme it had been overwhelmed" became "the
    programme has been overwhelmed"), which no name-and-number check can see, and it costs the model's time
-   (2 s an article on a quiet machine, 35-50 s on a busy one). So the bot and the CLI show extracted sentences.
+   (2 s an article on a quiet machine, 35-50 s on a busy one). So extracted sentences are shown as they are;
+   a model big enough to write writes the whole summary instead (bot.services.summary_writer).
 4. Support check: every number and capitalised name (a capitalised word that does not start a sentence)
    must occur in the source; `unsupported_terms` is also what the eval's "unsupported rate" counts.
 
@@ -188,6 +189,10 @@ class Summary:
     source_sentences: int = 0
     rewritten: int = 0  # sentences the model rewrote that passed every check
     unsupported: list[str] = field(default_factory=list)  # terms of the summary not in the source (should be [])
+    written: bool = False  # the model wrote it (bot.services.summary_writer); else extracted sentences
+    sections: int = 0  # written: the sections the document was read in; drawn: the one each sentence rests on
+    drawn: list[int] = field(default_factory=list)
+    digest: dict[str, list[str]] | None = None  # a conversation's "asked" / "answered" / "decided", extracted
 
 
 def summary_words(document_words: int) -> int:
@@ -224,6 +229,12 @@ def is_complete(sentence: str) -> bool:
     m = _LABEL.match(sentence)
     body = sentence[m.end():].lstrip() if m else sentence
     return bool(body) and not body[0].islower() and bool(_COMPLETE.search(body))
+
+
+def _body(sentence: str) -> str:
+    """The sentence without a leading "Speaker:" label."""
+    m = _LABEL.match(sentence)
+    return sentence[m.end():].lstrip() if m else sentence
 
 
 def content_words(sentence: str) -> int:
@@ -295,7 +306,10 @@ def extract(sentences: list[Sentence], vectors: np.ndarray, budget: int, lead_we
     """Indices of the sentences that make the summary (`budget` words), in reading order."""
     lead = max(LEAD_MIN, lead_fraction * len(sentences))
     lengths = [content_words(s.text) for s in sentences]
-    candidates = [i for i, s in enumerate(sentences) if s.whole and lengths[i] >= MIN_WORDS and is_complete(s.text)]
+    from bot.services.summary_check import presentable  # it builds on this module's checks
+
+    candidates = [i for i, s in enumerate(sentences)
+                  if s.whole and lengths[i] >= MIN_WORDS and is_complete(s.text) and presentable(_body(s.text))]
     if not candidates:  # a short chat, or text without punctuation: whatever there is
         candidates = [i for i, s in enumerate(sentences) if s.whole] or list(range(len(sentences)))
     return mmr(vectors, salience(vectors, lead_weight, lead), lengths, candidates, budget, redundancy)
@@ -405,3 +419,27 @@ def summarize(pieces: list[str], encoder, *, model=None, rewrite: bool = False, 
 def conversation_text(turns: list[dict]) -> list[str]:
     """A conversation's turns as "User: ..." / "Assistant: ..." pieces (the system prompt left out)."""
     return [f"{'User' if t['role'] == 'user' else 'Assistant'}: {t['content']}" for t in turns if t["role"] != "system"]
+
+
+_DECISION = re.compile(r"\b(?:decided?|decision|agreed?|let's|we'll|we will|i'll|i will|plan(?:ned)?|going to|chose|"
+                       r"settled|conclude[ds]?)\b", re.IGNORECASE)
+DIGEST_ITEMS = 4  # the latest questions and answers a digest names
+
+
+def _first_sentence(text: str) -> str:
+    sentences = split_sentences(text)
+    return tidy(sentences[0]) if sentences else ""
+
+
+def conversation_digest(turns: list[dict]) -> Summary:
+    """What a conversation asked, answered and decided, from its own sentences (no model): the user's latest
+    questions, the first sentence of each of the assistant's answers, and sentences that decide or plan."""
+    asked = [_first_sentence(t["content"]) for t in turns if t["role"] == "user"]
+    answered = [_first_sentence(t["content"]) for t in turns if t["role"] == "assistant"]
+    decided = [s for t in turns if t["role"] != "system" for s in split_sentences(t["content"])
+               if _DECISION.search(s) and "?" not in s]
+    digest = {"asked": [a for a in asked if a][-DIGEST_ITEMS:],
+              "answered": list(dict.fromkeys(a for a in answered if a))[-DIGEST_ITEMS:],
+              "decided": list(dict.fromkeys(decided))[-DIGEST_ITEMS:]}
+    sentences = [s for items in digest.values() for s in items]
+    return Summary(sentences, "", len(turns), digest=digest)

@@ -93,7 +93,7 @@ def _spelled_numbers(tokens: list[str]) -> list[tuple[int, int, float]]:
             elif w in _TENS:
                 value, seen = value + _TENS[w], True
             elif w in _ORDINALS and not seen:
-                value, seen = _ORDINALS[w], True
+                value, seen = float(_ORDINALS[w]), True  # a float, as every other value
                 i += 1
                 break
             elif w in _SCALES and (seen or (i > start)):

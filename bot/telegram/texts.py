@@ -240,10 +240,16 @@ def summary_problem(outcome) -> str:
     return f"There is nothing I could summarize in {outcome.label}."  # done, but no sentence to show
 
 
+DIGEST_HEADINGS = {"asked": "You asked", "answered": "I answered", "decided": "Decided"}  # a conversation's
+
+
 def summary_text(outcome) -> str:
-    """The finished summary, Markdown: a file name as code, so its _ and * stay literal."""
+    """The finished summary, Markdown: a file name as code, so its _ and * stay literal; an extracted
+    conversation digest (summarize.conversation_digest) as one bullet per part."""
     title = f"`{outcome.label}`" if outcome.of_document and "`" not in outcome.label else outcome.label
-    return f"**Summary of {title}:**\n\n{outcome.summary.text}"
+    digest = outcome.summary.digest or {}
+    body = "\n".join(f"- **{DIGEST_HEADINGS[k]}:** " + " · ".join(v) for k, v in digest.items() if v)
+    return f"**Summary of {title}:**\n\n{body or outcome.summary.text}"
 
 
 # ---- /stats --------------------------------------------------------------------------------------------------

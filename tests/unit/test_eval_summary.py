@@ -136,13 +136,16 @@ def test_summary_eval_on_a_folder_scores_every_system(tmp_path: Path):
     settings = Settings(data_dir=tmp_path / "data",
                         documents=DocumentSettings(encoder=str(write_model(tmp_path / "encoder"))))
 
-    result = es.summary_eval(settings, root, show_progress=False)
+    result = es.summary_eval(settings, root, show_progress=False, writing="extract")
     assert result["format"] == "folder" and result["documents"] == 2 and result["failed"] == 0
     assert set(result["systems"]) == {"summarize", "lead-1", "lead-3", "inventor"}
     ours = result["systems"]["summarize"]["all"]
     assert ours["n"] == 2 and ours["unsupported_rate"] == 0.0 and 0 < ours["rouge1"] <= 1
-    # checked: "40", "John", "Smith" and "1872" (a sentence's first word is not); the first three are invented
-    assert result["systems"]["inventor"]["all"]["unsupported_rate"] == pytest.approx(3 / 4)
+    # checked: "Berlin", "40", "John", "Smith", "Kelvara" and "1872" (a first word too: a writer can invent one
+    # there); the first four are invented
+    assert result["systems"]["inventor"]["all"]["unsupported_rate"] == pytest.approx(4 / 6)
+    assert ours["coverage"] == 1.0 and result["sections_per_document"] == 1  # short: one section each
+    assert result["written"] is False and result["model"] is None
     assert result["systems"]["lead-1"]["all"]["words"] == pytest.approx((13 + 11) / 2)
     halves = result["systems"]["summarize"]
     assert sum(halves[h]["n"] for h in ("tune", "test") if h in halves) == 2
