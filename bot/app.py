@@ -22,6 +22,7 @@ from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.redact import redact
 from bot.services import Services, build_services
+from bot.services.compute import in_own_thread
 from bot.services.models import ModelManager
 from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
 from bot.telegram.context import Runtime
@@ -103,7 +104,9 @@ async def _post_stop(app: Application) -> None:
     warm_up = app.bot_data.get("warm_up")
     if warm_up is not None and not warm_up.done():
         warm_up.cancel()  # stopped before the model finished loading: nothing waits for it any more
-    await app.bot_data["services"].training.shutdown()
+    services: Services = app.bot_data["services"]
+    await services.training.shutdown()
+    await in_own_thread(services.models.close)  # its scheduler thread must not outlive the process's exit
 
 
 async def _on_error(update: object, context) -> None:

@@ -78,6 +78,7 @@ def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
             return await answer_question(args.question, knowledge=services.knowledge, model=model, scope=args.scope,
                                          force=True)
         finally:
+            services.models.close()  # before exit (see ChatModel.close)
             await engine.dispose()
 
     result = asyncio.run(run())

@@ -112,6 +112,8 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
                      "source_words": len(source_text.split()), "rewritten": rewritten,
                      "systems": {"summarize": _score(summary, reference, source),
                                  **{name: _score(text, reference, source) for name, text in baselines.items()}}})
+    if model is not None:
+        model.close(wait=True, cancel=True)  # before exit (see ChatModel.close)
     systems = list(rows[0]["systems"]) if rows else ["summarize"]
     halves = by_half(rows, [r["half"] for r in rows])
     return {

@@ -153,9 +153,12 @@ class ChatModel:
             spans = self._spans.calibrated(spans, ids(baseline), calibration)
         return spans
 
-    def close(self, wait: bool = True) -> None:
-        """Stop the server once the replies in flight have ended (wait=False: without waiting here)."""
-        self.server.close(cancel=False, wait=wait)
+    def close(self, wait: bool = True, cancel: bool = False) -> None:
+        """Stop the server once the replies in flight have ended (wait=False: without waiting here; cancel: end
+        them now). A program must close its models before it exits: the scheduler thread is a daemon, and one
+        that is still inside torch when the interpreter finalizes aborts the process ("terminate called
+        without an active exception", exit code 134)."""
+        self.server.close(cancel=cancel, wait=wait)
 
 
 class ModelManager:
@@ -185,6 +188,11 @@ class ModelManager:
             except Exception:  # the first reply reports it to the user; the log says why
                 log.exception("could not load the chat model at start-up")
         return asyncio.get_running_loop().create_task(load())
+
+    def close(self) -> None:
+        """Stop the active model's server now, cancelling what it runs, and wait for its thread (at exit)."""
+        if self._current is not None:
+            self._current.close(wait=True, cancel=True)
 
     async def swap(self, name_or_path: str, version_id: int | None = None) -> ChatModel:
         """Load another model (in a thread) and make it the active one."""
