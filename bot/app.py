@@ -28,6 +28,7 @@ from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
 from bot.telegram.context import Runtime
 from bot.telegram.incoming import DocentApplication
 from bot.telegram.messages import StreamingMessage
+from bot.telegram.webhook import use_strict_webhook_handler
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def run_bot(settings: Settings) -> int:
     if tg.mode == "webhook":
         if not tg.webhook_url or not tg.webhook_secret:
             raise ValueError("webhook mode needs [telegram] webhook_url and webhook_secret")
+        use_strict_webhook_handler()  # a body that is not an update gets 400 and one warning, not 500
         app.run_webhook(listen=tg.webhook_listen, port=tg.webhook_port, webhook_url=tg.webhook_url,
                         secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES, stop_signals=None)
     else:
