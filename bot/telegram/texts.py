@@ -162,10 +162,26 @@ def interrupted_text(job) -> str:
     return f"⚠️ The summary of {job.label} was interrupted by a restart. Send /summarize again for it."
 
 
+def _job_names(jobs) -> str:
+    """"your reply", "the summary of NAME", "indexing NAME", joined with commas and "and"."""
+    names = [{"summary": "the summary of ", "ingest": "indexing "}.get(j.kind, "") + j.label for j in jobs]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def stopping(jobs) -> str:
-    """What /cancel stops: "your reply", "the summary of NAME", "indexing NAME"."""
-    names = ", ".join({"summary": "the summary of ", "ingest": "indexing "}.get(j.kind, "") + j.label for j in jobs)
-    return f"Stopping {names}…"
+    """What /cancel is stopping, shown at once."""
+    return f"Stopping {_job_names(jobs)}…"
+
+
+def stopped_jobs(stopped, still_running) -> str:
+    """What /cancel stopped, once those jobs have ended (`still_running`: the ones that had not ended in time)."""
+    ended = [j for j in stopped if j not in still_running]
+    if not stopped:
+        return "Nothing was left to stop: it had just finished."
+    text = f"Stopped {_job_names(ended)}." if ended else ""
+    if still_running:
+        text += f" Still stopping {_job_names(still_running)}; its status line will say when it has ended."
+    return text.strip()
 
 
 def document_list(docs) -> str:
