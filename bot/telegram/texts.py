@@ -185,8 +185,9 @@ def stopped_jobs(stopped, still_running) -> str:
 
 
 def document_list(docs) -> str:
-    lines = [f"{d.id}. {d.name} – {(_n(d.pages, 'page') + ', ') if d.pages else ''}{_n(d.chunk_count, 'chunk')}"
-             for d in docs]
+    """/docs: the chat's documents numbered 1..n, oldest first (the numbers /forget and /summarize take)."""
+    lines = [f"{n}. {d.name} – {(_n(d.pages, 'page') + ', ') if d.pages else ''}{_n(d.chunk_count, 'chunk')}"
+             for n, d in enumerate(docs, 1)]
     return "Documents in this chat:\n" + "\n".join(lines)
 
 
@@ -220,7 +221,11 @@ def forget_outcome(outcome) -> str:
                 + forgot_text(outcome.forgotten))
     if outcome.status == "not_allowed" and not outcome.detail:
         return f"{outcome.name} is still being indexed; only its uploader or an admin of this chat can stop it."
-    if outcome.status in ("ambiguous", "not_allowed"):
+    if outcome.status == "ambiguous":
+        numbers = ", ".join(map(str, outcome.numbers))
+        return (f"{len(outcome.numbers)} documents here are named {shorten_name(outcome.name, NAME_SHOWN)!r} "
+                f"(numbers {numbers} in /docs); give the number: /forget {outcome.numbers[0]}")
+    if outcome.status == "not_allowed":
         return outcome.detail
     return no_such_document(outcome.name)
 
