@@ -189,6 +189,7 @@ async def _show(stream: StreamingMessage, event, placeholder) -> None:
     elif isinstance(event, Writing):
         await stream.update("…", urgent=True)  # replaces a queued note
     elif isinstance(event, Done):
-        await stream.finish(event.text, reply_markup=feedback_markup() if event.rated else None)
+        text = texts.TOO_LONG_FOR_ME if event.too_long else event.text
+        await stream.finish(text, reply_markup=feedback_markup() if event.rated else None)
     elif isinstance(event, AlreadyAnswered) and placeholder is not None:  # Telegram delivered it again
         await placeholder.delete()

@@ -59,6 +59,8 @@ ADMIN_HELP = (
     "/stats – here, also every chat's totals and the model version in use"
 )
 RESET_DONE = "Started a new conversation. I no longer see the earlier messages."
+# a message under the character limit that is still too long for the model (emoji, combining marks: many tokens)
+TOO_LONG_FOR_ME = "That message is too long for me to read in one go. Please send a shorter one, or split it up."
 SYSTEM_PROMPT_TOO_LONG = "That system prompt is too long (2,000 characters at most)."
 SYSTEM_PROMPT_RESET = "System prompt reset to the default."
 SYSTEM_PROMPT_SET = "System prompt updated."
