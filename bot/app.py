@@ -10,7 +10,6 @@ import signal
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     CommandHandler,
@@ -28,6 +27,7 @@ from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
 from bot.telegram.context import Runtime
 from bot.telegram.incoming import DocentApplication
 from bot.telegram.messages import StreamingMessage
+from bot.telegram.retry import RetryingRateLimiter
 from bot.telegram.webhook import use_strict_webhook_handler
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
         .base_url(settings.telegram.api_url)
         .base_file_url(_file_url(settings))
         .concurrent_updates(True)  # one slow reply must never hold up other chats
-        .rate_limiter(AIORateLimiter(max_retries=0))
+        .rate_limiter(RetryingRateLimiter(max_retries=0))  # network failures retried, flood waits not here
         .post_init(_post_init)
         .post_stop(_post_stop)
         .build()
