@@ -25,7 +25,7 @@ from bot.services.training.plan import TrainingOptions
 from bot.services.training.report import MetricsTail, RunOutcome, plot_loss_curve, should_promote
 from bot.services.training.runner import StepTimer, train_args
 from bot.services.training.service import TrainingService
-from bot.telegram.texts import plan_text, step_time_text
+from bot.telegram.training_texts import plan_text, step_time_text
 from lm.data import chat_examples, read_chat_jsonl, split_examples
 from lm.heldout import heldout_loss
 from lm.tokenizer import Tokenizer
