@@ -188,7 +188,7 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
 async def _show(stream: StreamingMessage, event, placeholder) -> None:
     """One event of a reply (bot.services.assistant) in its Telegram message."""
     if isinstance(event, Partial):
-        await stream.update(event.text)
+        await stream.update(event.text, formatted=True)  # rendered as the final text will be, not raw Markdown
     elif isinstance(event, Waiting):
         await stream.update(texts.queued_text(event.ahead), urgent=True)
     elif isinstance(event, Writing):
