@@ -180,6 +180,13 @@ class ModelManager:
                     self._current = await in_own_thread(ChatModel.load, self.settings)
         return self._current
 
+    def replies_in_flight(self) -> int:
+        """Replies the active model is writing or about to write (0 while none is loaded)."""
+        if self._current is None:
+            return 0
+        load = self._current.server.load()
+        return load["running"] + load["waiting"]
+
     def warm_up(self) -> asyncio.Task:
         """Load the model in the background (at start-up), so that the first message does not wait for it."""
         async def load() -> None:

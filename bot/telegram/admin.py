@@ -20,7 +20,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from bot.services.training.report import RunOutcome
 from bot.services.training.service import TrainingBusy, TrainingService
 from bot.services.training.versions import UnknownVersion, VersionFilesMissing
-from bot.telegram import texts, training_texts
+from bot.telegram import training_texts
 from bot.telegram.access import is_admin
 from bot.telegram.context import Runtime, origin_of, runtime
 from bot.telegram.messages import StatusLine
@@ -100,8 +100,11 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         _follow(context, service, status, run.id, resume=True)
         return
     shown = await message.reply_text(training_texts.PREPARING_PLAN)
+    status = StatusLine(shown)  # the steps being timed, as they run: this takes minutes on a busy machine
     try:
-        plan = await service.plan(force=args == ["force"])
+        with status:
+            plan = await service.plan(force=args == ["force"],
+                                      progress=lambda p: status.set(training_texts.plan_progress(p)))
     except Exception:
         log.exception("could not plan a training run")
         await shown.edit_text(training_texts.PLAN_FAILED)
@@ -111,8 +114,8 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         service.drop_plan(plan.token)
         return
     buttons = InlineKeyboardMarkup([[
-        InlineKeyboardButton(texts.START_BUTTON, callback_data=f"train:start:{plan.token}"),
-        InlineKeyboardButton(texts.DROP_BUTTON, callback_data=f"train:drop:{plan.token}")]])
+        InlineKeyboardButton(training_texts.START_BUTTON, callback_data=f"train:start:{plan.token}"),
+        InlineKeyboardButton(training_texts.DROP_BUTTON, callback_data=f"train:drop:{plan.token}")]])
     await shown.edit_text(training_texts.plan_text(plan), reply_markup=buttons)
     plan.shown_in = (shown.chat_id, shown.message_id)
 

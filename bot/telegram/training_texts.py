@@ -42,11 +42,32 @@ def format_loss(value: float | None) -> str:
 
 
 def step_time_text(step) -> str:
-    """Seconds per training step and where the figure comes from (bot.services.training.plan.StepTime)."""
+    """Seconds per training step, where the figure comes from (bot.services.training.plan.StepTime), and what
+    else the machine was doing meanwhile: steps timed while replies are written are slower than a quiet run's."""
     if step.ms is None:
         return step.basis
     per_step = f"{step.ms:.0f} ms" if step.ms < 1000 else f"{step.ms / 1000:.1f}s"
-    return f"{per_step} per step, {step.basis}"
+    busy = []
+    if step.replies:
+        busy.append(f"while I was writing {step.replies} repl{'y' if step.replies == 1 else 'ies'}")
+    if step.load_per_core is not None and step.load_per_core >= 0.75:
+        busy.append(f"with the machine busy (load {step.load_per_core:.1f} per core)")
+    caveat = f", {' and '.join(busy)}: the run may be faster when the bot is quiet" if busy else ""
+    return f"{per_step} per step, {step.basis}{caveat}"
+
+
+def plan_progress(progress) -> str:
+    """The status line of /retrain while it plans (bot.services.training.plan.PlanProgress)."""
+    if progress.stage == "reading":
+        return "Preparing a retraining plan: reading the opted-in chats and documents…"
+    waited = format_duration(progress.elapsed_s)
+    if progress.done == 0:
+        return (f"Preparing a retraining plan: timing {progress.of} training steps on this data, to estimate the "
+                f"run's length. Loading the base model and running step 1 of {progress.of}… ({waited} so far)")
+    if progress.done < progress.of:
+        return (f"Preparing a retraining plan: timing {progress.of} training steps on this data. Step "
+                f"{progress.done} of {progress.of} done, running step {progress.done + 1}… ({waited} so far)")
+    return f"Preparing a retraining plan: {progress.of} of {progress.of} steps timed ({waited}); writing the plan…"
 
 
 def shortfall_text(shortfall) -> str:
