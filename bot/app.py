@@ -10,7 +10,6 @@ import signal
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     CommandHandler,
@@ -22,11 +21,14 @@ from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.redact import redact
 from bot.services import Services, build_services
+from bot.services.compute import in_own_thread
 from bot.services.models import ModelManager
 from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
 from bot.telegram.context import Runtime
 from bot.telegram.incoming import DocentApplication
 from bot.telegram.messages import StreamingMessage
+from bot.telegram.retry import RetryingRateLimiter
+from bot.telegram.webhook import use_strict_webhook_handler
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,9 @@ async def _post_stop(app: Application) -> None:
     warm_up = app.bot_data.get("warm_up")
     if warm_up is not None and not warm_up.done():
         warm_up.cancel()  # stopped before the model finished loading: nothing waits for it any more
-    await app.bot_data["services"].training.shutdown()
+    services: Services = app.bot_data["services"]
+    await services.training.shutdown()
+    await in_own_thread(services.models.close)  # its scheduler thread must not outlive the process's exit
 
 
 async def _on_error(update: object, context) -> None:
@@ -131,7 +135,7 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
         .base_url(settings.telegram.api_url)
         .base_file_url(_file_url(settings))
         .concurrent_updates(True)  # one slow reply must never hold up other chats
-        .rate_limiter(AIORateLimiter(max_retries=0))
+        .rate_limiter(RetryingRateLimiter(max_retries=0))  # network failures retried, flood waits not here
         .post_init(_post_init)
         .post_stop(_post_stop)
         .build()
@@ -167,6 +171,7 @@ def run_bot(settings: Settings) -> int:
     if tg.mode == "webhook":
         if not tg.webhook_url or not tg.webhook_secret:
             raise ValueError("webhook mode needs [telegram] webhook_url and webhook_secret")
+        use_strict_webhook_handler()  # a body that is not an update gets 400 and one warning, not 500
         app.run_webhook(listen=tg.webhook_listen, port=tg.webhook_port, webhook_url=tg.webhook_url,
                         secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES, stop_signals=None)
     else:

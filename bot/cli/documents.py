@@ -78,6 +78,7 @@ def _cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
             return await answer_question(args.question, knowledge=services.knowledge, model=model, scope=args.scope,
                                          force=True)
         finally:
+            services.models.close()  # before exit (see ChatModel.close)
             await engine.dispose()
 
     result = asyncio.run(run())
@@ -134,7 +135,7 @@ def _summary_text(pieces: list[str], settings: Settings, writing: str, progress)
                 if written.sentences:
                     return as_summary(written).text
         finally:
-            model.close()
+            model.close(wait=True, cancel=True)  # before exit (see ChatModel.close)
     encoder = Encoder.load(hub.resolve(settings.documents.encoder, settings.cache_dir))
     return summarize(pieces, encoder, progress=progress).text
 

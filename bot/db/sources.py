@@ -23,7 +23,11 @@ from bot.db.models import Chunk, Document, Message, MessageSource, User
 
 
 class AmbiguousName(ValueError):
-    """Several documents of the scope have the name asked for; the message lists their ids."""
+    """Several documents of the scope have the name asked for; `numbers` are theirs in the scope's list."""
+
+    def __init__(self, name: str, numbers: list[int]):
+        super().__init__(f"{len(numbers)} documents are named {name!r} (numbers {numbers})")
+        self.name, self.numbers = name, numbers
 
 
 class NotAllowedToForget(ValueError):
@@ -36,20 +40,22 @@ class Forgotten:
     answers: int  # replies that drew on it, now kept out of prompts and training data (with their questions)
 
 
-async def find_document(session: AsyncSession, scope: str, name_or_id: str | int) -> Document | None:
-    """A ready document of `scope` by id, or by name; None when nothing matches (one still being indexed is not
-    matched). Raises AmbiguousName when a name is ambiguous."""
-    document = None
-    ready = (Document.scope == scope) & (Document.status == "ready")
-    if isinstance(name_or_id, int) or (name_or_id.isascii() and name_or_id.isdigit()):  # "١٢" is a name, not 12
-        document = await session.scalar(select(Document).where(ready, Document.id == int(name_or_id)))
-    if document is None and isinstance(name_or_id, str):
-        matches = list(await session.scalars(select(Document).where(ready, Document.name == name_or_id)))
-        if len(matches) > 1:
-            ids = ", ".join(str(d.id) for d in matches)
-            raise AmbiguousName(f"{len(matches)} documents are named {name_or_id!r} (ids {ids}); give the id")
-        document = matches[0] if matches else None
-    return document
+async def find_document(session: AsyncSession, scope: str, name_or_number: str | int) -> Document | None:
+    """A ready document of `scope` by its number (1 for the oldest, as bot.db.documents.list_documents orders
+    them and /docs shows them: a chat's own numbering, not the table's ids), or by name; None when nothing
+    matches (one still being indexed is not matched). Raises AmbiguousName when a name is ambiguous."""
+    from bot.db.documents import list_documents
+
+    documents = await list_documents(session, scope)
+    target = str(name_or_number)
+    if target.isascii() and target.isdigit():  # "١٢" is a name, not 12
+        number = int(target)
+        if 1 <= number <= len(documents):
+            return documents[number - 1]
+    numbers = [n for n, d in enumerate(documents, 1) if d.name == target]
+    if len(numbers) > 1:
+        raise AmbiguousName(target, numbers)
+    return documents[numbers[0] - 1] if numbers else None
 
 
 async def forget_document(session: AsyncSession, scope: str, name_or_id: str | int, *,

@@ -152,7 +152,7 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
                                  **{name: _score(text, reference, source, sections)
                                     for name, text in baselines.items()}}})
     if model is not None:
-        model.close()
+        model.close(wait=True, cancel=True)  # before exit (see ChatModel.close)
     systems = list(rows[0]["systems"]) if rows else ["summarize"]
     halves = by_half(rows, [r["half"] for r in rows])
     return {

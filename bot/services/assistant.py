@@ -46,6 +46,7 @@ TIMED_OUT_NOTE = "\n\n⏱️ (stopped: the reply took too long)"
 STOPPED_NOTE = "\n\n⏹️ (stopped with /cancel)"
 FAILED_NOTE = "Sorry, something went wrong while writing the reply."
 MODEL_FAILED = "Sorry, my language model could not be loaded. An admin has to look at the logs."
+TOO_LONG_MARK = "(the message did not fit the model's context)"  # stored only: the user reads texts.TOO_LONG_FOR_ME
 
 
 @dataclass
@@ -94,10 +95,12 @@ class Partial:
 
 @dataclass
 class Done:
-    """The final text, stored; `rated`: a complete reply, to be offered 👍/👎."""
+    """The final text, stored; `rated`: a complete reply, to be offered 👍/👎; `too_long`: there is no reply
+    because the message alone does not fit the model's context (the caller says so in the user's terms)."""
 
     text: str
     rated: bool
+    too_long: bool = False
 
 
 ReplyEvent = AlreadyAnswered | Waiting | Writing | Partial | Done
@@ -147,7 +150,7 @@ class Assistant:
             yield Done(MODEL_FAILED, rated=False)
             await self.finish_reply(reply, MODEL_FAILED, "failed")
             return
-        generated, status = _Generated(), "complete"
+        generated, status, too_long = _Generated(), "complete", False
         try:
             prepared = await self.prepare(model, question, reply, force_documents)
             if prepared.answer is not None:
@@ -165,8 +168,9 @@ class Assistant:
             from lm.engine import ContextOverflow
 
             status = "failed"
-            if isinstance(e, ContextOverflow):
-                generated.note = str(e)
+            if isinstance(e, ContextOverflow):  # the user's message alone: the detail is for the log only
+                log.info("message %s in chat %s does not fit the context: %s", question.id, question.chat_id, e)
+                generated.note, too_long = TOO_LONG_MARK, True
             else:
                 log.exception("reply failed in chat %s", question.chat_id)
                 generated.note = FAILED_NOTE
@@ -174,7 +178,7 @@ class Assistant:
         final = (text + note) if text else (note.strip() or "(no reply)")
         if status != "complete":
             await self.finish_reply(reply, final, status, version_id=model.version_id)
-            yield Done(final, rated=False)
+            yield Done(final, rated=False, too_long=too_long)
             return
         # the final text goes to SQL before it is shown, still "streaming" but with its token count: a crash
         # between the two then redelivers it on restart instead of leaving a half-streamed message behind

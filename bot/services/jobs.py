@@ -89,14 +89,28 @@ class Jobs:
             yield reply
         finally:
             self._replies.remove(reply)
+            reply.ended.set()
+
+    def stoppable(self, chat_id: int, user_id: int | None = None) -> list[Running]:
+        """The jobs and replies running in a chat (only `user_id`'s, when given) that were not asked to stop."""
+        return [j for j in [*self._replies, *self._running.values()]
+                if j.chat_id == chat_id and (user_id is None or j.user_id == user_id) and not j.cancel.is_set()]
 
     def cancel(self, chat_id: int, user_id: int | None = None) -> list[Running]:
         """Stop the jobs and replies running in a chat (only `user_id`'s, when given); the ones asked to stop."""
-        found = [j for j in [*self._replies, *self._running.values()]
-                 if j.chat_id == chat_id and (user_id is None or j.user_id == user_id) and not j.cancel.is_set()]
+        found = self.stoppable(chat_id, user_id)
         for job in found:
             job.stop(CANCELLED)
         return found
+
+    @staticmethod
+    async def wait_ended(jobs: list[Running], timeout_s: float) -> list[Running]:
+        """Wait until `jobs` have ended and shown how (at most `timeout_s`); the ones still running then."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                for job in jobs:
+                    await job.ended.wait()
+        return [j for j in jobs if not j.ended.is_set()]
 
     def running(self, kind: str, chat_id: int) -> list[Running]:
         """The jobs of `kind` running in a chat that were not asked to stop, oldest first."""

@@ -171,14 +171,14 @@ class KnowledgeBase:
             log.warning("deleted %d documents left half-indexed by an earlier run: %s", len(names), names)
         return names
 
-    async def forget(self, scope: str, name_or_id: str, *, requester_id: int | None = None,
+    async def forget(self, scope: str, name_or_number: str, *, requester_id: int | None = None,
                      any_document: bool = True) -> Forgotten | None:
         """Delete a document from SQL, marking every turn that drew on it forgotten, then from the scope's index.
 
         Without `any_document` only its uploader may (bot.db.sources.forget_document raises NotAllowedToForget).
         """
         async with self.sessions() as s:
-            forgotten = await forget_document(s, scope, name_or_id, requester_id=requester_id,
+            forgotten = await forget_document(s, scope, name_or_number, requester_id=requester_id,
                                               any_document=any_document)
         if forgotten is not None:
             await self.refresh(scope)

@@ -90,11 +90,15 @@ def generate_once(settings: Settings, prompt: str, model: str | None = None, raw
         print(generate_lstm(model, prompt, config, settings.cache_dir))
         return 0
     chat_model = ChatModel.load(settings, model)
-    if raw:
-        _print_stream(lambda cancel: chat_model.stream_text(prompt, config, cancel))
-    else:
-        messages = [{"role": "system", "content": settings.model.system_prompt}, {"role": "user", "content": prompt}]
-        _print_stream(lambda cancel: chat_model.stream_chat(messages, config, cancel))
+    try:
+        if raw:
+            _print_stream(lambda cancel: chat_model.stream_text(prompt, config, cancel))
+        else:
+            messages = [{"role": "system", "content": settings.model.system_prompt},
+                        {"role": "user", "content": prompt}]
+            _print_stream(lambda cancel: chat_model.stream_chat(messages, config, cancel))
+    finally:  # the scheduler thread may still be in torch after the last token: exiting then aborts
+        chat_model.close(wait=True, cancel=True)
     return 0
 
 
@@ -103,7 +107,15 @@ def terminal_chat(settings: Settings, model: str | None = None, read: Callable[[
     """A read-eval-print loop with the model; history stays within the context budget."""
     print(f"loading {model or settings.model.name} ...", file=sys.stderr)
     chat_model = ChatModel.load(settings, model)
-    config = generation_config(settings.model, **overrides)
+    try:
+        return _chat_loop(chat_model, settings, read, generation_config(settings.model, **overrides))
+    finally:  # the scheduler thread may still be in torch after the last token: exiting then aborts
+        chat_model.close(wait=True, cancel=True)
+
+
+def _chat_loop(chat_model: ChatModel, settings: Settings, read: Callable[[str], str],
+               config: GenerationConfig) -> int:
+    """Read a line, answer it, until end of input or /quit."""
     system = settings.model.system_prompt
     history: list[dict] = []
     print(BANNER)

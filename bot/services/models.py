@@ -153,9 +153,12 @@ class ChatModel:
             spans = self._spans.calibrated(spans, ids(baseline), calibration)
         return spans
 
-    def close(self, wait: bool = True) -> None:
-        """Stop the server once the replies in flight have ended (wait=False: without waiting here)."""
-        self.server.close(cancel=False, wait=wait)
+    def close(self, wait: bool = True, cancel: bool = False) -> None:
+        """Stop the server once the replies in flight have ended (wait=False: without waiting here; cancel: end
+        them now). A program must close its models before it exits: the scheduler thread is a daemon, and one
+        that is still inside torch when the interpreter finalizes aborts the process ("terminate called
+        without an active exception", exit code 134)."""
+        self.server.close(cancel=cancel, wait=wait)
 
 
 class ModelManager:
@@ -177,6 +180,13 @@ class ModelManager:
                     self._current = await in_own_thread(ChatModel.load, self.settings)
         return self._current
 
+    def replies_in_flight(self) -> int:
+        """Replies the active model is writing or about to write (0 while none is loaded)."""
+        if self._current is None:
+            return 0
+        load = self._current.server.load()
+        return load["running"] + load["waiting"]
+
     def warm_up(self) -> asyncio.Task:
         """Load the model in the background (at start-up), so that the first message does not wait for it."""
         async def load() -> None:
@@ -185,6 +195,11 @@ class ModelManager:
             except Exception:  # the first reply reports it to the user; the log says why
                 log.exception("could not load the chat model at start-up")
         return asyncio.get_running_loop().create_task(load())
+
+    def close(self) -> None:
+        """Stop the active model's server now, cancelling what it runs, and wait for its thread (at exit)."""
+        if self._current is not None:
+            self._current.close(wait=True, cancel=True)
 
     async def swap(self, name_or_path: str, version_id: int | None = None) -> ChatModel:
         """Load another model (in a thread) and make it the active one."""

@@ -48,6 +48,33 @@ def check_telegram(settings: Settings) -> list[Check]:
     return checks
 
 
+async def check_bot_api(settings: Settings, timeout_s: float = 10.0) -> Check:
+    """Ask the configured Bot API who the token belongs to (getMe), as the bot's start does: an unreachable URL
+    or a refused token fails here, not later. httpx, not python-telegram-bot: the services know no Telegram."""
+    import httpx
+
+    tg = settings.telegram
+    where = tg.api_url.rstrip("/")
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.post(f"{tg.api_url}{tg.token}/getMe")
+        body = response.json()
+    except httpx.HTTPError as e:
+        reason = str(e).replace(tg.token, "<token>").splitlines()[0][:200] if str(e) else "no answer"
+        return Check("bot api", False, f"{where} could not be reached ({type(e).__name__}: {reason}); "
+                                       "check [telegram] api_url and the network")
+    except ValueError:  # not JSON: something else answers at that address
+        return Check("bot api", False, f"{where} answered HTTP {response.status_code}, not as a Bot API does; "
+                                       "check [telegram] api_url")
+    if response.status_code == 401 or (isinstance(body, dict) and body.get("error_code") == 401):
+        return Check("bot api", False, f"{where} refused the token (401 Unauthorized): ask @BotFather for it again")
+    if not (isinstance(body, dict) and body.get("ok") and isinstance(body.get("result"), dict)):
+        description = str(body.get("description", "")) if isinstance(body, dict) else ""
+        return Check("bot api", False, f"{where} answered getMe with HTTP {response.status_code} "
+                                       f"{description[:200]}".rstrip())
+    return Check("bot api", True, f"{where}: this token is @{body['result'].get('username', '?')}")
+
+
 async def check_database(settings: Settings) -> Check:
     from sqlalchemy import make_url, text
 
@@ -86,12 +113,15 @@ def check_model_loads(settings: Settings) -> Check:
         model = ChatModel.load(settings)
     except Exception as e:  # a corrupt or foreign file: the message is the useful part
         return Check("chat model loads", False, f"{type(e).__name__}: {e}")
+    model.close(wait=True, cancel=True)  # its scheduler thread must not outlive the check (see ChatModel.close)
     return Check("chat model loads", True, f"{model.context_tokens} tokens of context")
 
 
 async def preflight(settings: Settings) -> list[Check]:
     """Every check, in the order a start-up would meet them."""
     checks = check_telegram(settings)
+    if checks[0].ok:  # a token in the right form: does the Bot API take it?
+        checks.append(await check_bot_api(settings))
     checks.append(await check_database(settings))
     chat = check_model_files("chat model", settings.model.name, settings)
     checks.append(chat)

@@ -130,8 +130,9 @@ class Summaries:
         of that name still being indexed is said to be."""
         scope = chat_scope(chat_id)
         docs = await self.knowledge.documents(scope)
-        matches = [d for d in docs if str(d.id) == target or d.name == target] or \
-                  [d for d in docs if target.lower() in d.name.lower()]
+        numbered = [d for n, d in enumerate(docs, 1) if str(n) == target]  # its number in /docs, not its id
+        matches = numbered or [d for d in docs if d.name == target] or \
+            [d for d in docs if target.lower() in d.name.lower()]
         if not matches:
             uploads = self.jobs.running("ingest", chat_id)
             indexing = [j for j in uploads if j.label == target] or \

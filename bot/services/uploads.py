@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from bot.db.sources import AmbiguousName, Forgotten, NotAllowedToForget
@@ -39,7 +39,8 @@ class ForgetOutcome:
                     "not_allowed"]
     name: str  # the name asked for, or the upload's
     forgotten: Forgotten | None = None
-    detail: str = ""  # why not, for a ready document: which ids share the name, who may forget it
+    detail: str = ""  # why not, for a ready document: who may forget it
+    numbers: list[int] = field(default_factory=list)  # "ambiguous": the numbers in /docs that share the name
 
 
 class UploadView(Protocol):
@@ -95,7 +96,7 @@ class Uploads:
             forgotten = await self.knowledge.forget(scope, target, requester_id=origin.user_id,
                                                     any_document=any_document)
         except AmbiguousName as e:
-            return ForgetOutcome("ambiguous", target, detail=str(e))
+            return ForgetOutcome("ambiguous", target, numbers=e.numbers)
         except NotAllowedToForget as e:
             return ForgetOutcome("not_allowed", target, detail=str(e))
         return ForgetOutcome("forgotten", target, forgotten) if forgotten else ForgetOutcome("no_such_document", target)

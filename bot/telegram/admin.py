@@ -20,7 +20,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from bot.services.training.report import RunOutcome
 from bot.services.training.service import TrainingBusy, TrainingService
 from bot.services.training.versions import UnknownVersion, VersionFilesMissing
-from bot.telegram import texts
+from bot.telegram import training_texts
 from bot.telegram.access import is_admin
 from bot.telegram.context import Runtime, origin_of, runtime
 from bot.telegram.messages import StatusLine
@@ -43,9 +43,9 @@ async def _admin(update: Update, rt: Runtime) -> bool:
     if is_admin(rt.settings.telegram, user.id if user else None):
         return True
     if update.callback_query is not None:
-        await update.callback_query.answer(texts.ADMINS_ONLY)
+        await update.callback_query.answer(training_texts.ADMINS_ONLY)
     elif update.effective_message is not None:
-        await update.effective_message.reply_text(texts.ADMINS_ONLY)
+        await update.effective_message.reply_text(training_texts.ADMINS_ONLY)
     return False
 
 
@@ -61,17 +61,17 @@ async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     args = [a.lower() for a in context.args or []]
     if not args:
         prefs = await rt.services.chats.prefs_of(chat.id)
-        await message.reply_text(texts.training_state(prefs.training, prefs.allow_training is None))
+        await message.reply_text(training_texts.training_state(prefs.training, prefs.allow_training is None))
         return
     if args[0] not in ("on", "off") or len(args) > 1:
-        await message.reply_text(texts.TRAINING_USAGE)
+        await message.reply_text(training_texts.TRAINING_USAGE)
         return
     own_private = chat.type == ChatType.PRIVATE and user is not None and user.id == chat.id
     if not (own_private or is_admin(rt.settings.telegram, user.id if user else None)):
-        await message.reply_text(texts.TRAINING_GROUP_ADMINS_ONLY)
+        await message.reply_text(training_texts.TRAINING_GROUP_ADMINS_ONLY)
         return
     await rt.services.chats.change(origin_of(update), allow_training=args[0] == "on")
-    await message.reply_text(texts.TRAINING_ON if args[0] == "on" else texts.TRAINING_OFF)
+    await message.reply_text(training_texts.TRAINING_ON if args[0] == "on" else training_texts.TRAINING_OFF)
 
 
 # ---------------------------------------------------------------------------------------- /retrain
@@ -85,35 +85,38 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.effective_message
     args = [a.lower() for a in context.args or []]
     if args and args[0] not in ("force", "resume") or len(args) > 1:
-        await message.reply_text(texts.RETRAIN_USAGE)
+        await message.reply_text(training_texts.RETRAIN_USAGE)
         return
     service = rt.services.training
     if service.busy:
-        await message.reply_text(texts.training_busy(service.job))
+        await message.reply_text(training_texts.training_busy(service.job))
         return
     if args == ["resume"]:
         run = await service.reserve_resumable(origin_of(update))
         if run is None:
-            await message.reply_text(texts.NOTHING_TO_RESUME)
+            await message.reply_text(training_texts.NOTHING_TO_RESUME)
             return
-        status = await message.reply_text(texts.resuming(run.id))
+        status = await message.reply_text(training_texts.resuming(run.id))
         _follow(context, service, status, run.id, resume=True)
         return
-    shown = await message.reply_text(texts.PREPARING_PLAN)
+    shown = await message.reply_text(training_texts.PREPARING_PLAN)
+    status = StatusLine(shown)  # the steps being timed, as they run: this takes minutes on a busy machine
     try:
-        plan = await service.plan(force=args == ["force"])
+        with status:
+            plan = await service.plan(force=args == ["force"],
+                                      progress=lambda p: status.set(training_texts.plan_progress(p)))
     except Exception:
         log.exception("could not plan a training run")
-        await shown.edit_text(texts.PLAN_FAILED)
+        await shown.edit_text(training_texts.PLAN_FAILED)
         return
     if not plan.ready:  # the plan says why, and offers nothing to start
-        await shown.edit_text(texts.plan_text(plan))
+        await shown.edit_text(training_texts.plan_text(plan))
         service.drop_plan(plan.token)
         return
     buttons = InlineKeyboardMarkup([[
-        InlineKeyboardButton(texts.START_BUTTON, callback_data=f"train:start:{plan.token}"),
-        InlineKeyboardButton(texts.DROP_BUTTON, callback_data=f"train:drop:{plan.token}")]])
-    await shown.edit_text(texts.plan_text(plan), reply_markup=buttons)
+        InlineKeyboardButton(training_texts.START_BUTTON, callback_data=f"train:start:{plan.token}"),
+        InlineKeyboardButton(training_texts.DROP_BUTTON, callback_data=f"train:drop:{plan.token}")]])
+    await shown.edit_text(training_texts.plan_text(plan), reply_markup=buttons)
     plan.shown_in = (shown.chat_id, shown.message_id)
 
 
@@ -127,26 +130,26 @@ async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
     service = rt.services.training
     if action == "drop":
         service.drop_plan(token)
-        await query.answer(texts.PLAN_DROPPED_ANSWER)
-        await query.edit_message_text(texts.PLAN_DROPPED)
+        await query.answer(training_texts.PLAN_DROPPED_ANSWER)
+        await query.edit_message_text(training_texts.PLAN_DROPPED)
         return
     plan = service.take_plan(token)
     if plan is None:
-        await query.answer(texts.PLAN_EXPIRED_ANSWER)
-        await query.edit_message_text(texts.PLAN_EXPIRED)
+        await query.answer(training_texts.PLAN_EXPIRED_ANSWER)
+        await query.edit_message_text(training_texts.PLAN_EXPIRED)
         return
     try:
         run = await service.start(plan, origin_of(update))
     except TrainingBusy as e:
-        await query.answer(texts.busy_answer(e))
+        await query.answer(training_texts.busy_answer(e))
         return
     except Exception:
         log.exception("could not start a training run")
-        await query.answer(texts.RUN_NOT_STARTED_ANSWER)
-        await query.edit_message_text(texts.RUN_NOT_STARTED)
+        await query.answer(training_texts.RUN_NOT_STARTED_ANSWER)
+        await query.edit_message_text(training_texts.RUN_NOT_STARTED)
         return
-    await query.answer(texts.run_started_answer(run.id))
-    status = await query.edit_message_text(texts.run_starting(run.id))
+    await query.answer(training_texts.run_started_answer(run.id))
+    status = await query.edit_message_text(training_texts.run_starting(run.id))
     _follow(context, service, status, run.id, resume=False)
 
 
@@ -158,13 +161,13 @@ def _follow(context: ContextTypes.DEFAULT_TYPE, service: TrainingService, messag
 
     async def work() -> RunOutcome:
         with status:
-            outcome = await service.run(run_id, progress=lambda job: status.set(texts.job_text(job)),
+            outcome = await service.run(run_id, progress=lambda job: status.set(training_texts.job_text(job)),
                                         resume=resume)
-        await status.done(texts.outcome_text(outcome))
+        await status.done(training_texts.outcome_text(outcome))
         if outcome.plot is not None and outcome.plot.is_file():
             try:
                 await bot.send_photo(message.chat_id, photo=outcome.plot.read_bytes(),
-                                     caption=texts.loss_curve_caption(run_id))
+                                     caption=training_texts.loss_curve_caption(run_id))
             except TelegramError as e:
                 log.warning("could not send the loss curve of run %s: %s", run_id, e)
         return outcome
@@ -182,10 +185,10 @@ async def train_status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         return
     service = rt.services.training
     if service.busy:
-        await update.effective_message.reply_text(texts.job_text(service.job))
+        await update.effective_message.reply_text(training_texts.job_text(service.job))
         return
     runs = await service.runs(limit=3)
-    await update.effective_message.reply_text(texts.runs_text(runs) if runs else texts.NO_RUNS)
+    await update.effective_message.reply_text(training_texts.runs_text(runs) if runs else training_texts.NO_RUNS)
 
 
 async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -197,11 +200,11 @@ async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     for plan in plans:  # its message loses its buttons and says why
         if plan.shown_in is not None:
             try:
-                await context.bot.edit_message_text(texts.PLAN_CANCELLED, chat_id=plan.shown_in[0],
+                await context.bot.edit_message_text(training_texts.PLAN_CANCELLED, chat_id=plan.shown_in[0],
                                                     message_id=plan.shown_in[1])
             except TelegramError as e:
                 log.warning("could not mark a cancelled plan: %s", e)
-    await update.effective_message.reply_text(texts.train_cancel_text(run_id, bool(plans)))
+    await update.effective_message.reply_text(training_texts.train_cancel_text(run_id, bool(plans)))
 
 
 # ---------------------------------------------------------------------------------------- versions
@@ -213,7 +216,7 @@ async def models_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     if not await _admin(update, rt):
         return
     versions = await rt.services.training.versions()
-    await update.effective_message.reply_text(texts.versions_text(versions, rt.settings.model.name))
+    await update.effective_message.reply_text(training_texts.versions_text(versions, rt.settings.model.name))
 
 
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -225,22 +228,22 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     args = context.args or []
     # ASCII digits only: str.isdigit() and int() also take "١٢" (Arabic-Indic) or "¹", read as another number
     if len(args) != 1 or not (args[0].lower() == "base" or re.fullmatch(r"#?[0-9]+", args[0])):
-        await message.reply_text(texts.ROLLBACK_USAGE)
+        await message.reply_text(training_texts.ROLLBACK_USAGE)
         return
     target = None if args[0].lower() == "base" else int(args[0].lstrip("#"))
     try:
         version = await rt.services.training.activate(target)
     except UnknownVersion as e:
-        await message.reply_text(texts.unknown_version(e.version_id))
+        await message.reply_text(training_texts.unknown_version(e.version_id))
         return
     except VersionFilesMissing as e:
-        await message.reply_text(texts.version_files_missing(e.version_id))
+        await message.reply_text(training_texts.version_files_missing(e.version_id))
         return
     except Exception:
         log.exception("could not switch to model version %s", target)
-        await message.reply_text(texts.version_not_loaded(target))
+        await message.reply_text(training_texts.version_not_loaded(target))
         return
-    await message.reply_text(texts.now_serving(version, rt.settings.model.name))
+    await message.reply_text(training_texts.now_serving(version, rt.settings.model.name))
 
 
 def register(app: Application) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction, ChatType
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.services.assistant import AlreadyAnswered, Done, Incoming, Partial, Waiting, Writing
@@ -16,6 +17,7 @@ from bot.telegram.access import addressed_to_bot, is_admin, is_allowed, strip_me
 from bot.telegram.context import Runtime, origin_of, runtime
 from bot.telegram.messages import StreamingMessage
 
+log = logging.getLogger(__name__)
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)
 FEEDBACK = {"fb:1": 1, "fb:-1": -1}
 
@@ -164,7 +166,10 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
         placeholder = await message.reply_text(texts.AFTER_YOUR_PREVIOUS)
 
     async def open_reply(starting_up: bool) -> int:
-        await context.bot.send_chat_action(message.chat.id, ChatAction.TYPING)
+        try:  # "typing…" is a courtesy: the reply does not depend on it
+            await context.bot.send_chat_action(message.chat.id, ChatAction.TYPING)
+        except TelegramError as e:
+            log.warning("could not show 'typing' in chat %s: %s", message.chat.id, e)
         opening = texts.STARTING_UP if starting_up else "…"
         if placeholder is None:
             return (await stream.start(opening)).message_id
@@ -183,12 +188,13 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
 async def _show(stream: StreamingMessage, event, placeholder) -> None:
     """One event of a reply (bot.services.assistant) in its Telegram message."""
     if isinstance(event, Partial):
-        await stream.update(event.text)
+        await stream.update(event.text, formatted=True)  # rendered as the final text will be, not raw Markdown
     elif isinstance(event, Waiting):
         await stream.update(texts.queued_text(event.ahead), urgent=True)
     elif isinstance(event, Writing):
         await stream.update("…", urgent=True)  # replaces a queued note
     elif isinstance(event, Done):
-        await stream.finish(event.text, reply_markup=feedback_markup() if event.rated else None)
+        text = texts.TOO_LONG_FOR_ME if event.too_long else event.text
+        await stream.finish(text, reply_markup=feedback_markup() if event.rated else None)
     elif isinstance(event, AlreadyAnswered) and placeholder is not None:  # Telegram delivered it again
         await placeholder.delete()

@@ -24,6 +24,7 @@ COMMANDS = [
     BotCommand("summarize", "summarize a document (reply to it or give its name) or this conversation"),
     BotCommand("cancel", "stop your reply, summary or upload that is still running here"),
 ]
+CANCEL_WAIT_S = 60.0  # how long /cancel waits for what it stopped to end before it says what it stopped
 
 
 class UploadStatus(StatusLine):
@@ -119,9 +120,15 @@ async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     rt = runtime(context)
     if not await rt.admit(update):
         return
-    user = update.effective_user
-    stopped = rt.services.jobs.cancel(update.effective_chat.id, user.id if user else None)
-    await update.effective_message.reply_text(texts.stopping(stopped) if stopped else texts.NOTHING_TO_CANCEL)
+    chat_id, user_id = update.effective_chat.id, update.effective_user.id if update.effective_user else None
+    running = rt.services.jobs.stoppable(chat_id, user_id)
+    if not running:
+        await update.effective_message.reply_text(texts.NOTHING_TO_CANCEL)
+        return
+    note = await update.effective_message.reply_text(texts.stopping(running))  # before the jobs say they stopped
+    stopped = rt.services.jobs.cancel(chat_id, user_id)
+    still_running = await rt.services.jobs.wait_ended(stopped, CANCEL_WAIT_S)
+    await note.edit_text(texts.stopped_jobs(stopped, still_running))  # "Stopping…" must not stay on screen
 
 
 async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -15,7 +15,13 @@ from telegram import Bot, Chat, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, RetryAfter
 
-from bot.telegram.render import TELEGRAM_LIMIT, markdown_to_telegram_html, split_message, truncate_utf16
+from bot.telegram.render import (
+    TELEGRAM_LIMIT,
+    markdown_to_telegram_html,
+    split_message,
+    streaming_view,
+    truncate_utf16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +38,8 @@ def _retry_seconds(exc: RetryAfter) -> float:
 class StreamingMessage:
     """One reply shown while it is generated.
 
-    `start()` sends a placeholder; `update()` edits it with the text so far (plain text, at most once per
-    `min_interval` seconds: Telegram allows about 1 edit/s in private chats and 20 messages/min in groups);
+    `start()` sends a placeholder; `update()` edits it with the text so far (plain, or rendered as the final text
+    will be, at most once per `min_interval` seconds: Telegram allows about 1 edit/s in private chats and 20 messages/min in groups);
     `finish()` puts the final formatted text in place, split over several messages when it is longer than
     one. Intermediate edits are best effort; the final text is retried until delivered."""
 
@@ -49,6 +55,7 @@ class StreamingMessage:
         self._last_edit = -math.inf  # time.monotonic() of the last edit attempt
         self._blocked_until = 0.0  # after a 429, no intermediate edit before this
         self._lost = False  # the message vanished (deleted by the user): finish sends new ones
+        self._plain_partials = False  # Telegram refused a partial's HTML: show the rest of them plain
 
     @classmethod
     def resume(cls, bot: Bot, chat_id: int, message_id: int, **kwargs) -> StreamingMessage:
@@ -81,22 +88,32 @@ class StreamingMessage:
             return None
         return ReplyParameters(self.reply_to_message_id, allow_sending_without_reply=True)
 
-    async def update(self, text_so_far: str, urgent: bool = False) -> bool:
+    def _partial(self, text_so_far: str, formatted: bool) -> tuple[str, str | None]:
+        """(text, parse_mode) of an intermediate edit: plain, or the reply so far rendered as its final text
+        will be (render.streaming_view holds back what is still unfinished), its first part when it is long."""
+        text = text_so_far.strip()
+        if not formatted or self._plain_partials:
+            return truncate_utf16(text, self.limit), None
+        parts = split_message(streaming_view(text), self.limit)
+        return (markdown_to_telegram_html(parts[0]), ParseMode.HTML) if parts else ("", None)
+
+    async def update(self, text_so_far: str, urgent: bool = False, formatted: bool = False) -> bool:
         """Shows the text so far if `min_interval` has passed since the last edit (or at once: a change of
-        state, such as a place in the queue, that must not wait for the next edit); True if it edited."""
+        state, such as a place in the queue, that must not wait for the next edit); True if it edited.
+        `formatted`: the text is the model's Markdown, shown as the final text will show it (not raw)."""
         if self.message is None:
             raise RuntimeError("StreamingMessage.update() before start()")
         now = time.monotonic()
         early = now - self._last_edit < self.min_interval and not urgent
         if self._lost or now < self._blocked_until or early:
             return False
-        shown = truncate_utf16(text_so_far.strip(), self.limit)
+        shown, mode = self._partial(text_so_far, formatted)
         if not shown or shown == self._shown:
             return False
         self._last_edit = now
         try:
             await self.bot.edit_message_text(shown, chat_id=self.chat_id, message_id=self.message.message_id,
-                                             parse_mode=None)
+                                             parse_mode=mode)
         except RetryAfter as exc:
             self._blocked_until = time.monotonic() + _retry_seconds(exc)
             log.info("flood control on %s: intermediate edits paused for %.0f s", self._where(),
@@ -109,6 +126,9 @@ class StreamingMessage:
             elif "not found" in reason or "can't be edited" in reason:
                 self._lost = True
                 log.info("streamed %s is gone (%s); the final text will be sent anew", self._where(), exc)
+            elif mode is not None and "can't parse entities" in reason:
+                self._plain_partials = True  # the next edits go plain; the final text has its own fallback
+                log.warning("Telegram refused a partial's HTML for %s (%s)", self._where(), exc)
             else:
                 log.warning("intermediate edit of %s rejected: %s", self._where(), exc)
             return False

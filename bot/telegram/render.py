@@ -152,15 +152,25 @@ def _inline(text: str) -> str:
     return _emphasis(text, stash)
 
 
+# bullet glyphs a document's list item (or a model) writes after the Markdown marker: "- • item" shows one bullet
+_GLYPHS = re.compile(r"^(?:[•◦▪‣⁃●○■][ \t]*)+")
+_UNDERLINE = re.compile(r"^[ \t]{0,3}=+[ \t]*$")  # a setext heading's underline ("=====")
+_SETEXT = re.compile(r"^[ \t]{0,3}(?:=+|-+)[ \t]*$")  # "Title" over "=====" or "-----": a heading
+
+
 def _line(line: str) -> str:
     if m := _HEADING.match(line):
         return f"<b>{_inline(m.group(1))}</b>" if m.group(1) else ""
+    if _UNDERLINE.match(line):
+        return ""  # an underline under nothing: the row of "=" says nothing
     if _RULE.match(line):
         return "——————"
     if m := _BULLET.match(line):
-        return f"{m.group(1)}• {_inline(m.group(2))}"
+        return f"{m.group(1)}• {_inline(_GLYPHS.sub('', m.group(2)))}"
     if m := _NUMBERED.match(line):
         return f"{m.group(1)}{m.group(2)}. {_inline(m.group(3))}"
+    if m := _GLYPHS.match(line.lstrip()):
+        return "• " + _inline(line.lstrip()[m.end():])  # "• • item" (a glyph doubled) shows one
     return _inline(line)
 
 
@@ -187,10 +197,85 @@ def markdown_to_telegram_html(md: str) -> str:
                 quoted.append(_inline(m.group(1)))  # blockquotes cannot nest in Telegram: inner `>` is text
                 i += 1
             out.append("<blockquote>" + "\n".join(quoted) + "</blockquote>")
+        elif i + 1 < len(lines) and _SETEXT.match(lines[i + 1]) and lines[i].strip() \
+                and not _BULLET.match(lines[i]) and not _SETEXT.match(lines[i]) \
+                and not _GLYPHS.match(lines[i].lstrip()):
+            out.append(f"<b>{_inline(lines[i].strip())}</b>")  # the underline goes: the title shows bold
+            i += 2
         else:
             out.append(_line(lines[i]))
             i += 1
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A reply still being written
+
+_MARKER_ONLY = re.compile(r"[ \t]*(?:[-*+>#]+|\d{1,9}[.)]?|[•◦▪‣⁃●○■]|[=-]+)?[ \t]*")
+
+
+def _content_start(line: str) -> int:
+    """Where the inline text of `line` begins, after a heading's #, a bullet, a number or a quote's >."""
+    for pattern, group in ((_HEADING, 1), (_BULLET, 2), (_NUMBERED, 3), (_QUOTE, 1)):
+        if (m := pattern.match(line)) and m.group(group) is not None:
+            return m.start(group)
+    return 0
+
+
+def _unfinished_at(s: str, start: int) -> int | None:
+    """The index in `s` of the first inline construct that opens and does not close yet (emphasis, a code span,
+    a link), scanning as _emphasis does; None when everything that opened has closed."""
+    i = start
+    while i < len(s):
+        if s[i] == "`":
+            run = len(s[i:]) - len(s[i:].lstrip("`"))
+            close = s.find(s[i:i + run], i + run)
+            if close < 0:
+                return i
+            i = close + run
+            continue
+        if s[i] == "[":
+            if (m := _LINK.match(s, i)) is None:
+                if "](" in s[i:] or "]" not in s[i:]:  # a link being written, or a bracket still open
+                    return i
+                i += 1
+                continue
+            i = m.end()
+            continue
+        if m := _BARE_URL.match(s, i):
+            i = m.end()
+            continue
+        if s[i] in "*_~" and not s[i:].strip("*_~"):
+            return i  # delimiters at the very end: what follows decides whether they open something
+        for delim, _, _ in _DELIMITERS:
+            if s.startswith(delim, i) and _can_open(s, i, delim):
+                j = _find_close(s, i + len(delim), delim)
+                if j < 0:
+                    return i
+                i = j + len(delim)
+                break
+        else:
+            i += 1
+    return None
+
+
+def streaming_view(text: str) -> str:
+    """What to show of a reply still being written, so that it renders as its finished text will: its last line,
+    still growing, is cut before a construct it opened and has not closed ("* **Grilled Chi" shows "•" until the
+    bold closes), and a line that has only its list or heading marker so far waits. Inside an open code block
+    nothing is held back: the renderer closes the block at the end."""
+    head, newline, last = text.rpartition("\n")
+    if _open_fence_at(head + newline) is not None or _fence_open(last):
+        return text
+    if _MARKER_ONLY.fullmatch(last):
+        return head
+    if _SETEXT.match(last):  # the underline of the line above, being written
+        return head
+    cut = _unfinished_at(last, _content_start(last))
+    if cut is None:
+        return text
+    shown = last[:cut].rstrip()
+    return head if _MARKER_ONLY.fullmatch(shown) else head + newline + shown
 
 
 # ----------------------------------------------------------------------------------------------------------

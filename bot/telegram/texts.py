@@ -1,11 +1,11 @@
 """Everything the bot says in Telegram, in one place: fixed messages, and the functions that word what a service
-returned. Handlers pick the text; services return data (the text of a reply itself is the model's)."""
+returned. Handlers pick the text; services return data (the text of a reply itself is the model's). What only
+the bot's admins read (training, model versions) is in bot/telegram/training_texts.py."""
 
 from __future__ import annotations
 
 from bot.safe_text import shorten_name
 from bot.services.jobs import SHUTDOWN
-from bot.services.training.plan import format_duration
 
 NAME_SHOWN = 200  # characters of a name a user typed that a reply repeats: a name can be as long as a message
 
@@ -65,6 +65,8 @@ ADMIN_HELP = (
     "/stats – here, also every chat's totals and the model version in use"
 )
 RESET_DONE = "Started a new conversation. I no longer see the earlier messages."
+# a message under the character limit that is still too long for the model (emoji, combining marks: many tokens)
+TOO_LONG_FOR_ME = "That message is too long for me to read in one go. Please send a shorter one, or split it up."
 SYSTEM_PROMPT_TOO_LONG = "That system prompt is too long (2,000 characters at most)."
 SYSTEM_PROMPT_RESET = "System prompt reset to the default."
 SYSTEM_PROMPT_SET = "System prompt updated."
@@ -168,15 +170,32 @@ def interrupted_text(job) -> str:
     return f"⚠️ The summary of {job.label} was interrupted by a restart. Send /summarize again for it."
 
 
+def _job_names(jobs) -> str:
+    """"your reply", "the summary of NAME", "indexing NAME", joined with commas and "and"."""
+    names = [{"summary": "the summary of ", "ingest": "indexing "}.get(j.kind, "") + j.label for j in jobs]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def stopping(jobs) -> str:
-    """What /cancel stops: "your reply", "the summary of NAME", "indexing NAME"."""
-    names = ", ".join({"summary": "the summary of ", "ingest": "indexing "}.get(j.kind, "") + j.label for j in jobs)
-    return f"Stopping {names}…"
+    """What /cancel is stopping, shown at once."""
+    return f"Stopping {_job_names(jobs)}…"
+
+
+def stopped_jobs(stopped, still_running) -> str:
+    """What /cancel stopped, once those jobs have ended (`still_running`: the ones that had not ended in time)."""
+    ended = [j for j in stopped if j not in still_running]
+    if not stopped:
+        return "Nothing was left to stop: it had just finished."
+    text = f"Stopped {_job_names(ended)}." if ended else ""
+    if still_running:
+        text += f" Still stopping {_job_names(still_running)}; its status line will say when it has ended."
+    return text.strip()
 
 
 def document_list(docs) -> str:
-    lines = [f"{d.id}. {d.name} – {(_n(d.pages, 'page') + ', ') if d.pages else ''}{_n(d.chunk_count, 'chunk')}"
-             for d in docs]
+    """/docs: the chat's documents numbered 1..n, oldest first (the numbers /forget and /summarize take)."""
+    lines = [f"{n}. {d.name} – {(_n(d.pages, 'page') + ', ') if d.pages else ''}{_n(d.chunk_count, 'chunk')}"
+             for n, d in enumerate(docs, 1)]
     return "Documents in this chat:\n" + "\n".join(lines)
 
 
@@ -210,7 +229,11 @@ def forget_outcome(outcome) -> str:
                 + forgot_text(outcome.forgotten))
     if outcome.status == "not_allowed" and not outcome.detail:
         return f"{outcome.name} is still being indexed; only its uploader or an admin of this chat can stop it."
-    if outcome.status in ("ambiguous", "not_allowed"):
+    if outcome.status == "ambiguous":
+        numbers = ", ".join(map(str, outcome.numbers))
+        return (f"{len(outcome.numbers)} documents here are named {shorten_name(outcome.name, NAME_SHOWN)!r} "
+                f"(numbers {numbers} in /docs); give the number: /forget {outcome.numbers[0]}")
+    if outcome.status == "not_allowed":
         return outcome.detail
     return no_such_document(outcome.name)
 
@@ -291,216 +314,3 @@ def stats_text(stats, admin_in_group: bool = False) -> str:
     elif admin_in_group:
         lines.append("\nSend /stats in a private chat with me for every chat's totals.")
     return "\n".join(lines)
-
-
-# ---- training (admin) ------------------------------------------------------------------------------------------
-
-ADMINS_ONLY = "Only the bot's admins can do that."
-TRAINING_USAGE = "Usage: /training on  or  /training off"
-TRAINING_GROUP_ADMINS_ONLY = "Only admins can change this for a group."
-TRAINING_ON = "This chat's conversations may now be used to train the model."
-TRAINING_OFF = "This chat's conversations will not be used for training."
-RETRAIN_USAGE = "Usage: /retrain, /retrain force (activate whatever the loss) or /retrain resume"
-NOTHING_TO_RESUME = "There is no stopped run to resume. Start a new one with /retrain."
-# reading every chat and document and timing training steps takes a while: said at once, then edited
-PREPARING_PLAN = ("Preparing a retraining plan: reading the opted-in chats and documents, then timing a few "
-                  "training steps…")
-PLAN_FAILED = ("I could not prepare a training run: the configured base model or the stored data could not be "
-               "read, or its timed trial steps failed. The bot's log has the details.")
-START_BUTTON, DROP_BUTTON = "▶️ Start", "✖️ Cancel"
-PLAN_DROPPED_ANSWER = "Cancelled"
-PLAN_DROPPED = "Retraining cancelled; nothing was trained."
-PLAN_EXPIRED_ANSWER = "This plan has expired."
-PLAN_EXPIRED = "This plan has expired or was already used. Send /retrain again."
-RUN_NOT_STARTED_ANSWER = "Could not start"
-RUN_NOT_STARTED = ("The training run could not start: its data could not be written on the server. The bot's "
-                   "log has the details.")
-PLAN_CANCELLED = "Retraining cancelled with /train_cancel; nothing was trained."
-NO_RUNS = "No training runs yet. Start one with /retrain."
-ROLLBACK_USAGE = "Usage: /rollback ID (see /models) or /rollback base"
-
-
-def training_state(on: bool, by_default: bool) -> str:
-    """/training without an argument: whether this chat's conversations are trained on."""
-    return (f"Training on this chat's conversations is {'on' if on else 'off'}"
-            f"{' (the default)' if by_default else ''}. Change it with /training on|off.")
-
-
-def format_loss(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else "?"
-
-
-def step_time_text(step) -> str:
-    """Seconds per training step and where the figure comes from (bot.services.training.plan.StepTime)."""
-    if step.ms is None:
-        return step.basis
-    per_step = f"{step.ms:.0f} ms" if step.ms < 1000 else f"{step.ms / 1000:.1f}s"
-    return f"{per_step} per step, {step.basis}"
-
-
-def shortfall_text(shortfall) -> str:
-    """Why a run cannot train on the data there is, in an admin's terms (bot.services.training.plan.Shortfall)."""
-    if shortfall.reason == "no chats":
-        return ("No chat has opted in to training yet, so there is nothing to train on. A chat opts in with "
-                "/training on (admins can do it for a group).")
-    if shortfall.reason == "no examples":
-        return ("The opted-in chats have no finished exchanges or documents yet, so there is nothing to train "
-                "on. Chat with the bot there, or upload documents, and try again.")
-    n = shortfall.examples
-    return (f"Not enough data to train on yet: {n} example{'s' if n != 1 else ''}, and a run needs at least "
-            f"{shortfall.needed}. One in ten (at least one) is held out to measure whether the new version is "
-            "better, and the rest must be enough to learn from. More exchanges in opted-in chats (/training on) "
-            "and their documents add examples.")
-
-
-def _sizing(plan) -> str:
-    o, n = plan.options, len(plan.train)
-    epochs = f"{o.epochs_over(n):.1f}".removesuffix(".0")
-    text = (f"{o.steps} steps × batch {o.batch_size} ≈ {epochs} epoch{'s' if epochs != '1' else ''} over the "
-            f"{n:,} training example{'s' if n != 1 else ''}")
-    if o.steps == o.max_steps and o.epochs_over(n) < o.epochs:
-        text += f" (capped at max_steps {o.max_steps}; {o.epochs:g} epochs would take more)"
-    return text
-
-
-def plan_text(plan) -> str:
-    """What a run would train on, and how long, or why it cannot (bot.services.training.plan.Plan)."""
-    s, o = plan.stats, plan.options
-    lines = [
-        "Retraining plan",
-        f"• Conversations: {s.conversations} from {s.chats} opted-in chat(s), {s.exchanges} exchanges "
-        f"({s.liked} rated 👍 first; {s.disliked} rated 👎 left out)",
-        f"• Documents: {s.documents} ({_n(s.chunks, 'chunk')}, trained as question -> passage examples)",
-        f"• Examples: {plan.examples} ({len(plan.heldout)} held out for the before/after loss), "
-        f"{plan.tokens:,} tokens" + (f"; {s.dropped} left out (too long or over the cap)" if s.dropped else ""),
-    ]
-    if plan.refusal is not None:
-        return "\n".join(lines) + "\n\n" + shortfall_text(plan.refusal)
-    lines += [
-        f"• LoRA rank {o.lora_rank} on {plan.base}: {_sizing(plan)}, lr {o.learning_rate:g}, "
-        f"block {o.block_size}",
-        f"• Estimated time: {format_duration(plan.est_seconds)} ({step_time_text(plan.step)})",
-        "• The new version replaces the current model only if its held-out loss is lower."
-        if not plan.force else "• force: the new version becomes the active model whatever its loss.",
-    ]
-    return "\n".join(lines)
-
-
-def job_text(job) -> str:
-    """The status line of the run in flight (bot.services.training.runner.Job)."""
-    if job.phase == "before":
-        return f"Run #{job.run_id}: measuring the current model's held-out loss…"
-    if job.phase != "training" or not job.last:
-        return f"Run #{job.run_id}: {'loading the base model' if job.phase == 'training' else job.phase}…"
-    r = job.last
-    text = f"Run #{job.run_id}: step {r['step']}/{job.steps} · loss {r['loss']:.3f}"
-    if "eval_loss" in r:
-        text += f" · held-out {r['eval_loss']:.3f}"
-    return text + f" · ETA {format_duration(r.get('eta_s'))}"
-
-
-def training_busy(job) -> str:
-    return (f"A training run is already in progress. {job_text(job)}\n"
-            "See /train_status, or stop it with /train_cancel.")
-
-
-def resuming(run_id: int) -> str:
-    return f"Resuming training run #{run_id}…"
-
-
-def run_started_answer(run_id: int) -> str:
-    return f"Training run #{run_id} started"
-
-
-def run_starting(run_id: int) -> str:
-    return f"Training run #{run_id}: starting…"
-
-
-def busy_answer(error: Exception) -> str:
-    return f"Busy: {error}"
-
-
-def outcome_text(outcome) -> str:
-    """The final report of a run (bot.services.training.report.RunOutcome)."""
-    head = {"succeeded": "finished", "resumable": "stopped; resume it with /retrain resume",
-            "cancelled": "cancelled", "failed": "failed"}[outcome.status]
-    lines = [f"Training run #{outcome.run_id} {head} (step {outcome.step}/{outcome.steps})."]
-    if outcome.before is not None or outcome.after is not None:
-        lines.append(f"Held-out loss: before {format_loss(outcome.before)}, after {format_loss(outcome.after)}.")
-    version = outcome.version
-    if version is not None:
-        if outcome.promoted:
-            why = " (forced)" if outcome.promoted_by_force else ""
-            lines.append(f"Version #{version.id} ({version.name}) is now the active model{why}.")
-        else:
-            lines.append(f"Version #{version.id} ({version.name}) was saved but not activated: its held-out loss "
-                         f"is not lower. Use /rollback {version.id} to use it anyway.")
-    if outcome.load_failed:
-        lines.append("The new version could not be loaded, so the current model stays (see the bot's log).")
-    elif outcome.before_error:
-        lines.append(f"The current model's held-out loss could not be measured ({outcome.before_error}).")
-    elif outcome.error:
-        lines.append(outcome.error)
-    return "\n".join(lines)
-
-
-def loss_curve_caption(run_id: int) -> str:
-    return f"Loss curve of training run #{run_id}"
-
-
-def runs_text(runs) -> str:
-    """/train_status with no run in flight: the latest runs (bot.db.models.TrainingRun), newest first."""
-    lines = []
-    for r in runs:
-        losses = ""
-        if r.heldout_loss_before is not None or r.heldout_loss_after is not None:
-            losses = f", held-out {format_loss(r.heldout_loss_before)} → {format_loss(r.heldout_loss_after)}"
-        took = ""
-        if r.started_at and r.finished_at:
-            took = f", took {format_duration((r.finished_at - r.started_at).total_seconds())}"
-        version = f", version #{r.result_version_id}" if r.result_version_id else ""
-        error = f"\n   {r.error}" if r.error and r.status != "succeeded" else ""
-        lines.append(f"#{r.id} {r.status}{losses}{took}{version}{error}")
-    return "Recent training runs:\n" + "\n".join(lines)
-
-
-def train_cancel_text(run_id: int | None, plans_dropped: bool) -> str:
-    if run_id is not None:
-        return (f"Stopping training run #{run_id}; it saves a checkpoint at its next step. "
-                "The active model is unchanged.")
-    if plans_dropped:
-        return "Cancelled the open retraining plan; nothing was trained."
-    return "No training run is in progress and no plan is open."
-
-
-def versions_text(versions, configured: str) -> str:
-    """/models: the configured model, then every version (bot.db.models.ModelVersion), the active one marked."""
-    active = next((v for v in versions if v.is_active), None)
-    lines = [f"base – {configured} (configured){'  ✅ active' if active is None else ''}"]
-    for v in versions:
-        size = f"{v.data_size:,} tokens" if v.data_size is not None else "? tokens"
-        lines.append(f"#{v.id} {v.name} – base {v.base}, {v.created_at:%Y-%m-%d %H:%M} UTC, {size}, "
-                     f"held-out {format_loss(v.heldout_loss)}{'  ✅ active' if v.is_active else ''}")
-    return "Model versions:\n" + "\n".join(lines) + "\n\nSwitch with /rollback ID or /rollback base."
-
-
-def unknown_version(version_id: int) -> str:
-    return f"There is no model version {version_id}. See /models."
-
-
-def version_files_missing(version_id: int) -> str:
-    return (f"Version #{version_id}'s files are missing on the server, so it cannot be served; the current model "
-            "stays active. The bot's log names the folder.")
-
-
-def version_not_loaded(version_id: int | None) -> str:
-    which = "The configured base model" if version_id is None else f"Version #{version_id}"
-    return (f"{which} could not be loaded: its files are damaged or not a model I can read. The current one stays "
-            "active; the bot's log has the details.")
-
-
-def now_serving(version, configured: str) -> str:
-    """After /rollback: the version now serving (bot.db.models.ModelVersion), or None for the configured model."""
-    if version is None:
-        return f"Now serving {configured} (the configured base model)."
-    return f"Now serving version #{version.id} ({version.name})."

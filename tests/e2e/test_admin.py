@@ -177,6 +177,20 @@ async def test_too_little_data_gets_a_plan_that_says_so_without_a_start_button(t
         assert not (settings.data_dir / "runs").exists()  # nothing was exported or timed
 
 
+async def test_retrain_shows_the_steps_being_timed_and_says_what_the_estimate_is_based_on(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])
+        await _seed_conversations(settings, 6)
+        async with running_bot(settings) as app:
+            app.bot_data["services"].training.options = small(use_chats_by_default=True)
+            plan = await _command(fake, ADMIN, "/retrain", "Retraining plan", timeout=120)
+    timing = [t for t in plan.texts if "timing 3 training steps on this data" in t]
+    assert timing, plan.texts  # edited while the child timed its steps, not one static line for minutes
+    assert plan.texts.index(timing[0]) < len(plan.texts) - 1
+    assert "timed on 3 training steps of this data just now" in plan.text, plan.text
+    assert "while I was writing" not in plan.text  # nothing competed with the timing: no caveat
+
+
 async def test_cancel_stops_the_run_resumably_and_keeps_the_active_model(tmp_path, tiny_model):
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[ADMIN])

@@ -112,3 +112,28 @@ async def test_only_the_uploader_and_admins_may_forget_a_groups_document(tmp_pat
             assert (await forget(DAVE, "plan.txt")).startswith("Forgot plan.txt")  # one of the bot's admins
             assert (await forget(ALICE, "notes.txt")).startswith("Forgot notes.txt")  # the uploader
         assert any(c.params.get("user_id") == BOB for c in fake.calls("getChatMember"))
+
+
+async def test_docs_numbers_each_chats_documents_from_1_and_forget_takes_those_numbers(tmp_path, tiny_model):
+    async with FakeTelegram() as fake:
+        settings = _settings(tmp_path, fake, tiny_model)
+        async with running_bot(settings):
+            async def upload(chat: int, name: str) -> None:
+                fake.send_user_document(chat, chat, name, MEMO + name.encode(), "text/plain")
+                await fake.wait_for(lambda: any(t.startswith(f"Indexed {name}") for t in _texts(fake, chat)), 60)
+
+            async def say(chat: int, text: str) -> str:
+                before = len(fake.messages(chat))
+                fake.send_user_message(chat, chat, text)
+                return (await fake.wait_for(lambda: fake.messages(chat)[before:], 10))[0].text
+
+            await upload(BOB, "bobs.txt")  # another chat's upload takes an id before Alice's
+            for name in ("GPL-3.txt", "plan.txt", "notes.txt"):
+                await upload(ALICE, name)
+            assert await say(ALICE, "/docs") == ("Documents in this chat:\n1. GPL-3.txt – 1 chunk\n"
+                                                  "2. plan.txt – 1 chunk\n3. notes.txt – 1 chunk")
+            assert (await say(ALICE, "/forget 2")).startswith("Forgot plan.txt")
+            assert await say(ALICE, "/docs") == "Documents in this chat:\n1. GPL-3.txt – 1 chunk\n2. notes.txt – 1 chunk"
+            assert (await say(ALICE, "/forget notes.txt")).startswith("Forgot notes.txt")
+            assert await say(ALICE, "/forget 2") == "No document called '2' here. See /docs."
+            assert await say(BOB, "/docs") == "Documents in this chat:\n1. bobs.txt – 1 chunk"

@@ -56,7 +56,11 @@ async def test_cancel_stops_an_upload_mid_embedding_and_nothing_is_stored(tmp_pa
             await fake.wait_for(lambda: _embedding(fake, ANN), 120)
             fake.send_user_message(ANN, ANN, "/cancel")
             await fake.wait_for(lambda: _status(fake, ANN).text == "Indexing ledger.txt was cancelled. Nothing was stored.", 30)
-            assert any(m.text == "Stopping indexing ledger.txt…" for m in fake.messages(ANN))
+            # "Stopping…" goes out before the status line says the job was cancelled, and is edited after it
+            note = await fake.wait_for(lambda: next((m for m in fake.messages(ANN) if m.texts == [
+                "Stopping indexing ledger.txt…", "Stopped indexing ledger.txt."]), None), 30)
+            status = _status(fake, ANN)
+            assert note.versions[0].at < status.versions[-1].at < note.versions[-1].at
             fake.send_user_message(ANN, ANN, "/docs")
             await fake.wait_for(lambda: fake.last_text(ANN).startswith("No documents yet"), 30)
 

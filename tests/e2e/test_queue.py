@@ -85,7 +85,9 @@ async def test_cancel_stops_the_senders_reply_only_and_keeps_its_text(tmp_path, 
             fake.send_user_message(USER, USER, "/cancel")
             stopped = await fake.wait_for(lambda: final_reply(fake, USER), timeout=60)
             finished = await fake.wait_for(lambda: final_reply(fake, other), timeout=180)
-            assert any(m.text == "Stopping your reply…" for m in fake.messages(USER))
+            # "Stopping your reply…" is edited to say what was stopped once it has ended: it does not stay
+            await fake.wait_for(lambda: next((m for m in fake.messages(USER) if m.texts == [
+                "Stopping your reply…", "Stopped your reply."]), None), timeout=30)
         rows = await _rows(settings, chat_id=USER)
     assert stopped.text.endswith("⏹️ (stopped with /cancel)") and len(stopped.text) > 30  # what came is kept
     assert "stopped" not in finished.text

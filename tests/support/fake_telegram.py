@@ -489,7 +489,8 @@ class FakeTelegram(ChatMembers, UserEdits):
     # -- fault injection
     def fail_next(self, method: str, status: int = 429, retry_after: int | None = None, count: int = 1,
                   description: str | None = None) -> None:
-        """The next `count` calls of `method` answer `status` (429 carries retry_after, default 1 s)."""
+        """The next `count` calls of `method` answer `status` (429 carries retry_after, default 1 s); status 0
+        drops the connection without an answer (the client sees a network error, as httpx.ReadError)."""
         parameters = None
         if status == 429:
             retry_after = 1 if retry_after is None else retry_after
@@ -704,6 +705,12 @@ class FakeTelegram(ChatMembers, UserEdits):
                 fault.count -= 1
                 if fault.count <= 0:
                     faults.pop(0)
+        if fault is not None and fault.status == 0:
+            with self._lock:  # recorded with status 0: no answer was sent
+                self._calls.append(Call(method, dict(params), 0, time.monotonic()))
+            if request.transport is not None:
+                request.transport.abort()  # no answer at all: the bot's HTTP client sees the connection drop
+            return web.Response()
         if fault is not None:
             return self._record(method, params,
                                 self._error(ApiError(fault.status, fault.description, fault.parameters)))

@@ -170,8 +170,9 @@ async def test_deleting_a_document_deletes_its_chunks(s: AsyncSession) -> None:
     assert await count(s, Chunk, Chunk.document_id == a.id) == 0  # ON DELETE CASCADE in the database
     assert [c.document_id for c in await documents_db.chunks_for_scope(s, scope)] == [b.id, b.id]
     assert await forget_document(s, scope, "a.pdf") is None
-    assert await forget_document(s, "other-scope", str(b.id)) is None  # ids only match inside the scope
-    assert (await forget_document(s, scope, str(b.id))).document.name == "b.txt"
+    assert await forget_document(s, "other-scope", "1") is None  # numbers count inside the scope
+    assert await forget_document(s, scope, "2") is None  # b.txt is number 1 now that a.pdf is gone
+    assert (await forget_document(s, scope, "1")).document.name == "b.txt"
     assert await count(s, Chunk) == 0
 
 
@@ -262,3 +263,23 @@ def test_bot_db_imports_neither_torch_nor_telegram() -> None:
     code = "import sys, bot.db, bot.db.chats, bot.db.messages, bot.db.documents, bot.db.training; print(sorted({'torch', 'telegram'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_documents_are_found_by_their_number_in_the_chats_own_list_or_by_name(s: AsyncSession) -> None:
+    from bot.db.sources import AmbiguousName, find_document
+
+    def add(scope: str, name: str, sha: str):
+        return documents_db.add_document_with_chunks(s, scope=scope, chat_id=CHAT, name=name, mime="text/plain",
+                                                     sha256=sha * 64, size_bytes=1, chunks=chunks(1))
+
+    await add("chat:other", "theirs.txt", "1")  # another chat's documents take ids, not numbers, from this one
+    await add("chat:mine", "notes.txt", "2")
+    await add("chat:mine", "plan.txt", "3")
+    await add("chat:mine", "notes.txt", "4")
+    assert (await find_document(s, "chat:mine", "1")).sha256 == "2" * 64
+    assert (await find_document(s, "chat:mine", "2")).name == "plan.txt"
+    assert await find_document(s, "chat:mine", "4") is None and await find_document(s, "chat:mine", "0") is None
+    assert (await find_document(s, "chat:other", "1")).name == "theirs.txt"
+    with pytest.raises(AmbiguousName) as ambiguous:
+        await find_document(s, "chat:mine", "notes.txt")
+    assert ambiguous.value.numbers == [1, 3]

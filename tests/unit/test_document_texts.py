@@ -23,3 +23,8 @@ def test_one_page_and_one_chunk_are_singular_and_more_are_plural():
     assert document_list([one, many, _document(3, "notes.txt", None, 2)]) == (
         "Documents in this chat:\n1. one.pdf – 1 page, 1 chunk\n2. many.pdf – 12 pages, 1,200 chunks\n"
         "3. notes.txt – 2 chunks")
+
+
+def test_docs_numbers_a_chats_documents_from_1_whatever_their_ids():
+    docs = [_document(7, "GPL-3.txt", None, 40), _document(9, "notes.md", None, 2)]
+    assert document_list(docs) == "Documents in this chat:\n1. GPL-3.txt – 40 chunks\n2. notes.md – 2 chunks"

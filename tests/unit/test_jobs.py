@@ -71,3 +71,18 @@ async def test_a_job_whose_block_failed_is_recovered_once(jobs: Jobs) -> None:
     assert [(j.kind, j.chat_id, j.user_id, j.status_message_id, j.label) for j in left] == \
         [("ingest", CHAT, BEN, 42, "trial1.txt")]
     assert await jobs.recover() == []
+
+
+async def test_wait_ended_returns_once_what_was_cancelled_has_ended_and_says_what_still_runs(jobs: Jobs) -> None:
+    from bot.telegram.texts import stopped_jobs
+
+    async with jobs.track("summary", CHAT, ANN, None, "notes.txt") as summary:
+        with jobs.replying(CHAT, ANN) as reply:
+            assert jobs.stoppable(CHAT, ANN) == [reply, summary]
+            stopped = jobs.cancel(CHAT, ANN)
+            assert jobs.stoppable(CHAT, ANN) == []
+        assert await jobs.wait_ended(stopped, timeout_s=0.05) == [summary]  # the reply has ended, not the summary
+        assert stopped_jobs(stopped, [summary]) == ("Stopped your reply. Still stopping the summary of notes.txt; "
+                                                    "its status line will say when it has ended.")
+    assert await jobs.wait_ended(stopped, timeout_s=5) == []
+    assert stopped_jobs(stopped, []) == "Stopped your reply and the summary of notes.txt."

@@ -262,3 +262,23 @@ def test_knowledge_imports_neither_torch_nor_telegram():
     code = "import sys, bot.documents; print(sorted(m for m in ('torch', 'telegram') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_underlines_rules_and_doubled_bullets_do_not_reach_the_text():
+    from bot.documents.parse.document import clean_text
+
+    assert clean_text("LICENSE\n=======\n\nPreamble\n--------\nThe licenses\n• • one\n* * *\na - b - c") == \
+        "LICENSE\n\nPreamble\n\nThe licenses\n• one\n\na - b - c"
+
+
+def test_running_headers_and_page_numbers_are_not_read_into_sentences():
+    from bot.documents.parse.pdf import parse_pdf
+    from tests.support.make_docs import make_pdf
+
+    bodies = ["The committee met on Monday and the members", "discussed the budget at length and agreed on",
+              "a new plan for the harbour, which the mayor", "signed the same evening."]
+    pages = [f"Annual Report 2023\n{body}\nPage {n} of 4" for n, body in enumerate(bodies, 1)]
+    sections, pages_count = parse_pdf(make_pdf(pages), "report.pdf")
+    assert [s.text for s in sections] == bodies and pages_count == 4
+    two = parse_pdf(make_pdf(["Annual Report 2023\nOne.", "Annual Report 2023\nTwo."]), "short.pdf")[0]
+    assert [s.text for s in two] == ["Annual Report 2023\nOne.", "Annual Report 2023\nTwo."]  # too few to tell

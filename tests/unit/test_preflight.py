@@ -7,6 +7,7 @@ import asyncio
 from bot.cli.main import main
 from bot.config import Settings
 from bot.services.preflight import preflight
+from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
 
 GOOD_TOKEN = "1234567:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawQ"
@@ -28,8 +29,14 @@ def by_name(checks) -> dict:
 
 
 def test_a_good_setup_passes_every_check_but_the_missing_encoder(tmp_path):
-    checks = by_name(asyncio.run(preflight(settings_for(tmp_path, token=GOOD_TOKEN))))
-    assert all(checks[n].ok for n in ("token", "mode", "database", "chat model", "chat model loads"))
+    fake = FakeTelegram.start_in_thread(token=GOOD_TOKEN, bot_username="docent_check_bot")
+    try:
+        checks = by_name(asyncio.run(preflight(settings_for(tmp_path, token=GOOD_TOKEN, api_url=fake.base_url))))
+    finally:
+        fake.close()
+    assert all(checks[n].ok for n in ("token", "bot api", "mode", "database", "chat model", "chat model loads"))
+    assert "@docent_check_bot" in checks["bot api"].detail
+    assert [c.method for c in fake.calls()] == ["getMe"]
     assert not checks["encoder"].ok and "docent model pull minilm-l6" in checks["encoder"].detail
 
 
@@ -61,3 +68,31 @@ def test_the_command_exits_1_and_prints_what_is_wrong(tmp_path, monkeypatch, cap
     assert main(["run", "--check"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  token: not set" in out and "FAIL  chat model: qwen2.5-coder-0.5b is not pulled yet" in out
+
+
+def test_an_unreachable_bot_api_fails_with_one_clear_line_and_no_token(tmp_path):
+    checks = by_name(asyncio.run(preflight(settings_for(tmp_path, token=GOOD_TOKEN,
+                                                        api_url="http://127.0.0.1:9/bot"))))
+    line = checks["bot api"].line()
+    assert not checks["bot api"].ok and line.startswith("FAIL  bot api: http://127.0.0.1:9/bot could not be reached")
+    assert "\n" not in line and GOOD_TOKEN.split(":")[1] not in line
+
+
+def test_a_token_the_bot_api_refuses_fails(tmp_path):
+    fake = FakeTelegram.start_in_thread(token="7654321:" + "B" * 35)  # a different bot's token
+    try:
+        checks = by_name(asyncio.run(preflight(settings_for(tmp_path, token=GOOD_TOKEN, api_url=fake.base_url))))
+    finally:
+        fake.close()
+    assert not checks["bot api"].ok and "refused the token" in checks["bot api"].detail
+
+
+def test_the_command_exits_1_when_the_bot_api_is_unreachable(tmp_path, monkeypatch, capsys):
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    for key, value in {"DATA_DIR": tmp_path / "data", "CACHE_DIR": tmp_path / "cache",
+                       "CONFIG": tmp_path / "absent.toml", "TELEGRAM_TOKEN": GOOD_TOKEN,
+                       "TELEGRAM_API_URL": "http://127.0.0.1:9/bot", "MODEL_NAME": tmp_path / "tiny.gguf",
+                       "MODEL_WEIGHTS": "fp32"}.items():
+        monkeypatch.setenv(f"DOCENT_{key}", str(value))
+    assert main(["run", "--check"]) == 1
+    assert "FAIL  bot api: http://127.0.0.1:9/bot could not be reached" in capsys.readouterr().out

@@ -194,3 +194,46 @@ def test_lone_surrogates_are_replaced_so_every_part_can_be_sent() -> None:
         render(part)
     assert "Osterby: \ufffd rising, \ufffd falling." in parts[0] and parts[-1].endswith("😀")
     assert truncate_utf16("tide \ud800" * 10, 12) == "tide \ufffdtide …"
+
+
+def test_heading_underlines_go_and_the_title_shows_bold():
+    from bot.telegram.render import markdown_to_telegram_html as html
+
+    assert html("Results\n=======\nAll good.") == "<b>Results</b>\nAll good."
+    assert html("Setup\n-----\nRun it.") == "<b>Setup</b>\nRun it."
+    assert "=" not in html("text\n\n=====\n\nmore")  # an underline under nothing
+    assert html("one\n\n---\n\ntwo") == "one\n\n——————\n\ntwo"  # a rule between paragraphs stays a rule
+
+
+def test_a_bullet_written_twice_shows_once():
+    from bot.telegram.render import markdown_to_telegram_html as html
+
+    assert html("- • Grilled chicken\n* ◦ Salad") == "• Grilled chicken\n• Salad"
+    assert html("• • Rice") == "• Rice"
+
+
+@pytest.mark.parametrize(("so_far", "shown"), [
+    ("Menu:\n* **Grilled Chi", "Menu:"),  # a bold still open, and nothing but the bullet before it
+    ("Menu:\n* **Grilled Chicken:** with ri", "Menu:\n* **Grilled Chicken:** with ri"),
+    ("Use `pip inst", "Use"),
+    ("See [the docs](https://exa", "See"),
+    ("Menu:\n*", "Menu:"),
+    ("Title\n===", "Title"),
+    ("snake_case names and 2*3 stay", "snake_case names and 2*3 stay"),
+    ("see https://x.org/a_b and *it", "see https://x.org/a_b and"),
+    ("```python\nx = 2 **", "```python\nx = 2 **"),  # inside code nothing is held back
+])
+def test_a_reply_being_written_holds_back_what_it_has_not_closed(so_far, shown):
+    from bot.telegram.render import streaming_view
+
+    assert streaming_view(so_far) == shown
+
+
+def test_every_prefix_of_a_markdown_reply_renders_without_its_markers():
+    from bot.telegram.render import markdown_to_telegram_html as html
+    from bot.telegram.render import streaming_view
+
+    reply = "Here is the menu:\n* **Grilled Chicken:** with *rice*\n* `Salad` of the day\n\nEnjoy!"
+    for n in range(1, len(reply) + 1):
+        rendered = html(streaming_view(reply[:n]))
+        assert "*" not in rendered and "`" not in rendered, reply[:n]

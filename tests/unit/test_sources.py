@@ -77,7 +77,7 @@ async def test_a_turn_prepared_while_its_document_was_forgotten_is_marked_at_onc
     doc = await memo(s)
     code = await turn(s, 1, "What is the launch code?", "ZEBRA-7731")
     read = await chunk_ids(s, doc)  # the answer was drawn from these, then the document went
-    await forget_document(s, SCOPE, str(doc.id))
+    await forget_document(s, SCOPE, "1")  # its number in /docs
     assert await record_sources(s, [m.id for m in code], read, [code[0].id]) is True
     assert await texts_in_history(s, code[0].conversation_id) == []
     # and one whose prompt held a turn forgotten meanwhile

@@ -19,7 +19,7 @@ from bot.services.training.plan import (
     not_enough_data,
 )
 from bot.services.training.runner import StepTimer
-from bot.telegram.texts import plan_text, shortfall_text
+from bot.telegram.training_texts import plan_text, shortfall_text
 
 DEFAULTS = TrainingOptions()  # epochs 3, max_steps 200, batch 4, eval_batches 8, min_examples 5
 

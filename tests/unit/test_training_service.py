@@ -25,7 +25,7 @@ from bot.services.training.plan import TrainingOptions
 from bot.services.training.report import MetricsTail, RunOutcome, plot_loss_curve, should_promote
 from bot.services.training.runner import StepTimer, train_args
 from bot.services.training.service import TrainingService
-from bot.telegram.texts import plan_text, step_time_text
+from bot.telegram.training_texts import plan_text, step_time_text
 from lm.data import chat_examples, read_chat_jsonl, split_examples
 from lm.heldout import heldout_loss
 from lm.tokenizer import Tokenizer
@@ -368,3 +368,27 @@ def test_loss_curve_png_and_metrics_tail(tmp_path):
     data = png.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 2000
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+async def test_a_plan_reports_its_progress_while_it_times_steps(service):
+    from bot.services.training.plan import PlanProgress
+
+    await fill(service)
+    heard: list[PlanProgress] = []
+    service.timer = StepTimer()  # not the module's, which may have timed this shape already: this one must time
+    plan = await service.plan(progress=heard.append)
+    assert plan.step.ms > 0 and heard[0] == PlanProgress("reading")
+    timing = [p for p in heard if p.stage == "timing"]
+    assert timing and [p.done for p in timing] == sorted(p.done for p in timing)  # steps only go forward
+    assert timing[-1].done == timing[-1].of == 3 and timing[-1].elapsed_s > 0
+
+
+def test_the_step_time_says_when_replies_competed_with_the_timing():
+    from bot.services.training.plan import StepTime
+
+    quiet = StepTime(34_000, "timed on 3 training steps of this data just now", replies=0, load_per_core=0.2)
+    busy = StepTime(34_000, "timed on 3 training steps of this data just now", replies=2, load_per_core=1.6)
+    assert step_time_text(quiet) == "34.0s per step, timed on 3 training steps of this data just now"
+    assert step_time_text(busy) == ("34.0s per step, timed on 3 training steps of this data just now, while I was "
+                                    "writing 2 replies and with the machine busy (load 1.6 per core): the run "
+                                    "may be faster when the bot is quiet")

@@ -75,12 +75,22 @@ def clean_name(filename: str) -> str:
 _LIGATURES = str.maketrans({"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "st", "ﬆ": "st"})
 
 
+# a line that is only a heading's underline or a rule ("=====", "-----", "* * *", "______"): read into a sentence
+# it becomes part of an answer or a summary, so it goes (its line break stays, and the heading keeps its own line)
+_UNDERLINES = re.compile(r"^(?:[=\-_*~#+][ ]?){3,}$", re.M)
+# a list item whose bullet is written twice ("• • item", from a converter that adds its own): one bullet
+_REPEATED_BULLETS = re.compile(r"^([•◦▪‣⁃●○■])(?:[ ]?[•◦▪‣⁃●○■-])+ ", re.M)
+
+
 def clean_text(text: str) -> str:
-    """Normalize newlines and spaces; drop control characters; keep paragraph breaks."""
+    """Normalize newlines and spaces; drop control characters, underline and rule lines and doubled bullets;
+    keep paragraph breaks."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_LIGATURES)
     text = unicodedata.normalize("NFC", text).replace("\u00ad", "").replace("\ufeff", "")
     text = "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else " " for c in text)
     text = re.sub(r"[ \t\u00a0]+", " ", text)
     text = re.sub(r" *\n *", "\n", text)
+    text = _UNDERLINES.sub("", text)
+    text = _REPEATED_BULLETS.sub(r"\1 ", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip()

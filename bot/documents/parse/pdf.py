@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 import zlib
+from collections import Counter
 
 from bot.documents.parse.document import DocumentError, Section, clean_text, empty_error
 
@@ -61,7 +62,7 @@ def parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
             "scanned", f"{name} looks like a scanned PDF; it has no text layer, try OCR first "
             "(for example `ocrmypdf`), then send the result."
         )  # fmt: skip
-    return [Section(text, page=i) for i, text in enumerate(pages, 1)], len(pages)
+    return [Section(text, page=i) for i, text in enumerate(drop_running_lines(pages), 1)], len(pages)
 
 
 def _bomb(name: str) -> DocumentError:
@@ -96,3 +97,30 @@ def inflated_size(data: bytes, budget: int) -> int:
 def _clean_pdf_text(text: str) -> str:
     text = re.sub(r"(?<=[a-z])-\n(?=[a-z])", "", text)  # words hyphenated across lines
     return clean_text(text)
+
+
+def _running_key(line: str) -> str:
+    """A page-edge line with its numbers masked: "Annual Report 2023 · page 4" and "… page 5" are one line."""
+    return re.sub(r"\d+", "#", " ".join(line.lower().split()))
+
+
+def drop_running_lines(pages: list[str], edge: int = 1) -> list[str]:
+    """The pages without their running headers and footers: the first or last line (`edge` lines) of at
+    least half the pages (and of three), numbers aside (a title, "Page 4 of 20", a bare page number). Left in,
+    such a line is read into the sentence that runs on across the page break ("…the committee Annual Report
+    2023 Page 4 decided…"), and from there into answers and summaries."""
+    if len(pages) < 3:
+        return pages
+    split = [[line for line in page.split("\n")] for page in pages]
+
+    def edges(lines: list[str]) -> set[int]:
+        filled = [i for i, line in enumerate(lines) if line.strip()]
+        return set(filled[:edge] + filled[-edge:])
+
+    seen = Counter(key for lines in split for key in {_running_key(lines[i]) for i in edges(lines)})
+    running = {key for key, n in seen.items() if key and n >= max(3, (len(pages) + 1) // 2)}
+    if not running:
+        return pages
+    return [clean_text("\n".join(line for i, line in enumerate(lines)
+                                 if i not in edges(lines) or _running_key(line) not in running))
+            for lines in split]

@@ -133,6 +133,19 @@ def format_duration(seconds: float | None) -> str:
 class StepTime:
     ms: float | None  # None: it could not be measured (basis says why)
     basis: str  # where the figure comes from, for the plan: "as measured by run #3"
+    replies: int = 0  # replies the bot was writing while the steps were timed: they competed for the cores
+    load_per_core: float | None = None  # the machine's 1-minute load average per core after timing
+
+
+@dataclass(frozen=True)
+class PlanProgress:
+    """How far /retrain's plan has got: "reading" the chats and documents, or "timing" training steps
+    (`done` of `of` finished, `elapsed_s` since the timing child started: the first includes loading the base)."""
+
+    stage: str
+    done: int = 0
+    of: int = 0
+    elapsed_s: float = 0.0
 
 
 def estimate_seconds(o: TrainingOptions, ms_per_step: float | None) -> float | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
-from bot.services.training.plan import StepTime, TrainingOptions, format_duration
+from bot.services.training.plan import PlanProgress, StepTime, TrainingOptions, format_duration
 from bot.services.training.report import MetricsTail
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,47 @@ class _Timing:
     at: float = field(default_factory=time.monotonic)
 
 
+def _load_per_core() -> float | None:
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # not available here
+        return None
+
+
+class _Watch:
+    """Follows a timing child: its steps done (lines of its metrics file) for `progress`, and the replies the bot
+    writes meanwhile."""
+
+    def __init__(self, metrics: Path, progress: Callable[[PlanProgress], None] | None,
+                 replies: Callable[[], int] | None, poll_s: float = 0.5):
+        self.metrics, self.progress, self.replies, self.poll_s = metrics, progress, replies, poll_s
+        self.most_replies = 0
+
+    def _look(self, started: float) -> None:
+        if self.replies is not None:
+            self.most_replies = max(self.most_replies, self.replies())
+        if self.progress is not None:
+            try:
+                done = sum(1 for line in self.metrics.read_text().splitlines() if line.strip())
+            except OSError:  # not written yet: the child is still loading the base model
+                done = 0
+            self.progress(PlanProgress("timing", min(done, TIMED_STEPS), TIMED_STEPS, time.monotonic() - started))
+
+    async def until_done(self, proc: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
+        """proc.communicate(), looking at the child every poll_s meanwhile."""
+        started = time.monotonic()
+        talk = asyncio.ensure_future(proc.communicate())
+        try:
+            while not talk.done():
+                self._look(started)
+                await asyncio.wait({talk}, timeout=self.poll_s)
+        finally:
+            if not talk.done():
+                talk.cancel()
+        self._look(started)
+        return talk.result()
+
+
 class StepTimer:
     """Times a few real training steps of a plan in a child process, and remembers the figure for a while
     for the same base model and batch shape."""
@@ -246,9 +287,12 @@ class StepTimer:
         self.ttl_s, self.timeout_s = ttl_s, timeout_s
         self._timings: dict[tuple, _Timing] = {}
 
-    async def measure(self, settings: Settings, base: str, o: TrainingOptions,
-                      write_data: Callable[[Path], Any]) -> StepTime:
-        """Seconds per step of `o` on `base`: `write_data(path)` writes the plan's data file to time on."""
+    async def measure(self, settings: Settings, base: str, o: TrainingOptions, write_data: Callable[[Path], Any],
+                      progress: Callable[[PlanProgress], None] | None = None,
+                      replies: Callable[[], int] | None = None) -> StepTime:
+        """Seconds per step of `o` on `base`: `write_data(path)` writes the plan's data file to time on.
+        `progress` hears of each timed step as it ends; `replies()` says how many replies the bot is writing (the
+        most seen while timing goes with the figure: they slow the steps down)."""
         key = (base, o.batch_size, o.block_size, o.lora_rank, o.threads)
         known = self._timings.get(key)
         if known is not None and time.monotonic() - known.at < self.ttl_s:
@@ -259,19 +303,21 @@ class StepTimer:
         with tempfile.TemporaryDirectory(prefix="plan-", dir=runs) as tmp:  # the data holds conversations
             data = Path(tmp) / "data.jsonl"
             await asyncio.to_thread(write_data, data)
-            ms, error = await self._run(settings, base, o, data, Path(tmp) / "out")
+            watch = _Watch(Path(tmp) / "out" / "metrics.jsonl", progress, replies)
+            ms, error = await self._run(settings, base, o, data, Path(tmp) / "out", watch)
         if ms is None:
             return StepTime(None, f"a training step could not be timed: {error}")
         self._timings[key] = _Timing(ms)
-        return StepTime(ms, f"timed on {TIMED_STEPS} training steps of this data just now")
+        return StepTime(ms, f"timed on {TIMED_STEPS} training steps of this data just now", watch.most_replies,
+                        _load_per_core())
 
     async def _run(self, settings: Settings, base: str, o: TrainingOptions, data: Path,
-                   out: Path) -> tuple[float | None, str]:
+                   out: Path, watch: _Watch) -> tuple[float | None, str]:
         args = _lora_args(base, data, out, o, steps=TIMED_STEPS, warmup=0, eval_interval=0, eval_batches=1,
-                          log_interval=TIMED_STEPS, ckpt_interval=0)
+                          log_interval=1, ckpt_interval=0)  # a metrics line per step: progress as it goes
         proc = await spawn(settings, args)
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+            stdout, stderr = await asyncio.wait_for(watch.until_done(proc), self.timeout_s)
         except (TimeoutError, asyncio.CancelledError) as e:
             proc.kill()
             await proc.wait()

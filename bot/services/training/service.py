@@ -39,6 +39,7 @@ from bot.services.training import runner
 from bot.services.training.dataset import Example, base_info, build_examples, read_sources, write_jsonl
 from bot.services.training.plan import (
     Plan,
+    PlanProgress,
     StepTime,
     TrainingOptions,
     fit_to_data,
@@ -103,17 +104,22 @@ class TrainingService:
     def block_size(self, context: int | None) -> int:
         return min(self.options.block_size, context) if context else self.options.block_size
 
-    async def step_time(self, base: str, o: TrainingOptions, examples: list[Example]) -> StepTime:
-        """Seconds per step of `o`: measured by an earlier run with the same shape, else timed on `examples`."""
+    async def step_time(self, base: str, o: TrainingOptions, examples: list[Example],
+                        progress: Callable[[PlanProgress], None] | None = None) -> StepTime:
+        """Seconds per step of `o`: measured by an earlier run with the same shape, else timed on `examples`
+        (with the replies the bot was writing meanwhile)."""
         async with self.sessions() as s:
             known = await measured_by_a_run(s, base, o)
-        return known or await self.timer.measure(self.settings, base, o, lambda path: write_jsonl(path, examples))
+        return known or await self.timer.measure(self.settings, base, o, lambda path: write_jsonl(path, examples),
+                                                 progress, self.models.replies_in_flight)
 
-    async def plan(self, force: bool = False) -> Plan:
+    async def plan(self, force: bool = False, progress: Callable[[PlanProgress], None] | None = None) -> Plan:
         """Everything an admin needs to decide: the data, a run sized to it and its measured duration, or why
-        there is too little to train on. Nothing is stored. Raises ValueError when the base model's tokenizer
-        cannot be read."""
+        there is too little to train on. Nothing is stored. `progress` hears how far it has got. Raises
+        ValueError when the base model's tokenizer cannot be read."""
         self._expire_plans()
+        if progress is not None:
+            progress(PlanProgress("reading"))
         o = self.options
         base = self.settings.model.name
         active, active_id = await self.model_versions.active()
@@ -125,7 +131,7 @@ class TrainingService:
                                                         tokenizer, block, o.max_examples)
         fitted = replace(fit_to_data(o, len(train), len(heldout)), block_size=block)
         refusal = not_enough_data(stats, len(train), len(heldout), o.min_examples)
-        step = None if refusal else await self.step_time(base, fitted, train + heldout)
+        step = None if refusal else await self.step_time(base, fitted, train + heldout, progress)
         plan = Plan(secrets.token_hex(4), base, active, active_id, train, heldout, stats, fitted, step, refusal,
                     force)
         self._plans[plan.token] = plan
