@@ -27,6 +27,7 @@ from bot.db import chats as chats_db
 from bot.db import messages as messages_db
 from bot.db import sources
 from bot.db.models import Message
+from bot.safe_text import storable
 from bot.services import answer
 from bot.services.chats import Chats, Origin, record_origin
 from bot.services.jobs import CANCELLED, Jobs
@@ -197,8 +198,8 @@ class Assistant:
                         event = await asyncio.wait_for(anext(events), wait)
                     except StopAsyncIteration:
                         break
-                    if isinstance(event, str):
-                        out.text += event
+                    if isinstance(event, str):  # a model can write U+0000 (a byte token): shown and stored alike
+                        out.text += storable(event)
                         yield Partial(out.text)
                     elif isinstance(event, Queued):
                         yield Waiting(event.ahead)

@@ -70,6 +70,11 @@ def surrogate_pdf() -> bytes:
     ])
 
 
+def nul_pdf() -> bytes:
+    """A PDF whose font's ToUnicode map sends "A" to U+0000, which PostgreSQL refuses in any text column."""
+    return surrogate_pdf().replace(b"<41> <D800>", b"<41> <0000>")
+
+
 @cache
 def _flate_bomb_stream(unpacked_mib: int) -> bytes:
     """A zlib stream of `unpacked_mib` MiB of spaces, built in a fraction of a second: after a full flush the
@@ -110,6 +115,7 @@ def corpus() -> list[HostileFile]:
         HostileFile("no-space run", "stars.txt", no_space_run(16 * 2**10), None),
         HostileFile("minified JSON", "data.json", minified_json(200), None, "application/json"),
         HostileFile("lone surrogates", "cmap.pdf", surrogate_pdf(), None, "application/pdf"),
+        HostileFile("U+0000 in a PDF's text", "nul.pdf", nul_pdf(), None, "application/pdf"),
         HostileFile("huge single word", "word.txt", no_space_run(2**20, "x"), None),
         HostileFile("corrupt PDF", "broken.pdf", make_pdf(["A page that is cut off."])[:300], "corrupt",
                     says="damaged"),
