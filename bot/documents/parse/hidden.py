@@ -10,7 +10,7 @@ effect (w:vanish), set on the run or by its character or paragraph style. Text o
 characters and supplementary variation selectors, invisible, yet able to spell out a whole message.
 
 Not here: `aria-hidden` (hidden from screen readers, shown to everyone else), text a page moves off screen for
-screen readers, PDF text drawn invisibly (a scanned page's OCR layer is exactly that) or in the page's colour.
+screen readers. PDF text drawn invisibly, too small, in white or off the page: bot.documents.parse.pdf_hidden.
 """
 
 from __future__ import annotations
