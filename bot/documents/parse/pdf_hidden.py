@@ -181,7 +181,7 @@ def _filter_form(ref, page: _Page, seen: set[int], reader) -> int:
     if key in seen or form.get("/Subtype") != "/Form":
         return 0
     seen.add(key)
-    content = ContentStream(form, reader)
+    content = ContentStream(form, reader, "bytes")
     ctm = page.state.ctm
     if "/Matrix" in form:
         ctm = _times(_matrix(list(form["/Matrix"])), ctm)
@@ -197,12 +197,13 @@ def _filter_form(ref, page: _Page, seen: set[int], reader) -> int:
 
 def drop_hidden_text(page, reader) -> int:
     """Empty, in `page` (a pypdf PageObject), every text a reader would not see; how many texts were emptied."""
-    from pypdf.generic import ContentStream, NameObject
+    from pypdf.generic import ArrayObject, ContentStream, NameObject, StreamObject
 
-    contents = page.get_contents()
-    if contents is None:
+    contents = page.get("/Contents")
+    if contents is None or not isinstance(contents.get_object(), ArrayObject | StreamObject):
         return 0
-    content = contents if isinstance(contents, ContentStream) else ContentStream(contents, reader)
+    # strings as bytes, as pypdf's own extraction reads them: the font's character map decodes them later
+    content = ContentStream(contents.get_object(), reader, "bytes")
     resources = page.get("/Resources")
     xobjects = _xobjects(resources.get_object() if resources else None)
     box = tuple(float(v) for v in page.cropbox)
