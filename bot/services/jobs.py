@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -90,12 +90,20 @@ class Jobs:
         finally:
             self._replies.remove(reply)
 
-    def cancel(self, chat_id: int, user_id: int | None = None) -> list[Running]:
-        """Stop the jobs and replies running in a chat (only `user_id`'s, when given); the ones asked to stop."""
+    async def cancel(self, chat_id: int, user_id: int | None = None,
+                     announce: Callable[[list[Running]], Awaitable[None]] | None = None) -> list[Running]:
+        """Stop the jobs and replies running in a chat (only `user_id`'s, when given); the ones asked to stop.
+        `announce(found)` is awaited before any is asked to stop, so that saying they stop comes before each one
+        saying it stopped."""
         found = [j for j in [*self._replies, *self._running.values()]
                  if j.chat_id == chat_id and (user_id is None or j.user_id == user_id) and not j.cancel.is_set()]
-        for job in found:
-            job.stop(CANCELLED)
+        try:
+            if announce is not None:
+                await announce(found)
+        finally:  # stopped even when the announcement could not be sent
+            for job in found:
+                if not job.cancel.is_set():
+                    job.stop(CANCELLED)
         return found
 
     def running(self, kind: str, chat_id: int) -> list[Running]:

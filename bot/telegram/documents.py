@@ -120,8 +120,11 @@ async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     if not await rt.admit(update):
         return
     user = update.effective_user
-    stopped = rt.services.jobs.cancel(update.effective_chat.id, user.id if user else None)
-    await update.effective_message.reply_text(texts.stopping(stopped) if stopped else texts.NOTHING_TO_CANCEL)
+
+    async def announce(found) -> None:  # before they stop: "Stopping X…" comes before "X was cancelled"
+        await update.effective_message.reply_text(texts.stopping(found) if found else texts.NOTHING_TO_CANCEL)
+
+    await rt.services.jobs.cancel(update.effective_chat.id, user.id if user else None, announce)
 
 
 async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -31,33 +31,46 @@ async def jobs(db_url: str) -> AsyncIterator[Jobs]:
 async def test_cancel_stops_the_askers_reply_but_shutdown_leaves_replies_to_their_recovery(jobs: Jobs) -> None:
     with jobs.replying(CHAT, ANN) as ann, jobs.replying(CHAT, BEN) as ben, jobs.replying(OTHER_CHAT, ANN) as elsewhere:
         async with jobs.track("summary", CHAT, ANN, 11, "a.pdf") as summary:
-            assert jobs.cancel(CHAT, ANN) == [ann, summary]
+            assert await jobs.cancel(CHAT, ANN) == [ann, summary]
         assert ann.cancel.is_set() and ann.reason == CANCELLED and ann.label == "your reply"
         assert not ben.cancel.is_set() and not elsewhere.cancel.is_set()
         assert jobs.stop_all() == 0  # shutdown stops jobs (none left); replies keep their own recovery
         assert not ben.cancel.is_set()
-    assert jobs.cancel(CHAT, BEN) == []  # the reply ended: nothing left to stop
+    assert await jobs.cancel(CHAT, BEN) == []  # the reply ended: nothing left to stop
 
 async def test_cancel_stops_only_the_askers_jobs_in_that_chat(jobs: Jobs) -> None:
     async with jobs.track("summary", CHAT, ANN, 11, "a.pdf") as ann, \
             jobs.track("ingest", CHAT, BEN, 12, "b.txt") as ben, \
             jobs.track("ingest", OTHER_CHAT, ANN, 13, "c.txt") as elsewhere:
-        assert jobs.cancel(CHAT, ANN) == [ann]
+        assert await jobs.cancel(CHAT, ANN) == [ann]
         assert ann.cancel.is_set() and ann.reason == CANCELLED
         assert not ben.cancel.is_set() and not elsewhere.cancel.is_set()
         with pytest.raises(InterruptedError):
             ann.check()
         ben.check()  # still running: no error
-        assert jobs.cancel(CHAT, ANN) == [], "asked to stop once"
-    assert jobs.cancel(CHAT) == [], "finished jobs are no longer tracked"
+        assert await jobs.cancel(CHAT, ANN) == [], "asked to stop once"
+    assert await jobs.cancel(CHAT) == [], "finished jobs are no longer tracked"
     assert await jobs.recover() == [], "jobs that ended normally leave no row"
+
+
+async def test_cancel_announces_what_it_stops_before_stopping_it(jobs: Jobs) -> None:
+    announced = []
+
+    async def announce(found) -> None:
+        announced.append([(j.label, j.cancel.is_set()) for j in found])
+
+    async with jobs.track("summary", CHAT, ANN, 11, "a.pdf") as summary:
+        assert await jobs.cancel(CHAT, ANN, announce) == [summary]
+        assert summary.cancel.is_set()
+    assert await jobs.cancel(CHAT, ANN, announce) == []
+    assert announced == [[("a.pdf", False)], []]  # not yet asked to stop while it was announced
 
 
 async def test_shutdown_stops_running_jobs_and_new_ones(jobs: Jobs) -> None:
     async with jobs.track("summary", CHAT, ANN, 11, "a.pdf") as running:
         assert jobs.stop_all() == 1
         assert running.reason == SHUTDOWN
-        jobs.cancel(CHAT, ANN)
+        await jobs.cancel(CHAT, ANN)
         assert running.reason == SHUTDOWN, "the first reason stays"
     async with jobs.track("ingest", CHAT, BEN, 12, "late.txt") as late:
         assert late.cancel.is_set() and late.reason == SHUTDOWN
