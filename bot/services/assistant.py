@@ -46,6 +46,9 @@ INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send 
 TIMED_OUT_NOTE = "\n\n⏱️ (stopped: the reply took too long)"
 STOPPED_NOTE = "\n\n⏹️ (stopped with /cancel)"
 FAILED_NOTE = "Sorry, something went wrong while writing the reply."
+# a message under the character limit can still outgrow the model's context (emoji and combining marks are
+# several tokens each)
+TOO_LONG_NOTE = "That message is too long for me: I cannot take in that much text at once. Please send a shorter one."
 MODEL_FAILED = "Sorry, my language model could not be loaded. An admin has to look at the logs."
 
 
@@ -186,8 +189,9 @@ class Assistant:
             from lm.engine import ContextOverflow
 
             status = "failed"
-            if isinstance(e, ContextOverflow):
-                generated.note = str(e)
+            if isinstance(e, ContextOverflow):  # the user's words, not the tokenizer's: a token count means nothing
+                log.info("message too long for the context in chat %s: %s", question.chat_id, e)
+                generated.note = TOO_LONG_NOTE
             else:
                 log.exception("reply failed in chat %s", question.chat_id)
                 generated.note = FAILED_NOTE

@@ -128,3 +128,20 @@ async def test_nul_written_by_the_model_or_read_from_a_document_is_answered_and_
     assert chunks == ["The tide tables of Osterby: rising, falling."] and jobs == []  # U+0000 is shown as nothing
     assert "Osterby" in summary.text
     assert not [m for m in fake.messages(USER) if "\x00" in m.text]
+
+
+@pytest.mark.parametrize("flood", ["😀" * 2100, "e\u0301" * 1500], ids=["emoji", "combining marks"])
+async def test_a_message_under_the_character_limit_but_past_the_context_is_called_too_long(tmp_path, tiny_model,
+                                                                                          flood):
+    """2,100 emoji or 1,500 letters with a combining accent: under the 4,000-character limit, far past a context
+    of 256 tokens. The user is told the message is too long, in words, not in tokens."""
+    from bot.services.assistant import TOO_LONG_NOTE
+
+    async with FakeTelegram() as fake:
+        settings = bot_settings(tmp_path, fake, tiny_model)
+        assert len(flood) < settings.telegram.max_input_chars
+        async with running_bot(settings):
+            fake.send_user_message(USER, USER, flood)
+            said = await fake.wait_for(lambda: next((m for m in fake.messages(USER) if m.from_bot
+                                                     and m.text not in ("…", "Starting up, one moment…")), None), 60)
+    assert said.text == TOO_LONG_NOTE
