@@ -323,18 +323,15 @@ class Assistant:
         """Replies a crash or restart left "streaming": (finished but maybe not delivered, cut off).
 
         A reply whose generation finished carries its token count and final text, so it can be delivered
-        again (an edit to the same text is harmless); one cut off mid-generation is marked interrupted, with
-        a note, and returned so that the note can be shown in Telegram too: in its message, or, when the process
-        died before that message was known, in a new one.
+        again (an edit to the same text is harmless); one cut off mid-generation is returned with a note added to
+        its text, to be shown in Telegram (in its message, or, when the process died before that message was
+        known, in a new one) and then stored as interrupted with `finish_reply`. Until then its row stays
+        "streaming": a process that dies again before the note is shown leaves it to the next start.
         """
         finished, cut = [], []
         async with self.sessions() as s:
             for m in await messages_db.interrupted_messages(s):
-                if m.token_count is not None:
-                    finished.append(m)
-                    continue
-                text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE
-                await messages_db.update_message(s, m.id, text=text, status="interrupted")
-                m.text = text
-                cut.append(m)
+                if m.token_count is None:
+                    m.text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE  # in memory, until shown
+                (finished if m.token_count is not None else cut).append(m)
         return finished, cut

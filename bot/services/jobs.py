@@ -118,10 +118,12 @@ class Jobs:
         return len(self._running)
 
     async def recover(self) -> list[Job]:
-        """Jobs an earlier process left unfinished (it died before it could say how they ended); their rows
-        are removed, so each is reported once."""
+        """Jobs an earlier process left unfinished (it died before it could say how they ended). Each row stays
+        until `settled`: a restart that dies again before telling the user finds the job again."""
         async with self.sessions() as s:
-            left = await db.all_jobs(s)
-            for row in left:
-                await db.remove_job(s, row.id)
-        return left
+            return await db.all_jobs(s)
+
+    async def settled(self, job: Job) -> None:
+        """A recovered job's user was told how it ended: its row goes, so it is reported once."""
+        async with self.sessions() as s:
+            await db.remove_job(s, job.id)

@@ -331,6 +331,48 @@ def test_killed_while_a_message_waits_for_the_previous_reply_it_is_not_left_wait
     assert rows[3].telegram_message_id == waiting.message_id
 
 
+def test_killed_again_before_the_restart_showed_its_note_the_next_start_shows_it(tmp_path, endless_model):
+    """kill -9 mid-reply, then kill -9 again while the restart is about to show "interrupted" in that reply's
+    message (before Telegram has it): the reply counts as interrupted only once that is shown, so the third start
+    shows it, and the message is not left with its half-written text for good."""
+    fake = FakeTelegram.start_in_thread()
+    bot: dict = {"proc": None, "armed": False}
+
+    def kill_before_the_note(params) -> None:
+        if bot["armed"] and INTERRUPTED_NOTE in str(params.get("text")):
+            bot["armed"] = False
+            bot["proc"].send_signal(signal.SIGKILL)
+            bot["proc"].wait(10)
+            fake.fail_next("editMessageText", 500)  # the bot is gone: this edit is never carried out
+
+    fake.before_call("editMessageText", kill_before_the_note)
+    try:
+        bot["proc"] = _start_bot_process(tmp_path, fake, endless_model)
+        fake.send_user_message(USER, USER, "tell me a long story")
+        fake.wait_for_sync(lambda: fake.messages(USER) and len(fake.messages(USER)[0].versions) >= 3, 60)
+        bot["proc"].send_signal(signal.SIGKILL)
+        bot["proc"].wait(10)
+        half_written = fake.messages(USER)[0].text
+        bot["armed"], bot["proc"] = True, _start_bot_process(tmp_path, fake, endless_model)
+        fake.wait_for_sync(lambda: not bot["armed"] and bot["proc"].poll() is not None, 60)
+        assert fake.messages(USER)[0].text == half_written, "the second start died before showing its note"
+        bot["proc"] = _start_bot_process(tmp_path, fake, endless_model)
+        try:
+            fake.wait_for_sync(lambda: INTERRUPTED_NOTE in fake.messages(USER)[0].text, 60)
+            time.sleep(2.0)  # room for a wrong further message to show up
+        finally:
+            bot["proc"].terminate()
+            bot["proc"].wait(20)
+    finally:
+        if bot["proc"].poll() is None:
+            bot["proc"].kill()
+        fake.close()
+    assert len(fake.messages(USER)) == 1
+    rows = asyncio.run(_rows(bot_settings(tmp_path, fake, endless_model), chat_id=USER))
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")]
+    assert rows[1].text.endswith(INTERRUPTED_NOTE) and rows[1].text.count(INTERRUPTED_NOTE) == 1
+
+
 async def test_settings_keyboard_marks_the_temperature_just_chosen(tmp_path, tiny_model):
     def marked(message) -> list[str]:
         return [b["text"] for row in message.reply_markup["inline_keyboard"] for b in row if b["text"].startswith("• ")]

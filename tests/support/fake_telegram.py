@@ -706,7 +706,7 @@ class FakeTelegram(ChatMembers, UserEdits):
             return self._record(method, params, self._error(ApiError(404, "Not Found")))
         with self._lock:
             before = list(self._before.get(method.lower(), ()))
-        for hook in before:
+        for hook in before:  # before faults: a hook may inject one for the call it holds
             if (held := hook(params)) is not None:
                 await held
         with self._lock:
