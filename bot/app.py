@@ -53,12 +53,14 @@ async def _post_init(app: Application) -> None:
     await _recover_replies(app, services)
     await services.knowledge.discard_unfinished()  # an upload cut off mid-ingest: its chunks go, its job row says so
     for job in await services.jobs.recover():  # an upload or summary cut off: its status line says so, not "90%"
-        if job.status_message_id is not None:
-            try:
+        try:
+            if job.status_message_id is not None:
                 await app.bot.edit_message_text(texts.interrupted_text(job), chat_id=job.chat_id,
                                                 message_id=job.status_message_id)
-            except TelegramError as e:
-                log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
+            else:  # the process died before its status line was known: the user is told in a new message
+                await app.bot.send_message(job.chat_id, texts.interrupted_text(job))
+        except TelegramError as e:
+            log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
         await services.jobs.settled(job)  # only once said: a kill before that leaves the row for the next start
     for sig in app.bot_data.get("stop_signals", ()):
         asyncio.get_running_loop().add_signal_handler(sig, _stop_on_signal, services)

@@ -55,9 +55,8 @@ class Summaries:
         if outcome.status != "done":
             await view.finish(outcome)
             return outcome
-        status_message_id = await view.start(outcome.label)
-        async with self.jobs.track("summary", origin.chat_id, origin.user_id, status_message_id,
-                                   outcome.label) as job:
+        async with self.jobs.track("summary", origin.chat_id, origin.user_id, None, outcome.label) as job:
+            await self.jobs.shown(job, await view.start(outcome.label))  # shown once the job's row exists
             try:
                 outcome.summary = await in_own_thread(
                     lambda: summarize(pieces, self.knowledge.encoder, conversation=not target, cancel=job.cancel,
