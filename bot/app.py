@@ -55,13 +55,15 @@ async def _post_init(app: Application) -> None:
     await _recover_replies(app, services)
     await services.knowledge.discard_unfinished()  # an upload cut off mid-ingest: its chunks go, its job row says so
     for job in await services.jobs.recover():  # an upload or summary cut off: its status line says so, not "90%"
-        if job.status_message_id is None:
-            continue
         try:
-            await app.bot.edit_message_text(texts.interrupted_text(job), chat_id=job.chat_id,
-                                            message_id=job.status_message_id)
+            if job.status_message_id is not None:
+                await app.bot.edit_message_text(texts.interrupted_text(job), chat_id=job.chat_id,
+                                                message_id=job.status_message_id)
+            else:  # the process died before its status line was known: the user is told in a new message
+                await app.bot.send_message(job.chat_id, texts.interrupted_text(job))
         except TelegramError as e:
             log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
+        await services.jobs.settled(job)  # only once said: a kill before that leaves the row for the next start
     for sig in app.bot_data.get("stop_signals", ()):
         asyncio.get_running_loop().add_signal_handler(sig, _stop_on_signal, services)
     app.bot_data["warm_up"] = services.models.warm_up()  # kept referenced until done; replies meanwhile say so
@@ -75,8 +77,9 @@ async def _recover_replies(app: Application, services: Services) -> None:
     for message in finished:  # generated before the restart, perhaps never shown in full: deliver it now
         await _deliver_again(app, message, formatted=True)
         await services.assistant.finish_reply(message, message.text, "complete")
-    for message in cut:
+    for message in cut:  # marked interrupted only once shown: a kill before that leaves it for the next start
         await _deliver_again(app, message, formatted=False)
+        await services.assistant.finish_reply(message, message.text, "interrupted")
 
 
 async def _deliver_again(app: Application, message, formatted: bool) -> None:

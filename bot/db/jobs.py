@@ -3,7 +3,7 @@ conventions as `chats.py`: writers commit."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Job
@@ -15,6 +15,12 @@ async def add_job(session: AsyncSession, kind: str, chat_id: int, user_id: int |
     session.add(job)
     await session.commit()
     return job
+
+
+async def set_status_message(session: AsyncSession, job_id: int, status_message_id: int) -> None:
+    """Record the Telegram message that shows a job's status (sent once the job's row exists)."""
+    await session.execute(update(Job).where(Job.id == job_id).values(status_message_id=status_message_id))
+    await session.commit()
 
 
 async def remove_job(session: AsyncSession, job_id: int) -> None:

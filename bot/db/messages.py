@@ -164,15 +164,15 @@ async def message_by_telegram_id(session: AsyncSession, chat_id: int, telegram_m
     )
 
 
-async def history(session: AsyncSession, conversation_id: int, limit: int = 50) -> list[Message]:
-    """The last `limit` complete or interrupted messages of a conversation not forgotten, oldest first."""
-    newest = await session.scalars(
-        select(Message)
-        .where(Message.conversation_id == conversation_id, Message.status.in_(("complete", "interrupted")),
-               Message.forgotten_at.is_(None))
-        .order_by(Message.id.desc())
-        .limit(limit)
-    )
+async def history(session: AsyncSession, conversation_id: int, limit: int = 50,
+                  up_to: int | None = None) -> list[Message]:
+    """The last `limit` complete or interrupted messages of a conversation not forgotten, oldest first; with
+    `up_to`, none stored after the message of that id."""
+    stmt = select(Message).where(Message.conversation_id == conversation_id,
+                                 Message.status.in_(("complete", "interrupted")), Message.forgotten_at.is_(None))
+    if up_to is not None:
+        stmt = stmt.where(Message.id <= up_to)
+    newest = await session.scalars(stmt.order_by(Message.id.desc()).limit(limit))
     return list(reversed(newest.all()))
 
 

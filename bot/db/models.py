@@ -35,6 +35,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from bot.safe_text import storable
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -83,6 +85,23 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class StorableText(TypeDecorator[str]):
+    """Text as every backend stores it: U+0000 (which PostgreSQL refuses in any text column) and lone surrogates
+    (which no UTF-8 encoder takes) become U+FFFD on the way in (bot.safe_text.storable). Updates are cleaned where
+    they enter (bot.telegram.incoming); this covers everything else that reaches SQL: a model's output, a
+    document's text, a summary, an error. VARCHAR(length), or TEXT without one."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, length: int | None = None):
+        super().__init__()
+        self.impl = String(length) if length is not None else Text()
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return storable(value) if isinstance(value, str) else value
+
+
 def created_at() -> Mapped[datetime]:
     return mapped_column(UTCDateTime(), server_default=func.now(), nullable=False)
 
@@ -95,8 +114,8 @@ class User(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # Telegram user id
-    username: Mapped[str | None] = mapped_column(String(64))
-    first_name: Mapped[str | None] = mapped_column(String(255))
+    username: Mapped[str | None] = mapped_column(StorableText(64))
+    first_name: Mapped[str | None] = mapped_column(StorableText(255))
     created_at: Mapped[datetime] = created_at()
     is_blocked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
@@ -107,7 +126,7 @@ class Chat(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)  # Telegram chat id
     type: Mapped[str] = mapped_column(String(16))
-    title: Mapped[str | None] = mapped_column(String(255))
+    title: Mapped[str | None] = mapped_column(StorableText(255))
     created_at: Mapped[datetime] = created_at()
     # chats <-> conversations is a cycle; use_alter lets create_all/drop_all order the DDL.
     current_conversation_id: Mapped[int | None] = mapped_column(
@@ -121,7 +140,7 @@ class ChatSettings(Base):
     __tablename__ = "chat_settings"
 
     chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"), primary_key=True)
-    system_prompt: Mapped[str | None] = mapped_column(Text)
+    system_prompt: Mapped[str | None] = mapped_column(StorableText())
     temperature: Mapped[float | None] = mapped_column(Float)
     allow_training: Mapped[bool | None] = mapped_column(Boolean)
 
@@ -150,7 +169,7 @@ class Message(Base):
     chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     role: Mapped[str] = mapped_column(String(16))
-    text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    text: Mapped[str] = mapped_column(StorableText(), default="", server_default="")
     token_count: Mapped[int | None] = mapped_column(Integer)
     telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
     reply_to_telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -184,12 +203,12 @@ class Document(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # scope is the retrieval namespace: "chat:<id>" for a chat's uploads, any label from the CLI.
-    scope: Mapped[str] = mapped_column(String(255), index=True)
+    scope: Mapped[str] = mapped_column(StorableText(255), index=True)
     chat_id: Mapped[int | None] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
     # who sent the file (None: the CLI, or stored before uploads were recorded per person); may /forget it
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    name: Mapped[str] = mapped_column(String(255))
-    mime: Mapped[str] = mapped_column(String(127))
+    name: Mapped[str] = mapped_column(StorableText(255))
+    mime: Mapped[str] = mapped_column(StorableText(127))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     pages: Mapped[int | None] = mapped_column(Integer)
@@ -208,9 +227,9 @@ class Chunk(Base):
     id: Mapped[int] = mapped_column(BigID, primary_key=True)
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
     ordinal: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(StorableText())
     page: Mapped[int | None] = mapped_column(Integer)
-    heading: Mapped[str | None] = mapped_column(Text)
+    heading: Mapped[str | None] = mapped_column(StorableText())
     token_count: Mapped[int] = mapped_column(Integer)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 vector, np.float32 .tobytes()
     # float16 (windows, dim): one embedding per run of consecutive sentences, for sentence-level dense scores
@@ -244,7 +263,7 @@ class Job(Base):
     chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int | None] = mapped_column(BigInteger)
     status_message_id: Mapped[int | None] = mapped_column(BigInteger)
-    label: Mapped[str] = mapped_column(Text)  # what the job is about, as its user named it: a file name
+    label: Mapped[str] = mapped_column(StorableText())  # what the job is about, as its user named it: a file name
     created_at: Mapped[datetime] = created_at()
 
 
@@ -283,7 +302,7 @@ class ModelVersion(Base):
     data_size: Mapped[int | None] = mapped_column(BigInteger)  # training tokens
     heldout_loss: Mapped[float | None] = mapped_column(Float)
     is_active: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
-    notes: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[str | None] = mapped_column(StorableText())
 
 
 class TrainingRun(Base):
@@ -308,4 +327,4 @@ class TrainingRun(Base):
     result_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
     heldout_loss_before: Mapped[float | None] = mapped_column(Float)
     heldout_loss_after: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(StorableText())

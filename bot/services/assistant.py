@@ -14,9 +14,11 @@ can find replies it cut off and mark them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,7 @@ from bot.db import chats as chats_db
 from bot.db import messages as messages_db
 from bot.db import sources
 from bot.db.models import Message
+from bot.safe_text import storable
 from bot.services import answer
 from bot.services.chats import Chats, Origin, record_origin
 from bot.services.jobs import CANCELLED, Jobs
@@ -107,6 +110,15 @@ ReplyEvent = AlreadyAnswered | Waiting | Writing | Partial | Done
 # called once the message is stored and before anything slow: shows the reply's first message (`starting_up`:
 # the model is still loading) and returns its Telegram message id
 OpenReply = Callable[[bool], Awaitable[int | None]]
+# the caller's one-reply-in-flight guard, entered once the message and its reply row are stored: `queue(shown)`
+# is an async context manager held while the reply is written; a reply that must first wait for an earlier one
+# shows that it waits and calls `shown(message_id)`, so that the message saying so is known to a restart
+Queue = Callable[[Callable[[int], Awaitable[None]]], AbstractAsyncContextManager[None]]
+
+
+def no_queue(shown: Callable[[int], Awaitable[None]]) -> AbstractAsyncContextManager[None]:
+    """A Queue that never waits."""
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -125,17 +137,33 @@ class Assistant:
         self.knowledge = knowledge
         self.jobs = jobs
 
-    async def reply(self, incoming: Incoming, open_reply: OpenReply,
-                    force_documents: bool = False) -> AsyncIterator[ReplyEvent]:
-        """Store the user's message once, then write, stream and store the reply to it (see the module's
-        docstring for the events). `force_documents` (/ask): answer from the chat's documents only."""
+    async def reply(self, incoming: Incoming, open_reply: OpenReply, force_documents: bool = False,
+                    queue: Queue = no_queue) -> AsyncIterator[ReplyEvent]:
+        """Store the user's message once, then, in its turn (`queue`), write, stream and store the reply to it
+        (see the module's docstring for the events). `force_documents` (/ask): answer from the chat's documents
+        only."""
         turn = await self.accept(incoming)
         if turn is None:
             yield AlreadyAnswered()
             return
-        # the reply row was stored with the question, before anything shown or slow (the model may still be
-        # loading): a restart at any point after finds it and answers or marks it, in its message once known
+        # the reply row was stored with the question, before anything shown or slow (an earlier reply to wait
+        # for, the model still loading): a restart at any point after finds it and answers or marks it, in its
+        # message once known
         question, reply = turn
+        its_turn = False
+        try:
+            async with queue(lambda shown: self.show_reply_in(reply, shown)):
+                its_turn = True
+                async for event in self._reply(question, reply, open_reply, force_documents):
+                    yield event
+        except Exception:
+            if not its_turn:  # telling the user it waits failed; a cancelled wait is left to restart recovery
+                await self.finish_reply(reply, FAILED_NOTE, "failed")
+            raise
+
+    async def _reply(self, question: Message, reply: Message, open_reply: OpenReply,
+                     force_documents: bool) -> AsyncIterator[ReplyEvent]:
+        """Open, write, stream and store the reply to a stored question (`reply`: its stored row)."""
         try:
             shown_in = await open_reply(not self.models.loaded)
         except BaseException:
@@ -208,8 +236,8 @@ class Assistant:
                         event = await asyncio.wait_for(anext(events), wait)
                     except StopAsyncIteration:
                         break
-                    if isinstance(event, str):
-                        out.text += event
+                    if isinstance(event, str):  # a model can write U+0000 (a byte token): shown and stored alike
+                        out.text += storable(event)
                         if shown := strip_invented_sources(out.text, partial=True):
                             yield Partial(shown)
                     elif isinstance(event, Queued):
@@ -239,10 +267,11 @@ class Assistant:
         prefs = await self.chats.prefs_of(chat_id)
         return generation_config(self.settings.model, temperature=prefs.temperature)
 
-    async def turns(self, conversation_id: int) -> list[Message]:
-        """The conversation's stored user and assistant messages that go into a prompt, oldest first."""
+    async def turns(self, conversation_id: int, up_to: int | None = None) -> list[Message]:
+        """The conversation's stored user and assistant messages that go into a prompt, oldest first (up to the
+        message with id `up_to`: a message stored while waiting for its turn is not part of earlier replies)."""
         async with self.sessions() as s:
-            rows = await messages_db.history(s, conversation_id, limit=200)
+            rows = await messages_db.history(s, conversation_id, limit=200, up_to=up_to)
         return [m for m in rows if m.role in ("user", "assistant") and m.text]
 
     async def conversation(self, chat_id: int, conversation_id: int,
@@ -269,7 +298,7 @@ class Assistant:
         the reply draws on, by its answer or through its prompt, are recorded against the turn (bot.db.sources),
         so that forgetting one of them takes the turn out of later prompts and training data.
         """
-        turns = await self.turns(question.conversation_id)
+        turns = await self.turns(question.conversation_id, up_to=question.id)
         messages = await self.conversation(question.chat_id, question.conversation_id, turns)
         prepared = Prepared(messages)
         scope = chat_scope(question.chat_id)
@@ -309,18 +338,15 @@ class Assistant:
         """Replies a crash or restart left "streaming": (finished but maybe not delivered, cut off).
 
         A reply whose generation finished carries its token count and final text, so it can be delivered
-        again (an edit to the same text is harmless); one cut off mid-generation is marked interrupted, with
-        a note, and returned so that the note can be shown in Telegram too: in its message, or, when the process
-        died before that message was known, in a new one.
+        again (an edit to the same text is harmless); one cut off mid-generation is returned with a note added to
+        its text, to be shown in Telegram (in its message, or, when the process died before that message was
+        known, in a new one) and then stored as interrupted with `finish_reply`. Until then its row stays
+        "streaming": a process that dies again before the note is shown leaves it to the next start.
         """
         finished, cut = [], []
         async with self.sessions() as s:
             for m in await messages_db.interrupted_messages(s):
-                if m.token_count is not None:
-                    finished.append(m)
-                    continue
-                text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE
-                await messages_db.update_message(s, m.id, text=text, status="interrupted")
-                m.text = text
-                cut.append(m)
+                if m.token_count is None:
+                    m.text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE  # in memory, until shown
+                (finished if m.token_count is not None else cut).append(m)
         return finished, cut

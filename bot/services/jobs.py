@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,6 +40,7 @@ class Running:
     reason: str | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: object = None
+    row_id: int | None = None  # its SQL row (bot.db.models.Job)
 
     def stop(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -68,6 +69,7 @@ class Jobs:
             job.stop(SHUTDOWN)
         async with self.sessions() as s:
             row = await db.add_job(s, kind, chat_id, user_id, status_message_id, label)
+        job.row_id = row.id
         self._running[row.id] = job
         try:
             yield job
@@ -78,6 +80,12 @@ class Jobs:
         # next start edits the status line, which would otherwise keep showing progress
         async with self.sessions() as s:
             await db.remove_job(s, row.id)
+
+    async def shown(self, job: Running, status_message_id: int) -> None:
+        """Record the message that shows a job's status: sent inside `track`, once the row exists, so that a restart
+        finds any status line a job left (or the job without one, to report anew)."""
+        async with self.sessions() as s:
+            await db.set_status_message(s, job.row_id, status_message_id)
 
     @contextlib.contextmanager
     def replying(self, chat_id: int, user_id: int | None) -> Iterator[Running]:
@@ -124,10 +132,12 @@ class Jobs:
         return len(self._running)
 
     async def recover(self) -> list[Job]:
-        """Jobs an earlier process left unfinished (it died before it could say how they ended); their rows
-        are removed, so each is reported once."""
+        """Jobs an earlier process left unfinished (it died before it could say how they ended). Each row stays
+        until `settled`: a restart that dies again before telling the user finds the job again."""
         async with self.sessions() as s:
-            left = await db.all_jobs(s)
-            for row in left:
-                await db.remove_job(s, row.id)
-        return left
+            return await db.all_jobs(s)
+
+    async def settled(self, job: Job) -> None:
+        """A recovered job's user was told how it ended: its row goes, so it is reported once."""
+        async with self.sessions() as s:
+            await db.remove_job(s, job.id)

@@ -91,9 +91,8 @@ class Summaries:
         if outcome.status != "done":
             await view.finish(outcome)
             return outcome
-        status_message_id = await view.start(outcome.label)
-        async with self.jobs.track("summary", origin.chat_id, origin.user_id, status_message_id,
-                                   outcome.label) as job:
+        async with self.jobs.track("summary", origin.chat_id, origin.user_id, None, outcome.label) as job:
+            await self.jobs.shown(job, await view.start(outcome.label))  # shown once the job's row exists
             try:
                 model = await self.assistant.models.current()
                 writes = model_writes(self.writing, model)

@@ -44,6 +44,7 @@ class ForgetOutcome:
 
 
 class UploadView(Protocol):
+    async def start(self) -> int: ...  # shows the status line, once the job's row is stored; returns its message id
     def progress(self, stage: str, fraction: float) -> None: ...  # called from worker threads
     async def finish(self, outcome: UploadOutcome) -> None: ...  # shown before the job's row is removed
 
@@ -52,12 +53,14 @@ class Uploads:
     def __init__(self, chats: Chats, knowledge: KnowledgeBase, jobs: Jobs):
         self.chats, self.knowledge, self.jobs = chats, knowledge, jobs
 
-    async def index(self, origin: Origin, name: str, filename: str, mime: str | None, status_message_id: int,
+    async def index(self, origin: Origin, name: str, filename: str, mime: str | None,
                     download: Callable[[], Awaitable[bytes]], view: UploadView) -> UploadOutcome:
         """Index the file `download()` fetches for the chat, as a job that /cancel stops; `view` shows how it
-        went (and is told before the job's SQL row goes, so a restart never finds it half reported)."""
+        went (its status line is shown once the job's SQL row exists, and told the outcome before the row goes, so
+        a restart never finds a status line it does not know or a job half reported)."""
         await self.chats.record(origin)  # the document is filed under them
-        async with self.jobs.track("ingest", origin.chat_id, origin.user_id, status_message_id, name) as job:
+        async with self.jobs.track("ingest", origin.chat_id, origin.user_id, None, name) as job:
+            await self.jobs.shown(job, await view.start())
             outcome = job.outcome = await self._index(origin, filename, mime, download, view, job)
             await view.finish(outcome)
         return outcome

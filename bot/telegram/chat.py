@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.services.assistant import AlreadyAnswered, Done, Incoming, Partial, Waiting, Writing
+from bot.services.assistant import Done, Incoming, Partial, Waiting, Writing
 from bot.services.chats import ChatPrefs
 from bot.telegram import texts
 from bot.telegram.access import addressed_to_bot, is_admin, is_allowed, strip_mention
@@ -161,9 +163,15 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
                               reply_to_message_id=message.message_id)
     placeholder = None
 
-    async def tell_it_waits() -> None:
-        nonlocal placeholder
-        placeholder = await message.reply_text(texts.AFTER_YOUR_PREVIOUS)
+    @contextlib.asynccontextmanager
+    async def queue(shown: Callable[[int], Awaitable[None]]) -> AsyncIterator[None]:
+        async def tell_it_waits() -> None:
+            nonlocal placeholder
+            placeholder = await message.reply_text(texts.AFTER_YOUR_PREVIOUS)
+            await shown(placeholder.message_id)  # a restart while it waits finds this message
+
+        async with rt.turn_of(user.id if user else message.chat.id, on_wait=tell_it_waits):
+            yield
 
     async def open_reply(starting_up: bool) -> int:
         try:  # "typing…" is a courtesy: the reply does not depend on it
@@ -180,12 +188,13 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
     replied = message.reply_to_message
     incoming = Incoming(origin_of(update), update.update_id, text, message.message_id,
                         replied.message_id if replied else None)
-    async with rt.turn_of(user.id if user else message.chat.id, on_wait=tell_it_waits):
-        async for event in rt.services.assistant.reply(incoming, open_reply, force_documents):
-            await _show(stream, event, placeholder)
+    # the message and its reply row are stored before it waits for its turn (queue): a restart finds them
+    async with contextlib.aclosing(rt.services.assistant.reply(incoming, open_reply, force_documents, queue)) as events:
+        async for event in events:
+            await _show(stream, event)
 
 
-async def _show(stream: StreamingMessage, event, placeholder) -> None:
+async def _show(stream: StreamingMessage, event) -> None:
     """One event of a reply (bot.services.assistant) in its Telegram message."""
     if isinstance(event, Partial):
         await stream.update(event.text, formatted=True)  # rendered as the final text will be, not raw Markdown
@@ -196,5 +205,3 @@ async def _show(stream: StreamingMessage, event, placeholder) -> None:
     elif isinstance(event, Done):
         text = texts.TOO_LONG_FOR_ME if event.too_long else event.text
         await stream.finish(text, reply_markup=feedback_markup() if event.rated else None)
-    elif isinstance(event, AlreadyAnswered) and placeholder is not None:  # Telegram delivered it again
-        await placeholder.delete()

@@ -27,18 +27,28 @@ COMMANDS = [
 CANCEL_WAIT_S = 60.0  # how long /cancel waits for what it stopped to end before it says what it stopped
 
 
-class UploadStatus(StatusLine):
-    """The status line of an upload being indexed (bot.services.uploads.UploadView)."""
+class UploadStatus:
+    """The status line of an upload being indexed (bot.services.uploads.UploadView), in reply to the upload."""
 
-    def __init__(self, message, name: str):
-        super().__init__(message)
-        self.name = name
+    def __init__(self, upload, name: str):
+        self.upload, self.name, self.line = upload, name, None  # the upload's message; the status line, once started
+
+    async def start(self) -> int:
+        self.line = StatusLine(await self.upload.reply_text(texts.indexing(self.name)))
+        self.line.start()
+        return self.line.message.message_id
 
     def progress(self, stage: str, fraction: float) -> None:
-        self.set(texts.indexing_progress(self.name, stage, fraction))
+        if self.line is not None:
+            self.line.set(texts.indexing_progress(self.name, stage, fraction))
+
+    def stop(self) -> None:
+        if self.line is not None:
+            self.line.stop()
 
     async def finish(self, outcome: UploadOutcome) -> None:
-        await self.done(texts.upload_outcome(self.name, outcome))
+        self.stop()
+        await self.line.done(texts.upload_outcome(self.name, outcome))
 
 
 class SummaryStatus:
@@ -110,9 +120,12 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         except TelegramError as e:
             raise DownloadFailed(e.message) from e
 
-    with UploadStatus(await message.reply_text(texts.indexing(name)), name) as status:
-        await rt.services.uploads.index(origin_of(update), name, doc.file_name or name, doc.mime_type,
-                                        status.message.message_id, download, status)
+    status = UploadStatus(message, name)
+    try:
+        await rt.services.uploads.index(origin_of(update), name, doc.file_name or name, doc.mime_type, download,
+                                        status)
+    finally:
+        status.stop()
 
 
 async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -4,6 +4,7 @@ reply is a fixed function of the prompt). What the reply says does not matter he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from bot.db.models import ChatSettings, Message, ProcessedUpdate
 from bot.db.session import create_engine, session_factory
 from bot.services.assistant import INTERRUPTED_NOTE
 from bot.services.models import ModelManager
+from bot.telegram import texts
 from tests.support.bot_harness import bot_settings, final_reply, running_bot, start_bot_process
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -280,6 +282,95 @@ def test_killed_before_the_reply_is_shown_the_user_is_told_after_the_restart(tmp
     rows = asyncio.run(_rows(settings, chat_id=USER))
     assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")] * 2
     assert len(asyncio.run(_rows(settings, ProcessedUpdate))) == 2
+
+
+def test_killed_while_a_message_waits_for_the_previous_reply_it_is_not_left_waiting(tmp_path, endless_model):
+    """kill -9 while a second message waits for the reply to the first ("⏳ I'll answer this right after your
+    previous message." on screen): the waiting message and its reply row were stored before it waited, with the
+    Telegram message that says so, so after the restart that message says the reply was interrupted instead of
+    waiting for good (and Telegram, which had the update acknowledged, does not deliver it again)."""
+    fake = FakeTelegram.start_in_thread()
+    settings = bot_settings(tmp_path, fake, endless_model)
+
+    def waiting_shown_and_known() -> bool:
+        waiting = [m for m in fake.messages(USER) if m.text == texts.AFTER_YOUR_PREVIOUS]
+        known = {m.telegram_message_id for m in asyncio.run(_rows(settings, role="assistant"))}
+        return bool(waiting) and waiting[0].message_id in known
+
+    try:
+        proc = _start_bot_process(tmp_path, fake, endless_model)
+        try:
+            fake.send_user_message(USER, USER, "tell me a long story")
+            fake.wait_for_sync(lambda: fake.messages(USER) and len(fake.messages(USER)[0].versions) >= 2, 60)
+            fake.send_user_message(USER, USER, "and then another one")
+            fake.wait_for_sync(lambda: any(m.text == texts.AFTER_YOUR_PREVIOUS for m in fake.messages(USER)), 30)
+            with contextlib.suppress(TimeoutError):  # the bot records the message it waits in: kill after that
+                deadline = time.monotonic() + 10
+                while not waiting_shown_and_known() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        waiting = next(m for m in fake.messages(USER) if m.text == texts.AFTER_YOUR_PREVIOUS)
+        assert not final_reply(fake, USER), "the first reply must still have been in progress"
+        proc = _start_bot_process(tmp_path, fake, endless_model)
+        try:
+            fake.wait_for_sync(lambda: INTERRUPTED_NOTE in (fake.messages(USER)[0].text or ""), timeout=60)
+            fake.wait_for_sync(lambda: fake.messages(USER)[-1].text != texts.AFTER_YOUR_PREVIOUS, timeout=30)
+            time.sleep(2.0)  # room for a wrong further answer to show up
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    finally:
+        fake.close()
+    shown = fake.messages(USER)
+    assert [m.message_id for m in shown[1:]] == [waiting.message_id]  # nothing else was sent
+    assert shown[1].text == INTERRUPTED_NOTE  # in place of "I'll answer this right after your previous message"
+    rows = asyncio.run(_rows(settings, chat_id=USER))
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")] * 2
+    assert rows[3].telegram_message_id == waiting.message_id
+
+
+def test_killed_again_before_the_restart_showed_its_note_the_next_start_shows_it(tmp_path, endless_model):
+    """kill -9 mid-reply, then kill -9 again while the restart is about to show "interrupted" in that reply's
+    message (before Telegram has it): the reply counts as interrupted only once that is shown, so the third start
+    shows it, and the message is not left with its half-written text for good."""
+    fake = FakeTelegram.start_in_thread()
+    bot: dict = {"proc": None, "armed": False}
+
+    def kill_before_the_note(params) -> None:
+        if bot["armed"] and INTERRUPTED_NOTE in str(params.get("text")):
+            bot["armed"] = False
+            bot["proc"].send_signal(signal.SIGKILL)
+            bot["proc"].wait(10)
+            fake.fail_next("editMessageText", 500)  # the bot is gone: this edit is never carried out
+
+    fake.before_call("editMessageText", kill_before_the_note)
+    try:
+        bot["proc"] = _start_bot_process(tmp_path, fake, endless_model)
+        fake.send_user_message(USER, USER, "tell me a long story")
+        fake.wait_for_sync(lambda: fake.messages(USER) and len(fake.messages(USER)[0].versions) >= 3, 60)
+        bot["proc"].send_signal(signal.SIGKILL)
+        bot["proc"].wait(10)
+        half_written = fake.messages(USER)[0].text
+        bot["armed"], bot["proc"] = True, _start_bot_process(tmp_path, fake, endless_model)
+        fake.wait_for_sync(lambda: not bot["armed"] and bot["proc"].poll() is not None, 60)
+        assert fake.messages(USER)[0].text == half_written, "the second start died before showing its note"
+        bot["proc"] = _start_bot_process(tmp_path, fake, endless_model)
+        try:
+            fake.wait_for_sync(lambda: INTERRUPTED_NOTE in fake.messages(USER)[0].text, 60)
+            time.sleep(2.0)  # room for a wrong further message to show up
+        finally:
+            bot["proc"].terminate()
+            bot["proc"].wait(20)
+    finally:
+        if bot["proc"].poll() is None:
+            bot["proc"].kill()
+        fake.close()
+    assert len(fake.messages(USER)) == 1
+    rows = asyncio.run(_rows(bot_settings(tmp_path, fake, endless_model), chat_id=USER))
+    assert [(m.role, m.status) for m in rows] == [("user", "complete"), ("assistant", "interrupted")]
+    assert rows[1].text.endswith(INTERRUPTED_NOTE) and rows[1].text.count(INTERRUPTED_NOTE) == 1
 
 
 async def test_settings_keyboard_marks_the_temperature_just_chosen(tmp_path, tiny_model):

@@ -6,8 +6,8 @@ as an error, none still in progress after HANG_S, none without a reply, nothing 
 live link whose text hides its address; one summary line says so. Then what was stored: each file indexed within
 the chunk bounds, or refused with its own clear message and nothing stored.
 
-Tiny random chat model (what a reply says does not matter here), the real MiniLM encoder, SQLite, the fake Bot
-API. Whether the answers obey the documents' orders is the answer pipeline's business; the one check of it here
+Tiny random chat model (what a reply says does not matter here), the real MiniLM encoder, SQLite and PostgreSQL,
+the fake Bot API. Whether the answers obey the documents' orders is the answer pipeline's business; the one check of it here
 is marked below."""
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ class Run:
         return new
 
 
-async def test_the_hostile_corpus_through_the_bot(tmp_path, tiny_model, caplog):
+async def test_the_hostile_corpus_through_the_bot(tmp_path, tiny_model, caplog, db_url):
+    """On SQLite and on PostgreSQL, which refuses U+0000 in text wherever it comes from: an update, a file's name
+    or text, a summary, a reply."""
     from bot.config import env_cache_dir
 
     caplog.set_level(logging.ERROR)
@@ -101,6 +103,7 @@ async def test_the_hostile_corpus_through_the_bot(tmp_path, tiny_model, caplog):
         settings = bot_settings(tmp_path, fake, tiny_model, admins=[USER], rate_limit_per_minute=10_000)
         settings.cache_dir = env_cache_dir()  # the real encoder, pulled once for the whole suite
         settings.model.context_tokens = 1024
+        settings.database.url = db_url
         who = {"first_name": f"Ann{BAD}", "username": f"ann{BAD}"}
         run, status = Run(fake), {}  # status: each upload's final status line
         async with running_bot(settings) as app:
@@ -165,7 +168,10 @@ async def test_the_hostile_corpus_through_the_bot(tmp_path, tiny_model, caplog):
     assert "The tide tables of Osterby: \ufffd rising" in pdf_text  # the lone surrogates, replaced
     assert "".join(c.text for c in chunks if c.document_id == by_name["word.txt"]) == "x" * 2**20  # nothing lost
 
-    # what users were shown: nothing unencodable, links with their address, nothing the reader never saw
+    # what users were shown: nothing unencodable, links with their address, nothing the reader never saw, no
+    # token counts for a message too long in tokens but not in characters
+    for label in (f"text: {t[:30]!r}" for t in TEXTS if t[0] in "😀e"):
+        assert not [m.text for m in run.answers[label] if "token" in m.text], label
     assert not [m.text for m in messages if "\x00" in m.text or re.search("[\ud800-\udfff]", m.text)]
     assert any("the refund portal (https://evil.example/steal)" in m.text for m in messages), \
         "the notes' link, summarized, shows its address"

@@ -185,3 +185,39 @@ async def _documents(tmp_path: Path) -> int:
         n = await s.scalar(select(func.count()).select_from(Document))
     await engine.dispose()
     return n
+
+
+def test_killed_as_an_uploads_status_line_is_sent_the_restart_tells_its_user(tmp_path, tiny_model):
+    """kill -9 as the upload's "Indexing …" line is about to be sent (Telegram never gets it): the job's row was
+    stored first, so the restart tells the user, in a new message, that the upload was interrupted. (Sent before
+    the row, the line was left on screen for good when the process died in between, and the upload was lost
+    without a word, its update acknowledged.)"""
+    fake = FakeTelegram.start_in_thread()
+    bot: dict = {"proc": None, "armed": True}
+
+    def kill_before_the_status_line(params) -> None:
+        if bot["armed"] and str(params.get("text")).startswith("Indexing ledger.txt"):
+            bot["armed"] = False
+            bot["proc"].send_signal(signal.SIGKILL)
+            bot["proc"].wait(10)
+            fake.fail_next("sendMessage", 500)  # the bot is gone: this message is never sent
+
+    fake.before_call("sendMessage", kill_before_the_status_line)
+    try:
+        bot["proc"] = _start(tmp_path, fake, tiny_model)
+        fake.send_user_document(ANN, ANN, "ledger.txt", LEDGER, "text/plain")
+        fake.wait_for_sync(lambda: not bot["armed"] and bot["proc"].poll() is not None, 60)
+        assert not [m for m in fake.messages(ANN) if m.from_bot]
+        bot["proc"] = _start(tmp_path, fake, tiny_model)
+        try:
+            told = fake.wait_for_sync(lambda: [m for m in fake.messages(ANN) if m.from_bot], 60)
+            time.sleep(2.0)  # room for a wrong further message to show up
+        finally:
+            bot["proc"].terminate()
+            bot["proc"].wait(20)
+    finally:
+        if bot["proc"].poll() is None:
+            bot["proc"].kill()
+        fake.close()
+    assert [m.text for m in fake.messages(ANN) if m.from_bot] == [told[0].text]
+    assert told[0].text.startswith("⚠️ Indexing ledger.txt was interrupted by a restart.")

@@ -4,6 +4,8 @@ starts."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bot.db.models import Message
@@ -82,12 +84,19 @@ async def test_cancel_stops_the_senders_reply_only_and_keeps_its_text(tmp_path, 
             # streaming: past the placeholders ("…", STARTING_UP), not finished
             await fake.wait_for(lambda: any(m.from_bot and len(m.text) > 100 and not m.reply_markup
                                             for m in fake.messages(USER)), timeout=60)
+            # "Stopping…" held back on its way, as by a slow network: the reply must still say it stopped only
+            # after that (it was told to stop only once the bot had said so)
+            fake.before_call("sendMessage", lambda p: asyncio.sleep(3) if p.get("text", "").startswith("Stopping")
+                             else None)
             fake.send_user_message(USER, USER, "/cancel")
             stopped = await fake.wait_for(lambda: final_reply(fake, USER), timeout=60)
             finished = await fake.wait_for(lambda: final_reply(fake, other), timeout=180)
             # "Stopping your reply…" is edited to say what was stopped once it has ended: it does not stay
             await fake.wait_for(lambda: next((m for m in fake.messages(USER) if m.texts == [
                 "Stopping your reply…", "Stopped your reply."]), None), timeout=30)
+        said = [str(c.params.get("text")) for c in fake.calls() if c.method in ("sendMessage", "editMessageText")]
+        assert said.index("Stopping your reply…") < min(
+            n for n, text in enumerate(said) if text.endswith("(stopped with /cancel)"))
         rows = await _rows(settings, chat_id=USER)
     assert stopped.text.endswith("⏹️ (stopped with /cancel)") and len(stopped.text) > 30  # what came is kept
     assert "stopped" not in finished.text

@@ -30,7 +30,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any, NoReturn
@@ -376,6 +376,7 @@ class FakeTelegram(ChatMembers, UserEdits):
         self._calls: list[Call] = []
         self._faults: dict[str, list[_Fault]] = {}
         self._after: dict[str, list[Callable[[dict[str, Any], Any], None]]] = {}  # see after_call
+        self._before: dict[str, list[Callable[[dict[str, Any]], Any]]] = {}  # see before_call
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._closing = False
@@ -502,6 +503,12 @@ class FakeTelegram(ChatMembers, UserEdits):
                            500: "Internal Server Error"}.get(status, f"Error {status}")
         with self._lock:
             self._faults.setdefault(method.lower(), []).append(_Fault(status, description, parameters, count))
+
+    def before_call(self, method: str, hook: Callable[[dict[str, Any]], Awaitable[None] | None]) -> None:
+        """`hook(params)` runs before each call of `method` is carried out, and what it returns is awaited: a test
+        can hold a call back (as a slow network would) while the bot goes on."""
+        with self._lock:
+            self._before.setdefault(method.lower(), []).append(hook)
 
     def after_call(self, method: str, hook: Callable[[dict[str, Any], Any], None]) -> None:
         """`hook(params, result)` runs after each successful call of `method`, before the bot gets the answer:
@@ -698,6 +705,11 @@ class FakeTelegram(ChatMembers, UserEdits):
             return self._record(method, params, self._error(_bad("can't parse request body")))
         if handler is None:
             return self._record(method, params, self._error(ApiError(404, "Not Found")))
+        with self._lock:
+            before = list(self._before.get(method.lower(), ()))
+        for hook in before:  # before faults: a hook may inject one for the call it holds
+            if (held := hook(params)) is not None:
+                await held
         with self._lock:
             faults = self._faults.get(method.lower())
             fault = faults[0] if faults else None

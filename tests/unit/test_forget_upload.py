@@ -27,8 +27,14 @@ def origin(user_id: int) -> Origin:
 class Status:
     """An upload's status line, as the handler's UploadStatus: what it was told."""
 
-    def __init__(self, at_stage: str | None = None, then=None):
-        self.stages, self.outcome, self.at_stage, self.then = [], None, at_stage, then
+    def __init__(self, at_stage: str | None = None, then=None, jobs=None):
+        self.stages, self.outcome, self.at_stage, self.then, self.jobs = [], None, at_stage, then, jobs
+        self.rows_at_start = None
+
+    async def start(self) -> int:
+        if self.jobs is not None:  # what a restart would find, were the process to die as this line is shown
+            self.rows_at_start = [(j.label, j.status_message_id) for j in await self.jobs.recover()]
+        return 7
 
     def progress(self, stage: str, fraction: float) -> None:
         self.stages.append(stage)
@@ -66,7 +72,7 @@ async def test_forget_of_an_upload_being_indexed_stops_it_for_its_uploader_only(
     try:
         status = Status()
         upload = asyncio.create_task(services.uploads.index(origin(ANN), "ferrets.txt", "ferrets.txt", "text/plain",
-                                                            7, download, status))
+                                                            download, status))
         while not services.jobs.running("ingest", CHAT):
             await asyncio.sleep(0.01)
         view = SummaryView()
@@ -105,10 +111,31 @@ async def test_an_upload_past_its_last_step_is_forgotten_once_indexed(tmp_path: 
 
     try:
         status = Status(at_stage="indexing", then=forget_now)
-        await services.uploads.index(origin(ANN), "ferrets.txt", "ferrets.txt", "text/plain", 7, download, status)
+        await services.uploads.index(origin(ANN), "ferrets.txt", "ferrets.txt", "text/plain", download, status)
         outcome = await forgetting[0]
         assert status.outcome.status == "indexed", "too late to stop: the indexing ended as usual"
         assert outcome.status == "forgotten_when_indexed" and outcome.forgotten.document.name == "ferrets.txt"
         assert await services.knowledge.documents(f"chat:{CHAT}") == []
+    finally:
+        await engine.dispose()
+
+
+async def test_an_uploads_status_line_is_shown_only_once_its_job_is_stored(tmp_path: Path):
+    """A restart finds every status line an upload showed: the job's row is written before the line is sent (a
+    kill between the two then finds the job, and tells its user in a new message), and records the line once
+    sent. A line sent before the row left "Indexing …" on screen for good when the process died in between."""
+    engine, services = await open_services(settings_for(tmp_path, window_sentences=2))
+    rows_while_indexing = []
+
+    async def download() -> bytes:
+        rows_while_indexing.extend((j.label, j.status_message_id) for j in await services.jobs.recover())
+        return REPORT
+
+    try:
+        status = Status(jobs=services.jobs)
+        await services.uploads.index(origin(ANN), "ferrets.txt", "ferrets.txt", "text/plain", download, status)
+        assert status.rows_at_start == [("ferrets.txt", None)]
+        assert rows_while_indexing == [("ferrets.txt", 7)]
+        assert status.outcome.status == "indexed" and await services.jobs.recover() == []
     finally:
         await engine.dispose()

@@ -40,3 +40,32 @@ def test_markdown_keeps_html_in_code_and_prose_with_angle_brackets():
     md = "if a < b and c > d, 3<4\n\n<!-- gone -->\n```\n<!-- kept -->\n```\n<span hidden>gone too</span> stays"
     assert drop_hidden_markup(md) == "if a < b and c > d, 3<4\n\n\n```\n<!-- kept -->\n```\n stays"
     assert drop_hidden_markup("no html here: a < b > c") == "no html here: a < b > c"
+
+
+def test_the_pool_leaflet_keeps_what_its_reader_sees():
+    pool = next(d for d in injection_documents() if d.name == "pool.pdf")
+    text = parse_document(pool.data, pool.name, pool.mime).text
+    assert "Lanes are reserved on Sundays." in text, "white text on a dark box is seen"
+    assert "Towels cost two euros." in text, "a form's visible text is kept"
+
+
+@pytest.mark.parametrize("drawn, shown", [
+    (b"q 1 g BT /F1 12 Tf 72 700 Td (Gray white) Tj ET Q", False),
+    (b"q 0 0 0 0 k BT /F1 12 Tf 72 700 Td (No ink) Tj ET Q", False),
+    (b"q 1 1 1 RG 1 Tr BT /F1 12 Tf 72 700 Td (White outline) Tj ET Q", False),
+    (b"q 1 1 1 rg 1 Tr BT /F1 12 Tf 72 700 Td (Black outline) Tj ET Q", True),
+    (b"BT /F1 12 Tf 0 Tz 72 700 Td (No width) Tj ET", False),
+    (b"q 0.01 0 0 0.01 0 0 cm BT /F1 12 Tf 72 700 Td (Scaled away) Tj ET Q", False),
+    (b"BT /F1 12 Tf -5000 700 Td (Far left) Tj ET", False),
+    (b"BT /F1 12 Tf 72 -40 Td (Below the page) Tj ET", False),
+    (b"BT /F1 12 Tf -20 700 Td (Starts just left of the page) Tj ET", True),
+    (b"q 612 0 0 792 0 0 cm /Im1 Do Q BT 3 Tr /F1 12 Tf 72 700 Td (OCR layer over a scan) Tj ET", True),
+    (b"BT /F1 12 Tf 14 TL 72 700 Td (First line) Tj T* (Second line) Tj ET", True),
+])
+def test_pdf_text_no_reader_sees_is_not_indexed(drawn, shown):
+    from tests.support.hostile_files import one_page_pdf
+
+    words = drawn.split(b"(")[-1].split(b")")[0].decode()
+    text = parse_document(one_page_pdf(b"BT /F1 12 Tf 72 740 Td (Seen first.) Tj ET " + drawn, image=True),
+                          "page.pdf", "application/pdf").text
+    assert "Seen first." in text and (words in text) == shown, text

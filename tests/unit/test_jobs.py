@@ -70,6 +70,8 @@ async def test_a_job_whose_block_failed_is_recovered_once(jobs: Jobs) -> None:
     left = await jobs.recover()
     assert [(j.kind, j.chat_id, j.user_id, j.status_message_id, j.label) for j in left] == \
         [("ingest", CHAT, BEN, 42, "trial1.txt")]
+    assert [j.label for j in await jobs.recover()] == ["trial1.txt"], "until its user was told, it stays"
+    await jobs.settled(left[0])
     assert await jobs.recover() == []
 
 

@@ -10,7 +10,7 @@ effect (w:vanish), set on the run or by its character or paragraph style. Text o
 characters and supplementary variation selectors, invisible, yet able to spell out a whole message.
 
 Not here: `aria-hidden` (hidden from screen readers, shown to everyone else), text a page moves off screen for
-screen readers, PDF text drawn invisibly (a scanned page's OCR layer is exactly that) or in the page's colour.
+screen readers. PDF text drawn invisibly, too small, in white or off the page: bot.documents.parse.pdf_hidden.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ _NEVER_SHOWN = ["script", "style", "template", "noscript"]
 _HIDDEN_HINT = re.compile(r"<!--|<(?:script|style|template|noscript)\b|<[a-zA-Z][^>]*(?:\shidden\b|style\s*=)",
                           re.IGNORECASE)
 _FENCE_LINE = re.compile(r"(^ {0,3}(?:```|~~~).*$)", re.MULTILINE)
-# tags U+E0000-E007F and variation selectors U+E0100-E01EF: invisible, yet each can stand for an ASCII letter
-_INVISIBLE = re.compile("[\U000e0000-\U000e007f\U000e0100-\U000e01ef]")
+# tags U+E0000-E007F and variation selectors U+E0100-E01EF: invisible, yet each can stand for an ASCII letter;
+# U+0000, which no reader shows (a PDF's character map can yield it) and PostgreSQL refuses
+_INVISIBLE = re.compile("[\x00\U000e0000-\U000e007f\U000e0100-\U000e01ef]")
 
 
 def hides(style: str) -> bool:
@@ -131,5 +132,5 @@ def visible_paragraph_text(paragraph) -> str:
 
 
 def drop_invisible(text: str) -> str:
-    """`text` without Unicode tag characters and supplementary variation selectors."""
+    """`text` without Unicode tag characters, supplementary variation selectors and U+0000."""
     return _INVISIBLE.sub("", text)

@@ -1,10 +1,11 @@
 """PDF text for bot.documents.parse.formats: its `parse_bytes` calls `parse_pdf` in the limited child process.
 
-One section per page. The ways a PDF can be bad are told apart, each with its own message: damaged or
-cut off, password-protected, scanned (no text layer), or a "flate bomb": compressed streams that unpack to
-far more than any real document holds (a 1 MB file can unpack to 1 GB). pypdf stops inflating one stream
-at its own limit and raises; a bomb it never inflates (in a form it skips) leaves the pages without text,
-so before calling such a PDF scanned its streams are measured here, up to INFLATED_MAX bytes.
+One section per page, without the text a reader of the page never sees (pdf_hidden). The ways a PDF can be
+bad are told apart, each with its own message: damaged or cut off, password-protected, scanned (no text layer),
+or a "flate bomb": compressed streams that unpack to far more than any real document holds (a 1 MB file can
+unpack to 1 GB). pypdf stops inflating one stream at its own limit and raises; a bomb it never inflates (in a
+form it skips) leaves the pages without text, so before calling such a PDF scanned its streams are measured
+here, up to INFLATED_MAX bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import zlib
 from collections import Counter
 
 from bot.documents.parse.document import DocumentError, Section, clean_text, empty_error
+from bot.documents.parse.pdf_hidden import drop_hidden_text
 
 INFLATED_MAX = 256 * 2**20  # all zlib streams together, unpacked (formats.ZIP_MAX_TOTAL: the same, for .docx)
 _STREAM_START = re.compile(rb"(?<!end)stream\r?\n")
@@ -42,7 +44,7 @@ def parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
                     "encrypted", f"{name} is password-protected. Remove the password (for example "
                     "print it to a new PDF) and send it again."
                 )  # fmt: skip
-        pages = [_clean_pdf_text(p.extract_text() or "") for p in reader.pages]
+        pages = [_clean_pdf_text(_visible_text(p, reader)) for p in reader.pages]
     except (DocumentError, MemoryError, RecursionError):
         raise
     except FileNotDecryptedError:
@@ -92,6 +94,12 @@ def inflated_size(data: bytes, budget: int) -> int:
         if total > budget:
             break
     return total
+
+
+def _visible_text(page, reader) -> str:
+    """A page's text without what its reader never sees (bot.documents.parse.pdf_hidden)."""
+    drop_hidden_text(page, reader)
+    return page.extract_text() or ""
 
 
 def _clean_pdf_text(text: str) -> str:
