@@ -166,12 +166,16 @@ class Message(Base):
 
 
 class ProcessedUpdate(Base):
-    """Telegram update ids already handled; written in the same transaction as the user message."""
+    """Telegram updates already handled, keyed on what the update is (bot.telegram.incoming.update_key: its chat,
+    message and kind, or a hash of its content), never on the Bot API's update id alone: that numbering restarts
+    (a new token) and is shared by every chat, so it cannot tell two updates apart. A text message's key is written
+    in the same transaction as the message; other updates claim theirs before any handler runs."""
 
     __tablename__ = "processed_updates"
 
-    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    chat_id: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    update_id: Mapped[int | None] = mapped_column(BigInteger)  # as Telegram numbered it, for the logs
+    chat_id: Mapped[int | None] = mapped_column(BigInteger)
     processed_at: Mapped[datetime] = created_at()
 
 
