@@ -60,6 +60,9 @@ class TelegramSettings:
 @dataclass
 class DatabaseSettings:
     url: str = ""  # empty = sqlite file in the data dir
+    # replicas on one PostgreSQL database: how long work in progress stays a dead replica's before another takes
+    # it over (bot.services.leases); renewed every third of it
+    lease_s: float = 30.0
 
 
 @dataclass

@@ -4,12 +4,14 @@ history a prompt is built from, and users' 👍/👎 feedback on replies. Conven
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.chats import conversation_for_update
+from bot.db.leases import Lease, take_abandoned
 from bot.db.models import Feedback, Message, MessageStatus, ProcessedUpdate
 from bot.db.session import check_choice, upsert
 
@@ -43,12 +45,14 @@ async def record_update_and_turn(
     text: str,
     telegram_message_id: int | None,
     reply_to_telegram_message_id: int | None = None,
+    lease: Lease | None = None,
 ) -> tuple[Message, Message] | None:
-    """Store an incoming user message, the empty "streaming" row of the reply to it, and mark its update
-    processed, all in one transaction: an update never counts as handled without a reply row that a restart can
-    find (and answer or mark interrupted). (question, reply), or None when the update was already processed."""
+    """Store an incoming user message, the empty "streaming" row of the reply to it (held under `lease`), and mark
+    its update processed, all in one transaction: an update never counts as handled without a reply row that a
+    restart can find (and answer or mark interrupted). (question, reply), or None when the update was already
+    processed."""
     return await _record_update(session, update_key, chat_id, user_id, text, telegram_message_id,
-                                reply_to_telegram_message_id, with_reply=True)
+                                reply_to_telegram_message_id, with_reply=True, lease=lease)
 
 
 async def claim_update(session: AsyncSession, update_key: str | int, update_id: int | None = None,
@@ -66,7 +70,7 @@ async def claim_update(session: AsyncSession, update_key: str | int, update_id: 
 
 async def _record_update(session: AsyncSession, update_key: str | int, chat_id: int, user_id: int | None, text: str,
                          telegram_message_id: int | None, reply_to_telegram_message_id: int | None,
-                         with_reply: bool) -> tuple[Message, Message | None] | None:
+                         with_reply: bool, lease: Lease | None = None) -> tuple[Message, Message | None] | None:
     if not await claim_update(session, update_key, chat_id=chat_id, commit=False):
         return None
     try:
@@ -86,7 +90,8 @@ async def _record_update(session: AsyncSession, update_key: str | int, chat_id: 
         if with_reply:
             await session.flush()  # the question's id first: replies are found after their question, by id
             reply = Message(conversation_id=conversation.id, chat_id=chat_id, role="assistant", text="",
-                            status="streaming", reply_to_telegram_message_id=telegram_message_id)
+                            status="streaming", reply_to_telegram_message_id=telegram_message_id,
+                            **(lease.values() if lease else {}))
             session.add(reply)
         await session.commit()
     except BaseException:
@@ -183,10 +188,11 @@ async def history(session: AsyncSession, conversation_id: int, limit: int = 50) 
     return list(reversed(newest.all()))
 
 
-async def interrupted_messages(session: AsyncSession) -> list[Message]:
-    """Messages still "streaming": replies cut off by a crash or restart, to be marked interrupted."""
-    rows = await session.scalars(select(Message).where(Message.status == "streaming").order_by(Message.id))
-    return list(rows)
+async def interrupted_messages(session: AsyncSession, lease: Lease | None = None,
+                               now: datetime | None = None) -> list[Message]:
+    """Messages still "streaming" whose lease expired before `now` (all, when `now` is None: a single process):
+    replies cut off by a crash or restart, now held by `lease`, to be delivered or marked interrupted."""
+    return await take_abandoned(session, Message, lease or Lease("", datetime.now(UTC)), now)
 
 
 # ---- feedback -----------------------------------------------------------------------------------

@@ -163,6 +163,9 @@ class Message(Base):
     # Set when a document this turn drew on was forgotten: the row stays (the chat's record), but it is never
     # again sent to the model nor exported for training (bot.db.sources).
     forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # the replica whose work this row is (a reply being written), and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ProcessedUpdate(Base):
@@ -200,6 +203,9 @@ class Document(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="indexing", server_default="indexing")
     created_at: Mapped[datetime] = created_at()
+    # the replica whose work this row is (a document being indexed), and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     chunks: Mapped[list[Chunk]] = relationship(
         back_populates="document", cascade="all, delete-orphan", passive_deletes=True, order_by="Chunk.ordinal"
@@ -237,7 +243,7 @@ class MessageSource(Base):
 
 class Job(Base):
     """A long job in progress (an upload being indexed, a summary being written) and the Telegram message that
-    shows its progress. The row is deleted when the job has told its user how it ended; a row found at start-up
+    shows its progress. The row is deleted when the job has told its user how it ended; a row whose lease expired
     belongs to a job a crash or restart cut off (bot.services.jobs)."""
 
     __tablename__ = "jobs"
@@ -250,6 +256,9 @@ class Job(Base):
     status_message_id: Mapped[int | None] = mapped_column(BigInteger)
     label: Mapped[str] = mapped_column(Text)  # what the job is about, as its user named it: a file name
     created_at: Mapped[datetime] = created_at()
+    # the replica whose work this row is, and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Feedback(Base):

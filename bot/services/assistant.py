@@ -220,7 +220,7 @@ class Assistant:
             await record_origin(s, msg.origin)
             return await messages_db.record_update_and_turn(
                 s, msg.update_key, msg.origin.chat_id, msg.origin.user_id, msg.text, msg.telegram_message_id,
-                msg.reply_to_telegram_message_id)
+                msg.reply_to_telegram_message_id, lease=self.jobs.leases.lease())
 
     async def sampling_for(self, chat_id: int) -> GenerationConfig:
         """The configured generation settings at the chat's temperature."""
@@ -296,7 +296,8 @@ class Assistant:
         """
         finished, cut = [], []
         async with self.sessions() as s:
-            for m in await messages_db.interrupted_messages(s):
+            leases = self.jobs.leases
+            for m in await messages_db.interrupted_messages(s, leases.lease(), leases.expired_before()):
                 if m.token_count is not None:
                     finished.append(m)
                     continue

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import jobs as db
+from bot.db.leases import take_abandoned
 from bot.db.models import Job
+from bot.services.leases import Leases
 
 CANCELLED = "cancelled"  # why a job stopped: a user's /cancel ...
 SHUTDOWN = "shutdown"    # ... or the bot stopping
@@ -52,8 +54,9 @@ class Running:
 
 
 class Jobs:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], leases: Leases | None = None):
         self.sessions = sessions
+        self.leases = leases or Leases(sessions, 30.0, shared=False)
         self._running: dict[int, Running] = {}  # by SQL id
         self._replies: list[Running] = []  # replies being written (`replying`)
         self.stopping = False
@@ -67,7 +70,7 @@ class Jobs:
         if self.stopping:
             job.stop(SHUTDOWN)
         async with self.sessions() as s:
-            row = await db.add_job(s, kind, chat_id, user_id, status_message_id, label)
+            row = await db.add_job(s, kind, chat_id, user_id, status_message_id, label, self.leases.lease())
         self._running[row.id] = job
         try:
             yield job
@@ -110,10 +113,11 @@ class Jobs:
         return len(self._running)
 
     async def recover(self) -> list[Job]:
-        """Jobs an earlier process left unfinished (it died before it could say how they ended); their rows
-        are removed, so each is reported once."""
+        """Jobs a dead process left unfinished (it died before it could say how they ended: with one process,
+        every row a start finds; with replicas, the rows whose lease expired, bot.services.leases); their rows
+        are taken and removed, so each is reported once, by one replica."""
         async with self.sessions() as s:
-            left = await db.all_jobs(s)
+            left = await take_abandoned(s, Job, self.leases.lease(), self.leases.expired_before())
             for row in left:
                 await db.remove_job(s, row.id)
         return left

@@ -27,6 +27,7 @@ from bot.documents.chunk import chunk_document, sentence_windows
 from bot.documents.parse import ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
 from bot.services.evidence import Evidence, Passage, select
+from bot.services.leases import Leases, leases_for
 from lm.rank import BASELINES, hybrid_candidates, hybrid_scores, rank, window_cosines, word_idf
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ class Ingested:
 
 
 class KnowledgeBase:
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], leases: Leases | None = None):
         self.settings = settings
         self.sessions = sessions
+        self.leases = leases or leases_for(settings, sessions)
         self._encoder = None
         self._indexes: dict[str, object] = {}
         self._idfs: dict[str, tuple[str, dict[str, float]]] = {}  # scope -> (fingerprint, idf)
@@ -111,7 +113,7 @@ class KnowledgeBase:
             try:
                 document = await documents_db.begin_document(
                     s, scope=scope, name=parsed.name, mime=mime or parsed.kind, sha256=sha, size_bytes=len(data),
-                    chat_id=chat_id, user_id=user_id, pages=parsed.pages)
+                    chat_id=chat_id, user_id=user_id, pages=parsed.pages, lease=self.leases.lease())
             except documents_db.DuplicateDocumentError as dup:  # the same file arrived twice at once
                 return Ingested(dup.existing, dup.existing.chunk_count, dup.existing.pages, duplicate=True)
         try:
@@ -164,9 +166,10 @@ class KnowledgeBase:
             log.exception("could not delete the unfinished document %s", document.id)
 
     async def discard_unfinished(self, scope: str | None = None) -> list[str]:
-        """Delete the documents (of `scope`, or all) an earlier process was indexing when it died; their names."""
+        """Delete the documents (of `scope`, or all) a dead process was indexing (with replicas: whose lease
+        expired, never a live replica's upload in progress); their names."""
         async with self.sessions() as s:
-            names = await documents_db.discard_unfinished(s, scope)
+            names = await documents_db.discard_unfinished(s, scope, self.leases.lease(), self.leases.expired_before())
         if names:
             log.warning("deleted %d documents left half-indexed by an earlier run: %s", len(names), names)
         return names
