@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from bot.db.leases import Lease, take_abandoned
-from bot.db.models import Chunk, Document, DocumentStatus
-from bot.db.session import check_choice
+from bot.db.models import Chunk, Document, DocumentStatus, ScopeVersion
+from bot.db.session import check_choice, upsert
 
 # ---- documents and chunks -----------------------------------------------------------------------
 
@@ -193,10 +193,23 @@ async def add_chunks(session: AsyncSession, document_id: int, first_ordinal: int
 async def finish_document(session: AsyncSession, document_id: int) -> Document:
     """Mark a document ready, with the count of the chunks stored for it; commits."""
     count = await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id))
-    await session.execute(update(Document).where(Document.id == document_id)
-                          .values(status="ready", chunk_count=count))
+    scope = await session.scalar(update(Document).where(Document.id == document_id)
+                                 .values(status="ready", chunk_count=count).returning(Document.scope))
+    await bump_scope(session, scope)
     await session.commit()
     return await session.get(Document, document_id, populate_existing=True)
+
+
+async def bump_scope(session: AsyncSession, scope: str) -> None:
+    """The scope's set of ready documents changed: its version goes up, in the caller's transaction."""
+    stmt = upsert(session, ScopeVersion).values(scope=scope, version=1)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[ScopeVersion.scope],
+                                                     set_={"version": ScopeVersion.version + 1}))
+
+
+async def scope_version(session: AsyncSession, scope: str) -> int:
+    """The scope's version (0: never changed)."""
+    return await session.scalar(select(ScopeVersion.version).where(ScopeVersion.scope == scope)) or 0
 
 
 async def discard_document(session: AsyncSession, document_id: int) -> None:

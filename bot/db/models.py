@@ -212,6 +212,17 @@ class Document(Base):
     )
 
 
+class ScopeVersion(Base):
+    """How many times a scope's set of ready documents changed (an upload finished, a document forgotten), bumped
+    in the transaction that changed it. A replica's index files and the index in its memory are a cache of SQL
+    tagged with the version they were built at: one row read tells a replica that another changed the scope."""
+
+    __tablename__ = "scope_versions"
+
+    scope: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
 class Chunk(Base):
     __tablename__ = "chunks"
 

@@ -54,7 +54,7 @@ class KnowledgeBase:
         self.sessions = sessions
         self.leases = leases or leases_for(settings, sessions)
         self._encoder = None
-        self._indexes: dict[str, object] = {}
+        self._indexes: dict[str, tuple[int, object]] = {}  # scope -> (its version in SQL when built, index)
         self._idfs: dict[str, tuple[str, dict[str, float]]] = {}  # scope -> (fingerprint, idf)
         self._lock = threading.Lock()  # the encoder and the index files are used from worker threads
 
@@ -205,15 +205,22 @@ class KnowledgeBase:
     async def refresh(self, scope: str):
         """Open the scope's index, rebuilding it from SQL when it is missing, stale or corrupt.
 
-        Only the chunk ids are read when the index in memory is already current (every search calls this);
-        the fingerprint is lm.index's own, so an index on disk that matches SQL is loaded, not rebuilt.
+        Every search calls this, so that an upload or a /forget on any replica is seen before the next answer:
+        the index in memory is used while the scope's version in SQL (bot.db.models.ScopeVersion, one row) is
+        the one it was built at. Else the chunk ids are read: the fingerprint is lm.index's own, so an index on
+        disk that matches SQL is loaded, not rebuilt. The version is read first: a change committed after it
+        leaves the index tagged older than SQL, to be checked again at the next search.
         """
         from lm.index import fingerprint_ids, open_or_rebuild
 
         async with self.sessions() as s:
+            version = await documents_db.scope_version(s, scope)
+            cached_version, cached = self._indexes.get(scope, (None, None))
+            if cached is not None and cached_version == version:
+                return cached
             fingerprint = fingerprint_ids(await documents_db.ready_chunk_ids(s, scope))
-        cached = self._indexes.get(scope)
         if cached is not None and cached.fingerprint == fingerprint:
+            self._indexes[scope] = (version, cached)
             return cached
         await self._fill_windows(scope)
         async with self.sessions() as s:
@@ -225,7 +232,7 @@ class KnowledgeBase:
                 yield chunk_id, np.frombuffer(blob, dtype=np.float32) if blob else self.encoder.encode([text])[0], text
 
         index = await asyncio.to_thread(open_or_rebuild, self.index_dir(scope), dim, fingerprint, source)
-        self._indexes[scope] = index
+        self._indexes[scope] = (version, index)
         return index
 
     async def _fill_windows(self, scope: str) -> int:

@@ -28,6 +28,7 @@ TABLES = {
     "feedback",
     "message_sources",
     "jobs",
+    "scope_versions",
     "model_versions",
     "training_runs",
 }
@@ -113,7 +114,7 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT name, user_id FROM documents"))).all() == [("a.txt", 42)]
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"message_sources", "jobs"}
+    assert await tables(db_url) == TABLES - {"message_sources", "jobs", "scope_versions"}
     # 0005's downgrade rebuilds documents on SQLite to drop user_id: rows must survive.
     await downgrade(db_url, "0004_chunk_windows")
     engine = create_engine(db_url)
@@ -133,8 +134,8 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT current_conversation_id FROM chats"))).scalar() == 1
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "jobs", "model_versions",
-                                          "training_runs"}
+    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "jobs",
+                                             "scope_versions", "model_versions", "training_runs"}
     await downgrade(db_url, "base")
     assert await tables(db_url) == set()
 
