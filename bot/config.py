@@ -19,6 +19,10 @@ from typing import Any, get_type_hints
 @dataclass
 class ModelSettings:
     name: str = "smollm2-135m"  # a hub name or a path to a .gguf file / model directory
+    # "local": the model runs in this process; "openai": in the OpenAI-compatible workers at `url` (comma-separated
+    # base URLs such as http://host:8000/v1: `docent serve`, or llama.cpp's server, vLLM, Ollama)
+    backend: str = "local"
+    url: str = ""
     threads: int = 0  # torch intra-op threads; 0 = one per physical core
     weights: str = "int4"  # how loaded weights are kept: int4 (the GGUF's own 4-bit groups), int8, bf16 or fp32
     max_new_tokens: int = 512
