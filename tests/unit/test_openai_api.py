@@ -143,3 +143,33 @@ async def test_closing_a_stream_frees_its_place_in_the_batch(worker, model_and_s
             break
         await asyncio.sleep(0.05)
     assert model.server.load() == {**model.server.load(), "running": 0, "waiting": 0}
+
+
+@pytest.mark.integration
+async def test_embeddings_are_the_encoders_vectors(model_and_settings, tmp_path):
+    from bot.config import env_cache_dir
+    from lm import hub
+    from lm.encoder import Encoder
+
+    model, settings = model_and_settings
+    encoder_dir = hub.pull("minilm-l6", env_cache_dir())
+    with_encoder = Settings(data_dir=tmp_path, cache_dir=settings.cache_dir)
+    with_encoder.documents.encoder = str(encoder_dir)
+    runner = web.AppRunner(Worker(with_encoder, model).app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            got = (await client.post(url + "/embeddings", json={"input": ["a cat sat", "stock prices fell"]})).json()
+            one = (await client.post(url + "/embeddings", json={"input": "a cat sat"})).json()
+    finally:
+        await runner.cleanup()
+    expected = Encoder.load(encoder_dir).encode(["a cat sat", "stock prices fell"])
+    import numpy as np
+
+    vectors = np.array([d["embedding"] for d in got["data"]])
+    assert [d["index"] for d in got["data"]] == [0, 1]
+    assert np.allclose(vectors, expected, atol=1e-4)
+    assert np.allclose(one["data"][0]["embedding"], vectors[0], atol=1e-6)
