@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
@@ -194,7 +195,9 @@ def run_bot(settings: Settings) -> int:
     if tg.mode == "webhook":
         if not tg.webhook_url or not tg.webhook_secret:
             raise ValueError("webhook mode needs [telegram] webhook_url and webhook_secret")
+        # the replica listens at the path of the public URL, which a reverse proxy passes on unchanged
         app.run_webhook(listen=tg.webhook_listen, port=tg.webhook_port, webhook_url=tg.webhook_url,
+                        url_path=urlsplit(tg.webhook_url).path.strip("/"),
                         secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES, stop_signals=None)
     else:
         app.run_polling(allowed_updates=Update.ALL_TYPES, stop_signals=None)

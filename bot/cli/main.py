@@ -61,7 +61,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(settings, args.host, args.port))
+        asyncio.run(serve(settings, args.host, args.port, extensions=not args.standard_only))
     except KeyboardInterrupt:
         pass
     return 0
@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the chat model (and the encoder) over an OpenAI-compatible HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--standard-only", action="store_true",
+                   help="serve the standard OpenAI API only, without docent's extensions (queue position, span "
+                        "scoring), as a foreign server would: to check how replicas do with one")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("chat", help="chat with the model in the terminal")

@@ -42,9 +42,10 @@ def _error(status: int, message: str) -> web.Response:
 class Worker:
     """The HTTP application over one loaded ChatModel (and the encoder, loaded on the first embeddings call)."""
 
-    def __init__(self, settings: Settings, model: ChatModel):
+    def __init__(self, settings: Settings, model: ChatModel, extensions: bool = True):
         self.settings = settings
         self.model = model
+        self.extensions = extensions  # False: the standard API only, as a foreign server offers it
         self._encoder = None
         self._encoder_lock = threading.Lock()
 
@@ -55,9 +56,9 @@ class Worker:
             web.post("/v1/chat/completions", self.chat_completions),
             web.post("/v1/completions", self.completions),
             web.post("/v1/embeddings", self.embeddings),
-            web.get("/v1/docent/info", self.info),
-            web.post("/v1/docent/spans", self.spans),
         ])
+        if self.extensions:
+            app.add_routes([web.get("/v1/docent/info", self.info), web.post("/v1/docent/spans", self.spans)])
         return app
 
     # ---- requests ------------------------------------------------------------------------------
@@ -148,9 +149,9 @@ class Worker:
         choice.update({"delta": {"content": text} if text or event is None else {}} if chat else {"text": text})
         chunk: dict[str, Any] = {"id": ident, "object": kind + (".chunk" if chat else ""), "created": int(time.time()),
                                  "model": self.model.label, "choices": [choice]}
-        if isinstance(event, Queued):
+        if self.extensions and isinstance(event, Queued):
             chunk["docent"] = {"queued": event.ahead}
-        elif isinstance(event, Started):
+        elif self.extensions and isinstance(event, Started):
             chunk["docent"] = {"started": True}
         return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
@@ -185,12 +186,12 @@ class Worker:
 
 
 async def serve(settings: Settings, host: str, port: int, model: ChatModel | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Load the model and serve until cancelled."""
+                ready: asyncio.Event | None = None, extensions: bool = True) -> None:
+    """Load the model and serve until cancelled (`extensions` False: the standard API only)."""
     from bot.services.compute import in_own_thread
 
     model = model or await in_own_thread(ChatModel.load, settings)
-    runner = web.AppRunner(Worker(settings, model).app())
+    runner = web.AppRunner(Worker(settings, model, extensions).app())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -7,11 +7,13 @@
 - kill -9 of B (A restarted) mid-upload: A marks the upload interrupted, and no half-indexed document is left.
 
 Replies come from the worker (a tiny random model that never ends its turn, cut at max_new_tokens) through
-`[model] backend = "openai"`; the encoder is the real MiniLM, loaded by each replica."""
+`[model] backend = "openai"`; the encoder is the real MiniLM, loaded by each replica. The same runs against a
+worker serving only the standard OpenAI API (`docent serve --standard-only`), as a foreign server would."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -29,7 +31,7 @@ from bot.db.session import create_engine, session_factory
 from bot.services.assistant import INTERRUPTED_NOTE
 from tests.e2e.test_bot import endless_model  # noqa: F401  (a fixture)
 from tests.e2e.test_jobs import LEDGER, _status
-from tests.e2e.test_webhook import SECRET, _free_port, _post
+from tests.e2e.test_webhook import SECRET, _free_port
 from tests.support.bot_harness import final_reply, start_bot_process
 from tests.support.fake_telegram import FakeTelegram
 from tests.unit.test_knowledge import REPORT
@@ -52,13 +54,14 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _start_worker(tmp_path: Path, model: Path, port: int) -> subprocess.Popen:
+def _start_worker(tmp_path: Path, model: Path, port: int, standard_only: bool) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_")}
     env.update({"DOCENT_MODEL_NAME": str(model), "DOCENT_MODEL_WEIGHTS": "fp32", "DOCENT_MODEL_CONTEXT_TOKENS": "1024",
                 "DOCENT_DATA_DIR": str(tmp_path / "worker"), "DOCENT_CONFIG": str(tmp_path / "absent.toml")})
     log = open(tmp_path / "worker.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[2])
+    flags = ["--standard-only"] if standard_only else []
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             *flags], env=env, stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[2])
 
     def answers() -> bool:
         try:
@@ -79,7 +82,7 @@ class Replica:
         self.dir, self.port = tmp_path / name, _free_port()
         self.dir.mkdir(exist_ok=True)
         self.proc = start_bot_process(
-            self.dir, fake, model, DOCENT_TELEGRAM_MODE="webhook", DOCENT_TELEGRAM_WEBHOOK_URL="https://bot.example/",
+            self.dir, fake, model, DOCENT_TELEGRAM_MODE="webhook", DOCENT_TELEGRAM_WEBHOOK_URL="https://bot.example/telegram",
             DOCENT_TELEGRAM_WEBHOOK_SECRET=SECRET, DOCENT_TELEGRAM_WEBHOOK_LISTEN="127.0.0.1",
             DOCENT_TELEGRAM_WEBHOOK_PORT=str(self.port), DOCENT_TELEGRAM_EDIT_INTERVAL_PRIVATE_S="0.2",
             DOCENT_DATABASE_URL=pg_url, DOCENT_DATABASE_LEASE_S=str(LEASE_S), DOCENT_MODEL_BACKEND="openai",
@@ -93,7 +96,12 @@ class Replica:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def post(self, update: dict) -> None:
-        assert _post(self.port, update, SECRET) == 200
+        """What the reverse proxy (deploy/cluster/nginx.conf) does: the update, at the public URL's path."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/telegram", data=json.dumps(update).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "X-Telegram-Bot-Api-Secret-Token": SECRET})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -122,10 +130,13 @@ def _bot_messages(fake: FakeTelegram, chat: int) -> list:
     return [m for m in fake.messages(chat) if m.from_bot]
 
 
-def test_two_replicas_and_a_worker_on_postgresql(tmp_path, endless_model, pg_url):  # noqa: F811
+@pytest.mark.parametrize("worker_kind", ["docent", "standard-only"])
+def test_two_replicas_and_a_worker_on_postgresql(tmp_path, endless_model, pg_url, worker_kind):  # noqa: F811
+    """With our worker, and with one that serves only the standard API, as a foreign server (llama.cpp's, vLLM,
+    Ollama) would: the same outcomes, document answers quoting evidence sentences instead of scored spans."""
     fake = FakeTelegram.start_in_thread()
-    worker = _start_worker(tmp_path, endless_model, _free_port())
-    worker_port = int(worker.args[-1])
+    worker_port = _free_port()
+    worker = _start_worker(tmp_path, endless_model, worker_port, standard_only=worker_kind == "standard-only")
     replicas: list[Replica] = []
     try:
         a = Replica(tmp_path, "a", fake, endless_model, pg_url, worker_port)

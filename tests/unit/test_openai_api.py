@@ -173,3 +173,25 @@ async def test_embeddings_are_the_encoders_vectors(model_and_settings, tmp_path)
     assert [d["index"] for d in got["data"]] == [0, 1]
     assert np.allclose(vectors, expected, atol=1e-4)
     assert np.allclose(one["data"][0]["embedding"], vectors[0], atol=1e-6)
+
+
+async def test_a_standard_only_worker_is_taken_for_a_foreign_server(model_and_settings):
+    model, settings = model_and_settings
+    runner = web.AppRunner(Worker(settings, model, extensions=False).app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+    try:
+        remote_settings = Settings(data_dir=settings.data_dir, cache_dir=settings.cache_dir)
+        remote_settings.model.backend, remote_settings.model.url = "openai", url
+        remote_settings.model.temperature, remote_settings.model.max_new_tokens = 0.0, 16
+        remote = await RemoteChatModel.connect(remote_settings)
+        events = [e async for e in remote.reply_events(CHAT, generation_config(remote_settings.model),
+                                                          threading.Event())]
+        await remote.client.aclose()
+    finally:
+        await runner.cleanup()
+    assert not remote.ours
+    assert all(isinstance(e, str) for e in events), "no queue states from a server without them"
+    assert "".join(events) == local_reply(model, settings)
