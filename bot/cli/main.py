@@ -56,6 +56,17 @@ def _cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     return terminal_chat(settings, model=args.model, **_generation_overrides(args))
 
 
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.services.openai_server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings, args.host, args.port, extensions=not args.standard_only))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if args.check:
         from bot.services.preflight import preflight
@@ -93,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="check the configuration, token, database and models, "
                                                          "print what is wrong, and exit (1 if anything is)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="serve the chat model (and the encoder) over an OpenAI-compatible HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--standard-only", action="store_true",
+                   help="serve the standard OpenAI API only, without docent's extensions (queue position, span "
+                        "scoring), as a foreign server would: to check how replicas do with one")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("chat", help="chat with the model in the terminal")
     _add_sampling_flags(p)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
-from bot.db.models import Chunk, Document, DocumentStatus
-from bot.db.session import check_choice
+from bot.db.leases import Lease, take_abandoned
+from bot.db.models import Chunk, Document, DocumentStatus, ScopeVersion
+from bot.db.session import check_choice, upsert
 
 # ---- documents and chunks -----------------------------------------------------------------------
 
@@ -168,11 +170,12 @@ async def set_window_embeddings(session: AsyncSession, blobs: Sequence[tuple[int
 
 async def begin_document(session: AsyncSession, *, scope: str, name: str, mime: str, sha256: str, size_bytes: int,
                          chat_id: int | None = None, user_id: int | None = None,
-                         pages: int | None = None) -> Document:
-    """The row of a document about to be indexed, with no chunks yet; commits. Raises DuplicateDocumentError
-    when the scope already holds (or is indexing) a file with the same sha256."""
+                         pages: int | None = None, lease: Lease | None = None) -> Document:
+    """The row of a document about to be indexed, with no chunks yet, held under `lease`; commits. Raises
+    DuplicateDocumentError when the scope already holds (or is indexing) a file with the same sha256."""
     document = Document(scope=scope, chat_id=chat_id, user_id=user_id, name=name, mime=mime, sha256=sha256,
-                        size_bytes=size_bytes, pages=pages, chunk_count=0, status="indexing")
+                        size_bytes=size_bytes, pages=pages, chunk_count=0, status="indexing",
+                        **(lease.values() if lease else {}))
     return await commit_new_document(session, document)
 
 
@@ -190,10 +193,23 @@ async def add_chunks(session: AsyncSession, document_id: int, first_ordinal: int
 async def finish_document(session: AsyncSession, document_id: int) -> Document:
     """Mark a document ready, with the count of the chunks stored for it; commits."""
     count = await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.document_id == document_id))
-    await session.execute(update(Document).where(Document.id == document_id)
-                          .values(status="ready", chunk_count=count))
+    scope = await session.scalar(update(Document).where(Document.id == document_id)
+                                 .values(status="ready", chunk_count=count).returning(Document.scope))
+    await bump_scope(session, scope)
     await session.commit()
     return await session.get(Document, document_id, populate_existing=True)
+
+
+async def bump_scope(session: AsyncSession, scope: str) -> None:
+    """The scope's set of ready documents changed: its version goes up, in the caller's transaction."""
+    stmt = upsert(session, ScopeVersion).values(scope=scope, version=1)
+    await session.execute(stmt.on_conflict_do_update(index_elements=[ScopeVersion.scope],
+                                                     set_={"version": ScopeVersion.version + 1}))
+
+
+async def scope_version(session: AsyncSession, scope: str) -> int:
+    """The scope's version (0: never changed)."""
+    return await session.scalar(select(ScopeVersion.version).where(ScopeVersion.scope == scope)) or 0
 
 
 async def discard_document(session: AsyncSession, document_id: int) -> None:
@@ -202,14 +218,17 @@ async def discard_document(session: AsyncSession, document_id: int) -> None:
     await session.commit()
 
 
-async def discard_unfinished(session: AsyncSession, scope: str | None = None) -> list[str]:
-    """Delete every document (of `scope`, or of any) an earlier process left indexing: it died mid-ingest.
-    Returns their names."""
-    unfinished = Document.status != "ready"
-    if scope is not None:
-        unfinished = unfinished & (Document.scope == scope)
-    names = list(await session.scalars(select(Document.name).where(unfinished)))
+async def discard_unfinished(session: AsyncSession, scope: str | None = None, lease: Lease | None = None,
+                             now: datetime | None = None) -> list[str]:
+    """Delete every document (of `scope`, or of any) that a dead process left indexing: one whose lease expired
+    before `now` (any, when `now` is None: a single process), taken under `lease` first so that no other replica
+    deletes it too; a failed one as well. Returns their names."""
+    where = None if scope is None else Document.scope == scope
+    taken = await take_abandoned(session, Document, lease or Lease("", datetime.now(UTC)), now, where)
+    failed = list(await session.scalars(select(Document).where(
+        Document.status == "failed", *([] if where is None else [where]))))
+    names = [d.name for d in [*taken, *failed]]
     if names:
-        await session.execute(delete(Document).where(unfinished))
+        await session.execute(delete(Document).where(Document.id.in_([d.id for d in [*taken, *failed]])))
         await session.commit()
     return names

@@ -6,12 +6,14 @@ from __future__ import annotations
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.db.leases import Lease
 from bot.db.models import Job
 
 
 async def add_job(session: AsyncSession, kind: str, chat_id: int, user_id: int | None,
-                  status_message_id: int | None, label: str) -> Job:
-    job = Job(kind=kind, chat_id=chat_id, user_id=user_id, status_message_id=status_message_id, label=label)
+                  status_message_id: int | None, label: str, lease: Lease | None = None) -> Job:
+    job = Job(kind=kind, chat_id=chat_id, user_id=user_id, status_message_id=status_message_id, label=label,
+              **(lease.values() if lease else {}))
     session.add(job)
     await session.commit()
     return job

@@ -4,12 +4,14 @@ history a prompt is built from, and users' 👍/👎 feedback on replies. Conven
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.chats import conversation_for_update
+from bot.db.leases import Lease, take_abandoned
 from bot.db.models import Feedback, Message, MessageStatus, ProcessedUpdate
 from bot.db.session import check_choice, upsert
 
@@ -18,7 +20,7 @@ from bot.db.session import check_choice, upsert
 
 async def record_update_and_user_message(
     session: AsyncSession,
-    update_id: int,
+    update_key: str | int,
     chat_id: int,
     user_id: int | None,
     text: str,
@@ -27,40 +29,49 @@ async def record_update_and_user_message(
 ) -> Message | None:
     """Store an incoming user message and mark its update processed, in one transaction.
 
-    Returns None, storing nothing, when the update was already processed (Telegram redelivered it).
+    Returns None, storing nothing, when the update was already processed (Telegram redelivered it). `update_key`
+    is the update's identity (bot.db.models.ProcessedUpdate); an int is taken as its text.
     """
-    turn = await _record_update(session, update_id, chat_id, user_id, text, telegram_message_id,
+    turn = await _record_update(session, update_key, chat_id, user_id, text, telegram_message_id,
                                 reply_to_telegram_message_id, with_reply=False)
     return None if turn is None else turn[0]
 
 
 async def record_update_and_turn(
     session: AsyncSession,
-    update_id: int,
+    update_key: str | int,
     chat_id: int,
     user_id: int | None,
     text: str,
     telegram_message_id: int | None,
     reply_to_telegram_message_id: int | None = None,
+    lease: Lease | None = None,
 ) -> tuple[Message, Message] | None:
-    """Store an incoming user message, the empty "streaming" row of the reply to it, and mark its update
-    processed, all in one transaction: an update never counts as handled without a reply row that a restart can
-    find (and answer or mark interrupted). (question, reply), or None when the update was already processed."""
-    return await _record_update(session, update_id, chat_id, user_id, text, telegram_message_id,
-                                reply_to_telegram_message_id, with_reply=True)
+    """Store an incoming user message, the empty "streaming" row of the reply to it (held under `lease`), and mark
+    its update processed, all in one transaction: an update never counts as handled without a reply row that a
+    restart can find (and answer or mark interrupted). (question, reply), or None when the update was already
+    processed."""
+    return await _record_update(session, update_key, chat_id, user_id, text, telegram_message_id,
+                                reply_to_telegram_message_id, with_reply=True, lease=lease)
 
 
-async def _record_update(session: AsyncSession, update_id: int, chat_id: int, user_id: int | None, text: str,
-                         telegram_message_id: int | None, reply_to_telegram_message_id: int | None,
-                         with_reply: bool) -> tuple[Message, Message | None] | None:
-    stmt = upsert(session, ProcessedUpdate).values(update_id=update_id, chat_id=chat_id)
+async def claim_update(session: AsyncSession, update_key: str | int, update_id: int | None = None,
+                       chat_id: int | None = None, *, commit: bool = True) -> bool:
+    """Mark an update processed: True when this call did, False when it was processed before (by this process or
+    another replica: the primary key decides, whoever inserts first)."""
+    stmt = upsert(session, ProcessedUpdate).values(key=str(update_key), update_id=update_id, chat_id=chat_id)
     claimed = await session.scalar(
-        stmt.on_conflict_do_nothing(index_elements=[ProcessedUpdate.update_id]).returning(
-            ProcessedUpdate.update_id
-        )
+        stmt.on_conflict_do_nothing(index_elements=[ProcessedUpdate.key]).returning(ProcessedUpdate.key)
     )
-    if claimed is None:
-        await session.commit()  # nothing was written; commit (not rollback) keeps loaded objects usable
+    if commit or claimed is None:
+        await session.commit()  # nothing was written when refused; commit (not rollback) keeps loaded objects usable
+    return claimed is not None
+
+
+async def _record_update(session: AsyncSession, update_key: str | int, chat_id: int, user_id: int | None, text: str,
+                         telegram_message_id: int | None, reply_to_telegram_message_id: int | None,
+                         with_reply: bool, lease: Lease | None = None) -> tuple[Message, Message | None] | None:
+    if not await claim_update(session, update_key, chat_id=chat_id, commit=False):
         return None
     try:
         conversation = await conversation_for_update(session, chat_id)
@@ -79,7 +90,8 @@ async def _record_update(session: AsyncSession, update_id: int, chat_id: int, us
         if with_reply:
             await session.flush()  # the question's id first: replies are found after their question, by id
             reply = Message(conversation_id=conversation.id, chat_id=chat_id, role="assistant", text="",
-                            status="streaming", reply_to_telegram_message_id=telegram_message_id)
+                            status="streaming", reply_to_telegram_message_id=telegram_message_id,
+                            **(lease.values() if lease else {}))
             session.add(reply)
         await session.commit()
     except BaseException:
@@ -183,10 +195,11 @@ async def has_forgotten(session: AsyncSession, chat_id: int) -> bool:
     return found is not None
 
 
-async def interrupted_messages(session: AsyncSession) -> list[Message]:
-    """Messages still "streaming": replies cut off by a crash or restart, to be marked interrupted."""
-    rows = await session.scalars(select(Message).where(Message.status == "streaming").order_by(Message.id))
-    return list(rows)
+async def interrupted_messages(session: AsyncSession, lease: Lease | None = None,
+                               now: datetime | None = None) -> list[Message]:
+    """Messages still "streaming" whose lease expired before `now` (all, when `now` is None: a single process):
+    replies cut off by a crash or restart, now held by `lease`, to be delivered or marked interrupted."""
+    return await take_abandoned(session, Message, lease or Lease("", datetime.now(UTC)), now)
 
 
 # ---- feedback -----------------------------------------------------------------------------------

@@ -182,15 +182,22 @@ class Message(Base):
     # Set when a document this turn drew on was forgotten: the row stays (the chat's record), but it is never
     # again sent to the model nor exported for training (bot.db.sources).
     forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # the replica whose work this row is (a reply being written), and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ProcessedUpdate(Base):
-    """Telegram update ids already handled; written in the same transaction as the user message."""
+    """Telegram updates already handled, keyed on what the update is (bot.telegram.incoming.update_key: its chat,
+    message and kind, or a hash of its content), never on the Bot API's update id alone: that numbering restarts
+    (a new token) and is shared by every chat, so it cannot tell two updates apart. A text message's key is written
+    in the same transaction as the message; other updates claim theirs before any handler runs."""
 
     __tablename__ = "processed_updates"
 
-    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    chat_id: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    update_id: Mapped[int | None] = mapped_column(BigInteger)  # as Telegram numbered it, for the logs
+    chat_id: Mapped[int | None] = mapped_column(BigInteger)
     processed_at: Mapped[datetime] = created_at()
 
 
@@ -215,10 +222,24 @@ class Document(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="indexing", server_default="indexing")
     created_at: Mapped[datetime] = created_at()
+    # the replica whose work this row is (a document being indexed), and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     chunks: Mapped[list[Chunk]] = relationship(
         back_populates="document", cascade="all, delete-orphan", passive_deletes=True, order_by="Chunk.ordinal"
     )
+
+
+class ScopeVersion(Base):
+    """How many times a scope's set of ready documents changed (an upload finished, a document forgotten), bumped
+    in the transaction that changed it. A replica's index files and the index in its memory are a cache of SQL
+    tagged with the version they were built at: one row read tells a replica that another changed the scope."""
+
+    __tablename__ = "scope_versions"
+
+    scope: Mapped[str] = mapped_column(String(255), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Chunk(Base):
@@ -252,7 +273,7 @@ class MessageSource(Base):
 
 class Job(Base):
     """A long job in progress (an upload being indexed, a summary being written) and the Telegram message that
-    shows its progress. The row is deleted when the job has told its user how it ended; a row found at start-up
+    shows its progress. The row is deleted when the job has told its user how it ended; a row whose lease expired
     belongs to a job a crash or restart cut off (bot.services.jobs)."""
 
     __tablename__ = "jobs"
@@ -265,6 +286,9 @@ class Job(Base):
     status_message_id: Mapped[int | None] = mapped_column(BigInteger)
     label: Mapped[str] = mapped_column(StorableText())  # what the job is about, as its user named it: a file name
     created_at: Mapped[datetime] = created_at()
+    # the replica whose work this row is, and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Feedback(Base):

@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = REPO_ROOT / "alembic.ini"
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+MIGRATION_LOCK = 0x646F63656E74  # PostgreSQL advisory lock key held while migrating ("docent")
 
 
 def _sqlite_file(url: URL) -> Path | None:
@@ -104,6 +105,8 @@ async def _run_alembic(url: str | URL, fn: Any, revision: str) -> None:
     engine = migration_engine(url)
     try:
         async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # replicas starting together migrate one after another
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             await conn.run_sync(run)
     finally:
         await engine.dispose()

@@ -19,6 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.db.documents import bump_scope
 from bot.db.models import Chunk, Document, Message, MessageSource, User
 
 
@@ -80,6 +81,7 @@ async def forget_document(session: AsyncSession, scope: str, name_or_id: str | i
     answers = sum(role == "assistant" for role in marked.scalars())
     # links and chunks go by ON DELETE CASCADE; the marks stay on the messages
     await session.execute(delete(Document).where(Document.id == document.id))
+    await bump_scope(session, scope)  # every replica's cached index of the scope is stale from this commit on
     await session.commit()
     return Forgotten(document, answers)
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # imported by build_services: `import bot.services.answer` mu
     from bot.services.chats import Chats
     from bot.services.jobs import Jobs
     from bot.services.knowledge import KnowledgeBase
+    from bot.services.leases import Leases
     from bot.services.models import ModelManager
     from bot.services.stats import StatsService
     from bot.services.summaries import Summaries
@@ -38,6 +39,7 @@ class Services:
     summaries: Summaries  # /summarize
     stats: StatsService  # /stats
     training: TrainingService  # /retrain and model versions
+    leases: Leases  # this process's leases on its work in SQL, for replicas on one database
 
 
 def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession],
@@ -47,22 +49,25 @@ def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession
     from bot.services.chats import Chats
     from bot.services.jobs import Jobs
     from bot.services.knowledge import KnowledgeBase
+    from bot.services.leases import leases_for
     from bot.services.models import ModelManager
     from bot.services.stats import StatsService
     from bot.services.summaries import Summaries
     from bot.services.training.service import TrainingService
     from bot.services.uploads import Uploads
 
+    leases = leases_for(settings, sessions)
     models = models or ModelManager(settings)
     chats = Chats(settings, sessions)
-    knowledge = KnowledgeBase(settings, sessions)
-    jobs = Jobs(sessions)
+    knowledge = KnowledgeBase(settings, sessions, leases)
+    jobs = Jobs(sessions, leases)
     assistant = Assistant(settings, sessions, models, chats, knowledge, jobs)
     return Services(
         settings=settings, sessions=sessions, models=models, chats=chats, knowledge=knowledge, jobs=jobs,
         assistant=assistant, uploads=Uploads(chats, knowledge, jobs),
         summaries=Summaries(assistant, knowledge, jobs, settings.documents.summary_writing),
-        stats=StatsService(settings, sessions), training=TrainingService(settings, sessions, models, chats))
+        stats=StatsService(settings, sessions), training=TrainingService(settings, sessions, models, chats),
+        leases=leases)
 
 
 async def open_services(settings: Settings, models: ModelManager | None = None) -> tuple[AsyncEngine, Services]:

@@ -1,6 +1,6 @@
 """Replying in a conversation: store what was said, build the prompt from SQL history, stream the reply.
 
-SQL is the source of truth. A user message is stored together with its update id (exactly once); the
+SQL is the source of truth. A user message is stored together with its update's key (exactly once); the
 reply is stored as a "streaming" row before generation starts and completed afterwards, so a restart
 can find replies it cut off and mark them.
 
@@ -57,7 +57,7 @@ class Incoming:
     """A text message as the services see it (no Telegram types)."""
 
     origin: Origin
-    update_id: int
+    update_key: str  # what the update is (bot.db.models.ProcessedUpdate), not the Bot API's number for it
     text: str
     telegram_message_id: int | None
     reply_to_telegram_message_id: int | None = None
@@ -259,8 +259,8 @@ class Assistant:
         async with self.sessions() as s:
             await record_origin(s, msg.origin)
             return await messages_db.record_update_and_turn(
-                s, msg.update_id, msg.origin.chat_id, msg.origin.user_id, msg.text, msg.telegram_message_id,
-                msg.reply_to_telegram_message_id)
+                s, msg.update_key, msg.origin.chat_id, msg.origin.user_id, msg.text, msg.telegram_message_id,
+                msg.reply_to_telegram_message_id, lease=self.jobs.leases.lease())
 
     async def sampling_for(self, chat_id: int) -> GenerationConfig:
         """The configured generation settings at the chat's temperature."""
@@ -345,7 +345,8 @@ class Assistant:
         """
         finished, cut = [], []
         async with self.sessions() as s:
-            for m in await messages_db.interrupted_messages(s):
+            leases = self.jobs.leases
+            for m in await messages_db.interrupted_messages(s, leases.lease(), leases.expired_before()):
                 if m.token_count is None:
                     m.text = (m.text + "\n\n" if m.text else "") + INTERRUPTED_NOTE  # in memory, until shown
                 (finished if m.token_count is not None else cut).append(m)

@@ -51,6 +51,11 @@ class Chats:
         self.settings = settings
         self.sessions = sessions
 
+    async def claim_update(self, key: str, update_id: int | None, chat_id: int | None) -> bool:
+        """Mark an update handled (bot.telegram.incoming.update_key); False when it was handled before."""
+        async with self.sessions() as s:
+            return await messages_db.claim_update(s, key, update_id, chat_id)
+
     async def record(self, origin: Origin) -> None:
         """Record the chat and user of an action whose rows name them (a document, a job, a training run)."""
         async with self.sessions() as s:

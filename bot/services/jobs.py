@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import jobs as db
+from bot.db.leases import take_abandoned
 from bot.db.models import Job
+from bot.services.leases import Leases
 
 CANCELLED = "cancelled"  # why a job stopped: a user's /cancel ...
 SHUTDOWN = "shutdown"    # ... or the bot stopping
@@ -53,8 +55,9 @@ class Running:
 
 
 class Jobs:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], leases: Leases | None = None):
         self.sessions = sessions
+        self.leases = leases or Leases(sessions, 30.0, shared=False)
         self._running: dict[int, Running] = {}  # by SQL id
         self._replies: list[Running] = []  # replies being written (`replying`)
         self.stopping = False
@@ -68,7 +71,7 @@ class Jobs:
         if self.stopping:
             job.stop(SHUTDOWN)
         async with self.sessions() as s:
-            row = await db.add_job(s, kind, chat_id, user_id, status_message_id, label)
+            row = await db.add_job(s, kind, chat_id, user_id, status_message_id, label, self.leases.lease())
         job.row_id = row.id
         self._running[row.id] = job
         try:
@@ -132,10 +135,12 @@ class Jobs:
         return len(self._running)
 
     async def recover(self) -> list[Job]:
-        """Jobs an earlier process left unfinished (it died before it could say how they ended). Each row stays
-        until `settled`: a restart that dies again before telling the user finds the job again."""
+        """Jobs a dead process left unfinished (it died before it could say how they ended: with one process,
+        every row a start finds; with replicas, the rows whose lease expired, bot.services.leases), now held by
+        this process. Each row stays until `settled`: a restart that dies again before telling the user finds the
+        job again, and with replicas another one takes it once this one's lease expires."""
         async with self.sessions() as s:
-            return await db.all_jobs(s)
+            return await take_abandoned(s, Job, self.leases.lease(), self.leases.expired_before())
 
     async def settled(self, job: Job) -> None:
         """A recovered job's user was told how it ended: its row goes, so it is reported once."""

@@ -27,6 +27,7 @@ from bot.documents.chunk import chunk_document, sentence_windows
 from bot.documents.parse import ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
 from bot.services.evidence import Evidence, Passage, select
+from bot.services.leases import Leases, leases_for
 from lm.rank import BASELINES, hybrid_candidates, hybrid_scores, rank, window_cosines, word_idf
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ class Ingested:
 
 
 class KnowledgeBase:
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession]):
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], leases: Leases | None = None):
         self.settings = settings
         self.sessions = sessions
+        self.leases = leases or leases_for(settings, sessions)
         self._encoder = None
-        self._indexes: dict[str, object] = {}
+        self._indexes: dict[str, tuple[int, object]] = {}  # scope -> (its version in SQL when built, index)
         self._idfs: dict[str, tuple[str, dict[str, float]]] = {}  # scope -> (fingerprint, idf)
         self._lock = threading.Lock()  # the encoder and the index files are used from worker threads
 
@@ -111,7 +113,7 @@ class KnowledgeBase:
             try:
                 document = await documents_db.begin_document(
                     s, scope=scope, name=parsed.name, mime=mime or parsed.kind, sha256=sha, size_bytes=len(data),
-                    chat_id=chat_id, user_id=user_id, pages=parsed.pages)
+                    chat_id=chat_id, user_id=user_id, pages=parsed.pages, lease=self.leases.lease())
             except documents_db.DuplicateDocumentError as dup:  # the same file arrived twice at once
                 return Ingested(dup.existing, dup.existing.chunk_count, dup.existing.pages, duplicate=True)
         try:
@@ -164,9 +166,10 @@ class KnowledgeBase:
             log.exception("could not delete the unfinished document %s", document.id)
 
     async def discard_unfinished(self, scope: str | None = None) -> list[str]:
-        """Delete the documents (of `scope`, or all) an earlier process was indexing when it died; their names."""
+        """Delete the documents (of `scope`, or all) a dead process was indexing (with replicas: whose lease
+        expired, never a live replica's upload in progress); their names."""
         async with self.sessions() as s:
-            names = await documents_db.discard_unfinished(s, scope)
+            names = await documents_db.discard_unfinished(s, scope, self.leases.lease(), self.leases.expired_before())
         if names:
             log.warning("deleted %d documents left half-indexed by an earlier run: %s", len(names), names)
         return names
@@ -202,15 +205,22 @@ class KnowledgeBase:
     async def refresh(self, scope: str):
         """Open the scope's index, rebuilding it from SQL when it is missing, stale or corrupt.
 
-        Only the chunk ids are read when the index in memory is already current (every search calls this);
-        the fingerprint is lm.index's own, so an index on disk that matches SQL is loaded, not rebuilt.
+        Every search calls this, so that an upload or a /forget on any replica is seen before the next answer:
+        the index in memory is used while the scope's version in SQL (bot.db.models.ScopeVersion, one row) is
+        the one it was built at. Else the chunk ids are read: the fingerprint is lm.index's own, so an index on
+        disk that matches SQL is loaded, not rebuilt. The version is read first: a change committed after it
+        leaves the index tagged older than SQL, to be checked again at the next search.
         """
         from lm.index import fingerprint_ids, open_or_rebuild
 
         async with self.sessions() as s:
+            version = await documents_db.scope_version(s, scope)
+            cached_version, cached = self._indexes.get(scope, (None, None))
+            if cached is not None and cached_version == version:
+                return cached
             fingerprint = fingerprint_ids(await documents_db.ready_chunk_ids(s, scope))
-        cached = self._indexes.get(scope)
         if cached is not None and cached.fingerprint == fingerprint:
+            self._indexes[scope] = (version, cached)
             return cached
         await self._fill_windows(scope)
         async with self.sessions() as s:
@@ -222,7 +232,7 @@ class KnowledgeBase:
                 yield chunk_id, np.frombuffer(blob, dtype=np.float32) if blob else self.encoder.encode([text])[0], text
 
         index = await asyncio.to_thread(open_or_rebuild, self.index_dir(scope), dim, fingerprint, source)
-        self._indexes[scope] = index
+        self._indexes[scope] = (version, index)
         return index
 
     async def _fill_windows(self, scope: str) -> int:

@@ -92,9 +92,17 @@ class ChatModel:
                            priority: int = INTERACTIVE) -> AsyncIterator[Any]:
         """The reply to `messages` as it is generated: text deltas (str), and lm.serve.Queued / Started while
         it waits for and gets its place in the batch. Leaving early cancels it."""
+        try:
+            async for event in self.events(self.prompt(messages, config), config, cancel, priority):
+                yield event
+        finally:
+            cancel.set()  # left early: the inner generator is closed only later, by the garbage collector
+
+    async def events(self, ids: list[int], config: GenerationConfig, cancel: threading.Event,
+                     priority: int = INTERACTIVE) -> AsyncIterator[Any]:
+        """`reply_events` for a prompt given as token ids (a raw text completion)."""
         from lm.engine import Result
 
-        ids = self.prompt(messages, config)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         self.server.submit(ids, config, cancel, priority=priority,
@@ -173,11 +181,16 @@ class ModelManager:
     def loaded(self) -> bool:
         return self._current is not None
 
+    @property
+    def remote(self) -> bool:
+        """`[model] backend = "openai"`: the model runs in workers (bot.services.remote_model)."""
+        return self.settings.model.backend == "openai"
+
     async def current(self) -> ChatModel:
         if self._current is None:
             async with self._lock:
                 if self._current is None:
-                    self._current = await in_own_thread(ChatModel.load, self.settings)
+                    self._current = await self._load()
         return self._current
 
     def replies_in_flight(self) -> int:
@@ -186,6 +199,15 @@ class ModelManager:
             return 0
         load = self._current.server.load()
         return load["running"] + load["waiting"]
+
+    async def _load(self) -> ChatModel:
+        if self.settings.model.backend not in ("local", "openai"):
+            raise ValueError(f'[model] backend must be "local" or "openai", not {self.settings.model.backend!r}')
+        if self.remote:
+            from bot.services.remote_model import RemoteChatModel
+
+            return await RemoteChatModel.connect(self.settings)
+        return await in_own_thread(ChatModel.load, self.settings)
 
     def warm_up(self) -> asyncio.Task:
         """Load the model in the background (at start-up), so that the first message does not wait for it."""
@@ -202,7 +224,11 @@ class ModelManager:
             self._current.close(wait=True, cancel=True)
 
     async def swap(self, name_or_path: str, version_id: int | None = None) -> ChatModel:
-        """Load another model (in a thread) and make it the active one."""
+        """Load another model (in a thread) and make it the active one. With workers, they serve what they were
+        started with: the version is named in the log for their operator, and the workers stay."""
+        if self.remote:
+            log.warning("model version %s (%s) is active: restart the model workers with it", version_id, name_or_path)
+            return await self.current()
         loaded = await in_own_thread(ChatModel.load, self.settings, name_or_path, version_id)
         async with self._lock:
             old, self._current = self._current, loaded

@@ -17,6 +17,7 @@ from bot.services.chats import ChatPrefs
 from bot.telegram import texts
 from bot.telegram.access import addressed_to_bot, is_admin, is_allowed, strip_mention
 from bot.telegram.context import Runtime, origin_of, runtime
+from bot.telegram.incoming import update_key
 from bot.telegram.messages import StreamingMessage
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,8 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
         return placeholder.message_id
 
     replied = message.reply_to_message
-    incoming = Incoming(origin_of(update), update.update_id, text, message.message_id,
+    # "turn:": /ask comes here too, after the boundary claimed its own key (bot.telegram.incoming)
+    incoming = Incoming(origin_of(update), "turn:" + update_key(update), text, message.message_id,
                         replied.message_id if replied else None)
     # the message and its reply row are stored before it waits for its turn (queue): a restart finds them
     async with contextlib.aclosing(rt.services.assistant.reply(incoming, open_reply, force_documents, queue)) as events:

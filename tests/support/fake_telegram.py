@@ -368,6 +368,8 @@ class FakeTelegram(ChatMembers, UserEdits):
         self._files: dict[str, FakeFile] = {}
         self._files_by_path: dict[str, FakeFile] = {}
         self._updates: list[dict[str, Any]] = []
+        self._pushed: dict[int, dict[str, Any]] = {}  # every update ever queued, for deliver_again
+        self._numbering = 0  # how many times the update numbering restarted
         self._allowed_updates: set[str] | None = None
         self._update_ids = itertools.count(1)
         self._file_ids = itertools.count(1)
@@ -565,8 +567,28 @@ class FakeTelegram(ChatMembers, UserEdits):
         with self._lock:
             update_id = next(self._update_ids)
             self._updates.append({"update_id": update_id, kind: payload})
+            self._pushed[update_id] = copy.deepcopy(self._updates[-1])
         self._wake()
         return update_id
+
+    def deliver_again(self, update_id: int, renumber: bool = False) -> int:
+        """Queue update `update_id` once more, as Telegram does when unsure it was received; with `renumber`
+        under a new number (polling confirms numbers below its offset, so a copy must be numbered anew to
+        arrive: a duplicate that only the update's content can recognise). Returns the number it goes under."""
+        with self._lock:
+            update = copy.deepcopy(self._pushed[update_id])
+            if renumber:
+                update["update_id"] = next(self._update_ids)
+                self._pushed[update["update_id"]] = copy.deepcopy(update)
+            self._updates.append(update)
+        self._wake()
+        return update["update_id"]
+
+    def restart_update_numbering(self, start: int = 1) -> None:
+        """Number the next updates from `start` again, as the Bot API does for a new token."""
+        with self._lock:
+            self._update_ids = itertools.count(start)
+            self._numbering += 1  # a poll begun before (the old token's) confirms nothing of the new numbering
 
     def send_user_message(self, chat_id: int, user_id: int, text: str, chat_type: str = "private",
                           reply_to_message_id: int | None = None,
@@ -873,9 +895,10 @@ class FakeTelegram(ChatMembers, UserEdits):
             with self._lock:
                 self._allowed_updates = set(allowed) if allowed else None
         deadline = time.monotonic() + timeout
+        numbering = self._numbering
         while True:
             with self._lock:
-                if offset > 0:  # confirms every update below the offset
+                if offset > 0 and numbering == self._numbering:  # confirms every update below the offset
                     self._updates = [u for u in self._updates if u["update_id"] >= offset]
                 if self._allowed_updates is not None:  # Telegram drops updates of unwanted types
                     self._updates = [u for u in self._updates

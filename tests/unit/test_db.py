@@ -52,12 +52,12 @@ async def count(session: AsyncSession, model: type, *where: object) -> int:
 
 
 async def test_update_is_recorded_exactly_once(s: AsyncSession) -> None:
-    first = await messages_db.record_update_and_user_message(s, 42, CHAT, USER, "hello", telegram_message_id=7)
+    first = await messages_db.record_update_and_user_message(s, "message:1:7", CHAT, USER, "hello", telegram_message_id=7)
     assert first is not None and first.text == "hello" and first.role == "user"
     # server-side default timestamps come back timezone-aware, in UTC, on both backends
     assert first.created_at.utcoffset() == timedelta(0)
     assert abs(datetime.now(UTC) - first.created_at) < timedelta(minutes=5)
-    again = await messages_db.record_update_and_user_message(s, 42, CHAT, USER, "hello (redelivered)", telegram_message_id=7)
+    again = await messages_db.record_update_and_user_message(s, "message:1:7", CHAT, USER, "hello (redelivered)", telegram_message_id=7)
     assert again is None
     assert await count(s, Message) == 1
     assert await count(s, ProcessedUpdate) == 1

@@ -10,6 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Column, MetaData, Text, inspect, text
 
 from bot.db.models import Base
@@ -27,6 +28,7 @@ TABLES = {
     "feedback",
     "message_sources",
     "jobs",
+    "scope_versions",
     "model_versions",
     "training_runs",
 }
@@ -112,7 +114,7 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT name, user_id FROM documents"))).all() == [("a.txt", 42)]
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"message_sources", "jobs"}
+    assert await tables(db_url) == TABLES - {"message_sources", "jobs", "scope_versions"}
     # 0005's downgrade rebuilds documents on SQLite to drop user_id: rows must survive.
     await downgrade(db_url, "0004_chunk_windows")
     engine = create_engine(db_url)
@@ -132,8 +134,8 @@ async def test_each_step_down_keeps_earlier_data(db_url: str) -> None:
             assert (await conn.execute(text("SELECT current_conversation_id FROM chats"))).scalar() == 1
     finally:
         await engine.dispose()
-    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "jobs", "model_versions",
-                                          "training_runs"}
+    assert await tables(db_url) == TABLES - {"documents", "chunks", "feedback", "message_sources", "jobs",
+                                             "scope_versions", "model_versions", "training_runs"}
     await downgrade(db_url, "base")
     assert await tables(db_url) == set()
 
@@ -214,6 +216,7 @@ def test_alembic_command_line_url_and_settings_default(
     command.upgrade(cfg, "head")
 
     with sqlite3.connect(explicit) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007_jobs",)]
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
     with sqlite3.connect(tmp_path / "data" / "docent.db") as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002_documents",)]
