@@ -269,6 +269,7 @@ def test_underlines_rules_and_doubled_bullets_do_not_reach_the_text():
 
     assert clean_text("LICENSE\n=======\n\nPreamble\n--------\nThe licenses\n• • one\n* * *\na - b - c") == \
         "LICENSE\n\nPreamble\n\nThe licenses\n• one\n\na - b - c"
+    assert clean_text("*" * 1000) == "*" * 1000  # a long run is a document's content, not a rule
 
 
 def test_running_headers_and_page_numbers_are_not_read_into_sentences():

@@ -77,7 +77,7 @@ _LIGATURES = str.maketrans({"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi",
 
 # a line that is only a heading's underline or a rule ("=====", "-----", "* * *", "______"): read into a sentence
 # it becomes part of an answer or a summary, so it goes (its line break stays, and the heading keeps its own line)
-_UNDERLINES = re.compile(r"^(?:[=\-_*~#+][ ]?){3,}$", re.M)
+_UNDERLINES = re.compile(r"^(?:[=\-_*~#+][ ]?){3,160}$", re.M)  # a long run is content, not a rule
 # a list item whose bullet is written twice ("• • item", from a converter that adds its own): one bullet
 _REPEATED_BULLETS = re.compile(r"^([•◦▪‣⁃●○■])(?:[ ]?[•◦▪‣⁃●○■-])+ ", re.M)
 
