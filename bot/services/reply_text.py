@@ -24,16 +24,17 @@ _SOURCE_WORDS = ("source", "sources", "reference", "references", "citation", "se
 def strip_invented_sources(text: str, partial: bool = False) -> str:
     """`text` without source lines and web addresses. `partial`: the reply is still streaming, so a last line that
     could still become a source line ("Sour") is held back too."""
-    out = _SOURCE_LINE.sub("", text)
-    out = _URL.sub("", out)
-    out = _EMPTY_BRACKETS.sub("", out)
-    out = _EMPTY_ITEM.sub("", out)
-    out = re.sub(r"[ \t]+([.,;:!?])", r"\1", out)
-    out = re.sub(r"[ \t]{2,}", " ", out)
-    out = re.sub(r"\n{3,}", "\n\n", out)
+    out = text
+    if _SOURCE_LINE.search(out) or _URL.search(out):  # else the text stays exactly as the model wrote it
+        out = _URL.sub("", _SOURCE_LINE.sub("", out))
+        out = _EMPTY_ITEM.sub("", _EMPTY_BRACKETS.sub("", out))
+        out = re.sub(r"[ \t]+([.,;:!?])", r"\1", out)
+        out = re.sub(r"[ \t]{2,}", " ", out)
+        out = re.sub(r"\n{3,}", "\n\n", out).rstrip()
+        out = out if partial else out.strip()
     if partial:  # hold back a last line that may still become a source line ("Sour", "**Refer")
         head, _, last = out.rpartition("\n")
         start = re.sub(r"^[\s>*_#-]*", "", last).lower()
         if start and any(word.startswith(start) for word in _SOURCE_WORDS):
             out = head
-    return out.strip() if not partial else out.rstrip()
+    return out

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.db import chats as chats_db
+from bot.telegram.texts import NOT_FROM_DOCUMENTS
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf
@@ -83,6 +84,7 @@ async def test_forget_keeps_every_answer_drawn_from_the_document_out_of_prompts_
             fake.send_user_message(ALICE, ALICE, "What was the launch code?")  # a chat reply now: no documents
             reply = await fake.wait_for(lambda: final_reply(fake, ALICE, after=3), 60)
             assert SECRET not in reply.text
+            assert reply.text.endswith(NOT_FROM_DOCUMENTS)  # it says it is not from the (forgotten) documents
 
         async with running_bot(settings) as app:  # the marks are in SQL
             history = await _prompt_history(app, ALICE)

@@ -22,3 +22,9 @@ def test_a_streaming_reply_holds_back_a_line_that_may_become_a_source_line():
     assert strip_invented_sources("Rome is the capital.\nSour", partial=True) == "Rome is the capital."
     assert strip_invented_sources("Rome is the capital.\n**Refer", partial=True) == "Rome is the capital."
     assert strip_invented_sources("Rome is the capital.\nIt is", partial=True) == "Rome is the capital.\nIt is"
+
+
+def test_a_reply_without_sources_is_left_exactly_as_written():
+    for text in ("odd  spacing , here ()\n\n\n- ", "Steps:\n1. Open it.\n2. Close it.  "):
+        assert strip_invented_sources(text) == text
+        assert strip_invented_sources(text, partial=True) == text
