@@ -48,7 +48,9 @@ _READER = re.compile(
     r"\b(?:instructions?|prompts?|rules?|messages?)\b"
     r"|\b(?:tell|inform|remind|ask|convince) the (?:user|reader)\b"
     r"|\b(?:as an ai|language model|system prompt|you are (?:now )?(?:a|an|the) (?:assistant|ai|bot|chatbot))\b"
-    r"|\b(?:assistant|chatbot|ai)s?,? (?:must|should|shall) (?:say|reply|answer|respond|tell|write)\b",
+    r"|\b(?:assistant|chatbot|ai)s?,? (?:must|should|shall) (?:say|reply|answer|respond|tell|write)\b"
+    r"|\bnote to the (?:ai|assistant|model|bot|chatbot)\b|\bignore the question\b"
+    r"|\bfrom now on\b[^.]{0,30}\b(?:answer|reply|respond|say)\b",
     re.IGNORECASE)
 
 
