@@ -85,7 +85,14 @@ def model_writer(model, cancel: threading.Event | None = None) -> Write:
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0,
                                   no_repeat_ngram=NO_REPEAT_NGRAM)
         messages = [{"role": "system", "content": instructions}, {"role": "user", "content": text}]
-        return "".join(model.stream_chat(messages, config, cancel, priority=BACKGROUND))
+        out = []
+        # each call its own stop event: the server sets the one it is given when the reply ends, and the job's
+        # must stay clear for the next call; the job's is watched between tokens instead
+        for delta in model.stream_chat(messages, config, threading.Event(), priority=BACKGROUND):
+            out.append(delta)
+            if cancel is not None and cancel.is_set():
+                break
+        return "".join(out)
 
     return write
 

@@ -197,11 +197,13 @@ def test_the_tiny_random_model_writes_and_nothing_unsupported_is_shown(tmp_path)
     path = write_tiny_gguf(tmp_path / "tiny.gguf", max_seq_len=1024).path
     model, tokenizer = load_chat_model(str(path), tmp_path, weights="fp32", threads=1, max_seq_len=1024)
     chat = ChatModel(model, tokenizer, 1024, settings=ModelSettings(batch_size=1))
+    job = threading.Event()  # the job's /cancel event, as the bot passes it: each call must leave it clear
     try:
-        out = sw.write_summary(DOCUMENT[:3], sw.model_writer(chat), chat.count_tokens, sentences=2,
-                               section_tokens=sw.section_budget(1024) // 3)
+        out = sw.write_summary(DOCUMENT[:3], sw.model_writer(chat, job), chat.count_tokens, sentences=2,
+                               section_tokens=sw.section_budget(1024) // 3, cancel=job)
     finally:
         chat.close()
+    assert not job.is_set()
     assert out.sections >= 2 and out.sections <= out.calls <= out.sections + 1  # notes all dropped: no reduce
     source = " ".join(" ".join(sc.split_sentences(s)) for s in DOCUMENT[:3])
     assert all(s in source for s in out.sentences) and out.unsupported == []
