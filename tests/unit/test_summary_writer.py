@@ -214,3 +214,18 @@ def test_a_spelled_ordinal_in_the_source_supports_the_same_ordinal():
     src = sc.Source(["Belgium, ranked fourth in the world, leads the group on goal difference."])
     assert sc.unsupported("Belgium is ranked fourth in the world.", src) == []
     assert sc.unsupported("Belgium is ranked fifth in the world.", src) == ["fifth"]
+
+
+def test_a_combining_step_that_keeps_to_the_opening_is_spread_over_the_whole_document():
+    """The reduce step returns only the first notes (as the real model did on the GPL-3); the summary is
+    spread over the document's parts anyway, each sentence a checked note of its part, in reading order."""
+    def opening_only(instructions, text, max_new_tokens):
+        reply = obedient(instructions, text, max_new_tokens)
+        return reply if instructions.startswith("Write the") else "\n".join(reply.split("\n")[:4])
+
+    out = sw.write_summary(DOCUMENT, opening_only, words, sentences=4, section_tokens=120)
+    assert out.sections == 8 and len(out.sentences) == 4
+    assert sorted({d * 4 // 8 for d in out.drawn}) == [0, 1, 2, 3]  # every quarter of the document
+    assert out.drawn == sorted(out.drawn) and out.unsupported == []
+    assert "The lighthouse of Arnwick opened in 1892 after 9 years of work." in out.sentences \
+        or "The theatre of Arnwick opened in 1899 after 10 years of work." in out.sentences
