@@ -41,14 +41,17 @@ _BULLET_LEAD = re.compile(r"^\s*(?:[-*•·‣◦▪]+|\d{1,2}[.)])\s+")
 _META = re.compile(r"^(?:the|this|these|in (?:the|this))\s+(?:text|article|document|passage|section|excerpt|notes?|"
                    r"summary|part|report|story)\b[^.]{0,40}?\b(?:discuss|describe|is about|are about|talk|mention|"
                    r"provide|explain|highlight|outline|cover|present|focus|summari[sz]e|detail|state)"
-                   r"|^it (?:discusses|describes|highlights|outlines|mentions|explains|summari[sz]es|covers|focuses)\b",
+                   r"|^it (?:discusses|describes|highlights|outlines|mentions|explains|summari[sz]es|covers|focuses)\b"
+                   r"|^(?:the )?(?:main|key) (?:facts?|points?)\b|^read (?:the|this|more)\b",
                    re.IGNORECASE)
 _READER = re.compile(
     r"\b(?:ignore|disregard|forget)\b[^.]{0,30}\b(?:previous|prior|above|earlier|all|your)\b[^.]{0,20}"
     r"\b(?:instructions?|prompts?|rules?|messages?)\b"
     r"|\b(?:tell|inform|remind|ask|convince) the (?:user|reader)\b"
     r"|\b(?:as an ai|language model|system prompt|you are (?:now )?(?:a|an|the) (?:assistant|ai|bot|chatbot))\b"
-    r"|\b(?:assistant|chatbot|ai)s?,? (?:must|should|shall) (?:say|reply|answer|respond|tell|write)\b",
+    r"|\b(?:assistant|chatbot|ai)s?,? (?:must|should|shall) (?:say|reply|answer|respond|tell|write)\b"
+    r"|\bnote to the (?:ai|assistant|model|bot|chatbot)\b|\bignore the question\b"
+    r"|\bfrom now on\b[^.]{0,30}\b(?:answer|reply|respond|say)\b",
     re.IGNORECASE)
 
 

@@ -179,9 +179,6 @@ async def test_the_hostile_corpus_through_the_bot(tmp_path, tiny_model, caplog, 
         assert not [p for p in d.hidden if p != "hunter2" and any(p in m.text for m in messages)], d.label
 
 
-@pytest.mark.xfail(strict=True, reason="LEAD / answers rewrite (issue 28 item 10): a document's order is presented "
-                                       "as the bot's own words today, in summaries and answers; remove this mark "
-                                       "when the answer pipeline quotes such text as the document's")
 async def test_the_admin_password_a_document_plants_is_never_said_as_the_bots_own(tmp_path, tiny_model):
     from bot.config import env_cache_dir
 

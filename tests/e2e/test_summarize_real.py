@@ -28,11 +28,20 @@ PAGES = [
 ]
 
 
+async def until(fake: FakeTelegram, predicate, timeout: float):
+    """fake.wait_for, failing with what the chat shows when the condition is not met."""
+    try:
+        return await fake.wait_for(predicate, timeout)
+    except TimeoutError:
+        raise AssertionError([m.text for m in fake.messages(ALICE)]) from None
+
+
 @pytest.fixture(scope="module")
 def qwen() -> str:
     return str(hub.pull("qwen2.5-coder-0.5b", env_cache_dir()))
 
 
+@pytest.mark.timeout(1800)  # a 0.5B model on a CPU: minutes on a busy machine
 async def test_the_model_summarizes_the_whole_pdf_and_the_conversation(tmp_path, qwen):
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, qwen)
@@ -43,10 +52,10 @@ async def test_the_model_summarizes_the_whole_pdf_and_the_conversation(tmp_path,
         assert settings.documents.summary_writing == "auto"  # a 0.5B model writes its summaries
         async with running_bot(settings):
             fake.send_user_document(ALICE, ALICE, "bridge_history.pdf", make_pdf(PAGES), "application/pdf")
-            await fake.wait_for(lambda: any(m.text.startswith("Indexed bridge_history.pdf")
+            await until(fake, lambda: any(m.text.startswith("Indexed bridge_history.pdf")
                                             for m in fake.messages(ALICE)), 120)
             fake.send_user_message(ALICE, ALICE, "/summarize bridge")
-            summary = await fake.wait_for(lambda: next((m for m in fake.messages(ALICE) if m.from_bot and (
+            summary = await until(fake, lambda: next((m for m in fake.messages(ALICE) if m.from_bot and (
                 m.text.startswith("Summary of") or m.text in (texts.SUMMARY_FAILED,))), None), 600)
             assert summary.text.startswith("Summary of"), [m.text for m in fake.messages(ALICE)]
             body = summary.text.split("\n", 2)[2]
@@ -61,9 +70,9 @@ async def test_the_model_summarizes_the_whole_pdf_and_the_conversation(tmp_path,
             assert said & first and said & last, body  # the first page and the last
 
             fake.send_user_message(ALICE, ALICE, "Which year did the old bridge become a listed monument?")
-            await fake.wait_for(lambda: final_reply(fake, ALICE), 180)
+            await until(fake, lambda: final_reply(fake, ALICE), 180)
             fake.send_user_message(ALICE, ALICE, "/summarize")
-            talk = await fake.wait_for(lambda: next((m for m in fake.messages(ALICE)
+            talk = await until(fake, lambda: next((m for m in fake.messages(ALICE)
                                                      if m.text.startswith("Summary of this conversation")), None), 300)
     text = talk.text.split("\n", 2)[2]
     assert "User:" not in text and "Assistant:" not in text  # not a list of turns
