@@ -8,8 +8,8 @@ A pull of a chat model does three things, so that nothing slow is left for the f
    (`measured.json`) and shown by `docent model list`, with the weights format and threads they were
    measured with.
 
-Quality figures come from `docent eval` runs on the dev sets and are kept in `bot/eval/model_figures.json`
-(written by `docent eval ... --record`), so `docent model list` shows them before a model is even pulled.
+Quality figures come from `docent eval` runs on the dev sets, copied with their command into
+`bot/eval/model_figures.json`, so `docent model list` shows them before a model is even pulled.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Listed:
     pulled: bool
     description: str
     measured: dict | None  # this machine's figures (measure()), None before a pull measured them
-    quality: dict | None  # dev-set figures recorded by `docent eval --record`
+    quality: dict | None  # dev-set figures from bot/eval/model_figures.json
 
 
 def _peak_rss_mb() -> float:
