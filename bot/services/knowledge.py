@@ -154,6 +154,8 @@ class KnowledgeBase:
                     for c, v, blob in zip(batch, vectors, blobs, strict=True)]
             async with self.sessions() as s:
                 await documents_db.add_chunks(s, document_id, start, rows)
+            if self.leases.shared:  # with no heartbeat (`docent ingest`), each batch keeps the document ours
+                await self.leases.renew()
             del vectors, blobs, rows
             release_freed_memory()
             done += count
