@@ -42,7 +42,8 @@ async def test_chats_beyond_the_batch_see_their_place_and_are_all_answered(tmp_p
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, endless_model)
         settings.model.batch_size = 1  # one reply at a time: the others queue
-        settings.model.max_new_tokens = 16
+        # long enough that the queue is still full when the last chats join it, however busy the machine
+        settings.model.max_new_tokens = 64
         settings.telegram.edit_interval_private_s = 0.0
         async with running_bot(settings):
             for user in users:
