@@ -33,13 +33,22 @@ def long_paragraph(words: int) -> str:
     return " ".join(out)
 
 
-def test_docent_summarize_takes_a_5000_word_single_paragraph_file(tmp_path: Path, capsys):
+@pytest.mark.parametrize("writing", ["extract", "model"])
+def test_docent_summarize_takes_a_5000_word_single_paragraph_file(tmp_path: Path, capsys, writing):
+    """Extracted: every bullet is one of the text's sentences. Written (the default model): whole sentences whose
+    names and numbers are all in the text."""
+    from bot.services.support import unsupported_terms as unsupported_claims
+
     text = long_paragraph(5200)
     path = tmp_path / "minutes.txt"
     path.write_text(text)
-    assert main(["summarize", str(path)]) == 0
+    assert main(["summarize", str(path), "--writing", writing]) == 0
     bullets = [line[2:] for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
-    assert len(bullets) >= 3 and all(b in text and b.endswith(".") for b in bullets)
+    assert len(bullets) >= 3 and all(b.endswith(".") for b in bullets), bullets
+    if writing == "extract":
+        assert all(b in text for b in bullets), bullets
+    else:
+        assert not [b for b in bullets if unsupported_claims(b, [text])], bullets
 
 
 def test_windows_fit_smollm2s_budget_by_its_own_count():
