@@ -9,9 +9,8 @@ answer fails its support check but a copied one passes.
          statement ("why", "what is") by the best sentence that names what it asks about
       -> the answer and that sentence (bot.services.answer shows it with its source); or None ("not found").
 
-Why copying: SmolLM2-135M, asked to answer from six numbered chunks, put the gold answer in its reply for
-0.26 of the answerable SQuAD questions although retrieval had put it in the prompt for 0.97. It restated the
-question, invented dates and looped. Allowed only to copy from the best five sentences, with three worked
+Why copying: SmolLM2-135M, asked to answer from six numbered chunks, rarely put the gold answer in its reply
+although retrieval had put it in the prompt. It restated the question, invented dates and looped. Allowed only to copy from the best five sentences, with three worked
 examples of short answers before the question, it picks the right span about twice as often, and its answer
 can never say something the document does not.
 
@@ -19,11 +18,6 @@ Why names and numbers: SQuAD 2.0's unanswerable questions, like a user asking ab
 does not cover, mostly ask about a name, date or number the evidence does not have ("When did Herve go up
 against the Turks?" next to "Robert Crispin led the Normans of Edessa against the Turks."). The model will
 still copy the nearest date; the check refuses an answer whose source does not name what was asked about.
-
-Where it stands (`docent eval qa`, held-out halves): SQuAD 2.0 Normans, the answer contains the gold 0.62
-(token F1 0.49) and 0.54 of the unanswerable questions are "not found" (tuning half: 0.53 and 0.53); COVID-QA,
-0.34 (F1 0.27). What limits it is the model's choice among spans: of 96 answerable SQuAD questions, 13 have no
-gold among the model's sixteen best spans, and for 12 a wrong span outscores the gold one.
 """
 
 from __future__ import annotations
