@@ -10,9 +10,9 @@ answer fails its support check but a copied one passes.
       -> the answer and that sentence (bot.services.answer shows it with its source); or None ("not found").
 
 Why copying: SmolLM2-135M, asked to answer from six numbered chunks, rarely put the gold answer in its reply
-although retrieval had put it in the prompt. It restated the question, invented dates and looped. Allowed only to copy from the best five sentences, with three worked
-examples of short answers before the question, it picks the right span about twice as often, and its answer
-can never say something the document does not.
+although retrieval had put it in the prompt. It restated the question, invented dates and looped. Allowed
+only to copy from the best five sentences, with three worked examples of short answers before the question,
+it picks the right span about twice as often, and its answer can never say something the document does not.
 
 Why names and numbers: SQuAD 2.0's unanswerable questions, like a user asking about something a document
 does not cover, mostly ask about a name, date or number the evidence does not have ("When did Herve go up
