@@ -22,7 +22,7 @@ from bot.config import Settings
 from bot.db.session import create_engine, session_factory, upgrade
 from bot.redact import redact
 from bot.services import Services, build_services
-from bot.services.compute import in_own_thread
+from bot.services.compute import in_own_thread, join_torch_threads
 from bot.services.models import ModelManager
 from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
 from bot.telegram.context import Runtime
@@ -209,4 +209,6 @@ def run_bot(settings: Settings) -> int:
                         secret_token=tg.webhook_secret, allowed_updates=Update.ALL_TYPES, stop_signals=None)
     else:
         app.run_polling(allowed_updates=Update.ALL_TYPES, stop_signals=None)
+    if not join_torch_threads(timeout_s=60):
+        log.warning("torch work still running at exit")
     return 0

@@ -14,10 +14,12 @@ import asyncio
 import ctypes
 import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_live: set[threading.Thread] = set()  # the torch threads still running (join_torch_threads at exit)
 
 
 async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -34,13 +36,28 @@ async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
             outcome = (future.set_result, fn(*args))
         except BaseException as e:
             outcome = (future.set_exception, e)
+        finally:
+            _live.discard(threading.current_thread())
         try:
             loop.call_soon_threadsafe(deliver, *outcome)
         except RuntimeError:  # the loop has closed (the bot stopped): nobody waits for this any more
             pass
 
-    threading.Thread(target=run, name="docent-torch", daemon=True).start()
+    thread = threading.Thread(target=run, name="docent-torch", daemon=True)
+    _live.add(thread)
+    thread.start()
     return await future
+
+
+def join_torch_threads(timeout_s: float) -> bool:
+    """Wait, before the process exits, for torch work still running in its own threads (an upload's embedding
+    batch that was asked to stop finishes that batch first): a daemon thread still inside torch when the
+    interpreter finalizes aborts the process ("terminate called without an active exception", exit code 134).
+    Whether they all ended within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    for thread in list(_live):
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in list(_live))
 
 
 def release_freed_memory() -> None:

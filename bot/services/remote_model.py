@@ -170,7 +170,8 @@ class RemoteChatModel:
         response = await self._post("/embeddings", {"model": self.model_id, "input": texts})
         return [d["embedding"] for d in sorted(response.json()["data"], key=lambda d: d["index"])]
 
-    def close(self, wait: bool = True) -> None:
+    def close(self, wait: bool = True, cancel: bool = False) -> None:
+        """ChatModel.close's signature: the workers run on, so there is nothing to wait for or cancel here."""
         try:
             asyncio.get_running_loop().create_task(self.client.aclose())
         except RuntimeError:  # no loop any more: the process is ending
