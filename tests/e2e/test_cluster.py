@@ -39,6 +39,9 @@ from tests.unit.test_knowledge import REPORT
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.postgres]
 USERS = [3101, 3102, 3103, 3104]
 LEASE_S = 3
+# long enough that a reply is still being written at its first edit, however fast the machine: with 40, a fast
+# one wrote the whole reply within the first edit interval, and the kill meant for mid-reply came after it ended
+MAX_NEW_TOKENS = 400
 
 
 def _listening(port: int) -> bool:
@@ -86,7 +89,7 @@ class Replica:
             DOCENT_TELEGRAM_WEBHOOK_SECRET=SECRET, DOCENT_TELEGRAM_WEBHOOK_LISTEN="127.0.0.1",
             DOCENT_TELEGRAM_WEBHOOK_PORT=str(self.port), DOCENT_TELEGRAM_EDIT_INTERVAL_PRIVATE_S="0.2",
             DOCENT_DATABASE_URL=pg_url, DOCENT_DATABASE_LEASE_S=str(LEASE_S), DOCENT_MODEL_BACKEND="openai",
-            DOCENT_MODEL_URL=f"http://127.0.0.1:{worker_port}/v1", DOCENT_MODEL_MAX_NEW_TOKENS="40",
+            DOCENT_MODEL_URL=f"http://127.0.0.1:{worker_port}/v1", DOCENT_MODEL_MAX_NEW_TOKENS=str(MAX_NEW_TOKENS),
             DOCENT_CACHE_DIR=str(env_cache_dir()), DOCENT_DOCUMENTS_CHUNK_TOKENS="48",
             DOCENT_DOCUMENTS_CHUNK_OVERLAP_TOKENS="8")
         _wait(lambda: "docent is running as" in self.log() and _listening(self.port), 120, f"replica {name} start")
