@@ -187,7 +187,8 @@ def test_two_replicas_and_a_worker_on_postgresql(tmp_path, endless_model, pg_url
         fake.wait_for_sync(lambda: a.proc.poll() is not None, 120)
         fake.wait_for_sync(lambda: INTERRUPTED_NOTE in (_bot_messages(fake, ben)[-1].text or ""), 60)
         assert len(_bot_messages(fake, ben)) == 2, "the cut reply was marked in its own message"
-        assert asyncio.run(_count(pg_url, Message, Message.status == "streaming")) == 0
+        # B stores the row as interrupted once the note is shown, a moment after the edit the fake has seen
+        fake.wait_for_sync(lambda: asyncio.run(_count(pg_url, Message, Message.status == "streaming")) == 0, 30)
 
         # kill -9 of B mid-upload (A back): A marks the upload interrupted; nothing half-indexed is left
         a = Replica(tmp_path, "a2", fake, endless_model, pg_url, worker_port)
