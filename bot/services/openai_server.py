@@ -37,6 +37,7 @@ from bot.config import Settings
 from bot.services.models import ChatModel, generation_config
 
 log = logging.getLogger(__name__)
+LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}  # escaped inside JSON strings
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -167,7 +168,10 @@ class Worker:
             chunk["docent"] = {"queued": event.ahead}
         elif self.extensions and isinstance(event, Started):
             chunk["docent"] = {"started": True}
-        return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        # JSON leaves U+0085, U+2028 and U+2029 raw, and line readers that split as str.splitlines does (httpx's
+        # aiter_lines) would cut the event at one of them: a model's token can hold one
+        text = json.dumps(chunk, ensure_ascii=False).translate(LINE_BREAKS)
+        return b"data: " + text.encode() + b"\n\n"
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await self._body(request)
