@@ -24,7 +24,7 @@ from bot.redact import redact
 from bot.services import Services, build_services
 from bot.services.compute import in_own_thread, join_torch_threads
 from bot.services.models import ModelManager
-from bot.telegram import admin, chat, documents, edits, fallback, stats, texts
+from bot.telegram import admin, chat, documents, edits, fallback, stats, texts, training_texts
 from bot.telegram.context import Runtime
 from bot.telegram.incoming import DocentApplication
 from bot.telegram.messages import StreamingMessage
@@ -77,6 +77,18 @@ async def _settle_abandoned(app: Application, services: Services) -> None:
         except TelegramError as e:
             log.warning("could not mark interrupted %s job %s: %s", job.kind, job.id, e)
         await services.jobs.settled(job)  # only once said: a kill before that leaves the row for the next start
+    if services.leases.shared:  # one process settles its training runs at start-up (restore_active_model)
+        for run in await services.training.settle_abandoned():
+            await _tell_admins(app, services, run.requested_by, training_texts.run_abandoned_text(run))
+
+
+async def _tell_admins(app: Application, services: Services, user_id: int | None, text: str) -> None:
+    """A message to the admin who asked for something (their private chat), or to every admin if none did."""
+    for chat_id in [user_id] if user_id is not None else services.settings.telegram.admins:
+        try:
+            await app.bot.send_message(chat_id, text)
+        except TelegramError as e:
+            log.warning("could not tell admin %s: %s", chat_id, e)
 
 
 async def _keep_leases(app: Application, services: Services) -> None:

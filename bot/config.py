@@ -25,6 +25,9 @@ class ModelSettings:
     # base URLs such as http://host:8000/v1: `docent serve`, or llama.cpp's server, vLLM, Ollama)
     backend: str = "local"
     url: str = ""
+    # `docent serve` with the bot's database ([database] url): how often it checks which model version is active,
+    # and loads a newly promoted one (bot.services.worker_versions); 0 = serve what it started with
+    follow_s: float = 5.0
     threads: int = 0  # torch intra-op threads; 0 = one per physical core
     weights: str = "int4"  # how loaded weights are kept: int4 (the GGUF's own 4-bit groups), int8, bf16 or fp32
     max_new_tokens: int = 512

@@ -1,4 +1,5 @@
-"""Leases: which replica's work a row is (a job, a document being indexed, a reply being written), and until when.
+"""Leases: which replica's work a row is (a job, a document being indexed, a reply being written, a training run),
+and until when.
 
 Every replica writes its rows with its owner name and a lease, renews the leases of its rows on a heartbeat
 (`renew`), and takes over rows whose lease expired (`take_abandoned`): their replica died. Taking is
@@ -16,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import Document, Job, Message
+from bot.db.models import Document, Job, Message, TrainingRun
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ def _held(model: Any) -> ColumnElement[bool]:
         return Document.status == "indexing"
     if model is Message:
         return Message.status == "streaming"
+    if model is TrainingRun:  # a resumable run's checkpoint is on its replica's disk: it stays that replica's
+        return TrainingRun.status.in_(("pending", "running"))
     return true()
 
 
@@ -43,7 +46,7 @@ async def renew(session: AsyncSession, lease: Lease) -> int:
     """Extend the lease of every row in progress that `lease.owner` holds to `lease.until` (the heartbeat);
     commits. How many rows it holds."""
     held = 0
-    for model in (Job, Document, Message):
+    for model in (Job, Document, Message, TrainingRun):
         result = await session.execute(update(model).where(model.owner == lease.owner, _held(model))
                                        .values(lease_until=lease.until))
         held += result.rowcount

@@ -352,3 +352,5 @@ class TrainingRun(Base):
     heldout_loss_before: Mapped[float | None] = mapped_column(Float)
     heldout_loss_after: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(StorableText())
+    owner: Mapped[str | None] = mapped_column(String(64))  # the replica running it (bot.db.leases)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.db.leases import Lease
 from bot.db.models import (
     Chat,
     ChatSettings,
@@ -95,6 +97,8 @@ _RUN_FIELDS = {
     "heldout_loss_before",
     "heldout_loss_after",
     "error",
+    "owner",
+    "lease_until",
 }
 
 
@@ -105,10 +109,12 @@ async def create_run(
     config: dict[str, Any],
     requested_by: int | None = None,
     base_version_id: int | None = None,
+    lease: Lease | None = None,
 ) -> TrainingRun:
-    """Queue a training run (status "pending"); commits."""
+    """Queue a training run (status "pending"), held by `lease` when given (bot.db.leases); commits."""
     check_choice(mode, RunMode, "training mode")
-    run = TrainingRun(mode=mode, config=config, requested_by=requested_by, base_version_id=base_version_id)
+    run = TrainingRun(mode=mode, config=config, requested_by=requested_by, base_version_id=base_version_id,
+                      **(lease.values() if lease else {}))
     session.add(run)
     await session.commit()
     return run
@@ -138,6 +144,13 @@ async def get_run(session: AsyncSession, run_id: int) -> TrainingRun | None:
 async def list_runs(session: AsyncSession, limit: int = 20) -> list[TrainingRun]:
     """The most recent training runs, newest first."""
     return list(await session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
+
+
+async def live_run(session: AsyncSession, now: datetime, owner: str) -> TrainingRun | None:
+    """A run pending or running on another replica whose lease has not expired: that replica trains now."""
+    return await session.scalar(select(TrainingRun).where(
+        TrainingRun.status.in_(("pending", "running")), TrainingRun.owner != owner, TrainingRun.lease_until >= now)
+        .order_by(TrainingRun.id).limit(1))
 
 
 async def unfinished_runs(session: AsyncSession) -> list[TrainingRun]:

@@ -66,7 +66,7 @@ def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession
         settings=settings, sessions=sessions, models=models, chats=chats, knowledge=knowledge, jobs=jobs,
         assistant=assistant, uploads=Uploads(chats, knowledge, jobs),
         summaries=Summaries(assistant, knowledge, jobs, settings.documents.summary_writing),
-        stats=StatsService(settings, sessions), training=TrainingService(settings, sessions, models, chats),
+        stats=StatsService(settings, sessions), training=TrainingService(settings, sessions, models, chats, leases=leases),
         leases=leases)
 
 

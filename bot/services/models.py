@@ -224,10 +224,12 @@ class ModelManager:
             self._current.close(wait=True, cancel=True)
 
     async def swap(self, name_or_path: str, version_id: int | None = None) -> ChatModel:
-        """Load another model (in a thread) and make it the active one. With workers, they serve what they were
-        started with: the version is named in the log for their operator, and the workers stay."""
+        """Load another model (in a thread) and make it the active one. With workers, the active version's row
+        (written by the caller) is what they follow: each loads it within its `[model] follow_s`
+        (bot.services.worker_versions), and this process keeps its connection to them."""
         if self.remote:
-            log.warning("model version %s (%s) is active: restart the model workers with it", version_id, name_or_path)
+            log.info("model version %s (%s) is active: the model workers that follow the database load it",
+                     version_id, name_or_path)
             return await self.current()
         loaded = await in_own_thread(ChatModel.load, self.settings, name_or_path, version_id)
         async with self._lock:

@@ -15,11 +15,15 @@ docent's own, which a foreign server (llama.cpp's server, vLLM, Ollama) lacks an
     - POST /v1/docent/spans     copy decoding (lm.spans): answer spans scored by the model's log-probabilities.
 Closing the connection of a streamed reply cancels it at the next token (the batch slot is freed).
 The worker trims a chat that does not fit its context, oldest turns first, as the bot does in-process.
+Given the bot's database, the worker serves the promoted model version and follows /promote and /rollback
+(bot.services.worker_versions); /v1/models names the version ("run-3") or the configured model. Each request
+keeps the model it started on until it ends, so a swap never cuts a stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -33,6 +37,7 @@ from bot.config import Settings
 from bot.services.models import ChatModel, generation_config
 
 log = logging.getLogger(__name__)
+LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}  # escaped inside JSON strings
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -61,6 +66,12 @@ class Worker:
             app.add_routes([web.get("/v1/docent/info", self.info), web.post("/v1/docent/spans", self.spans)])
         return app
 
+    def install(self, model: ChatModel) -> None:
+        """Serve `model` from now on: requests running finish on the old one, whose server then stops."""
+        old, self.model = self.model, model
+        log.info("serving %s (was %s)", model.label, old.label)
+        old.close(wait=False)
+
     # ---- requests ------------------------------------------------------------------------------
 
     def _config(self, body: dict[str, Any]):
@@ -81,8 +92,9 @@ class Worker:
         return body
 
     async def models(self, request: web.Request) -> web.Response:
+        model = self.model
         return web.json_response({"object": "list", "data": [
-            {"id": self.model.label, "object": "model", "created": 0, "owned_by": "docent"}]})
+            {"id": model.label, "object": "model", "created": 0, "owned_by": "docent", "version": model.version_id}]})
 
     async def info(self, request: web.Request) -> web.Response:
         return web.json_response({"model": self.model.label, "context_tokens": self.model.context_tokens,
@@ -96,8 +108,9 @@ class Worker:
             return _error(400, "messages must be a non-empty list of {role, content} with text content")
         config = self._config(body)
         messages = [{"role": m.get("role", "user"), "content": m["content"]} for m in messages]
-        ids = await asyncio.to_thread(self.model.prompt, messages, config)
-        return await self._answer(request, body, ids, config, chat=True)
+        model = self.model  # this request's model until it ends, whatever a swap installs meanwhile
+        ids = await asyncio.to_thread(model.prompt, messages, config)
+        return await self._answer(request, model, body, ids, config, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -105,24 +118,26 @@ class Worker:
         if not isinstance(prompt, str):
             return _error(400, "prompt must be a string")
         config = self._config(body)
-        ids = self.model.tokenizer.encode(prompt)
-        return await self._answer(request, body, ids, config, chat=False)
+        model = self.model
+        ids = model.tokenizer.encode(prompt)
+        return await self._answer(request, model, body, ids, config, chat=False)
 
-    async def _answer(self, request: web.Request, body: dict, ids: list[int], config, chat: bool) -> web.StreamResponse:
-        """The generation of `ids`, as one JSON response or as server-sent events."""
+    async def _answer(self, request: web.Request, model: ChatModel, body: dict, ids: list[int], config,
+                      chat: bool) -> web.StreamResponse:
+        """The generation of `ids` by `model`, as one JSON response or as server-sent events."""
         cancel = threading.Event()
-        events = self.model.events(ids, config, cancel)
+        events = model.events(ids, config, cancel)
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
         try:
             if not body.get("stream"):
                 text = "".join([e async for e in events if isinstance(e, str)])
-                return web.json_response(self._whole(ident, kind, chat, text, len(ids)))
+                return web.json_response(self._whole(model, ident, kind, chat, text, len(ids)))
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await response.prepare(request)
             async for event in events:
-                await response.write(self._chunk(ident, kind, chat, event))
-            await response.write(self._chunk(ident, kind, chat, None))
+                await response.write(self._chunk(model, ident, kind, chat, event))
+            await response.write(self._chunk(model, ident, kind, chat, None))
             await response.write(b"data: [DONE]\n\n")
             return response
         except ConnectionResetError:  # the client went away: the reply stops at its next token
@@ -132,15 +147,15 @@ class Worker:
             cancel.set()
             await events.aclose()
 
-    def _whole(self, ident: str, kind: str, chat: bool, text: str, prompt_tokens: int) -> dict:
+    def _whole(self, model: ChatModel, ident: str, kind: str, chat: bool, text: str, prompt_tokens: int) -> dict:
         choice = {"index": 0, "finish_reason": "stop"}
         choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None})
-        completion = self.model.count_tokens(text)
-        return {"id": ident, "object": kind, "created": int(time.time()), "model": self.model.label,
+        completion = model.count_tokens(text)
+        return {"id": ident, "object": kind, "created": int(time.time()), "model": model.label,
                 "choices": [choice], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                                                "total_tokens": prompt_tokens + completion}}
 
-    def _chunk(self, ident: str, kind: str, chat: bool, event: Any) -> bytes:
+    def _chunk(self, model: ChatModel, ident: str, kind: str, chat: bool, event: Any) -> bytes:
         """One server-sent event: a text delta, a queue state (docent's field), or the end (event None)."""
         from lm.serve import Queued, Started
 
@@ -148,12 +163,15 @@ class Worker:
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop" if event is None else None}
         choice.update({"delta": {"content": text} if text or event is None else {}} if chat else {"text": text})
         chunk: dict[str, Any] = {"id": ident, "object": kind + (".chunk" if chat else ""), "created": int(time.time()),
-                                 "model": self.model.label, "choices": [choice]}
+                                 "model": model.label, "choices": [choice]}
         if self.extensions and isinstance(event, Queued):
             chunk["docent"] = {"queued": event.ahead}
         elif self.extensions and isinstance(event, Started):
             chunk["docent"] = {"started": True}
-        return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        # JSON leaves U+0085, U+2028 and U+2029 raw, and line readers that split as str.splitlines does (httpx's
+        # aiter_lines) would cut the event at one of them: a model's token can hold one
+        text = json.dumps(chunk, ensure_ascii=False).translate(LINE_BREAKS)
+        return b"data: " + text.encode() + b"\n\n"
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -187,19 +205,33 @@ class Worker:
 
 async def serve(settings: Settings, host: str, port: int, model: ChatModel | None = None,
                 ready: asyncio.Event | None = None, extensions: bool = True) -> None:
-    """Load the model and serve until cancelled (`extensions` False: the standard API only)."""
+    """Load the model (the active version, when the bot's database is known) and serve until cancelled
+    (`extensions` False: the standard API only)."""
     from bot.services.compute import in_own_thread
+    from bot.services.worker_versions import VersionFollower, follows
 
+    follower = None
+    if model is None and follows(settings):
+        worker: Worker | None = None
+        follower = VersionFollower(settings, lambda loaded: worker.install(loaded))
+        model = await follower.first()
     model = model or await in_own_thread(ChatModel.load, settings)
-    runner = web.AppRunner(Worker(settings, model, extensions).app())
+    worker = Worker(settings, model, extensions)
+    runner = web.AppRunner(worker.app())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("docent serve: %s on http://%s:%d/v1", model.label, host, port)
+    log.info("docent serve: %s on http://%s:%d/v1%s", model.label, host, port,
+             " (follows the active model version)" if follower else "")
+    following = asyncio.get_running_loop().create_task(follower.run()) if follower else None
     if ready is not None:
         ready.set()
     try:
         await asyncio.Event().wait()
     finally:
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         await runner.cleanup()
-        model.close(wait=False)
+        worker.model.close(wait=False)

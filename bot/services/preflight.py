@@ -117,15 +117,48 @@ def check_model_loads(settings: Settings) -> Check:
     return Check("chat model loads", True, f"{model.context_tokens} tokens of context")
 
 
+async def check_workers(settings: Settings, timeout_s: float = 10.0) -> list[Check]:
+    """`[model] backend = "openai"`: each worker URL answers /models, as a replica's first reply will ask it."""
+    import httpx
+
+    from bot.services.remote_model import worker_urls
+
+    urls = worker_urls(settings.model.url)
+    if not urls:
+        return [Check("model workers", False, 'backend = "openai" needs [model] url (DOCENT_MODEL_URL), '
+                                              "e.g. http://host:8000/v1")]
+    checks = []
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        for url in urls:
+            try:
+                response = (await client.get(url + "/models")).raise_for_status()
+                served = [m.get("id", "?") for m in response.json().get("data") or []]
+            except (httpx.HTTPError, ValueError, AttributeError) as e:
+                reason = str(e).splitlines()[0][:200] if str(e) else "no answer"
+                checks.append(Check("model worker", False, f"{url}/models: {type(e).__name__}: {reason}; is "
+                                                           "`docent serve` (or another OpenAI-compatible server) "
+                                                           "running there?"))
+                continue
+            checks.append(Check("model worker", bool(served), f"{url} serves {', '.join(served)}" if served
+                                else f"{url}/models lists no model"))
+    return checks
+
+
 async def preflight(settings: Settings) -> list[Check]:
-    """Every check, in the order a start-up would meet them."""
+    """Every check, in the order a start-up would meet them. With model workers, the workers answer instead of
+    a local model loading (a replica has no model files)."""
     checks = check_telegram(settings)
     if checks[0].ok:  # a token in the right form: does the Bot API take it?
         checks.append(await check_bot_api(settings))
     checks.append(await check_database(settings))
-    chat = check_model_files("chat model", settings.model.name, settings)
-    checks.append(chat)
-    if chat.ok:
-        checks.append(check_model_loads(settings))
+    if settings.model.backend == "openai":
+        checks.extend(await check_workers(settings))
+    elif settings.model.backend != "local":
+        checks.append(Check("model backend", False, f'{settings.model.backend!r}: must be "local" or "openai"'))
+    else:
+        chat = check_model_files("chat model", settings.model.name, settings)
+        checks.append(chat)
+        if chat.ok:
+            checks.append(check_model_loads(settings))
     checks.append(check_model_files("encoder", settings.documents.encoder, settings))
     return checks

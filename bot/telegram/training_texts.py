@@ -176,6 +176,13 @@ def outcome_text(outcome) -> str:
     return "\n".join(lines)
 
 
+def run_abandoned_text(run) -> str:
+    """A run whose replica died mid-run (bot.db.models.TrainingRun, as settled by another replica)."""
+    then = ("It can continue from its checkpoint: /retrain resume." if run.status == "resumable"
+            else "Its progress is lost; start a new one with /retrain.")
+    return f"⚠️ Training run #{run.id} was interrupted: the replica running it stopped. {then}"
+
+
 def loss_curve_caption(run_id: int) -> str:
     return f"Loss curve of training run #{run_id}"
 

@@ -195,3 +195,13 @@ async def test_a_standard_only_worker_is_taken_for_a_foreign_server(model_and_se
     assert not remote.ours
     assert all(isinstance(e, str) for e in events), "no queue states from a server without them"
     assert "".join(events) == local_reply(model, settings)
+
+
+def test_a_streamed_token_with_a_unicode_line_break_stays_one_event(model_and_settings):
+    """A random model's token may hold U+2028 or U+0085: the event is still one line for a client that splits
+    lines as str.splitlines does (httpx's aiter_lines), and its text arrives whole."""
+    model, settings = model_and_settings
+    text = "a\u2028b\u2029c\x85d"
+    event = Worker(settings, model)._chunk(model, "chatcmpl-x", "chat.completion", True, text).decode()
+    lines = [line for line in event.splitlines() if line]
+    assert len(lines) == 1 and json.loads(lines[0][5:])["choices"][0]["delta"]["content"] == text

@@ -96,3 +96,43 @@ def test_the_command_exits_1_when_the_bot_api_is_unreachable(tmp_path, monkeypat
         monkeypatch.setenv(f"DOCENT_{key}", str(value))
     assert main(["run", "--check"]) == 1
     assert "FAIL  bot api: http://127.0.0.1:9/bot could not be reached" in capsys.readouterr().out
+
+
+async def test_a_replica_with_model_workers_checks_that_each_answers_instead_of_loading_a_model(tmp_path):
+    """`[model] backend = "openai"`: a worker that answers /v1/models passes with what it serves, an unreachable
+    one fails with its URL; the replica's own model files are not looked for (it has none)."""
+    from aiohttp import web
+
+    from bot.services.models import ChatModel
+    from bot.services.openai_server import Worker
+
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "replica").mkdir()
+    worker_settings = settings_for(tmp_path / "worker")
+    model = await asyncio.to_thread(ChatModel.load, worker_settings)
+    runner = web.AppRunner(Worker(worker_settings, model).app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    fake = FakeTelegram.start_in_thread(token=GOOD_TOKEN, bot_username="docent_check_bot")
+    try:
+        s = settings_for(tmp_path / "replica", token=GOOD_TOKEN, api_url=fake.base_url)
+        s.model.backend, s.model.name = "openai", str(tmp_path / "nowhere.gguf")
+        s.model.url = f"http://127.0.0.1:{port}/v1, http://127.0.0.1:9/v1"
+        checks = await preflight(s)
+    finally:
+        fake.close()
+        await runner.cleanup()
+        model.close()
+    workers = [c for c in checks if c.name == "model worker"]
+    assert [c.ok for c in workers] == [True, False]
+    assert workers[0].detail == f"http://127.0.0.1:{port}/v1 serves {model.label}"
+    assert workers[1].line().startswith("FAIL  model worker: http://127.0.0.1:9/v1/models: ConnectError")
+    names = {c.name for c in checks}
+    assert "chat model" not in names and "chat model loads" not in names
+    assert all(c.ok for c in checks if c.name in ("token", "bot api", "database"))
+
+    s.model.url = ""
+    assert [c.line() for c in await preflight(s) if c.name == "model workers"] == [
+        'FAIL  model workers: backend = "openai" needs [model] url (DOCENT_MODEL_URL), e.g. http://host:8000/v1']

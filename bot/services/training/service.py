@@ -14,6 +14,13 @@ the batches `lm.train` evaluates on ("before"); then `python -m lm.train --mode 
 configured base model, writing metrics.jsonl, which is read as it grows for the status line. A finished run
 becomes a model version (versions.py), and it becomes the active model only when its held-out loss beats the
 active model's on the same examples (or the admin forced it); the swap happens without a restart.
+
+Replicas (bot.services.leases). A run's row names the replica that runs it and a lease its heartbeat renews,
+as an upload's does; one run at a time across the replicas. When a replica dies mid-run, another takes the
+row once the lease has expired (`settle_abandoned`, from bot.app's sweep) and marks it resumable when the
+run's checkpoint is on its own disk (a shared data directory), else failed, and the admin who started it is
+told. A resumable run stays with the replica whose disk holds its checkpoint. With one process (SQLite), a
+start settles every unfinished run (`recover`), as before leases.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.db import training as training_db
+from bot.db.leases import take_abandoned
 from bot.db.models import ModelVersion, TrainingRun
 from bot.db.session import now_utc
 from bot.services.chats import Chats, Origin
+from bot.services.leases import Leases
 from bot.services.training import runner
 from bot.services.training.dataset import Example, base_info, build_examples, read_sources, write_jsonl
 from bot.services.training.plan import (
@@ -63,9 +72,11 @@ class TrainingService:
     """Plans, runs, watches and cancels training runs, and switches model versions."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], models, chats: Chats,
-                 options: TrainingOptions | None = None, timer: StepTimer | None = None):
+                 options: TrainingOptions | None = None, timer: StepTimer | None = None,
+                 leases: Leases | None = None):
         self.settings = settings
         self.sessions = sessions
+        self.leases = leases or Leases(sessions, settings.database.lease_s, shared=False)
         self.models = models
         self.chats = chats  # records the admin who starts a run (the run row names them)
         self.options = options or TrainingOptions.from_settings(settings.training)
@@ -163,12 +174,14 @@ class TrainingService:
             raise TrainingBusy(f"run #{self.job.run_id} is still in progress")
         if not plan.ready:
             raise ValueError(f"Not enough data to train on: {plan.refusal}")
+        await self._refuse_if_another_replica_trains()
         await self.chats.record(requested_by)  # the run row names the admin
         self.job = Job(run_id=0, steps=plan.options.steps)
         try:
             async with self.sessions() as s:
                 run = await training_db.create_run(s, mode="lora", requested_by=requested_by.user_id,
-                                                   base_version_id=plan.active_version_id, config={
+                                                   base_version_id=plan.active_version_id,
+                                                   lease=self.leases.lease(), config={
                                                        "base": plan.base, "active": plan.active, "force": plan.force,
                                                        "options": asdict(plan.options), "examples": plan.examples,
                                                        "heldout": len(plan.heldout), "tokens": plan.tokens,
@@ -189,6 +202,15 @@ class TrainingService:
             self.job = None
             raise
 
+    async def _refuse_if_another_replica_trains(self) -> None:
+        """One run at a time across replicas: raise TrainingBusy while another live replica holds one."""
+        if not self.leases.shared:
+            return
+        async with self.sessions() as s:
+            other = await training_db.live_run(s, self.leases.clock(), self.leases.owner)
+        if other is not None:
+            raise TrainingBusy(f"run #{other.id} is in progress on another replica")
+
     async def resumable(self) -> TrainingRun | None:
         """The latest run that can continue from its checkpoint."""
         async with self.sessions() as s:
@@ -201,7 +223,9 @@ class TrainingService:
         """Mark a resumable run as this process's job before `run(..., resume=True)`."""
         if self.busy:
             raise TrainingBusy(f"run #{self.job.run_id} is still in progress")
+        await self._refuse_if_another_replica_trains()
         self.job = Job(run_id=run.id, steps=int(run.config.get("options", {}).get("steps", self.options.steps)))
+        await self._update_run(run.id, **self.leases.lease().values())  # this replica's from now on
 
     async def reserve_resumable(self, requested_by: Origin) -> TrainingRun | None:
         """The latest resumable run, reserved as this process's job (None: there is none to resume)."""
@@ -264,9 +288,9 @@ class TrainingService:
             self.job = None
         return outcome
 
-    async def _update_run(self, run_id: int, **fields: Any) -> None:
+    async def _update_run(self, run_id: int, **fields: Any) -> TrainingRun:
         async with self.sessions() as s:
-            await training_db.update_run(s, run_id, **fields)
+            return await training_db.update_run(s, run_id, **fields)
 
     async def cancel(self) -> int | None:
         """Ask the run in flight to stop: lm.train sees the cancel file at its next step and saves a
@@ -351,7 +375,10 @@ class TrainingService:
 
     async def recover(self) -> list[tuple[int, str]]:
         """Runs a previous bot process left unfinished: a live trainer is stopped (it checkpoints), then each
-        becomes "resumable" when its checkpoint exists and "failed" otherwise. Returns (run id, status)."""
+        becomes "resumable" when its checkpoint exists and "failed" otherwise. Returns (run id, status).
+        With replicas, only the runs whose replica died (`settle_abandoned`)."""
+        if self.leases.shared:
+            return [(run.id, run.status) for run in await self.settle_abandoned()]
         async with self.sessions() as s:
             runs = await training_db.unfinished_runs(s)
         changed = []
@@ -372,11 +399,33 @@ class TrainingService:
             changed.append((run.id, status))
         return changed
 
+    async def settle_abandoned(self) -> list[TrainingRun]:
+        """Runs pending or running whose replica died (their lease expired), each taken by one replica: resumable
+        when the run's checkpoint is on this machine's disk, else failed. The runs as now stored, for their
+        admins to be told."""
+        async with self.sessions() as s:
+            taken = await take_abandoned(s, TrainingRun, self.leases.lease(), self.leases.expired_before())
+        settled = []
+        for run in taken:
+            if self.job is not None and self.job.run_id == run.id:
+                continue  # ours, in flight (a heartbeat came late): it goes on
+            paths = self.paths(run.id)
+            await runner.stop_stale(run.pid, paths)  # a trainer here, left by a process of this machine
+            status = "resumable" if paths.checkpoint.is_file() else "failed"
+            error = {"resumable": "the replica running it stopped; it can continue from its checkpoint",
+                     "failed": "the replica running it stopped, and no checkpoint of it is left"}[status]
+            settled.append(await self._update_run(run.id, status=status, error=error,
+                                                  finished_at=now_utc() if status == "failed" else None))
+            log.warning("training run %s lost its replica (%s); it is now %s", run.id, run.owner, status)
+        return settled
+
     async def restore_active_model(self) -> ModelVersion | None:
         """Call once at bot start (post_init): settle runs a previous process left unfinished, then load the
-        active version from SQL instead of the configured model (ModelVersions.restore)."""
-        for run_id, status in await self.recover():
-            log.warning("training run %s was left unfinished; it is now %s", run_id, status)
+        active version from SQL instead of the configured model (ModelVersions.restore). With replicas, runs
+        are settled by the sweep instead (bot.app), which tells their admins."""
+        if not self.leases.shared:
+            for run_id, status in await self.recover():
+                log.warning("training run %s was left unfinished; it is now %s", run_id, status)
         return await self.model_versions.restore()
 
 
