@@ -137,18 +137,45 @@ def summarize(runs: list[dict], n_prompt: int, n_new: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- driver
 
-def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: list[str] = ()) -> dict:
+def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: list[str] = (),
+               env_extra: dict[str, str] | None = None) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", role, "--model", args.model, "--weights", args.weights,
            "--threads", str(args.threads), "--max-len", str(args.max_len), "--prompt-tokens", str(args.prompt_tokens),
            "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), *extra]
     if prompt_file:
         cmd += ["--prompt-file", str(prompt_file)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{role} worker failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def compare_bf16_kernels(args, pf_text: str, rounds: int = 3) -> None:
+    """Our engine with lm.quant's two kernel choices, on this CPU, in interleaved rounds: "native" (bf16 matmuls
+    for a prompt, the int4 kernel for decode rows) and "emulated" (float32 matmuls for a prompt, the int8 kernel
+    for decode rows). Prints the medians, the ratio emulated / native, and a JSON line."""
+    from lm.quant import native_bf16
+
+    pairs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pf = Path(tmp) / "prompt.json"
+        pf.write_text(pf_text)
+        for _ in range(rounds):
+            pairs.append({side: run_worker(sys.executable, "ours", args, pf, env_extra={"LM_NATIVE_BF16": flag})
+                          for side, flag in (("native", "1"), ("emulated", "0"))})
+    print(f"{args.model} {args.weights}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new, threads "
+          f"{args.threads}, {rounds} interleaved rounds; this CPU has native bf16: {native_bf16()}")
+    summary = {"model": args.model, "weights": args.weights, "native_bf16_here": native_bf16(), "rounds": rounds}
+    for key in ("prefill_tok_s", "ttft_s", "decode_tok_s"):
+        native = statistics.median(p["native"][key] for p in pairs)
+        emulated = statistics.median(p["emulated"][key] for p in pairs)
+        ratio = statistics.median(p["emulated"][key] / p["native"][key] for p in pairs)
+        print(f"{key:14} native-bf16 kernels {native:9.2f}   emulated-bf16 kernels {emulated:9.2f}   ratio {ratio:.2f}x")
+        summary[key] = {"native_kernels": round(native, 3), "emulated_kernels": round(emulated, 3),
+                        "emulated_over_native": round(ratio, 3)}
+    print(json.dumps(summary))
 
 
 def llama_bench(path: str, gguf: str, args) -> dict:
@@ -203,6 +230,9 @@ def main() -> None:
     ap.add_argument("--hf-python", default="/tmp/hf/bin/python")
     ap.add_argument("--llama-bench", metavar="PATH", help="llama.cpp's llama-bench binary: run it on the same GGUF")
     ap.add_argument("--llama-rounds", type=int, default=3, help="interleaved rounds of ours and llama-bench")
+    ap.add_argument("--bf16-kernels", action="store_true",
+                    help="ours with the kernels of a CPU with native bf16 against those of one without "
+                         "(lm.quant.NATIVE_BF16, forced by LM_NATIVE_BF16), in interleaved rounds")
     ap.add_argument("--worker", choices=["prepare", "ours", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
@@ -236,6 +266,9 @@ def main() -> None:
         for r in range(args.llama_rounds if args.llama_bench else 0):
             ours = results[0] if r == 0 else run_worker(sys.executable, "ours", args, pf)
             llama_rounds.append((ours, llama_bench(args.llama_bench, prep["gguf"], args)))
+
+    if args.bf16_kernels:
+        return compare_bf16_kernels(args, pf_text=json.dumps(prep["prompt_ids"]))
 
     rows = [("load s", "load_s", "{:.2f}"), ("prefill tok/s", "prefill_tok_s", "{:.1f}"), ("TTFT s", "ttft_s", "{:.3f}"),
             ("decode tok/s", "decode_tok_s", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}")]

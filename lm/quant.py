@@ -23,10 +23,17 @@ weights (measured on AMD Zen 4 with avx512_bf16/vnni, torch 2.13, 2 threads, wei
 Activations stay float32 between layers (residual stream, norms, softmax); only the inputs of the matmuls are
 cast to bf16 and their outputs cast back. tests/integration/test_generate_real.py holds the measured logit
 differences against fp32.
+
+All of the above assumes a CPU that multiplies bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm). On
+one without (an AVX2-only x86, such as an older EPYC), torch emulates bf16: a prompt's bf16 matmul runs several
+times slower than the float32 one, and the int4 kernel slower than the int8 one. There (`NATIVE_BF16` False) a
+prompt's rows multiply the int8 copy dequantized to float32, and decode rows of int4 layers go through the int8
+kernel: the same int8 weights the prompt uses (bench/generate.py --bf16-kernels measures both ways).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -44,9 +51,34 @@ VNNI_FROM_ROWS = {"feed_forward.w13": 1, "output": 1}
 VNNI_MAX_ROWS = 64
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (x86 "flags", Arm "Features"); empty when
+    unknown, which makes every choice below take the kernels that are right on any CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("flags", "Features"))]
+    except OSError:
+        return set()
+    return set(lines[0].split(":", 1)[1].split()) if lines else set()
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or amx_bf16 on x86, bf16 on Arm);
+    `LM_NATIVE_BF16=1` or `0` says so instead (for benchmarks and tests)."""
+    forced = os.environ.get("LM_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & cpu_flags())
+
+
+NATIVE_BF16 = native_bf16()  # read once: which kernels the layers below take (module docstring)
+
+
 def vnni_available() -> bool:
-    """FBGEMM's int8 kernels exist on x86 builds of torch (with VNNI on CPUs that have it)."""
-    return "fbgemm" in torch.backends.quantized.supported_engines
+    """FBGEMM's int8 kernels exist (x86 builds of torch) and the CPU has VNNI: without it FBGEMM multiplies
+    with AVX2's 16-bit pairwise sums, which saturate, and the head's logits drift (tests/unit/test_quant.py)."""
+    has_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+    return "fbgemm" in torch.backends.quantized.supported_engines and has_vnni
 
 
 class Int8Linear(nn.Module):
@@ -103,8 +135,10 @@ class Int8Linear(nn.Module):
         per-channel scales applied to its output (one pass over the weight)."""
         if self.packable and x.shape[0] <= INT8PACK_MAX_ROWS:
             y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales)
-        else:
+        elif NATIVE_BF16:
             y = F.linear(x.to(torch.bfloat16), self.weight.to(torch.bfloat16)) * self.scales
+        else:  # bf16 emulated: the float32 matmul is the fast one
+            y = F.linear(x.float(), self.weight.float()) * self.scales.float()
         return y.float() if self.bias is None else y.float() + self.bias
 
     def extra_repr(self) -> str:
@@ -137,7 +171,7 @@ class Int4Linear(Int8Linear):
         return mod
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > INT4_MAX_ROWS:
+        if x.shape[0] > INT4_MAX_ROWS or not NATIVE_BF16:  # without native bf16 the int8 kernel is the faster
             return super().rows(x)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.q4, GROUP, self.q4_scales).float()
         return y if self.bias is None else y + self.bias

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from lm import quant
 from lm.config import ModelConfig
 from lm.model import KVCache, Transformer
 from lm.quant import (
@@ -43,6 +44,28 @@ def test_int8_linear_is_close_to_fp32(rows, in_features):
     assert rel < 0.02, rel  # int8 weights + bf16 activations: ~1% of the output range
     # and the error is not a constant offset: every output feature tracks the reference
     assert torch.corrcoef(torch.stack([out.flatten(), ref.flatten()]))[0, 1] > 0.999
+
+
+def test_a_prompts_rows_multiply_in_float32_where_bf16_is_emulated(monkeypatch):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96, bias=True)
+    q = Int8Linear.from_float(lin.weight, lin.bias)
+    x = torch.randn(1, 40, 64)  # a prompt's rows: past the int8pack kernel
+    with torch.no_grad():
+        monkeypatch.setattr(quant, "NATIVE_BF16", True)
+        in_bf16 = q(x)
+        monkeypatch.setattr(quant, "NATIVE_BF16", False)
+        in_fp32 = q(x)
+        exact = x @ q.dequantize(torch.float32).T + lin.bias  # the int8 weights, multiplied in float32
+    assert torch.allclose(in_fp32, exact, atol=1e-5)
+    assert not torch.equal(in_fp32, in_bf16) and (in_fp32 - in_bf16).abs().max() < 0.02 * exact.abs().max()
+
+
+def test_cpu_flags_say_whether_bf16_is_native(monkeypatch):
+    monkeypatch.setenv("LM_NATIVE_BF16", "0")
+    assert quant.native_bf16() is False
+    monkeypatch.setenv("LM_NATIVE_BF16", "1")
+    assert quant.native_bf16() is True
 
 
 def test_bf16_linear_is_close_to_fp32():
@@ -102,9 +125,10 @@ def q4_1(weight: torch.Tensor) -> torch.Tensor:
     return (q * d + m).view(out_f, in_f)
 
 
-def test_int4_groups_give_back_weights_that_came_from_q4_1():
+def test_int4_groups_give_back_weights_that_came_from_q4_1(monkeypatch):
     """The int4 format recomputes each group's scale and zero from the dequantized GGUF: for Q4_1 weights, the
     layer computes with exactly the file's weights (up to bf16 scales), unlike a per-channel int8 re-quantization."""
+    monkeypatch.setattr(quant, "NATIVE_BF16", True)  # the int4 kernel (emulated bf16 takes the int8 one)
     torch.manual_seed(0)
     w = q4_1(torch.randn(64, 128) * torch.logspace(-2, 0, 64)[:, None])
     q, scales_zeros = quantize_groups(w)
@@ -119,7 +143,14 @@ def test_int4_groups_give_back_weights_that_came_from_q4_1():
     assert err4 < 0.02 * ref.abs().max() and err4 < err8, (err4, err8)
 
 
-def test_int4_layer_takes_its_kernel_for_few_rows_and_the_int8_copy_for_many():
+@pytest.fixture(params=[True, False], ids=["native-bf16", "emulated-bf16"])
+def bf16_in_hardware(request, monkeypatch):
+    """Both kernel choices, whatever this CPU has (lm.quant.NATIVE_BF16)."""
+    monkeypatch.setattr(quant, "NATIVE_BF16", request.param)
+    return request.param
+
+
+def test_int4_layer_takes_its_kernel_for_few_rows_and_the_int8_copy_for_many(bf16_in_hardware):
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96, bias=True)
     with torch.no_grad():
@@ -133,13 +164,16 @@ def test_int4_layer_takes_its_kernel_for_few_rows_and_the_int8_copy_for_many():
         assert torch.equal(q(many), Int8Linear.forward(q, many))  # 40 rows: the int8 copy
         few = torch.randn(4, 64)
         assert torch.equal(q.rows(few), q.forward(few))
-        assert not torch.equal(q.rows(few), Int8Linear.rows(q, few))  # 4 rows: the int4 kernel
+        if bf16_in_hardware:
+            assert not torch.equal(q.rows(few), Int8Linear.rows(q, few))  # 4 rows: the int4 kernel
+        else:
+            assert torch.equal(q.rows(few), Int8Linear.rows(q, few))  # emulated bf16: the (faster) int8 kernel
     model = quantize_model(tiny(), "int4")
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, Int8Linear)}
     assert kinds["output"] == "Int8Linear" and kinds["layers.0.feed_forward.w2"] == "Int4Linear"
 
 
-@pytest.mark.skipif(not vnni_available(), reason="FBGEMM is part of every x86 torch build; absent elsewhere")
+@pytest.mark.skipif(not vnni_available(), reason="FBGEMM with VNNI: x86 CPUs that have it")
 def test_vnni_decode_path_is_close_to_float_and_only_on_its_layers():
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96, bias=False)
@@ -158,7 +192,7 @@ def test_vnni_decode_path_is_close_to_float_and_only_on_its_layers():
         assert flagged == want, mode
 
 
-@pytest.mark.skipif(not vnni_available(), reason="FBGEMM is part of every x86 torch build; absent elsewhere")
+@pytest.mark.skipif(not vnni_available(), reason="FBGEMM with VNNI: x86 CPUs that have it")
 def test_only_decode_rows_go_through_fbgemm():
     """A batch of decode rows, (R, 1, in), takes FBGEMM from the layer's row count; a prompt's tokens, (1, T, in),
     never do (8-bit activations of a prompt's first positions lose too much); each decode row of a batch stays
