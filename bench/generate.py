@@ -154,8 +154,8 @@ def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: li
 
 def compare_bf16_kernels(args, pf_text: str, rounds: int = 3) -> None:
     """Our engine with lm.quant's two kernel choices, on this CPU, in interleaved rounds: "native" (bf16 matmuls
-    for a prompt, the int4 kernel for decode rows) and "emulated" (float32 matmuls for a prompt, the int8 kernel
-    for decode rows). Prints the medians, the ratio emulated / native, and a JSON line."""
+    for a prompt) and "emulated" (float32 matmuls for a prompt). Prints the medians, the ratio emulated / native,
+    and a JSON line."""
     from lm.quant import native_bf16
 
     pairs = []

@@ -26,9 +26,9 @@ differences against fp32.
 
 All of the above assumes a CPU that multiplies bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm). On
 one without (an AVX2-only x86, such as an older EPYC), torch emulates bf16: a prompt's bf16 matmul runs several
-times slower than the float32 one, and the int4 kernel slower than the int8 one. There (`NATIVE_BF16` False) a
-prompt's rows multiply the int8 copy dequantized to float32, and decode rows of int4 layers go through the int8
-kernel: the same int8 weights the prompt uses (bench/generate.py --bf16-kernels measures both ways).
+times slower than the float32 one. There (`NATIVE_BF16` False) a prompt's rows multiply the int8 copy
+dequantized to float32 (bench/generate.py --bf16-kernels measures both ways). Decode rows keep their kernels:
+int4's and int8's are about as fast as each other there, and int4 holds the file's own weights.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class Int4Linear(Int8Linear):
         return mod
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > INT4_MAX_ROWS or not NATIVE_BF16:  # without native bf16 the int8 kernel is the faster
+        if x.shape[0] > INT4_MAX_ROWS:
             return super().rows(x)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.q4, GROUP, self.q4_scales).float()
         return y if self.bias is None else y + self.bias

@@ -125,10 +125,9 @@ def q4_1(weight: torch.Tensor) -> torch.Tensor:
     return (q * d + m).view(out_f, in_f)
 
 
-def test_int4_groups_give_back_weights_that_came_from_q4_1(monkeypatch):
+def test_int4_groups_give_back_weights_that_came_from_q4_1():
     """The int4 format recomputes each group's scale and zero from the dequantized GGUF: for Q4_1 weights, the
     layer computes with exactly the file's weights (up to bf16 scales), unlike a per-channel int8 re-quantization."""
-    monkeypatch.setattr(quant, "NATIVE_BF16", True)  # the int4 kernel (emulated bf16 takes the int8 one)
     torch.manual_seed(0)
     w = q4_1(torch.randn(64, 128) * torch.logspace(-2, 0, 64)[:, None])
     q, scales_zeros = quantize_groups(w)
@@ -164,10 +163,7 @@ def test_int4_layer_takes_its_kernel_for_few_rows_and_the_int8_copy_for_many(bf1
         assert torch.equal(q(many), Int8Linear.forward(q, many))  # 40 rows: the int8 copy
         few = torch.randn(4, 64)
         assert torch.equal(q.rows(few), q.forward(few))
-        if bf16_in_hardware:
-            assert not torch.equal(q.rows(few), Int8Linear.rows(q, few))  # 4 rows: the int4 kernel
-        else:
-            assert torch.equal(q.rows(few), Int8Linear.rows(q, few))  # emulated bf16: the (faster) int8 kernel
+        assert not torch.equal(q.rows(few), Int8Linear.rows(q, few))  # 4 rows: the int4 kernel
     model = quantize_model(tiny(), "int4")
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, Int8Linear)}
     assert kinds["output"] == "Int8Linear" and kinds["layers.0.feed_forward.w2"] == "Int4Linear"
