@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lm.quant import native_bf16
+
 DTYPES = ("auto", "fp32", "bf16", "int8")
 DEFAULT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length (sentence-transformers), specials included
 ENCODE_BLOCK = 1024  # texts tokenized at a time by Encoder.encode (~50 MB of Encodings for 256-token texts)
@@ -221,15 +223,6 @@ def _names(keys: list[str], limit: int = 8) -> str:
 # ------------------------------------------------------------------------------------------ encoder
 
 
-def cpu_has_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (avx512_bf16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
 def default_threads() -> int:
     """The cores this process may run on; more threads than cores makes matmuls slower, not faster."""
     try:
@@ -292,7 +285,7 @@ class Encoder:
         tok.no_padding()
         max_tokens = min(max_tokens or _read_max_seq_length(path_dir), model.cfg.max_position_embeddings)
         if dtype == "auto":
-            dtype = "bf16" if cpu_has_bf16() else "fp32"
+            dtype = "bf16" if native_bf16() else "fp32"
         model = _apply_dtype(model, dtype)
         return cls(model, tok, max_tokens, dtype, threads or default_threads())
 
@@ -424,4 +417,4 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["Encoder", "EncoderConfig", "EncoderLoadError", "Bert", "load_bert", "mean_pool", "cosine",
-           "cpu_has_bf16", "default_threads", "DTYPES"]
+           "default_threads", "DTYPES"]

@@ -26,8 +26,8 @@ differences against fp32.
 
 All of the above assumes a CPU that multiplies bf16 in hardware (AVX512-BF16 or AMX on x86, BF16 on Arm). On
 one without (an AVX2-only x86, such as an older EPYC), torch emulates bf16: a prompt's bf16 matmul runs several
-times slower than the float32 one. There (`NATIVE_BF16` False) a prompt's rows multiply the int8 copy
-dequantized to float32 (bench/generate.py --bf16-kernels measures both ways). Decode rows keep their kernels:
+times slower than the float32 one. There (`NATIVE_BF16` False) a prompt's rows multiply the int8 copy (or the
+"bf16" weights) in float32 (bench/generate.py --bf16-kernels measures both ways). Decode rows keep their kernels:
 int4's and int8's are about as fast as each other there, and int4 holds the file's own weights.
 """
 
@@ -191,6 +191,9 @@ class BF16Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not NATIVE_BF16 and x.numel() > INT4_MAX_ROWS * self.weight.shape[1]:  # a prompt, bf16 emulated
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias).to(x.dtype)
         return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
 
 

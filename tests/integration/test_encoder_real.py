@@ -11,14 +11,15 @@ import pytest
 
 from bot.config import env_cache_dir
 from lm import hub
-from lm.encoder import Encoder, cosine, cpu_has_bf16
+from lm.encoder import Encoder, cosine
 from lm.index import HybridIndex
+from lm.quant import native_bf16
 
 pytestmark = pytest.mark.integration
 
 REFERENCE = Path(__file__).parent.parent / "data" / "minilm_reference.json"
 # the dtypes `auto` may pick: fp32 everywhere, bf16 where the CPU multiplies bf16 natively
-DEFAULT_DTYPES = ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+DEFAULT_DTYPES = ["fp32", "bf16"] if native_bf16() else ["fp32"]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from lm.encoder import Encoder, EncoderLoadError, cpu_has_bf16
+from lm.encoder import Encoder, EncoderLoadError
+from lm.quant import native_bf16
 
 WORDS = ("the a cat dog sat on mat ran fast slow red blue house tree river stone light dark "
          "model vector index query answer paper virus test ##s ##ing ##ed").split()
@@ -127,7 +128,7 @@ def test_padding_invariance(enc: Encoder):
     np.testing.assert_allclose(in_batch[1], alone[0], atol=1e-5)
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="no native bf16 on this CPU")
+@pytest.mark.skipif(not native_bf16(), reason="no native bf16 on this CPU")
 def test_padding_invariance_bf16(model_dir: Path):
     enc = Encoder.load(model_dir, dtype="bf16", threads=1)
     alone = enc.encode(["the cat"])

@@ -59,6 +59,10 @@ def test_a_prompts_rows_multiply_in_float32_where_bf16_is_emulated(monkeypatch):
         exact = x @ q.dequantize(torch.float32).T + lin.bias  # the int8 weights, multiplied in float32
     assert torch.allclose(in_fp32, exact, atol=1e-5)
     assert not torch.equal(in_fp32, in_bf16) and (in_fp32 - in_bf16).abs().max() < 0.02 * exact.abs().max()
+    b16 = BF16Linear(lin.weight, lin.bias)  # "bf16" weights: kept in bf16, a prompt multiplied in float32
+    with torch.no_grad():
+        stored = x @ b16.weight.float().T + b16.bias.float()
+        assert torch.allclose(b16(x), stored, atol=1e-5)
 
 
 def test_cpu_flags_say_whether_bf16_is_native(monkeypatch):
