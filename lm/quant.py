@@ -131,8 +131,9 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def _bf16_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """(M, in) -> (M, out) float32: the int8pack kernel for few rows; for many, a bf16 matmul with the
-        per-channel scales applied to its output (one pass over the weight)."""
+        """(M, in) -> (M, out) float32: the int8pack kernel for few rows; for many, one matmul with the
+        per-channel scales applied to its output (one pass over the weight), in bf16 where the CPU multiplies
+        bf16 in hardware and in float32 where it emulates it (NATIVE_BF16)."""
         if self.packable and x.shape[0] <= INT8PACK_MAX_ROWS:
             y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales)
         elif NATIVE_BF16:
