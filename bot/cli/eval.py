@@ -124,7 +124,8 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         from bot.eval.qa import qa_eval
 
         result = asyncio.run(qa_eval(settings, args.dataset, limit=limit, seed=args.seed,
-                                     writing={"extract": "copy"}.get(args.writing, args.writing)))
+                                     writing={"extract": "copy"}.get(args.writing, args.writing),
+                                     half={"tune": 0, "held-out": 1}.get(args.half)))
         _print_qa(result)
     else:
         from bot.eval.summary import summary_eval
@@ -155,6 +156,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=bounded(int, 1), help="questions or documents to sample (default: retrieval all, qa 30 "
                    "(every question of a dev set folder), summary all)")
     p.add_argument("--seed", type=int, default=0, help="the sample and the tune/test split of the questions")
+    p.add_argument("--half", choices=["tune", "held-out"],
+                   help="qa: ask only the questions of this half of the tune/held-out split (default: both)")
     p.add_argument("--k", type=bounded(int, 1), default=20, help="retrieval: passages retrieved per question")
     p.add_argument("--lead-words", dest="lead_words", type=bounded(int, 0), default=0,
                    help="summary, QMSum: words in the lead baseline (default: the reference's length)")

@@ -76,9 +76,10 @@ def figures(rows: list[dict]) -> dict:
 
 
 async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None = 30, seed: int = 0,
-                  show_progress: bool = True, writing: str | None = None) -> dict:
+                  show_progress: bool = True, writing: str | None = None, half: int | None = None) -> dict:
     """Answers end to end through `answer.answer_question`, scored against gold. `limit` samples that many
-    answerable questions and, where the set has them, that many unanswerable ones (None: all)."""
+    answerable questions and, where the set has them, that many unanswerable ones (None: all); `half` (0 tune,
+    1 held-out) keeps only that half's questions."""
 
     from tqdm import tqdm
 
@@ -88,6 +89,7 @@ async def qa_eval(settings: Settings, dataset: str | Path, *, limit: int | None 
     async with prepare_store(settings, dataset, show_progress) as (services, papers):
         questions = (sample([q for p in papers for q in p.questions], limit, seed)
                      + sample([q for p in papers for q in p.unanswerable], limit, seed))
+        questions = [q for q in questions if half is None or question_half(q, seed) == half]
         model = await services.models.current()
         rows = []
         for q in tqdm(questions, desc="answering", unit="question", disable=not show_progress):
