@@ -194,6 +194,13 @@ def test_a_written_answer_passes_when_its_terms_are_in_the_evidence_it_rests_on(
     assert source is COST
 
 
+def test_a_written_answer_found_only_in_a_sentences_context_rests_on_both_quoted_together():
+    operator = ev("Operator.", before="operator 37", cosine=0.7)
+    source, why = answer.check_written("37", "What uid did the operator user have?", [operator])
+    assert why == "" and source.text == "operator 37 Operator." and source.passage is operator.passage
+    assert answer.check_written("38", "What uid did the operator user have?", [operator]) == (None, "terms")
+
+
 def test_a_written_answer_with_a_changed_number_a_swapped_name_or_another_subject_is_refused():
     q = "How much is a new badge?"
     assert answer.check_written("It costs 20 euros.", q, [BADGE, COST]) == (None, "terms")

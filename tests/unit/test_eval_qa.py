@@ -75,10 +75,15 @@ async def test_qa_eval_runs_the_answer_pipeline_end_to_end(tmp_path: Path):
     assert halves["tune"]["answerable"] + halves["test"]["answerable"] == 4
     assert result["writing"] == "copy" and {r["path"] for r in result["examples"]} <= {"copy", ""}  # the tiny model
 
-    # made to write, the random model's words fail the support check: never shown, the copy path answers instead
+    # made to write, the random model's words fail the support check: never shown, nor replaced by a copied span
     written = await eval_qa.qa_eval(settings, path, limit=2, seed=1, show_progress=False, writing="model")
     assert written["writing"] == "model" and written["halves"]["all"]["unsupported_rate"] == 0.0
     for row in written["examples"]:
         assert row["path"] != "model" or row["answer"] == row["written"]
-        if row["path"] != "model" and len(row["written"]) > 20:  # a refused written answer is not what is shown
-            assert not row["reply"].startswith(row["written"])
+        if row["rejected"]:
+            assert row["path"] == "" and row["not_found"] and not row["reply"].startswith(row["written"])
+
+    # one half only: its questions, the other half empty
+    tune = await eval_qa.qa_eval(settings, path, limit=4, seed=1, show_progress=False, half=0)
+    assert tune["halves"]["test"]["answerable"] + tune["halves"]["test"]["unanswerable"] == 0
+    assert tune["halves"]["tune"]["answerable"] == halves["tune"]["answerable"]
