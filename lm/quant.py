@@ -29,6 +29,16 @@ one without (an AVX2-only x86, such as an older EPYC), torch emulates bf16: a pr
 times slower than the float32 one. There (`NATIVE_BF16` False) a prompt's rows multiply the int8 copy (or the
 "bf16" weights) in float32 (bench/generate.py --bf16-kernels measures both ways). Decode rows keep their kernels:
 int4's and int8's are about as fast as each other there, and int4 holds the file's own weights.
+
+Our own kernels (lm.kernels, compiled once by `make kernels` on CPUs with AVX2, FMA and F16C) replace the aten
+ones above for decode rows where their library loads: up to INT4_MAX_ROWS rows of the int4 layers (whose
+out_features is a multiple of 32) and up to INT8PACK_MAX_ROWS of the int8 ones, the head included (FBGEMM keeps
+the rows it takes on a VNNI CPU). They quantize each activation row to int8 per block of 32 inputs, as
+llama.cpp's q8_0 does, and multiply bytes: the int4 layers' own 4-bit values and scales, rearranged per output
+row on first use (Int4Linear.kernel_weights), or the int8 rows. Unlike the aten kernels they need no bf16, which
+this kind of CPU emulates. The aten kernels stay the fallback (no library, a failed build, `LM_KERNELS=0`) and
+the reference that tests/unit/test_kernels.py compares against; bench/kernels_quality.py measures the KL
+divergence the activations' int8 rounding adds, bench/generate.py --kernels the speed.
 """
 
 from __future__ import annotations
