@@ -9,9 +9,10 @@
 //   q: (N, K / 2) uint8, per output row and group 16 bytes; byte j holds q[j] (low nibble) and q[j + 16].
 //   sz: (N, 2, K / 32) bf16 bits: each row's group scales, then its group zeros.
 //   Per group: sum(w * x) = scale * dx * sum((q - 8) * xq) + zero * sum(x), with xq = round(x / dx) and sum(x)
-//   the block's exact float sum. q - 8 is centred, so xq's rounding errors mostly cancel in the first term
-//   (with q itself they added up 7.5 times, and the error against the float product doubled). s8 x s8 through
-//   maddubs with the sign trick (|q - 8| as unsigned, xq with q - 8's sign): pairs are at most 2 * 8 * 127.
+//   the block's exact float sum. The integer sum is computed as sum(q * xq) - 8 * sum(xq): q (0..15) as unsigned
+//   bytes x xq through maddubs (pairs at most 2 * 15 * 127 = 3810, no saturation), and the -8 * sum(xq) part
+//   per block once, with the zero term, for eight groups at a time. Centred on q - 8 rather than on q (with the
+//   exact sum(x) for the 8), xq's rounding errors mostly cancel: against the float product the error halved.
 // int8_rows: y = (x @ w.T) * scale (+ b) (lm.quant.Int8Linear): w (N, K) int8 in -127..127, scale (N,) bf16.
 //   s8 x s8 through maddubs with the sign trick (|w| as unsigned, x with w's sign), as llama.cpp's q8_0 dot;
 //   pairs are at most 2 * 127 * 127 = 32258 < 32767.
@@ -73,12 +74,17 @@ void quantize_rows(const float* x, int64_t n, int8_t* xq, float* dx, float* sx) 
 struct QuantRows {  // the activation rows in int8 blocks, shared by every thread
   int64_t rows, k, blocks;
   std::vector<int8_t> q;
-  std::vector<float> d, s;
+  std::vector<float> d, s, c;  // per block: scale dx, exact sum(x), dx * sum(xq)
   explicit QuantRows(const at::Tensor& x) : rows(x.size(0)), k(x.size(1)), blocks(k / BLOCK),
-      q(rows * k), d(rows * blocks), s(rows * blocks) {
+      q(rows * k), d(rows * blocks), s(rows * blocks), c(rows * blocks) {
     const float* p = x.data_ptr<float>();
     for (int64_t r = 0; r < rows; ++r)
       quantize_rows(p + r * k, k, q.data() + r * k, d.data() + r * blocks, s.data() + r * blocks);
+    for (int64_t b = 0; b < rows * blocks; ++b) {
+      int sum = 0;
+      for (int64_t i = 0; i < BLOCK; ++i) sum += q[b * BLOCK + i];
+      c[b] = d[b] * static_cast<float>(sum);
+    }
   }
 };
 
@@ -86,33 +92,37 @@ struct QuantRows {  // the activation rows in int8 blocks, shared by every threa
 template <int R>
 inline void int4_row(const uint8_t* wq, const uint16_t* sz, const QuantRows& a, int64_t r0, float* out) {
   const int64_t G = a.blocks;
-  const __m256i low4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t g = 0; g < G; ++g) {
     const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + g * 16));
-    const __m256i w = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), low4), eight);
-    const __m256i wabs = _mm256_sign_epi8(w, w);
+    const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), low4);
     const __m256 scale = _mm256_set1_ps(bf16_to_float(sz[g]));
     for (int r = 0; r < R; ++r) {
       const int64_t row = r0 + r;
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q.data() + row * a.k + g * BLOCK));
-      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, w)), ones);
+      const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones);
       const __m256 part = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_broadcast_ss(&a.d[row * G + g]));
       acc[r] = _mm256_fmadd_ps(part, scale, acc[r]);
     }
   }
-  // the zero term, sum over groups of zero * sum(x), eight groups at a time
+  // the zero term and the 8 of q - 8: sum over groups of zero * sum(x) - 8 * scale * dx * sum(xq)
+  const __m256 minus8 = _mm256_set1_ps(-8.0f);
   for (int r = 0; r < R; ++r) {
     const float* sx = a.s.data() + (r0 + r) * G;
+    const float* cx = a.c.data() + (r0 + r) * G;
     __m256 zacc = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 8 <= G; g += 8) {
+      const __m256i s16 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sz + g)));
       const __m256i z16 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sz + G + g)));
+      const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(s16, 16));
       zacc = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(z16, 16)), _mm256_loadu_ps(sx + g), zacc);
+      zacc = _mm256_fmadd_ps(_mm256_mul_ps(minus8, scale), _mm256_loadu_ps(cx + g), zacc);
     }
     float zero_term = hsum(zacc);
-    for (; g < G; ++g) zero_term += bf16_to_float(sz[G + g]) * sx[g];
+    for (; g < G; ++g) zero_term += bf16_to_float(sz[G + g]) * sx[g] - 8.0f * bf16_to_float(sz[g]) * cx[g];
     out[r] = hsum(acc[r]) + zero_term;
   }
 }
