@@ -74,7 +74,10 @@ def build() -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so.part")
     os.close(fd)
     try:
-        done = subprocess.run(_compile_command(Path(tmp)), capture_output=True, text=True)
+        try:
+            done = subprocess.run(_compile_command(Path(tmp)), capture_output=True, text=True)
+        except OSError as e:  # no compiler at all
+            raise RuntimeError(f"decode kernels failed to compile: {e}") from e
         if done.returncode != 0:
             raise RuntimeError(f"decode kernels failed to compile:\n{done.stderr[-4000:]}")
         os.replace(tmp, path)  # atomic: a concurrent build or load never sees half a library

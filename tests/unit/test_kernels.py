@@ -134,9 +134,10 @@ def test_lm_kernels_0_turns_them_off(monkeypatch):
         assert torch.equal(lin.rows(x), want)
 
 
-def test_a_failed_build_raises_with_the_compilers_words(monkeypatch, tmp_path):
+@pytest.mark.parametrize("compiler", ["false", "/nonexistent/c++"])  # one that fails, and none at all
+def test_a_failed_build_raises_with_the_compilers_words(monkeypatch, tmp_path, compiler):
     monkeypatch.setattr(kernels, "KERNELS_DIR", tmp_path)
-    monkeypatch.setenv("CXX", "false")  # a compiler that always fails
+    monkeypatch.setenv("CXX", compiler)
     with pytest.raises(RuntimeError, match="failed to compile"):
         kernels.build()
     assert not list(tmp_path.rglob("*.so*"))  # no half-written library left behind
