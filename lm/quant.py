@@ -29,6 +29,16 @@ one without (an AVX2-only x86, such as an older EPYC), torch emulates bf16: a pr
 times slower than the float32 one. There (`NATIVE_BF16` False) a prompt's rows multiply the int8 copy (or the
 "bf16" weights) in float32 (bench/generate.py --bf16-kernels measures both ways). Decode rows keep their kernels:
 int4's and int8's are about as fast as each other there, and int4 holds the file's own weights.
+
+Our own kernels (lm.kernels, compiled once by `make kernels` on CPUs with AVX2, FMA and F16C) replace the aten
+ones above for decode rows where their library loads: up to INT4_MAX_ROWS rows of the int4 layers (whose
+out_features is a multiple of 32) and up to INT8PACK_MAX_ROWS of the int8 ones, the head included (FBGEMM keeps
+the rows it takes on a VNNI CPU). They quantize each activation row to int8 per block of 32 inputs, as
+llama.cpp's q8_0 does, and multiply bytes: the int4 layers' own 4-bit values and scales, rearranged per output
+row on first use (Int4Linear.kernel_weights), or the int8 rows. Unlike the aten kernels they need no bf16, which
+this kind of CPU emulates. The aten kernels stay the fallback (no library, a failed build, `LM_KERNELS=0`) and
+the reference that tests/unit/test_kernels.py compares against; bench/kernels_quality.py measures the KL
+divergence the activations' int8 rounding adds, bench/generate.py --kernels the speed.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lm import kernels
+
 MODES = ("int4", "int8", "bf16", "fp32")
 # _weight_int8pack_mm is only used where it is both faster and correct: few rows (decode, short continuations)
 # and an inner dimension that is a multiple of 32 (torch 2.13's CPU kernel returns garbage for K=8 or K=24).
@@ -49,6 +61,7 @@ GROUP = 32  # int4 group size: Q4_1's block
 # decode rows of these layers (one token per sequence) go through FBGEMM from this many rows (module docstring)
 VNNI_FROM_ROWS = {"feed_forward.w13": 1, "output": 1}
 VNNI_MAX_ROWS = 64
+_decode_kernels: bool | None = None  # decode_kernels()'s answer once asked (use_kernels sets it)
 
 
 def cpu_flags() -> set[str]:
@@ -79,6 +92,24 @@ def vnni_available() -> bool:
     with AVX2's 16-bit pairwise sums, which saturate, and the head's logits drift (tests/unit/test_quant.py)."""
     has_vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
     return "fbgemm" in torch.backends.quantized.supported_engines and has_vnni
+
+
+def decode_kernels() -> bool:
+    """Whether decode rows go through lm.kernels: the library is built and loads, and `LM_KERNELS=0` is not set.
+    Read once per process (the first decode step); use_kernels() changes it."""
+    global _decode_kernels
+    if _decode_kernels is None:
+        _decode_kernels = kernels.load()
+    return _decode_kernels
+
+
+def use_kernels(enabled: bool) -> None:
+    """Send decode rows through lm.kernels (built here if needed; RuntimeError where the CPU or the compiler
+    cannot) or through torch's kernels: for tests and benchmarks that compare the two."""
+    global _decode_kernels
+    if enabled and not kernels.build_and_load():
+        raise RuntimeError("lm.kernels could not be loaded (see the log)")
+    _decode_kernels = enabled
 
 
 class Int8Linear(nn.Module):
@@ -131,9 +162,12 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def _bf16_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """(M, in) -> (M, out) float32: the int8pack kernel for few rows; for many, one matmul with the
-        per-channel scales applied to its output (one pass over the weight), in bf16 where the CPU multiplies
-        bf16 in hardware and in float32 where it emulates it (NATIVE_BF16)."""
+        """(M, in) -> (M, out) float32: for few rows lm.kernels' int8 kernel where it is loaded, else the
+        int8pack kernel; for many, one matmul with the per-channel scales applied to its output (one pass over
+        the weight), in bf16 where the CPU multiplies bf16 in hardware and in float32 where it emulates it
+        (NATIVE_BF16)."""
+        if self.packable and x.shape[0] <= INT8PACK_MAX_ROWS and decode_kernels():
+            return torch.ops.docent_kernels.int8_rows(x.float().contiguous(), self.weight, self.scales, self.bias)
         if self.packable and x.shape[0] <= INT8PACK_MAX_ROWS:
             y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scales)
         elif NATIVE_BF16:
@@ -157,6 +191,7 @@ class Int4Linear(Int8Linear):
         self.register_buffer("q4", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.register_buffer("q4_scales", torch.empty(in_features // GROUP, out_features, 2, dtype=torch.bfloat16,
                                                       device=device))
+        self._kernel_weights = None  # (q4, lm.kernels' copy of it), made on first use (not saved)
 
     @staticmethod
     def supports(in_features: int, out_features: int) -> bool:
@@ -171,9 +206,19 @@ class Int4Linear(Int8Linear):
         mod.q4_scales = scales_zeros
         return mod
 
+    def kernel_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 4-bit weights in lm.kernels' layout (kernels.int4_layout), made from q4 once, remade if q4 was
+        replaced (load_state_dict). A model loaded from the converted-weights cache maps q4 from the file, so
+        the pages of q4 that only torch's kernel reads are never loaded."""
+        if self._kernel_weights is None or self._kernel_weights[0] is not self.q4:
+            self._kernel_weights = (self.q4, kernels.int4_layout(self.q4, self.q4_scales))
+        return self._kernel_weights[1]
+
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > INT4_MAX_ROWS:
             return super().rows(x)
+        if self.out_features % 32 == 0 and decode_kernels():  # kernels.int4_layout reads whole blocks of 32 rows
+            return torch.ops.docent_kernels.int4_rows(x.contiguous(), *self.kernel_weights(), self.bias)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.q4, GROUP, self.q4_scales).float()
         return y if self.bias is None else y + self.bias
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bot.config import env_cache_dir
+from lm import quant
 from lm.engine import Engine, GenerationConfig
 from lm.load import load_chat_model
 from lm.model import KVCache
@@ -62,11 +63,14 @@ def test_streaming_deltas_concatenate_to_the_generated_text(engine):
 
 
 def test_second_turn_reuses_the_cache_and_matches_a_fresh_engine(engine):
-    # FBGEMM's int8-activation decode kernel and the bf16 prefill round differently, so a cached turn and a
-    # re-prefilled one can drift apart by design; this test is about the cache bookkeeping, so it uses one
-    # kernel family (bf16 activations) for both and demands identical ids. Its own engine: the module's holds
-    # the earlier tests' prompts, whose shared prefix was computed with the other kernels.
+    # FBGEMM's and lm.kernels' int8-activation decode kernels and the prefill round differently, so a cached turn
+    # and a re-prefilled one can drift apart by design (with lm.kernels, "Where does it live?" parts at its second
+    # token, two tokens 0.034 apart in the float model); this test is about the cache bookkeeping, so it uses one
+    # kernel family (torch's, float activations) for both and demands identical ids. Its own engine: the
+    # module's holds the earlier tests' prompts, whose shared prefix was computed with the other kernels.
     use_vnni(engine.model, False)
+    kernels_before = quant._decode_kernels
+    quant.use_kernels(False)
     engine = Engine(engine.model, engine.tokenizer, max_len=2048)
     try:
         msgs = [{"role": "user", "content": "Name a large animal."}]
@@ -79,6 +83,7 @@ def test_second_turn_reuses_the_cache_and_matches_a_fresh_engine(engine):
         assert second.ids == fresh.ids
     finally:
         use_vnni(engine.model, True)
+        quant._decode_kernels = kernels_before
 
 
 def _logits(model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

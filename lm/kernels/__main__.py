@@ -1,0 +1,5 @@
+import sys
+
+from lm.kernels import main
+
+sys.exit(main())

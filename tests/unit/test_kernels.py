@@ -1,0 +1,151 @@
+"""lm.kernels: our decode-row kernels against the float64 product of the dequantized weights and against torch's
+kernels (lm.quant's fallback), and the fallback when the library is missing or turned off.
+
+Tolerance: both kernels quantize the activation rows to int8 per block of 32, which puts a relative error of
+about 0.006 (norm of the difference / norm of the float64 product, random Gaussian inputs) on the outputs, and
+torch's kernels, with bf16 activations, about 0.0025. The bound below is 0.02 against either.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lm import kernels, quant
+from lm.model import KVCache
+from lm.quant import GROUP, Int4Linear, Int8Linear, quantize_groups, quantize_model
+from tests.unit.test_quant import tiny
+
+pytestmark = pytest.mark.skipif(kernels.unsupported_reason() not in (None, "LM_KERNELS=0"),
+                                reason="the kernels need AVX2, FMA and F16C")
+TOL = 0.02
+ROWS = [1, 2, 3, 5, 16]
+
+
+@pytest.fixture
+def kernels_on():
+    """lm.quant with its decode kernels, built (once, cached) if `make kernels` has not; restored afterwards."""
+    before = quant._decode_kernels
+    quant.use_kernels(True)
+    yield
+    quant._decode_kernels = before
+
+
+def rel(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got.double() - ref).norm() / ref.norm()).item()
+
+
+def int4_reference(lin: Int4Linear) -> torch.Tensor:
+    """(out, in) float64: the weights Int4Linear holds, w = scale * (q - 8) + zero per group."""
+    packed, sz = kernels.int4_layout(lin.q4, lin.q4_scales)  # (N, K / 2), (N, 2, G)
+    nib = packed.view(lin.out_features, -1, 16)
+    q4 = torch.cat([nib & 15, nib >> 4], -1).double()  # (N, G, 32): byte j holds q[j] and q[j + 16]
+    scale, zero = sz.double().unbind(1)  # (N, G) each
+    return (scale[..., None] * (q4 - 8) + zero[..., None]).view(lin.out_features, lin.in_features)
+
+
+def test_int4_layout_holds_the_groups_values():
+    torch.manual_seed(0)
+    w = torch.randn(96, 128)
+    q, scales_zeros = quantize_groups(w)
+    lin = Int4Linear.from_float(w)
+    back = (q.view(96, -1, GROUP) - 8) * scales_zeros[..., 0].double().t()[..., None] \
+        + scales_zeros[..., 1].double().t()[..., None]
+    assert torch.equal(int4_reference(lin), back.view(96, 128))
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("shape", [(64, 896), (96, 4864), (32, 64)])  # (out, in): the 0.5B's K, and a tiny one
+@pytest.mark.parametrize("bias", [False, True])
+def test_int4_rows_match_the_dequantized_product_and_torchs_kernel(kernels_on, rows, shape, bias):
+    torch.manual_seed(rows)
+    n, k = shape
+    lin = Int4Linear.from_float(torch.randn(n, k), torch.randn(n) if bias else None)
+    x = torch.randn(rows, k)
+    ref = x.double() @ int4_reference(lin).t() + (lin.bias.double() if bias else 0)
+    with torch.inference_mode():
+        got = lin.rows(x)
+        quant._decode_kernels = False
+        fallback = lin.rows(x)
+    assert got.shape == (rows, n) and got.dtype == torch.float32
+    assert rel(got, ref) < TOL and rel(got, fallback.double()) < TOL, (rel(got, ref), rel(got, fallback.double()))
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("shape", [(64, 896), (96, 4864), (33, 64)])  # 33: an odd number of output channels
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_rows_match_the_dequantized_product_and_torchs_kernel(kernels_on, rows, shape, bias):
+    torch.manual_seed(rows)
+    n, k = shape
+    lin = Int8Linear.from_float(torch.randn(n, k) * torch.logspace(-2, 0, n)[:, None], torch.randn(n) if bias else None)
+    x = torch.randn(rows, k)
+    ref = x.double() @ lin.dequantize(torch.float64).t() + (lin.bias.double() if bias else 0)
+    with torch.inference_mode():
+        got = lin.rows(x)
+        quant._decode_kernels = False
+        fallback = lin.rows(x)
+    assert got.shape == (rows, n) and got.dtype == torch.float32
+    assert rel(got, ref) < TOL and rel(got, fallback.double()) < TOL, (rel(got, ref), rel(got, fallback.double()))
+
+
+def test_rows_past_the_kernels_bound_take_the_other_paths(kernels_on):
+    lin = Int4Linear.from_float(torch.randn(64, 64))
+    x = torch.randn(quant.INT4_MAX_ROWS + 1, 64)
+    with torch.inference_mode():
+        assert torch.equal(lin.rows(x), Int8Linear.rows(lin, x))
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_tiny_models_logits_with_and_without_the_kernels(kernels_on, mode):
+    model = quantize_model(tiny(), mode)
+    ids = torch.randint(0, 300, (3, 12), generator=torch.Generator().manual_seed(1))
+    steps = {}
+    for on in (True, False):
+        quant._decode_kernels = on
+        with torch.inference_mode():
+            cache = KVCache(model.config, batch_size=3, max_len=32)
+            model(ids[:, :11], cache=cache)
+            steps[on] = model(ids[:, 11:], cache=cache)[:, 0]  # three decode rows
+    on, off = steps[True], steps[False]
+    assert rel(on, off.double()) < TOL
+    assert (on.argmax(-1) == off.argmax(-1)).all()
+
+
+def test_missing_library_means_torchs_kernels_and_one_log_line(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(kernels, "KERNELS_DIR", tmp_path)  # nothing built there
+    monkeypatch.setattr(kernels, "_loaded", None)
+    with caplog.at_level(logging.INFO, logger="lm.kernels"):
+        assert kernels.load() is False and kernels.load() is False
+    assert [r.getMessage() for r in caplog.records] == ["decode kernels off, using torch's: not built (make kernels)"]
+
+
+def test_lm_kernels_0_turns_them_off(monkeypatch):
+    monkeypatch.setenv("LM_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_loaded", None)
+    assert kernels.load() is False
+    monkeypatch.setattr(quant, "_decode_kernels", None)
+    lin = Int4Linear.from_float(torch.randn(64, 64))
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        want = torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), lin.q4, GROUP, lin.q4_scales).float()
+        assert torch.equal(lin.rows(x), want)
+
+
+@pytest.mark.parametrize("compiler", ["false", "/nonexistent/c++"])  # one that fails, and none at all
+def test_a_failed_build_raises_with_the_compilers_words(monkeypatch, tmp_path, compiler):
+    monkeypatch.setattr(kernels, "KERNELS_DIR", tmp_path)
+    monkeypatch.setenv("CXX", compiler)
+    with pytest.raises(RuntimeError, match="failed to compile"):
+        kernels.build()
+    assert not list(tmp_path.rglob("*.so*"))  # no half-written library left behind
+
+
+def test_nn_linear_swapped_keeps_its_kernel_weights_in_step_with_q4(kernels_on):
+    lin = Int4Linear.from_float(nn.Linear(64, 32).weight)
+    first = lin.kernel_weights()
+    assert lin.kernel_weights() is first
+    lin.q4 = lin.q4.clone()  # what load_state_dict(assign=True) does
+    assert lin.kernel_weights() is not first
