@@ -3,8 +3,7 @@
     question -> hybrid retrieval (KnowledgeBase.search) -> the best evidence sentences (evidence.select)
       -> about the documents at all? (the best sentence's cosine and word coverage)
       -> the model writes the answer from the evidence (instruction, worked examples, evidence, question;
-         greedy, a token cap, no repeated 8-gram), or says NOT FOUND: first from the best FIRST_READ
-         sentences, then, where that gives no answer that passes the check below, from all of them
+         greedy, a token cap, no repeated 8-gram), or says NOT FOUND
       -> the support check on what it wrote (check_written): every name, number and quoted term is in the
          evidence (bot.services.support), it rests on one evidence sentence, and that sentence (with the one
          before it) names what the question names
@@ -37,9 +36,6 @@ from bot.telegram.texts import ANSWER_SOURCE, NOT_IN_DOCUMENTS, NOT_STATED
 
 NOT_FOUND = NOT_IN_DOCUMENTS
 NO_ANSWER = NOT_STATED.split(";")[0]  # how every "not stated" reply begins
-# The model first reads the best FIRST_READ sentences only, then all of them where that finds nothing: a 0.5B model
-# given five long sentences said NOT FOUND for answers the best two held, and a short prompt is read faster.
-FIRST_READ = 2
 EVIDENCE_SENTENCES = 5  # on the tuning half: 3 lost answers the retrieval had found, 8 distracted the model
 # A message is about the documents when its best sentence is this close in meaning, or shares at least two
 # of its words carrying this share of its idf weight. Measured on 40 small-talk messages and 150 questions
@@ -257,19 +253,6 @@ async def write(model, messages: list[dict], max_tokens: int) -> str:
     return "".join(parts)
 
 
-async def _write_checked(result: Answer, model, question: str, read: list[Evidence], earlier: str | None,
-                         cap: int) -> None:
-    """The model's answer from `read`, kept in `result` (text, source, path) when it passes check_written; what it
-    wrote and why it was refused are kept either way."""
-    result.written = clean_written(await write(model, write_prompt(question, read, earlier), cap))
-    if says_not_found(result.written):
-        result.rejected = ""  # the model read the evidence and says it does not hold the answer
-        return
-    source, result.rejected = check_written(result.written, question, read)
-    if source is not None:
-        result.text, result.source, result.path = result.written, source, "model"
-
-
 async def answer_question(question: str, *, knowledge, model, scope: str, recent_questions: Sequence[str] = (),
                           force: bool = False, top_k: int | None = None, writing: str | None = None) -> Answer:
     """The answer to a question from the documents of one scope (see the module docstring).
@@ -294,10 +277,12 @@ async def answer_question(question: str, *, knowledge, model, scope: str, recent
         cap = settings.answer_write_tokens
         read = fitting(model, lambda ev: write_prompt(question, ev, earlier), stated, cap)
         if read:
-            for evidence_read in (read[:FIRST_READ], read) if len(read) > FIRST_READ else (read,):
-                await _write_checked(result, model, question, evidence_read, earlier, cap)
-                if result.found:
-                    break
+            result.written = clean_written(await write(model, write_prompt(question, read, earlier), cap))
+            if says_not_found(result.written):
+                return result  # the model read the evidence and says it does not hold the answer
+            source, result.rejected = check_written(result.written, question, read)
+            if source is not None:
+                result.text, result.source, result.path = result.written, source, "model"
             return result  # a written answer that fails is not replaced by a copied span (module docstring)
     copied = await copy_answer.copy_answer(question, stated, model=model, max_tokens=settings.answer_max_tokens,
                                            earlier=earlier)
