@@ -131,7 +131,6 @@ def main() -> int:
     return 0
 
 
-
 def int4_layout(q4: torch.Tensor, q4_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """lm.quant.Int4Linear's buffers -> int4_rows' (q, sz): the same 4-bit values and bf16 scales, rearranged.
 

@@ -47,6 +47,17 @@ def int4_reference(lin: Int4Linear) -> torch.Tensor:
     return (scale[..., None] * (q4 - 8) + zero[..., None]).view(lin.out_features, lin.in_features)
 
 
+def assert_kernel_matches(lin: Int8Linear, x: torch.Tensor, ref: torch.Tensor) -> None:
+    """lin's decode rows through the kernel are float32 (rows, out) and within TOL of the float64 product `ref` and
+    of torch's kernel (the fallback, taken afterwards: the kernels_on fixture restores the switch)."""
+    with torch.inference_mode():
+        got = lin.rows(x)
+        quant._decode_kernels = False
+        fallback = lin.rows(x)
+    assert got.shape == (x.shape[0], lin.out_features) and got.dtype == torch.float32
+    assert rel(got, ref) < TOL and rel(got, fallback.double()) < TOL, (rel(got, ref), rel(got, fallback.double()))
+
+
 def test_int4_layout_holds_the_groups_values():
     torch.manual_seed(0)
     w = torch.randn(96, 128)
@@ -66,12 +77,7 @@ def test_int4_rows_match_the_dequantized_product_and_torchs_kernel(kernels_on, r
     lin = Int4Linear.from_float(torch.randn(n, k), torch.randn(n) if bias else None)
     x = torch.randn(rows, k)
     ref = x.double() @ int4_reference(lin).t() + (lin.bias.double() if bias else 0)
-    with torch.inference_mode():
-        got = lin.rows(x)
-        quant._decode_kernels = False
-        fallback = lin.rows(x)
-    assert got.shape == (rows, n) and got.dtype == torch.float32
-    assert rel(got, ref) < TOL and rel(got, fallback.double()) < TOL, (rel(got, ref), rel(got, fallback.double()))
+    assert_kernel_matches(lin, x, ref)
 
 
 @pytest.mark.parametrize("rows", ROWS)
@@ -83,12 +89,7 @@ def test_int8_rows_match_the_dequantized_product_and_torchs_kernel(kernels_on, r
     lin = Int8Linear.from_float(torch.randn(n, k) * torch.logspace(-2, 0, n)[:, None], torch.randn(n) if bias else None)
     x = torch.randn(rows, k)
     ref = x.double() @ lin.dequantize(torch.float64).t() + (lin.bias.double() if bias else 0)
-    with torch.inference_mode():
-        got = lin.rows(x)
-        quant._decode_kernels = False
-        fallback = lin.rows(x)
-    assert got.shape == (rows, n) and got.dtype == torch.float32
-    assert rel(got, ref) < TOL and rel(got, fallback.double()) < TOL, (rel(got, ref), rel(got, fallback.double()))
+    assert_kernel_matches(lin, x, ref)
 
 
 def test_rows_past_the_kernels_bound_take_the_other_paths(kernels_on):
