@@ -217,7 +217,8 @@ class Int4Linear(Int8Linear):
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > INT4_MAX_ROWS:
             return super().rows(x)
-        if self.out_features % 32 == 0 and decode_kernels():  # kernels.int4_layout reads whole blocks of 32 rows
+        # int4_rows works on whole blocks of 32 rows, unpacked from torch's packing where lm.kernels knows it
+        if self.out_features % 32 == 0 and decode_kernels() and kernels.int4pack_block():
             return torch.ops.docent_kernels.int4_rows(x.contiguous(), *self.kernel_weights(), self.bias)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.q4, GROUP, self.q4_scales).float()
         return y if self.bias is None else y + self.bias

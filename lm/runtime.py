@@ -3,9 +3,10 @@
     model, tokenizer = load_converted(gguf_path, weights="int4")
 
 (lm.load.load_chat_model is the entry point: it resolves a hub name or a model directory and sets the threads.)
-The converted model is cached next to the GGUF (`<file>.<weights>[.ctx<n>].v<version>.<size>-<mtime>.pt`,
-written atomically, loaded with mmap) so that a second load skips the GGUF parsing, the dequantization and the
-re-quantization; it holds the built tokenizer too (a large SentencePiece vocabulary takes seconds to rebuild).
+The converted model is cached next to the GGUF
+(`<file>.<weights>[.ctx<n>].v<version>[-p<int4 packing>].<size>-<mtime>.pt`, written atomically, loaded with
+mmap) so that a second load skips the GGUF parsing, the dequantization and the re-quantization; it holds the
+built tokenizer too (a large SentencePiece vocabulary takes seconds to rebuild).
 If that directory is not writable the cache is skipped (with a log line), nothing else changes. Writing a new
 one removes the same format's files left by an older cache version or an older copy of the GGUF.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from lm.kernels import int4pack_block
 from lm.quant import quantize_model
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,10 @@ def _cache_prefix(gguf_path: Path, weights: str, max_seq_len: int | None) -> str
 def converted_path(gguf_path: Path, weights: str, max_seq_len: int | None) -> Path:
     st = gguf_path.stat()
     prefix = _cache_prefix(gguf_path, weights, max_seq_len)
-    return gguf_path.with_name(f"{prefix}{CACHE_VERSION}.{st.st_size}-{st.st_mtime_ns}.pt")
+    # int4 weights are stored in torch's packing, which depends on the CPU's vector width: a cache made on another
+    # CPU (a moved disk, a migrated VM) is not read as if it were this one's
+    layout = f"-p{int4pack_block()}" if weights == "int4" else ""
+    return gguf_path.with_name(f"{prefix}{CACHE_VERSION}{layout}.{st.st_size}-{st.st_mtime_ns}.pt")
 
 
 def _remove_stale(cached: Path, gguf_path: Path, weights: str, max_seq_len: int | None) -> None:

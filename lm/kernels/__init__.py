@@ -13,6 +13,7 @@ once: later processes only load the library. load() never compiles and never rai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -134,12 +135,45 @@ def main() -> int:
 def int4_layout(q4: torch.Tensor, q4_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """lm.quant.Int4Linear's buffers -> int4_rows' (q, sz): the same 4-bit values and bf16 scales, rearranged.
 
-    q4 is `aten._convert_weight_to_int4pack_for_cpu`'s layout (N % 32 == 0): blocks of 32 output rows stored
-    as (K, 16) bytes, byte [k, i] = q[32 b + i, k] | q[32 b + 16 + i, k] << 4. int4_rows wants each output row's
-    groups of 32 inputs as 16 bytes, byte j = q[j] | q[j + 16] << 4, and sz (N, 2, K / 32): scales then zeros.
+    int4_rows wants each output row's groups of 32 inputs as 16 bytes, byte j = q[j] | q[j + 16] << 4, and
+    sz (N, 2, K / 32): scales then zeros. q4 is in torch's packing for this CPU (unpack_int4pack).
     """
-    n, k = q4.shape[0], q4.shape[1] * 2
-    blocks = q4.view(n // 32, k, 16)
-    q = torch.stack([blocks & 15, blocks >> 4], 1).permute(0, 1, 3, 2).reshape(n, k // 32, 2, 16)
+    q = unpack_int4pack(q4)  # (N, K)
+    n, k = q.shape
+    q = q.view(n, k // 32, 2, 16)
     packed = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
     return packed, q4_scales.permute(1, 2, 0).contiguous()
+
+
+def unpack_int4pack(q4: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """`aten._convert_weight_to_int4pack_for_cpu`'s (N, K / 2) bytes -> the (N, K) 4-bit values, as uint8.
+
+    torch packs output rows in blocks of `block` (int4pack_block(): 32 on AVX2, 64 on AVX-512), each stored as
+    (K, block / 2) bytes: byte [k, j] = q[j, k] | q[j + block / 2, k] << 4. A last, shorter block holds
+    neighbouring rows: byte [k, j] = q[2 j, k] | q[2 j + 1, k] << 4.
+    """
+    block = block or int4pack_block()
+    n, k = q4.shape[0], q4.shape[1] * 2
+    flat = q4.reshape(-1)
+    full = n // block * block
+    blocks = flat[: full * k // 2].view(n // block, k, block // 2)
+    q = torch.cat([blocks & 15, blocks >> 4], 2).permute(0, 2, 1).reshape(full, k)  # (full, K)
+    if full == n:
+        return q.contiguous()
+    tail = flat[full * k // 2:].view(k, (n - full) // 2)
+    rest = torch.stack([tail & 15, tail >> 4], 2).reshape(k, n - full).t()  # (N - full, K)
+    return torch.cat([q, rest])
+
+
+@functools.cache
+def int4pack_block() -> int:
+    """The block of output rows torch's int4 packing interleaves on this CPU (its layout depends on the vector
+    width torch dispatches to), found by packing a probe and reading it back; 0 when no known layout fits, and
+    then int4 rows stay on torch's kernel."""
+    q = torch.randint(0, 16, (160, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    for block in (32, 64, 16, 128):  # 160 rows: whole blocks and a shorter last one for each
+        if torch.equal(unpack_int4pack(packed, block).to(torch.int32), q):
+            return block
+    log.info("torch's int4 packing is not one lm.kernels knows: int4 rows use torch's kernel")
+    return 0

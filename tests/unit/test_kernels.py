@@ -68,6 +68,32 @@ def test_int4_layout_holds_the_groups_values():
     assert torch.equal(int4_reference(lin), back.view(96, 128))
 
 
+def pack_in_blocks(q: torch.Tensor, block: int) -> torch.Tensor:
+    """(N, K) values -> torch's int4 packing with blocks of `block` rows, as unpack_int4pack's docstring states it."""
+    n, k = q.shape
+    full = n // block * block
+    parts = [(b[: block // 2].t() | (b[block // 2:].t() << 4)).reshape(-1) for b in q[:full].split(block)]
+    if full < n:
+        rest = q[full:]
+        parts.append((rest[0::2].t() | (rest[1::2].t() << 4)).reshape(-1))  # (K, (N - full) / 2)
+    return torch.cat(parts).view(n, k // 2)
+
+
+@pytest.mark.parametrize("block", [32, 64])  # AVX2's layout and AVX-512's, whichever CPU runs the test
+@pytest.mark.parametrize("n", [64, 96, 160])  # whole blocks, and a shorter last one
+def test_unpack_int4pack_reads_both_vector_widths_layouts(block, n):
+    q = torch.randint(0, 16, (n, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+    assert torch.equal(kernels.unpack_int4pack(pack_in_blocks(q, block), block), q)
+
+
+@pytest.mark.parametrize("n", [32, 96, 4864])
+def test_unpack_int4pack_reads_torchs_packing_on_this_cpu(n):
+    assert kernels.int4pack_block() in (32, 64), "torch packs int4 in a layout lm.kernels does not know"
+    q = torch.randint(0, 16, (n, 128), dtype=torch.int32, generator=torch.Generator().manual_seed(n))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(kernels.unpack_int4pack(packed).to(torch.int32), q)
+
+
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("shape", [(64, 896), (96, 4864), (32, 64)])  # (out, in): the 0.5B's K, and a tiny one
 @pytest.mark.parametrize("bias", [False, True])
