@@ -75,8 +75,9 @@ def split_figures(ranks: list[int | None], halves: list[int], ks: Sequence[int] 
 
 
 def squad_normalize(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces; NFKC first, so that
+    "…" is "..." and a ligature its letters."""
+    text = unicodedata.normalize("NFKC", text).lower()
     text = "".join(c for c in text if c not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())

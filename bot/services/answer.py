@@ -6,7 +6,7 @@
          greedy, a token cap, no repeated 8-gram), or says NOT FOUND
       -> the support check on what it wrote (check_written): every name, number and quoted term is in the
          evidence (bot.services.support), it rests on one evidence sentence, and that sentence (with the one
-         before it) names what the question names
+         before it, its heading and its document's name) names what the question names
       -> passed: the answer, its source and the sentence it rests on, quoted
       -> failed: "not stated" with the closest passage quoted. A written answer that fails is never shown.
          Nor is it replaced by a copied span: where the model wrote something the check refused, the copy
@@ -202,9 +202,11 @@ def check_written(text: str, question: str, evidence: Sequence[Evidence]) -> tup
     - "terms": a name, number or quoted term of the answer is not in the evidence it read;
     - "unrelated": it shares no content word with any evidence sentence, or under MIN_SHARED_CONTENT of its
       content words are in the evidence (a claim the evidence does not make);
-    - "asked": the sentence it rests on, with the one before it, does not name the names and numbers the
-      question asks about (SQuAD's unanswerable questions: the evidence is about someone else);
-    - "repeats": it only repeats the question.
+    - "asked": the sentence it rests on, with the one before it, its heading and its document's name, does not
+      name the names and numbers the question asks about, nor does another sentence of that document (SQuAD's
+      unanswerable questions: the evidence is about someone else; "60 days" from the GPL for a question about
+      the Apache License);
+    - "repeats": it only repeats the question, and names nothing the question did not.
     """
     read = [f"{_context(e)} {e.text}" for e in evidence]
     if unsupported_terms(text, read):
@@ -220,16 +222,32 @@ def check_written(text: str, question: str, evidence: Sequence[Evidence]) -> tup
             return None, "unrelated"
         evidence = list(evidence)
         evidence[i] = replace(evidence[i], text=read[i].strip(), before="")  # quoted with its context
-    if copy_answer.repeats_question(text, question):
+    if copy_answer.repeats_question(text, question) and not adds_a_name(text, question):
         return None, "repeats"
     rest = evidence[i]
-    if not copy_answer.names_all(copy_answer.key_terms(question), f"{rest.before} {rest.text}"):
-        named = [e for e in evidence if copy_answer.names_all(copy_answer.key_terms(question),
-                                                              f"{e.before} {e.text}")]
+    asked = copy_answer.key_terms(question)
+    if not copy_answer.names_all(asked, _named_in(rest)):
+        # the answer's words are in another sentence; one naming the subject, in the same document, is its source
+        named = [e for e in evidence if e.passage.document == rest.passage.document
+                 and copy_answer.names_all(asked, _named_in(e))]
         if not named:
             return None, "asked"
-        rest = named[0]  # the answer's words are in another sentence; the one naming the subject is its source
+        rest = named[0]
     return rest, ""
+
+
+def _named_in(e: Evidence) -> str:
+    """What an evidence sentence is about: its words, the sentence before it, its section's heading and its
+    document's name ("GPL-3" is named by gpl-3.0.txt, "section 13" by its heading)."""
+    return f"{e.passage.document} {e.passage.heading or ''} {e.before} {e.text}"
+
+
+def adds_a_name(text: str, question: str) -> bool:
+    """The answer capitalises a word, past its first, that the question does not: a name the question did not
+    give ("Translation Project" for "Through which project are translations handled?"), so an answer made of
+    the question's words does not merely repeat it."""
+    capitalised = {copy_answer._norm(w) for w in copy_answer.words(question) if w[:1].isupper()}
+    return any(w[:1].isupper() and copy_answer._norm(w) not in capitalised for w in copy_answer.words(text)[1:])
 
 
 def fitting(model, messages_for, evidence: Sequence[Evidence], max_tokens: int) -> list[Evidence]:

@@ -211,6 +211,30 @@ def test_a_written_answer_with_a_changed_number_a_swapped_name_or_another_subjec
     assert answer.check_written("Herve", "When did Herve fight the Turks?", [CRISPIN])[0] is None
 
 
+def test_a_written_answer_naming_what_the_question_only_described_is_not_a_repeat():
+    xz = ev("Translations are handled through the Translation Project.", Passage(3, "xz-readme.txt", None, None,
+                                                                             "text", 1.0, dense=0.5))
+    q = "Through which project are translations handled?"
+    assert answer.check_written("Translation Project", q, [xz]) == (xz, "")
+    assert answer.check_written("translations project", q, [xz]) == (None, "repeats")
+    assert answer.check_written("Lasse", "What is Lasse's nick?", [ev("Lasse Collin is Larhzu on IRC.")]) \
+        == (None, "repeats")
+
+
+def test_the_subject_may_be_named_by_the_heading_or_the_document_but_not_by_another_document():
+    gpl = Passage(4, "gpl-3.0.txt", None, "13. Use with the GNU Affero General Public License.", "text", 1.0, 0.5)
+    apache = Passage(5, "apache-2.0.txt", None, None, "text", 1.0, 0.5)
+    combine = ev("You may link or combine any covered work with a work licensed under the GNU Affero General "
+                 "Public License.", gpl)
+    assert answer.check_written("The GNU Affero General Public License.",
+                                "With which licence may a GPL-3 work be combined under section 13?",
+                                [combine]) == (combine, "")
+    cure = ev("Your license is reinstated if you cure the violation within 30 days.", gpl)
+    grant = ev("Each Contributor grants You a copyright license under the Apache License.", apache)
+    assert answer.check_written("30 days", "How many days does the Apache License give me to cure a breach?",
+                                [cure, grant]) == (None, "asked")
+
+
 def test_the_models_not_found_is_read_as_such_and_its_additions_are_cut():
     assert answer.says_not_found("NOT FOUND")
     assert answer.says_not_found("The evidence does not say who paid.")

@@ -73,6 +73,7 @@ def test_sample_is_seeded_and_keeps_order():
 
 def test_squad_normalisation_and_f1():
     assert metrics.squad_normalize("The Cat, sat!  on a mat.") == "cat sat on mat"
+    assert metrics.right("61184...65519", ["61184…65519"])  # an ellipsis typed as three dots
     # prediction tokens: cat sat on mat; gold: cat sat -> precision 2/4, recall 2/2
     assert metrics.token_f1("the cat sat on the mat", "a cat sat") == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert metrics.token_f1("dog", "cat") == 0.0
