@@ -131,15 +131,38 @@ def main() -> int:
     return 0
 
 
+def int4pack_values(q4: torch.Tensor) -> torch.Tensor:
+    """The (N, K) 4-bit values (0..15, uint8) held in `aten._convert_weight_to_int4pack_for_cpu`'s layout.
+
+    That layout depends on the kernels torch runs on this CPU (`torch.backends.cpu.get_cpu_capability()`): output
+    rows in blocks of BLOCK_N = 64 (AVX512) or 32 (AVX2), each stored as (K, BLOCK_N / 2) bytes, where the low
+    nibbles of a k's bytes hold the block's first BLOCK_N / 2 rows and the high nibbles the others
+    (AVX512: byte [k, i] = q[64 b + i, k] | q[64 b + 32 + i, k] << 4; AVX2: q[32 b + i, k] | q[32 b + 16 + i, k] << 4).
+    A last, shorter block, and every block without AVX2 (BLOCK_N 32), pairs neighbouring rows instead:
+    byte [k, i] = q[2 i, k] | q[2 i + 1, k] << 4.
+    """
+    n, k = q4.shape[0], q4.shape[1] * 2
+    cap = torch.backends.cpu.get_cpu_capability()
+    block = 64 if cap == "AVX512" else 32
+    split = cap in ("AVX512", "AVX2")  # the low/high-half blocks above; otherwise neighbouring pairs throughout
+    full = n // block if split else 0
+    flat = q4.reshape(-1)
+    head = flat[:full * block * k // 2].view(full, k, block // 2)
+    values = [torch.cat([head & 15, head >> 4], -1).permute(0, 2, 1).reshape(full * block, k)]
+    for start in range(full * block, n, block):  # the neighbouring-pairs blocks
+        rows = min(block, n - start)
+        part = flat[start * k // 2:(start + rows) * k // 2].view(k, rows // 2)
+        values.append(torch.stack([part & 15, part >> 4], -1).reshape(k, rows).t())
+    return torch.cat(values).contiguous()
+
+
 def int4_layout(q4: torch.Tensor, q4_scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """lm.quant.Int4Linear's buffers -> int4_rows' (q, sz): the same 4-bit values and bf16 scales, rearranged.
 
-    q4 is `aten._convert_weight_to_int4pack_for_cpu`'s layout (N % 32 == 0): blocks of 32 output rows stored
-    as (K, 16) bytes, byte [k, i] = q[32 b + i, k] | q[32 b + 16 + i, k] << 4. int4_rows wants each output row's
-    groups of 32 inputs as 16 bytes, byte j = q[j] | q[j + 16] << 4, and sz (N, 2, K / 32): scales then zeros.
+    q4 is `aten._convert_weight_to_int4pack_for_cpu`'s layout (int4pack_values). int4_rows wants each output
+    row's groups of 32 inputs as 16 bytes, byte j = q[j] | q[j + 16] << 4, and sz (N, 2, K / 32): scales then zeros.
     """
     n, k = q4.shape[0], q4.shape[1] * 2
-    blocks = q4.view(n // 32, k, 16)
-    q = torch.stack([blocks & 15, blocks >> 4], 1).permute(0, 1, 3, 2).reshape(n, k // 32, 2, 16)
+    q = int4pack_values(q4).view(n, k // 32, 2, 16)
     packed = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
     return packed, q4_scales.permute(1, 2, 0).contiguous()

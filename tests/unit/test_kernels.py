@@ -9,6 +9,9 @@ torch's kernels, with bf16 activations, about 0.0025. The bound below is 0.02 ag
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from tests.unit.test_quant import tiny
 pytestmark = pytest.mark.skipif(kernels.unsupported_reason() not in (None, "LM_KERNELS=0"),
                                 reason="the kernels need AVX2, FMA and F16C")
 TOL = 0.02
+ROOT = Path(__file__).resolve().parents[2]
 ROWS = [1, 2, 3, 5, 16]
 
 
@@ -66,6 +70,27 @@ def test_int4_layout_holds_the_groups_values():
     back = (q.view(96, -1, GROUP) - 8) * scales_zeros[..., 0].double().t()[..., None] \
         + scales_zeros[..., 1].double().t()[..., None]
     assert torch.equal(int4_reference(lin), back.view(96, 128))
+
+
+PACK_CHECK = """
+import torch
+from lm.kernels import int4pack_values
+for n in (16, 32, 48, 64, 96, 112, 160, 896):
+    q = torch.randint(0, 16, (n, 128), dtype=torch.int32)
+    assert torch.equal(int4pack_values(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)), q.byte()), n
+"""
+
+
+def test_int4pack_values_reads_torchs_layout_on_this_cpu():
+    exec(PACK_CHECK)  # whole blocks of 64 or 32 output rows and a shorter last one
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_int4pack_values_reads_torchs_layout_for_other_cpus(capability):
+    """The packing torch does depends on the kernels it picked at startup: ATEN_CPU_CAPABILITY sets them."""
+    env = {"ATEN_CPU_CAPABILITY": capability, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", PACK_CHECK], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("rows", ROWS)
