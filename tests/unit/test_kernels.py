@@ -1,5 +1,6 @@
-"""lm.kernels: our decode-row kernels against the float64 product of the dequantized weights and against torch's
-kernels (lm.quant's fallback), and the fallback when the library is missing or turned off.
+"""lm.kernels: our decode-row kernels, the AVX2 ones and the AVX-512 VNNI ones (where the CPU has it), against the
+float64 product of the dequantized weights and against torch's kernels (lm.quant's fallback), and the fallback when
+the library is missing or turned off.
 
 Tolerance: both kernels quantize the activation rows to int8 per block of 32, which puts a relative error of
 about 0.006 (norm of the difference / norm of the float64 product, random Gaussian inputs) on the outputs, and
@@ -29,12 +30,22 @@ ROOT = Path(__file__).resolve().parents[2]
 ROWS = [1, 2, 3, 5, 16]
 
 
-@pytest.fixture
-def kernels_on():
-    """lm.quant with its decode kernels, built (once, cached) if `make kernels` has not; restored afterwards."""
+VNNI_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}  # what decode.cpp's VNNI kernels need
+NO_VNNI = "the CPU lacks AVX-512 VNNI (avx512f, avx512bw, avx512vl, avx512_vnni): only the AVX2 kernels run here"
+
+
+@pytest.fixture(params=["avx2", "vnni"])
+def kernels_on(request):
+    """lm.quant with its decode kernels, built (once, cached) if `make kernels` has not, the AVX2 ones or the VNNI
+    ones; restored afterwards."""
+    vnni = request.param == "vnni"
+    if vnni and not VNNI_FLAGS <= quant.cpu_flags():
+        pytest.skip(NO_VNNI)
     before = quant._decode_kernels
     quant.use_kernels(True)
-    yield
+    assert kernels.use_vnni(vnni) is vnni
+    yield request.param
+    kernels.use_vnni(True)
     quant._decode_kernels = before
 
 
@@ -115,6 +126,44 @@ def test_int8_rows_match_the_dequantized_product_and_torchs_kernel(kernels_on, r
     x = torch.randn(rows, k)
     ref = x.double() @ lin.dequantize(torch.float64).t() + (lin.bias.double() if bias else 0)
     assert_kernel_matches(lin, x, ref)
+
+
+@pytest.mark.skipif(not VNNI_FLAGS <= quant.cpu_flags(), reason=NO_VNNI)
+@pytest.mark.parametrize("rows", [1, 4, 7])
+@pytest.mark.parametrize("k", [64, 96, 896])  # 96: an odd number of blocks, the last one outside the 512-bit pairs
+def test_vnni_and_avx2_kernels_sum_the_same_integers(rows, k):
+    """Neither kernel's integer sums saturate, so the two differ only in the order of their float additions."""
+    quant.use_kernels(True)
+    torch.manual_seed(k + rows)
+    x = torch.randn(rows, k)
+    four, eight = Int4Linear.from_float(torch.randn(64, k)), Int8Linear.from_float(torch.randn(33, k))
+    try:
+        with torch.inference_mode():
+            for lin in (four, eight):
+                assert kernels.use_vnni(True)
+                vnni = lin.rows(x)
+                assert not kernels.use_vnni(False)
+                avx2 = lin.rows(x)
+                assert rel(vnni, avx2.double()) < 1e-5
+    finally:
+        kernels.use_vnni(True)
+
+
+def test_vnni_taken_exactly_where_the_cpu_has_it():
+    quant.use_kernels(True)
+    assert torch.ops.docent_kernels.vnni_supported() == (VNNI_FLAGS <= quant.cpu_flags())
+    assert kernels.use_vnni(True) == torch.ops.docent_kernels.vnni_supported()
+
+
+def test_lm_kernels_vnni_0_keeps_the_avx2_kernels(monkeypatch):
+    quant.use_kernels(True)
+    monkeypatch.setenv("LM_KERNELS_VNNI", "0")
+    monkeypatch.setattr(kernels, "_loaded", None)
+    try:
+        assert kernels.load() and not kernels.vnni_taken()
+    finally:
+        kernels.use_vnni(True)
+    assert kernels.vnni_taken() == (VNNI_FLAGS <= quant.cpu_flags())
 
 
 def test_rows_past_the_kernels_bound_take_the_other_paths(kernels_on):
