@@ -243,7 +243,8 @@ VNNI_TARGET inline void int8_row_vnni(const int8_t* w, const QuantRows& a, int64
     if (g < G) {  // an odd number of blocks: the last one alone, in 256 bits
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * BLOCK));
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q.data() + row * a.k + g * BLOCK));
-      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv),
+                                              _mm256_sign_epi8(xv, wv));
       sum += hsum(_mm256_cvtepi32_ps(dot)) * a.d[row * G + g];
     }
     out[r] = sum;
