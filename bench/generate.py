@@ -200,6 +200,16 @@ def compare_decode_kernels(args, pf_text: str) -> None:
                   f"lm.kernels built: {built}" + ("" if built else " (run make kernels: both sides are torch's)"))
 
 
+def compare_vnni_kernels(args, pf_text: str) -> None:
+    """lm.kernels' AVX2 kernels (LM_KERNELS_VNNI=0) and its AVX-512 VNNI ones; the ratio is VNNI / AVX2. On a CPU
+    without VNNI both sides run the AVX2 ones."""
+    from lm.quant import cpu_flags
+
+    vnni = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= cpu_flags()
+    compare_sides(args, pf_text, "LM_KERNELS_VNNI", (("avx2-kernels", "0"), ("vnni-kernels", "1")),
+                  f"this CPU has AVX-512 VNNI: {vnni}" + ("" if vnni else " (both sides are the AVX2 kernels)"))
+
+
 def llama_bench(path: str, gguf: str, args) -> dict:
     """llama.cpp's own benchmark on the same file and threads: prefill (-p) tokens/s and decode (-n) at depth 0, and
     decode after the prompt's depth, from its JSON output. A llama-bench with `-d` (2025-05 and later) measures
@@ -258,6 +268,9 @@ def main() -> None:
     ap.add_argument("--kernels", action="store_true",
                     help="ours with decode rows through lm.kernels against torch's kernels (LM_KERNELS=0), "
                          "in interleaved rounds")
+    ap.add_argument("--vnni", action="store_true",
+                    help="ours with lm.kernels' AVX-512 VNNI kernels against its AVX2 ones (LM_KERNELS_VNNI=0), "
+                         "in interleaved rounds")
     ap.add_argument("--worker", choices=["prepare", "ours", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
@@ -283,6 +296,8 @@ def main() -> None:
         return compare_bf16_kernels(args, pf_text=json.dumps(prep["prompt_ids"]))
     if args.kernels:
         return compare_decode_kernels(args, pf_text=json.dumps(prep["prompt_ids"]))
+    if args.vnni:
+        return compare_vnni_kernels(args, pf_text=json.dumps(prep["prompt_ids"]))
     with tempfile.TemporaryDirectory() as tmp:
         pf = Path(tmp) / "prompt.json"
         pf.write_text(json.dumps(prep["prompt_ids"]))

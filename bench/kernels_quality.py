@@ -1,6 +1,7 @@
 """What lm.kernels does to a model's predictions: next-token KL divergence from the dequantized float model
-(the GGUF's weights in float32, weights="fp32") with decode rows through lm.kernels and through torch's kernels,
-and greedy agreement between the two on the integration tests' prompts.
+(the GGUF's weights in float32, weights="fp32") with decode rows through lm.kernels (its VNNI kernels where the CPU
+has them, and its AVX2 ones) and through torch's kernels, and greedy agreement between lm.kernels and torch's kernels
+on the integration tests' prompts.
 
     python bench/kernels_quality.py --model qwen2.5-coder-0.5b
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.config import env_cache_dir  # noqa: E402
-from lm import quant  # noqa: E402
+from lm import kernels, quant  # noqa: E402
 from lm.engine import Engine, GenerationConfig  # noqa: E402
 from lm.load import load_chat_model  # noqa: E402
 from lm.model import KVCache  # noqa: E402
@@ -62,14 +63,17 @@ def main() -> None:
     with torch.inference_mode():
         ref = torch.stack([ref_model(torch.tensor([ids]))[0].float() for ids in forced])  # (P, T, V)
     summary = {"model": args.model, "positions": len(forced) * args.tokens, "kl_vs_float": {}}
-    for on in (True, False):
+    # lm.kernels' VNNI kernels where the CPU has them (else that side repeats the AVX2 ones), its AVX2 ones, torch's
+    for name, on, vnni in (("lm-kernels", True, True), ("lm-kernels-avx2", True, False), ("torch-kernels", False, True)):
         quant.use_kernels(on)
+        if on:
+            name += "-vnni" if kernels.use_vnni(vnni) else ""
         one = torch.cat([stepwise_logits(model, [ids]) for ids in forced])
         four = torch.cat([stepwise_logits(model, forced[i:i + 4]) for i in range(0, len(forced) - 3, 4)])
-        name = "lm-kernels" if on else "torch-kernels"
         summary["kl_vs_float"][name] = {"rows 1": round(mean_kl(ref, one), 5),
                                         "rows 4": round(mean_kl(ref[:len(four)], four), 5)}
         print(name, summary["kl_vs_float"][name], flush=True)
+    kernels.use_vnni(True)
     engine = Engine(model, tok, max_len=2048)
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, ignore_stop_ids=True)
     greedy = []

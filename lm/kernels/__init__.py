@@ -3,7 +3,9 @@
 lm.quant sends decode rows (up to KERNEL_MAX_ROWS) of its int4 and int8 linears here when the extension is
 loaded, and to torch's own kernels (the pure-PyTorch fallback the tests compare against) when it is not. Both
 kernels quantize the activation rows to int8 in blocks of 32, as llama.cpp does for its q4/q8 dot products, and
-read each weight once per call; decode.cpp's header says how.
+read each weight once per call; decode.cpp's header says how. On a CPU with AVX-512 VNNI the library takes its
+VNNI versions of both kernels, chosen at run time (the library itself is built for AVX2 and loads anywhere);
+`LM_KERNELS_VNNI=0` or use_vnni(False) keeps the AVX2 ones (for tests and benchmarks).
 
 `make kernels` (a step of `make chat`, `make run` and `make test`) runs `python -m lm.kernels`, which compiles
 decode.cpp with the machine's compiler into KERNELS_DIR/<hash of the source, torch's version and the flags>/,
@@ -107,11 +109,23 @@ def _try_load() -> bool:
     if reason is None:
         try:
             torch.ops.load_library(str(path))
+            torch.ops.docent_kernels.use_vnni(os.environ.get("LM_KERNELS_VNNI") != "0")
             return True
         except Exception as e:
             reason = f"could not load {path}: {e}"
     log.info("decode kernels off, using torch's: %s", reason)
     return False
+
+
+def use_vnni(enabled: bool) -> bool:
+    """Take the VNNI kernels (where the CPU has them) or the AVX2 ones; returns whether the VNNI ones are taken.
+    The library must be loaded."""
+    return torch.ops.docent_kernels.use_vnni(enabled)
+
+
+def vnni_taken() -> bool:
+    """Whether int4_rows and int8_rows take their VNNI versions now. The library must be loaded."""
+    return torch.ops.docent_kernels.vnni_taken()
 
 
 def build_and_load() -> bool:

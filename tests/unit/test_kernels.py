@@ -1,5 +1,6 @@
-"""lm.kernels: our decode-row kernels against the float64 product of the dequantized weights and against torch's
-kernels (lm.quant's fallback), and the fallback when the library is missing or turned off.
+"""lm.kernels: our decode-row kernels, the AVX2 ones and the AVX-512 VNNI ones (where the CPU has it), against the
+float64 product of the dequantized weights and against torch's kernels (lm.quant's fallback), and the fallback when
+the library is missing or turned off.
 
 Tolerance: both kernels quantize the activation rows to int8 per block of 32, which puts a relative error of
 about 0.006 (norm of the difference / norm of the float64 product, random Gaussian inputs) on the outputs, and
@@ -9,6 +10,9 @@ torch's kernels, with bf16 activations, about 0.0025. The bound below is 0.02 ag
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,15 +26,26 @@ from tests.unit.test_quant import tiny
 pytestmark = pytest.mark.skipif(kernels.unsupported_reason() not in (None, "LM_KERNELS=0"),
                                 reason="the kernels need AVX2, FMA and F16C")
 TOL = 0.02
+ROOT = Path(__file__).resolve().parents[2]
 ROWS = [1, 2, 3, 5, 16]
 
 
-@pytest.fixture
-def kernels_on():
-    """lm.quant with its decode kernels, built (once, cached) if `make kernels` has not; restored afterwards."""
+VNNI_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}  # what decode.cpp's VNNI kernels need
+NO_VNNI = "the CPU lacks AVX-512 VNNI (avx512f, avx512bw, avx512vl, avx512_vnni): only the AVX2 kernels run here"
+
+
+@pytest.fixture(params=["avx2", "vnni"])
+def kernels_on(request):
+    """lm.quant with its decode kernels, built (once, cached) if `make kernels` has not, the AVX2 ones or the VNNI
+    ones; restored afterwards."""
+    vnni = request.param == "vnni"
+    if vnni and not VNNI_FLAGS <= quant.cpu_flags():
+        pytest.skip(NO_VNNI)
     before = quant._decode_kernels
     quant.use_kernels(True)
-    yield
+    assert kernels.use_vnni(vnni) is vnni
+    yield request.param
+    kernels.use_vnni(True)
     quant._decode_kernels = before
 
 
@@ -94,6 +109,29 @@ def test_unpack_int4pack_reads_torchs_packing_on_this_cpu(n):
     assert torch.equal(kernels.unpack_int4pack(packed).to(torch.int32), q)
 
 
+PACK_CHECK = """
+import torch
+from lm.kernels import int4pack_block, unpack_int4pack
+print(int4pack_block())
+for n in (16, 32, 48, 64, 96, 112, 160, 896) if int4pack_block() else ():
+    q = torch.randint(0, 16, (n, 128), dtype=torch.int32)
+    assert torch.equal(unpack_int4pack(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)), q.byte()), n
+"""
+
+
+@pytest.mark.parametrize("capability,block", [("avx2", 32), ("avx512", 64), ("default", 0)])
+def test_unpack_int4pack_reads_torchs_layout_for_other_cpus(capability, block):
+    """The packing torch does depends on the kernels it picked at startup (ATEN_CPU_CAPABILITY sets them, up to
+    what the CPU has); a layout lm.kernels does not know (torch's default kernels pair neighbouring rows
+    throughout) is found unknown, and int4 rows stay on torch's kernel."""
+    if capability == "avx512" and "avx512f" not in quant.cpu_flags():
+        pytest.skip("the CPU has no AVX-512")
+    env = {"ATEN_CPU_CAPABILITY": capability, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", PACK_CHECK], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(block)]
+
+
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("shape", [(64, 896), (96, 4864), (32, 64)])  # (out, in): the 0.5B's K, and a tiny one
 @pytest.mark.parametrize("bias", [False, True])
@@ -116,6 +154,44 @@ def test_int8_rows_match_the_dequantized_product_and_torchs_kernel(kernels_on, r
     x = torch.randn(rows, k)
     ref = x.double() @ lin.dequantize(torch.float64).t() + (lin.bias.double() if bias else 0)
     assert_kernel_matches(lin, x, ref)
+
+
+@pytest.mark.skipif(not VNNI_FLAGS <= quant.cpu_flags(), reason=NO_VNNI)
+@pytest.mark.parametrize("rows", [1, 4, 7])
+@pytest.mark.parametrize("k", [64, 96, 896])  # 96: an odd number of blocks, the last one outside the 512-bit pairs
+def test_vnni_and_avx2_kernels_sum_the_same_integers(rows, k):
+    """Neither kernel's integer sums saturate, so the two differ only in the order of their float additions."""
+    quant.use_kernels(True)
+    torch.manual_seed(k + rows)
+    x = torch.randn(rows, k)
+    four, eight = Int4Linear.from_float(torch.randn(64, k)), Int8Linear.from_float(torch.randn(33, k))
+    try:
+        with torch.inference_mode():
+            for lin in (four, eight):
+                assert kernels.use_vnni(True)
+                vnni = lin.rows(x)
+                assert not kernels.use_vnni(False)
+                avx2 = lin.rows(x)
+                assert rel(vnni, avx2.double()) < 1e-5
+    finally:
+        kernels.use_vnni(True)
+
+
+def test_vnni_taken_exactly_where_the_cpu_has_it():
+    quant.use_kernels(True)
+    assert torch.ops.docent_kernels.vnni_supported() == (VNNI_FLAGS <= quant.cpu_flags())
+    assert kernels.use_vnni(True) == torch.ops.docent_kernels.vnni_supported()
+
+
+def test_lm_kernels_vnni_0_keeps_the_avx2_kernels(monkeypatch):
+    quant.use_kernels(True)
+    monkeypatch.setenv("LM_KERNELS_VNNI", "0")
+    monkeypatch.setattr(kernels, "_loaded", None)
+    try:
+        assert kernels.load() and not kernels.vnni_taken()
+    finally:
+        kernels.use_vnni(True)
+    assert kernels.vnni_taken() == (VNNI_FLAGS <= quant.cpu_flags())
 
 
 def test_rows_past_the_kernels_bound_take_the_other_paths(kernels_on):
