@@ -203,9 +203,9 @@ def check_written(text: str, question: str, evidence: Sequence[Evidence]) -> tup
     - "unrelated": it shares no content word with any evidence sentence, or under MIN_SHARED_CONTENT of its
       content words are in the evidence (a claim the evidence does not make);
     - "asked": the sentence it rests on, with the one before it, its heading and its document's name, does not
-      name the names and numbers the question asks about, nor does another sentence of that document (SQuAD's
-      unanswerable questions: the evidence is about someone else; "60 days" from the GPL for a question about
-      the Apache License);
+      name the names and numbers the question asks about, nor does another sentence of that document stating the
+      answer's own names and numbers (SQuAD's unanswerable questions: the evidence is about someone else; "60
+      days" from the GPL for a question about the Apache License);
     - "repeats": it only repeats the question, and names nothing the question did not.
     """
     read = [f"{_context(e)} {e.text}" for e in evidence]
@@ -227,9 +227,12 @@ def check_written(text: str, question: str, evidence: Sequence[Evidence]) -> tup
     rest = evidence[i]
     asked = copy_answer.key_terms(question)
     if not copy_answer.names_all(asked, _named_in(rest)):
-        # the answer's words are in another sentence; one naming the subject, in the same document, is its source
+        # another sentence of the same document that names the subject is its source only where it states the
+        # answer's own names and numbers too: the treaty's name read from one sentence is no answer to "which
+        # treaty of the 9th century" because another sentence names the 9th century
         named = [e for e in evidence if e.passage.document == rest.passage.document
-                 and copy_answer.names_all(asked, _named_in(e))]
+                 and copy_answer.names_all(asked, _named_in(e))
+                 and not unsupported_terms(text, f"{_context(e)} {e.text}")]
         if not named:
             return None, "asked"
         rest = named[0]

@@ -235,6 +235,15 @@ def test_the_subject_may_be_named_by_the_heading_or_the_document_but_not_by_anot
                                 [cure, grant]) == (None, "asked")
 
 
+def test_a_sentence_naming_the_subject_stands_in_as_source_only_where_it_states_the_answer_too():
+    treaty = ev("The treaty of Saint-Clair-sur-Epte was signed between King Charles III and Rollo.")
+    century = ev("In the 9th century, Viking raids on the Franks grew.", before="The Normans came from Scandinavia.")
+    q = "What treaty was established in the 9th century?"
+    assert answer.check_written("The treaty of Saint-Clair-sur-Epte", q, [treaty, century]) == (None, "asked")
+    raids = "Viking raids on the Franks"
+    assert answer.check_written(raids, "What grew in the 9th century?", [treaty, century]) == (century, "")
+
+
 def test_the_models_not_found_is_read_as_such_and_its_additions_are_cut():
     assert answer.says_not_found("NOT FOUND")
     assert answer.says_not_found("The evidence does not say who paid.")
