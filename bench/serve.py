@@ -68,7 +68,8 @@ def chat_messages(i: int, history_words: int = 0) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- the two paths
 
 async def run_batched(chat_model, sampling, n: int, tokenizer) -> list[dict]:
-    """N conversations through ChatModel.reply_events, the bot's path."""
+    """N conversations through ChatModel.reply_events, the bot's path (or, given a RemoteChatModel, through the
+    bot's client of an OpenAI-compatible worker: the same method)."""
     async def one(i: int) -> dict:
         t0, first, text = time.perf_counter(), None, ""
         async for event in chat_model.reply_events(chat_messages(i), seeded(sampling, i), threading.Event()):
@@ -181,19 +182,6 @@ def memory_child(args) -> None:
 
 # ---------------------------------------------------------------------------------------------- driver
 
-async def run_remote(remote, sampling, n: int, tokenizer) -> list[dict]:
-    """N conversations through the bot's client of an OpenAI-compatible worker."""
-    async def one(i: int) -> dict:
-        t0, first, text = time.perf_counter(), None, ""
-        async for event in remote.reply_events(chat_messages(i), seeded(sampling, i), threading.Event()):
-            if isinstance(event, str):
-                first = first or time.perf_counter()
-                text += event
-        return {"ttft": (first or time.perf_counter()) - t0, "end": time.perf_counter(),
-                "tokens": len(tokenizer.encode(text))}
-    return await asyncio.gather(*(one(i) for i in range(n)))
-
-
 def http_main(args) -> None:
     """In-process against the same model behind the HTTP API (see the module docstring)."""
     import torch
@@ -221,14 +209,13 @@ def http_main(args) -> None:
         remote = await RemoteChatModel.connect(settings)
         table = {n: {"in-process": [], "http": []} for n in ns}
         await run_batched(chat_model, sampling, 2, tok)  # warm-up
-        await run_remote(remote, sampling, 2, tok)
+        await run_batched(remote, sampling, 2, tok)
         for _ in range(args.rounds):
             for n in ns:
                 for name in ("in-process", "http"):
                     await asyncio.wrap_future(chat_model.server.forget())  # every run prefills its prompts
                     t0 = time.perf_counter()
-                    runs = await (run_batched(chat_model, sampling, n, tok) if name == "in-process"
-                                  else run_remote(remote, sampling, n, tok))
+                    runs = await run_batched(chat_model if name == "in-process" else remote, sampling, n, tok)
                     table[n][name].append(figures(runs, t0))
         await remote.client.aclose()
         await runner.cleanup()
