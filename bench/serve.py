@@ -282,19 +282,20 @@ def llama_main(args) -> None:
     load.append(os.getloadavg())
     command = theirs[0][1]
     theirs = [rows for rows, _ in theirs]
-    ratio = {n: statistics.median(o[n]["agg_tok_s"] / t[n]["agg_tok_s"] for o, t in zip(ours, theirs, strict=True))
-             for n in ns}
+    ratios = {n: sorted(o[n]["agg_tok_s"] / t[n]["agg_tok_s"] for o, t in zip(ours, theirs, strict=True)) for n in ns}
+    ratio = {n: statistics.median(r) for n, r in ratios.items()}
     med_ours = {n: _median_run([o[n] for o in ours]) for n in ns}
     med_theirs = {n: _median_run([t[n] for t in theirs]) for n in ns}
     print(f"{args.model}, {p}-token prompts (distinct), {args.new_tokens} new tokens each (greedy, stop ids "
           f"ignored), threads {threads}, median of {args.rounds} interleaved round(s); load average "
           f"{load[0][0]:.2f} -> {load[1][0]:.2f}\nllama.cpp: {command}")
     print(f"{'N':>3} {'ours agg tok/s':>15} {'TTFT med s':>11} {'TTFT p95 s':>11} {'llama agg tok/s':>16} "
-          f"{'its S_TG':>9} {'its T_PP s':>11} {'ours/llama':>11}")
+          f"{'its S_TG':>9} {'its T_PP s':>11} {'ours/llama':>11} {'(min-max)':>11}")
     for n in ns:
         o, t = med_ours[n], med_theirs[n]
         print(f"{n:>3} {o['agg_tok_s']:>15.1f} {o['ttft_median_s']:>11.2f} {o['ttft_p95_s']:>11.2f} "
-              f"{t['agg_tok_s']:>16.1f} {t['decode_tok_s']:>9.1f} {t['ttft_s']:>11.2f} {ratio[n]:>10.2f}x")
+              f"{t['agg_tok_s']:>16.1f} {t['decode_tok_s']:>9.1f} {t['ttft_s']:>11.2f} {ratio[n]:>10.2f}x "
+              f"{f'({ratios[n][0]:.2f}-{ratios[n][-1]:.2f})':>11}")
     summary = {"model": args.model, "threads": threads, "prompt_tokens": p, "new_tokens": args.new_tokens,
                "rounds": args.rounds, "llama_cpp": command, "loadavg": [round(x[0], 2) for x in load],
                **{f"agg_tok_s_at_{n}": {"ours": round(med_ours[n]["agg_tok_s"], 1),
