@@ -25,6 +25,17 @@ over HTTP and read by the bot's client (bot.services.remote_model, backend = "op
 in this process, so the difference is the API's own cost (HTTP, JSON, server-sent events). Ends with one JSON
 line: http_vs_in_process_at_N (the median of paired aggregate tok/s ratios; the goal is at least 0.9).
 
+    .venv/bin/python bench/serve.py --llama-batched-bench PATH   # against llama.cpp: N = 1, 4, 8
+
+With --llama-batched-bench, our server (lm.serve through ChatModel, the bot's settings) is measured against
+llama.cpp's llama-batched-bench on the same GGUF and thread count, in interleaved rounds (the peer's one call
+covers every N, then ours runs each N). Both sides get N distinct prompts of `--prompt-tokens` tokens (128) at
+once and decode `--new-tokens` (128) each, greedy with stop ids ignored; no prefix is reused. The aggregate is
+the same on both sides: N x new tokens / the time from the start to the last token, prefill included (the peer's
+N x TG / T; see parse_batched_bench). Ends with one JSON line: vs_llama_batched_at_N (the median of the rounds'
+paired aggregate ratios, ours / the peer's), ttft_p95_s_at_8 (ours, submit to first token, p95 of the 8), and the
+peer's llama_ttft_s_at_8 (its batched prefill). Without the flag the llama.cpp peer is skipped, with a line.
+
 Torch work runs on one thread at a time here: once two live threads have run torch's parallel (OpenMP) regions,
 libgomp manages more threads than there are cores and every parallel region slows down (measured: a batch-8
 decode step 23 ms alone, 34-40 ms once another live thread had done one 2-thread matmul; libgomp then stops
@@ -37,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,7 +80,8 @@ def chat_messages(i: int, history_words: int = 0) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- the two paths
 
 async def run_batched(chat_model, sampling, n: int, tokenizer) -> list[dict]:
-    """N conversations through ChatModel.reply_events, the bot's path."""
+    """N conversations through ChatModel.reply_events, the bot's path (or, given a RemoteChatModel, through the
+    bot's client of an OpenAI-compatible worker: the same method)."""
     async def one(i: int) -> dict:
         t0, first, text = time.perf_counter(), None, ""
         async for event in chat_model.reply_events(chat_messages(i), seeded(sampling, i), threading.Event()):
@@ -131,16 +144,27 @@ def figures(results: list[dict], t0: float) -> dict:
 
 # ---------------------------------------------------------------------------------------------- bot path vs bench
 
-async def bot_path_decode(chat_model, ids: list[int], config) -> float:
-    """Decode tok/s of one request through the server with an asyncio listener, as the bot streams."""
+async def run_ids(server, prompts: list[list[int]], config) -> list[dict]:
+    """Token-id prompts submitted to an lm.serve.Server at once, each with an asyncio listener (as the bot streams):
+    per request, submit to first token (the server's own clock), the end, its new tokens and its Result."""
     from lm.engine import Result
 
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    chat_model.server.submit(ids, config, listener=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
-    while not isinstance(event := await events.get(), Result):
-        pass
-    return event.timings["decode_tok_s"]
+
+    async def one(ids: list[int]) -> dict:
+        events: asyncio.Queue = asyncio.Queue()
+        server.submit(ids, config, listener=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        while not isinstance(event := await events.get(), Result):
+            if isinstance(event, BaseException):
+                raise event
+        return {"ttft": event.timings["queue_s"] + event.timings["ttft_s"], "end": time.perf_counter(),
+                "tokens": event.new_tokens, "result": event}
+    return await asyncio.gather(*(one(ids) for ids in prompts))
+
+
+async def bot_path_decode(chat_model, ids: list[int], config) -> float:
+    """Decode tok/s of one request through the server with an asyncio listener, as the bot streams."""
+    return (await run_ids(chat_model.server, [ids], config))[0]["result"].timings["decode_tok_s"]
 
 
 def off_main_thread(fn):
@@ -179,20 +203,111 @@ def memory_child(args) -> None:
     print(json.dumps({"prompt_tokens": lengths, "peak_rss_mb": peak_rss_mb()}))
 
 
+# ---------------------------------------------------------------------------------------------- llama.cpp's peer
+
+def parse_batched_bench(text: str) -> dict[int, dict]:
+    """llama-batched-bench's results by number of parallel sequences, from its `--output-format jsonl` lines (or
+    its default Markdown table): T_PP (all N prompts prefilled, in one batch), S_TG (N x TG / the decode time) and
+    T (prefill + decode). agg_tok_s = N x TG / T is the figure ours is compared with: new tokens over the time from
+    the start to the last one, prefill included, as bench/serve.py measures its own aggregate (S t/s would count
+    the prompt tokens too, S_TG leaves the prefill out). Its sequences all get their first token when the batched
+    prefill ends, so T_PP is each one's time to first token."""
+    rows = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            r = json.loads(line)
+            pl, tg, t_pp, speed_tg, t = r["pl"], r["tg"], r["t_pp"], r["speed_tg"], r["t"]
+        elif line.startswith("|") and (cells := [c.strip() for c in line.strip("|").split("|")])[0].isdigit():
+            _pp, tg, pl = (int(c) for c in cells[:3])  # PP | TG | B | N_KV | T_PP s | S_PP | T_TG s | S_TG | T s | S
+            t_pp, speed_tg, t = float(cells[4]), float(cells[7]), float(cells[8])
+        else:
+            continue
+        rows[pl] = {"agg_tok_s": pl * tg / t, "decode_tok_s": speed_tg, "ttft_s": t_pp, "total_s": t}
+    return rows
+
+
+def llama_batched_bench(path: str, gguf: str, args, ns: list[int], threads: int) -> tuple[dict[int, dict], str]:
+    """One run of llama-batched-bench on the same GGUF and threads: N sequences of --prompt-tokens prompt tokens
+    each (not shared, as ours are distinct) and --new-tokens new ones, for every N."""
+    cmd = [path, "-m", gguf, "-c", str(max(ns) * (args.prompt_tokens + args.new_tokens)), "-b", "2048", "-ub", "512",
+           "-npp", str(args.prompt_tokens), "-ntg", str(args.new_tokens), "-npl", ",".join(map(str, ns)),
+           "-t", str(threads), "--output-format", "jsonl"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows = parse_batched_bench(proc.stdout)
+    if proc.returncode != 0 or set(ns) - set(rows):
+        raise SystemExit(f"llama-batched-bench failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return rows, " ".join(cmd)
+
+
+def llama_main(args) -> None:
+    """Our server's batched aggregate against llama-batched-bench's, in interleaved rounds (see the docstring)."""
+    import torch
+
+    from bench.generate import prompt_text
+    from bot.config import ModelSettings, env_cache_dir
+    from bot.services.models import ChatModel
+    from lm import hub
+    from lm.engine import GenerationConfig
+    from lm.load import load_chat_model
+
+    ns = [int(n) for n in args.ns.split(",")]
+    gguf = str(hub.resolve(args.model, env_cache_dir()))
+    model, tok = off_main_thread(lambda: load_chat_model(args.model, env_cache_dir(), threads=args.threads))
+    threads = torch.get_num_threads()
+    settings = ModelSettings(batch_size=max(ns))
+    chat_model = ChatModel(model, tok, settings.context_tokens, settings=settings)  # the bot's server settings
+    ids, p = tok.encode(prompt_text()), args.prompt_tokens
+    prompts = [ids[i * p:(i + 1) * p] for i in range(max(ns))]  # distinct: no shared prefix to reuse
+    if len(prompts[-1]) < p:
+        raise SystemExit(f"prompt text has only {len(ids)} tokens, need {max(ns) * p}")
+    greedy = GenerationConfig(max_new_tokens=args.new_tokens, ignore_stop_ids=True, reuse_cache=False)
+    load = [os.getloadavg()]
+
+    async def measure() -> tuple[list, list]:
+        ours, theirs = [], []
+        await run_ids(chat_model.server, prompts[:2], greedy)  # warm-up
+        for _ in range(args.rounds):  # interleaved: the peer (every N in one call), then ours at every N
+            theirs.append(await asyncio.to_thread(llama_batched_bench, args.llama_batched_bench, gguf, args, ns,
+                                                  threads))
+            ours.append({})
+            for n in ns:
+                await asyncio.wrap_future(chat_model.server.forget())
+                t0 = time.perf_counter()
+                ours[-1][n] = figures(await run_ids(chat_model.server, prompts[:n], greedy), t0)
+        return ours, theirs
+
+    ours, theirs = asyncio.run(measure())
+    chat_model.close()
+    load.append(os.getloadavg())
+    command = theirs[0][1]
+    theirs = [rows for rows, _ in theirs]
+    ratios = {n: sorted(o[n]["agg_tok_s"] / t[n]["agg_tok_s"] for o, t in zip(ours, theirs, strict=True)) for n in ns}
+    ratio = {n: statistics.median(r) for n, r in ratios.items()}
+    med_ours = {n: _median_run([o[n] for o in ours]) for n in ns}
+    med_theirs = {n: _median_run([t[n] for t in theirs]) for n in ns}
+    print(f"{args.model}, {p}-token prompts (distinct), {args.new_tokens} new tokens each (greedy, stop ids "
+          f"ignored), threads {threads}, median of {args.rounds} interleaved round(s); load average "
+          f"{load[0][0]:.2f} -> {load[1][0]:.2f}\nllama.cpp: {command}")
+    print(f"{'N':>3} {'ours agg tok/s':>15} {'TTFT med s':>11} {'TTFT p95 s':>11} {'llama agg tok/s':>16} "
+          f"{'its S_TG':>9} {'its T_PP s':>11} {'ours/llama':>11} {'(min-max)':>11}")
+    for n in ns:
+        o, t = med_ours[n], med_theirs[n]
+        print(f"{n:>3} {o['agg_tok_s']:>15.1f} {o['ttft_median_s']:>11.2f} {o['ttft_p95_s']:>11.2f} "
+              f"{t['agg_tok_s']:>16.1f} {t['decode_tok_s']:>9.1f} {t['ttft_s']:>11.2f} {ratio[n]:>10.2f}x "
+              f"{f'({ratios[n][0]:.2f}-{ratios[n][-1]:.2f})':>11}")
+    summary = {"model": args.model, "threads": threads, "prompt_tokens": p, "new_tokens": args.new_tokens,
+               "rounds": args.rounds, "llama_cpp": command, "loadavg": [round(x[0], 2) for x in load],
+               **{f"agg_tok_s_at_{n}": {"ours": round(med_ours[n]["agg_tok_s"], 1),
+                                        "llama_cpp": round(med_theirs[n]["agg_tok_s"], 1)} for n in ns},
+               **{f"vs_llama_batched_at_{n}": round(ratio[n], 3) for n in ns}}
+    if 8 in ns:
+        summary["ttft_p95_s_at_8"] = round(med_ours[8]["ttft_p95_s"], 2)
+        summary["llama_ttft_s_at_8"] = round(med_theirs[8]["ttft_s"], 2)
+    print(json.dumps(summary))
+
+
 # ---------------------------------------------------------------------------------------------- driver
-
-async def run_remote(remote, sampling, n: int, tokenizer) -> list[dict]:
-    """N conversations through the bot's client of an OpenAI-compatible worker."""
-    async def one(i: int) -> dict:
-        t0, first, text = time.perf_counter(), None, ""
-        async for event in remote.reply_events(chat_messages(i), seeded(sampling, i), threading.Event()):
-            if isinstance(event, str):
-                first = first or time.perf_counter()
-                text += event
-        return {"ttft": (first or time.perf_counter()) - t0, "end": time.perf_counter(),
-                "tokens": len(tokenizer.encode(text))}
-    return await asyncio.gather(*(one(i) for i in range(n)))
-
 
 def http_main(args) -> None:
     """In-process against the same model behind the HTTP API (see the module docstring)."""
@@ -221,14 +336,13 @@ def http_main(args) -> None:
         remote = await RemoteChatModel.connect(settings)
         table = {n: {"in-process": [], "http": []} for n in ns}
         await run_batched(chat_model, sampling, 2, tok)  # warm-up
-        await run_remote(remote, sampling, 2, tok)
+        await run_batched(remote, sampling, 2, tok)
         for _ in range(args.rounds):
             for n in ns:
                 for name in ("in-process", "http"):
                     await asyncio.wrap_future(chat_model.server.forget())  # every run prefills its prompts
                     t0 = time.perf_counter()
-                    runs = await (run_batched(chat_model, sampling, n, tok) if name == "in-process"
-                                  else run_remote(remote, sampling, n, tok))
+                    runs = await run_batched(chat_model if name == "in-process" else remote, sampling, n, tok)
                     table[n][name].append(figures(runs, t0))
         await remote.client.aclose()
         await runner.cleanup()
@@ -256,11 +370,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0 = one per physical core")
     ap.add_argument("--ns", default="1,4,8,16", help="numbers of simultaneous conversations")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=128, help="with --llama-batched-bench: prompt tokens per "
+                                                                   "sequence")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--http", action="store_true", help="measure the OpenAI-compatible API against in-process "
                                                         "(N defaults to 1,8)")
+    ap.add_argument("--llama-batched-bench", metavar="PATH", help="llama.cpp's llama-batched-bench binary: our "
+                    "server's batched aggregate against it on the same GGUF, in interleaved rounds (N defaults to 1,4,8)")
     args = ap.parse_args()
+    if args.llama_batched_bench:
+        args.ns = "1,4,8" if args.ns == ap.get_default("ns") else args.ns
+        llama_main(args)
+        return
     if args.http:
         args.ns = "1,8" if args.ns == ap.get_default("ns") else args.ns
         http_main(args)
@@ -268,6 +390,7 @@ def main() -> None:
     if args.memory_child:
         memory_child(args)
         return
+    print("llama.cpp's batched peer skipped: no --llama-batched-bench PATH given (the peer here is the serialised engine)")
 
     import torch
 
