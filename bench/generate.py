@@ -44,6 +44,58 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def decode_bytes(model, depth: int, kv_bytes: int) -> int:
+    """Bytes one decode step of ours reads at `depth` positions: the weights the decode path multiplies (the 4-bit
+    groups of Int4Linear, not its int8 copy for prompts; the int8 head; bf16 and float linears) and the keys and
+    values of every layer. The embedding lookup and the norms are left out (one row; a few KB)."""
+    import torch.nn as nn
+
+    from lm.quant import BF16Linear, Int4Linear, Int8Linear
+
+    def size(t) -> int:
+        return t.numel() * t.element_size()
+
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, Int4Linear):
+            total += size(mod.q4) + size(mod.q4_scales)
+        elif isinstance(mod, Int8Linear):
+            total += size(mod.weight) + size(mod.scales)
+        elif isinstance(mod, (BF16Linear, nn.Linear)):
+            total += size(mod.weight)
+    c = model.config
+    return total + 2 * c.n_layers * c.n_kv_heads * c.head_dim * depth * kv_bytes
+
+
+def gguf_decode_bytes(gguf: str, depth: int) -> int:
+    """The same for llama.cpp on the GGUF: every tensor but the token embeddings where a separate output matrix
+    exists (the lookup reads one row), and an f16 KV cache."""
+    sys.path.insert(0, str(ROOT))
+    from lm.gguf import GGUFFile, config_from_metadata
+
+    f = GGUFFile(Path(gguf))
+    tied = "output.weight" not in f.tensors
+    weights = sum(t.n_bytes for t in f.tensors.values() if tied or t.name != "token_embd.weight")
+    c = config_from_metadata(f.metadata, set(f.tensors))
+    return weights + 2 * c.n_layers * c.n_kv_heads * c.head_dim * depth * 2
+
+
+def memory_bandwidth_gbs(threads: int, mb: int = 512, repeats: int = 5) -> float:
+    """This machine's memory bandwidth as `threads` threads see it: a copy of `mb` MB (read plus write), best of
+    `repeats`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    src = torch.ones(mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * mb * 2**20 / best / 1e9
+
+
 def prompt_text() -> str:
     if COVIDQA.is_file():
         data = json.loads(COVIDQA.read_text())
@@ -94,9 +146,10 @@ def worker_ours(args, prompt: list[int]) -> dict:
         r = engine.generate(prompt, GenerationConfig(max_new_tokens=args.new_tokens, ignore_stop_ids=True))
         assert r.new_tokens == args.new_tokens, (r.new_tokens, r.finish_reason)
         runs.append({"ttft_s": r.timings["ttft_s"], "total_s": r.timings["total_s"], "ids": r.ids})
+    depth = len(prompt) + args.new_tokens // 2  # the decode's average depth
     return summarize(runs, len(prompt), args.new_tokens) | {
         "engine": f"docent ({args.weights})", "threads": torch.get_num_threads(), "load_s": load_s,
-        "peak_rss_mb": peak_rss_mb()}
+        "peak_rss_mb": peak_rss_mb(), "decode_bytes": float(decode_bytes(model, depth, engine.kv_dtype.itemsize))}
 
 
 def worker_hf(args, prompt: list[int]) -> dict:
@@ -344,6 +397,15 @@ def main() -> None:
         decode_ratios = sorted(o["decode_tok_s"] / q["decode_tok_s"] for o, q in llama_rounds)
         summary["vs_llama_cpp_decode"] = round(statistics.median(decode_ratios), 3)
         summary["vs_llama_cpp_prefill"] = round(ratio("prefill_tok_s"), 3)
+        bandwidth = memory_bandwidth_gbs(args.threads or os.cpu_count())
+        ours_gbs = median("decode_tok_s", 0) * results[0]["decode_bytes"] / 1e9
+        depth = args.prompt_tokens + args.new_tokens // 2
+        theirs_gbs = median("decode_tok_s", 1) * gguf_decode_bytes(prep["gguf"], depth) / 1e9
+        summary["bandwidth_share"] = {"memory_gbs": round(bandwidth, 1), "ours": round(ours_gbs / bandwidth, 3),
+                                      "llama_cpp": round(theirs_gbs / bandwidth, 3)}
+        print(f"memory bandwidth {bandwidth:.1f} GB/s (a {args.threads or os.cpu_count()}-thread copy); decode reads "
+              f"{ours_gbs:.1f} GB/s ours ({ours_gbs / bandwidth:.0%}), {theirs_gbs:.1f} GB/s llama.cpp "
+              f"({theirs_gbs / bandwidth:.0%})")
         print(f"llama.cpp ({llama['command']}), {len(llama_rounds)} interleaved rounds, medians: decode "
               f"{median('decode_tok_s', 1):.1f} tok/s at depth {args.prompt_tokens} "
               f"({median('decode_tok_s_depth0', 1):.1f} at depth 0), prefill {median('prefill_tok_s', 1):.1f} tok/s; "

@@ -1,12 +1,14 @@
 """N users ask the real bot at the same moment, over HTTP through the fake Telegram Bot API: when does each
 see the first text of their reply (not a placeholder), and when the whole reply?
 
-    .venv/bin/python bench/telegram_users.py            # 8 users, the real SmolLM2-135M, config defaults
+    .venv/bin/python bench/telegram_users.py --model qwen2.5-coder-0.5b   # 8 users, config defaults otherwise
 
 The bot runs as users run it (int8 weights, the default sampling, context, batch size and edit intervals) and
 is warmed up with one message first, so the model load is not counted. Times are from the moment the users'
 messages are queued in the fake server (the bot long-polls them) to the first edit that shows reply text,
-as the fake server saw it. Ends with one JSON line holding `last_first_text_s`.
+as the fake server saw it. Each reply's stream rate is the tokens it gained from its first text to its last edit
+over that time (the model's own tokenizer). Ends with one JSON line holding `first_text_s_last` and
+`min_stream_tok_s` (the slowest reply's rate; replies shown in one edit have none).
 """
 
 from __future__ import annotations
@@ -36,7 +38,27 @@ def first_text_at(message) -> float | None:
     return None
 
 
-async def run(users: int) -> dict:
+def tokens_of(model: str, cache_dir: Path):
+    """A function counting the tokens of a text with the model's tokenizer (read from its GGUF's metadata)."""
+    from lm import hub
+    from lm.gguf import read_metadata
+    from lm.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_gguf(read_metadata(hub.resolve(model, cache_dir)))
+    return lambda text: len(tokenizer.encode(text))
+
+
+def stream_rate(message, count) -> float | None:
+    """Tokens per second a reply streamed at after its first text; None when it came in one edit."""
+    start = first_text_at(message)
+    shown = next(v for v in message.versions if v.at == start)
+    last = message.versions[-1]
+    if last.at <= start:
+        return None
+    return (count(last.text) - count(shown.text)) / (last.at - start)
+
+
+async def run(users: int, model: str | None = None) -> dict:
     from bot.config import Settings, env_cache_dir
     from tests.support.bot_harness import final_reply, running_bot
     from tests.support.fake_telegram import FakeTelegram
@@ -44,6 +66,8 @@ async def run(users: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         async with FakeTelegram() as fake:
             settings = Settings(data_dir=Path(tmp) / "data", cache_dir=env_cache_dir())
+            if model:
+                settings.model.name = model
             settings.telegram.token = fake._token
             settings.telegram.api_url, settings.telegram.file_url = fake.base_url, fake.base_file_url
             async with running_bot(settings):
@@ -56,18 +80,23 @@ async def run(users: int) -> dict:
                 replies = [await fake.wait_for(lambda u=user: final_reply(fake, u), timeout=600) for user in ids]
     first = [first_text_at(r) - sent for r in replies]
     done = [r.versions[-1].at - sent for r in replies]
-    return {"users": users, "first_text_s": [round(x, 2) for x in first], "done_s": [round(x, 2) for x in done],
-            "median_first_text_s": round(statistics.median(first), 2), "last_first_text_s": round(max(first), 2),
-            "last_done_s": round(max(done), 2)}
+    count = tokens_of(settings.model.name, settings.cache_dir)
+    rates = [x for x in (stream_rate(r, count) for r in replies) if x is not None]
+    return {"users": users, "model": settings.model.name, "first_text_s": [round(x, 2) for x in first],
+            "done_s": [round(x, 2) for x in done], "stream_tok_s": [round(x, 1) for x in rates],
+            "median_first_text_s": round(statistics.median(first), 2), "first_text_s_last": round(max(first), 2),
+            "min_stream_tok_s": round(min(rates), 1) if rates else None, "last_done_s": round(max(done), 2)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=8)
+    ap.add_argument("--model", help="the chat model (a hub name or a .gguf path; default: settings)")
     args = ap.parse_args()
-    result = asyncio.run(run(args.users))
-    print(f"{args.users} users at once: first reply text after {result['median_first_text_s']:.2f} s (median), "
-          f"{result['last_first_text_s']:.2f} s (last); every reply done after {result['last_done_s']:.2f} s")
+    result = asyncio.run(run(args.users, args.model))
+    print(f"{args.users} users at once ({result['model']}): first reply text after "
+          f"{result['median_first_text_s']:.2f} s (median), {result['first_text_s_last']:.2f} s (last); every reply "
+          f"done after {result['last_done_s']:.2f} s; the slowest stream {result['min_stream_tok_s']} tokens/s")
     print(json.dumps(result))
 
 
