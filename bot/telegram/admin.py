@@ -157,7 +157,8 @@ def _follow(context: ContextTypes.DEFAULT_TYPE, service: TrainingService, messag
             resume: bool) -> None:
     """Run the training in the background, editing `message` with progress, then report the outcome."""
     bot = context.bot
-    status = StatusLine(message, interval=1.0)
+    # an admin retrains from a private chat: its edit rate (a 3-step run on a fast CPU ends within 1 s)
+    status = StatusLine(message, interval=runtime(context).settings.telegram.edit_interval_private_s)
 
     async def work() -> RunOutcome:
         with status:
