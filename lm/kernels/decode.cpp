@@ -314,6 +314,22 @@ at::Tensor add_bias(at::Tensor y, const std::optional<at::Tensor>& bias) {
   return bias.has_value() ? y.add_(bias->to(at::kFloat)) : y;
 }
 
+// Both ops after their checks: quantize x's rows once (for the kernel taken), then every output row through the
+// VNNI kernel Vnni or the AVX2 kernel Avx2, then the bias.
+template <template <int> class Avx2, template <int> class Vnni, typename W>
+at::Tensor rows_through(const at::Tensor& x, int64_t N, const W* w, const at::Tensor& scales,
+                        const std::optional<at::Tensor>& bias) {
+  const bool vnni = vnni_on.load();
+  const QuantRows a(x, vnni);
+  at::Tensor y = at::empty({x.size(0), N}, x.options());
+  const auto* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
+  if (vnni)
+    each_row<Vnni>(N, a.rows, y.data_ptr<float>(), w, sp, a);
+  else
+    each_row<Avx2>(N, a.rows, y.data_ptr<float>(), w, sp, a);
+  return add_bias(y, bias);
+}
+
 at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& q, const at::Tensor& sz,
                      const std::optional<at::Tensor>& bias) {
   check_rows(x);
@@ -321,15 +337,7 @@ at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
   TORCH_CHECK(q.scalar_type() == at::kByte && q.is_contiguous() && q.size(1) == K / 2, "q: (N, K / 2) uint8");
   TORCH_CHECK(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous() && sz.numel() == N * 2 * (K / BLOCK),
               "sz: (N, 2, K / 32) bfloat16");
-  const bool vnni = vnni_on.load();
-  const QuantRows a(x, vnni);
-  at::Tensor y = at::empty({x.size(0), N}, x.options());
-  const auto* szp = reinterpret_cast<const uint16_t*>(sz.data_ptr<at::BFloat16>());
-  if (vnni)
-    each_row<Int4RowVnni>(N, a.rows, y.data_ptr<float>(), q.data_ptr<uint8_t>(), szp, a);
-  else
-    each_row<Int4Row>(N, a.rows, y.data_ptr<float>(), q.data_ptr<uint8_t>(), szp, a);
-  return add_bias(y, bias);
+  return rows_through<Int4Row, Int4RowVnni>(x, N, q.data_ptr<uint8_t>(), sz, bias);
 }
 
 at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales,
@@ -339,15 +347,7 @@ at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous() && w.size(1) == K, "w: (N, K) int8");
   TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() && scales.numel() == N,
               "scales: (N,) bfloat16");
-  const bool vnni = vnni_on.load();
-  const QuantRows a(x, vnni);
-  at::Tensor y = at::empty({x.size(0), N}, x.options());
-  const auto* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
-  if (vnni)
-    each_row<Int8RowVnni>(N, a.rows, y.data_ptr<float>(), w.data_ptr<int8_t>(), sp, a);
-  else
-    each_row<Int8Row>(N, a.rows, y.data_ptr<float>(), w.data_ptr<int8_t>(), sp, a);
-  return add_bias(y, bias);
+  return rows_through<Int8Row, Int8RowVnni>(x, N, w.data_ptr<int8_t>(), scales, bias);
 }
 
 // Whether int4_rows and int8_rows take the VNNI kernels: asked for and the CPU has them; returns the answer.
