@@ -44,6 +44,11 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def decode_depth(args) -> int:
+    """The positions a decode step attends to on average: the prompt and half the new tokens."""
+    return args.prompt_tokens + args.new_tokens // 2
+
+
 def decode_bytes(model, depth: int, kv_bytes: int) -> int:
     """Bytes one decode step of ours reads at `depth` positions: the weights the decode path multiplies (the 4-bit
     groups of Int4Linear, not its int8 copy for prompts; the int8 head; bf16 and float linears) and the keys and
@@ -146,10 +151,10 @@ def worker_ours(args, prompt: list[int]) -> dict:
         r = engine.generate(prompt, GenerationConfig(max_new_tokens=args.new_tokens, ignore_stop_ids=True))
         assert r.new_tokens == args.new_tokens, (r.new_tokens, r.finish_reason)
         runs.append({"ttft_s": r.timings["ttft_s"], "total_s": r.timings["total_s"], "ids": r.ids})
-    depth = len(prompt) + args.new_tokens // 2  # the decode's average depth
     return summarize(runs, len(prompt), args.new_tokens) | {
         "engine": f"docent ({args.weights})", "threads": torch.get_num_threads(), "load_s": load_s,
-        "peak_rss_mb": peak_rss_mb(), "decode_bytes": float(decode_bytes(model, depth, engine.kv_dtype.itemsize))}
+        "peak_rss_mb": peak_rss_mb(),
+        "decode_bytes": float(decode_bytes(model, decode_depth(args), engine.kv_dtype.itemsize))}
 
 
 def worker_hf(args, prompt: list[int]) -> dict:
@@ -397,13 +402,12 @@ def main() -> None:
         decode_ratios = sorted(o["decode_tok_s"] / q["decode_tok_s"] for o, q in llama_rounds)
         summary["vs_llama_cpp_decode"] = round(statistics.median(decode_ratios), 3)
         summary["vs_llama_cpp_prefill"] = round(ratio("prefill_tok_s"), 3)
-        bandwidth = memory_bandwidth_gbs(args.threads or os.cpu_count())
+        bandwidth = memory_bandwidth_gbs(args.threads)
         ours_gbs = median("decode_tok_s", 0) * results[0]["decode_bytes"] / 1e9
-        depth = args.prompt_tokens + args.new_tokens // 2
-        theirs_gbs = median("decode_tok_s", 1) * gguf_decode_bytes(prep["gguf"], depth) / 1e9
+        theirs_gbs = median("decode_tok_s", 1) * gguf_decode_bytes(prep["gguf"], decode_depth(args)) / 1e9
         summary["bandwidth_share"] = {"memory_gbs": round(bandwidth, 1), "ours": round(ours_gbs / bandwidth, 3),
                                       "llama_cpp": round(theirs_gbs / bandwidth, 3)}
-        print(f"memory bandwidth {bandwidth:.1f} GB/s (a {args.threads or os.cpu_count()}-thread copy); decode reads "
+        print(f"memory bandwidth {bandwidth:.1f} GB/s (a {args.threads}-thread copy); decode reads "
               f"{ours_gbs:.1f} GB/s ours ({ours_gbs / bandwidth:.0%}), {theirs_gbs:.1f} GB/s llama.cpp "
               f"({theirs_gbs / bandwidth:.0%})")
         print(f"llama.cpp ({llama['command']}), {len(llama_rounds)} interleaved rounds, medians: decode "

@@ -4,11 +4,11 @@ see the first text of their reply (not a placeholder), and when the whole reply?
     .venv/bin/python bench/telegram_users.py --model qwen2.5-coder-0.5b   # 8 users, config defaults otherwise
 
 The bot runs as users run it (the configured weights, the default sampling, context, batch size and edit
-intervals) and is warmed up with one message first, so the model load is not counted. Times are from the moment the users'
-messages are queued in the fake server (the bot long-polls them) to the first edit that shows reply text,
-as the fake server saw it. Each reply's stream rate is the tokens it gained from its first text to its last edit
-over that time (the model's own tokenizer). Ends with one JSON line holding `first_text_s_last` and
-`min_stream_tok_s` (the slowest reply's rate; replies shown in one edit have none).
+intervals) and is warmed up with one message first, so the model load is not counted. Times are from the
+moment the users' messages are queued in the fake server (the bot long-polls them) to the first edit that shows
+reply text, as the fake server saw it. Each reply's stream rate is the tokens it gained from its first text to
+its last edit over that time (the model's own tokenizer). Ends with one JSON line holding `first_text_s_last`
+and `min_stream_tok_s` (the slowest reply's rate; replies shown in one edit have none).
 """
 
 from __future__ import annotations
