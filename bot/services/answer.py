@@ -189,9 +189,11 @@ def says_not_found(text: str) -> bool:
 
 
 def clean_written(text: str) -> str:
-    """The written answer without what a small model adds around it: a leading "Answer:", a trailing
-    "Source: ..." or "Question: ..." line, surrounding quotes."""
+    """The written answer without what a small model adds around it: a leading "Answer:" or section number copied
+    from the evidence ("2. Compile XZ Utils…"), a trailing "Source: ..." or "Question: ..." line, surrounding
+    quotes."""
     text = re.sub(r"^\s*(?:answer|a)\s*:\s*", "", text.strip(), flags=re.I)
+    text = re.sub(r"^\d+(?:\.\d+)*\.\s+(?=[A-Z])", "", text)
     text = re.split(r"\n\s*(?:source|sources|question|evidence|note)\s*:", text, flags=re.I)[0]
     return text.strip().strip('"“”').strip()
 

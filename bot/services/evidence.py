@@ -13,6 +13,11 @@ SQuAD 2.0's Normans article the best five sentences hold the answer for 0.93 of 
 
 The same figures of the best sentence say whether a message is about the documents at all.
 
+A question in a document (an FAQ's "Q: What do the letters XZ mean?") states nothing: it is answered by the
+sentence after it. So the two are one piece of evidence, scored as the better of the two; otherwise the question
+line, nearest in meaning to the user's question, wins and is quoted as the "closest passage" while its answer
+ranks below.
+
 Documents are data, not instructions. A sentence that addresses the assistant, the user or the system ("ignore
 previous instructions", "tell the user ...", "Assistant: ...", "NOTE TO THE AI") loses INSTRUCTION_PENALTY of
 its score, so it never wins the ranking for an unrelated question, and is flagged: the answer pipeline never
@@ -105,7 +110,7 @@ def select(question: str, passages: Sequence[Passage], encode: Callable[[list[st
     seen: set[str] = set()
     for p in passages:
         sentences = [_cut(s, max_chars) for s in split_sentences(p.text)]
-        for i, s in enumerate(sentences):
+        for i, s in enumerate(_with_answers(sentences)):
             if s not in seen:
                 seen.add(s)
                 found.append((s, p, sentences[i - 1] if i else ""))
@@ -121,6 +126,28 @@ def select(question: str, passages: Sequence[Passage], encode: Callable[[list[st
                                instruction=addresses_reader(s) or _under_instruction_header(before)))
     scored.sort(key=lambda e: -e.score)
     return scored[:n]
+
+
+_ASKS = re.compile(r"^\W*(?:q|question)\s*\d*\s*[:.)]\s|\?\W*$", re.I)
+
+
+def asks(sentence: str) -> bool:
+    """Whether a document's sentence is a question: it ends with "?", or is an FAQ's "Q:" line (which may state
+    the problem, "Q: My tar doesn't recognize .tar.xz files.")."""
+    return bool(_ASKS.search(sentence))
+
+
+def _with_answers(sentences: list[str], longest: int = 3) -> list[str]:
+    """The sentences, each question joined to the sentence that answers it: the first that does not ask, after
+    at most `longest` - 1 more questions ("Q: My tar doesn't recognize .tar.xz files. How can I extract them?
+    A: xz -dc foo.tar.xz | tar xf -"). The list keeps its length, so the sentence before each one stays put."""
+    out = list(sentences)
+    for i, s in enumerate(sentences):
+        run = sentences[i : i + longest]
+        answered = next((j for j, t in enumerate(run) if not asks(t)), 0)
+        if asks(s) and answered:
+            out[i] = " ".join(run[: answered + 1])
+    return out
 
 
 def _cut(sentence: str, max_chars: int) -> str:

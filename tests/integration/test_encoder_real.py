@@ -85,3 +85,29 @@ def test_hybrid_finds_keyword_and_paraphrase_matches(model_dir: Path, tmp_path: 
     assert dense[0] == 1  # the paraphrase is found by meaning
     assert sparse[0] == 4  # the code is found by keyword
     assert set(hybrid) == {1, 4}
+
+
+FAQ = """Backup FAQ
+
+Q: How often are the backups taken?
+
+A: Every night at two. They are kept for thirty days.
+
+Q: Where are the backups stored?
+
+A: On the tape library in building C.
+"""
+
+
+def test_an_faq_question_line_is_joined_to_its_answer_in_the_evidence(model_dir: Path):
+    """The user's question matches the FAQ's own question line best; the evidence must hold the answer with it."""
+    from bot.services.evidence import Passage, asks, select
+
+    enc = Encoder.load(model_dir)
+    passage = Passage(1, "faq.txt", None, None, FAQ, 1.0, dense=0.5)
+    best = select("How often are backups taken?", [passage], enc.encode, {}, n=3)
+    assert best[0].text == "Q: How often are the backups taken? A: Every night at two."
+    assert best[0].before == "Backup FAQ"
+    assert all(not asks(e.text) or " A: " in e.text for e in best)  # no bare question line is evidence
+    assert asks("Q: My tar doesn't recognize .tar.xz files.") and asks("Is it free?")
+    assert not asks("A: Every night at two.") and not asks("Quality: high.")

@@ -250,6 +250,9 @@ def test_the_models_not_found_is_read_as_such_and_its_additions_are_cut():
     assert answer.says_not_found("")
     assert not answer.says_not_found("Report it to Security.")
     assert answer.clean_written('Answer: "1889"\nSource: the evidence') == "1889"
+    assert answer.clean_written("2. Compile it with --enable-debug.") == "Compile it with --enable-debug."
+    assert answer.clean_written("2.4. Version numbering is X.Y.Z.") == "Version numbering is X.Y.Z."
+    assert answer.clean_written("2.4 times") == "2.4 times" and answer.clean_written("1889.") == "1889."
 
 
 def test_writing_auto_copies_with_a_model_too_small_to_write():
