@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import re
 
-from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatType
 from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
+from telegram.ext import ContextTypes
 
 from bot.services.training.report import RunOutcome
 from bot.services.training.service import TrainingBusy, TrainingService
@@ -23,40 +23,17 @@ from bot.services.training.versions import UnknownVersion, VersionFilesMissing
 from bot.telegram import training_texts
 from bot.telegram.access import is_admin
 from bot.telegram.context import Runtime, origin_of, runtime
+from bot.telegram.handlers import guarded
 from bot.telegram.messages import StatusLine
 
 log = logging.getLogger(__name__)
 
-COMMANDS = [
-    BotCommand("training", "use this chat's conversations for training: /training on|off"),
-    BotCommand("retrain", "admins: retrain the model on opted-in chats (force, resume)"),
-    BotCommand("train_status", "admins: the current or last training run"),
-    BotCommand("train_cancel", "admins: stop the training run (it can be resumed)"),
-    BotCommand("models", "admins: list model versions"),
-    BotCommand("rollback", "admins: switch model version: /rollback ID or /rollback base"),
-]
-
-
-async def _admin(update: Update, rt: Runtime) -> bool:
-    """True for an admin; anyone else is told so, and nothing else happens."""
-    user = update.effective_user
-    if is_admin(rt.settings.telegram, user.id if user else None):
-        return True
-    if update.callback_query is not None:
-        await update.callback_query.answer(training_texts.ADMINS_ONLY)
-    elif update.effective_message is not None:
-        await update.effective_message.reply_text(training_texts.ADMINS_ONLY)
-    return False
-
-
 # ---------------------------------------------------------------------------------------- /training
 
 
-async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Show or set whether this chat's conversations may be used for training."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     chat, user, message = update.effective_chat, update.effective_user, update.effective_message
     args = [a.lower() for a in context.args or []]
     if not args:
@@ -77,11 +54,9 @@ async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 # ---------------------------------------------------------------------------------------- /retrain
 
 
-async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Show what a run would train on, with Start / Cancel buttons; `resume` continues a stopped run."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     message = update.effective_message
     args = [a.lower() for a in context.args or []]
     if args and args[0] not in ("force", "resume") or len(args) > 1:
@@ -120,12 +95,10 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     plan.shown_in = (shown.chat_id, shown.message_id)
 
 
-async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Start or drop a plan shown by /retrain."""
-    rt = runtime(context)
     query = update.callback_query
-    if not await _admin(update, rt):
-        return
     _, action, token = (query.data or "::").split(":", 2)
     service = rt.services.training
     if action == "drop":
@@ -179,11 +152,9 @@ def _follow(context: ContextTypes.DEFAULT_TYPE, service: TrainingService, messag
 # ---------------------------------------------------------------------------------------- status, cancel
 
 
-async def train_status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def train_status(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """The run in flight, or else the most recent runs."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     service = rt.services.training
     if service.busy:
         await update.effective_message.reply_text(training_texts.job_text(service.job))
@@ -192,11 +163,9 @@ async def train_status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await update.effective_message.reply_text(training_texts.runs_text(runs) if runs else training_texts.NO_RUNS)
 
 
-async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Stop the run in flight; lm.train saves a checkpoint so /retrain resume can continue it."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     run_id, plans = await rt.services.training.cancel_all()
     for plan in plans:  # its message loses its buttons and says why
         if plan.shown_in is not None:
@@ -211,20 +180,16 @@ async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 # ---------------------------------------------------------------------------------------- versions
 
 
-async def models_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def models_command(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """List model versions: id, base, created, data size, held-out loss, active."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     versions = await rt.services.training.versions()
     await update.effective_message.reply_text(training_texts.versions_text(versions, rt.settings.model.name))
 
 
-async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Serve another version (or the configured base model) without a restart."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     message = update.effective_message
     args = context.args or []
     # ASCII digits only: str.isdigit() and int() also take "١٢" (Arabic-Indic) or "¹", read as another number
@@ -246,13 +211,3 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     await message.reply_text(training_texts.now_serving(version, rt.settings.model.name))
 
-
-def register(app: Application) -> None:
-    app.add_handler(CommandHandler("training", training_optin))
-    app.add_handler(CommandHandler("retrain", retrain))
-    app.add_handler(CommandHandler("train_status", train_status))
-    app.add_handler(CommandHandler("train_cancel", train_cancel))
-    app.add_handler(CommandHandler("models", models_command))
-    app.add_handler(CommandHandler("rollback", rollback))
-    app.add_handler(CallbackQueryHandler(on_train_button, pattern=r"^train:(start|drop):"))
-    app.bot_data.setdefault("commands", []).extend(COMMANDS)

@@ -15,6 +15,21 @@ NOT_IN_DOCUMENTS = "I could not find this in your documents."
 NOT_STATED = "I could not find this stated in your documents; the closest passage ({source}) says:"
 NOT_FROM_DOCUMENTS = "(Not from your documents: this chat has none now, so this is general knowledge.)"
 
+# ---- the command menu (Telegram's list of commands: what each does) ---------------------------------------
+
+COMMAND_MENU = {
+    "start": "say hello",
+    "help": "what I can do",
+    "reset": "start a new conversation",
+    "settings": "system prompt and temperature",
+    "stats": "your messages, tokens and documents in this chat",
+    "ask": "answer a question from this chat's documents",
+    "docs": "list this chat's documents",
+    "forget": "remove a document: /forget NAME",
+    "summarize": "summarize a document (reply to it or give its name) or this conversation",
+    "cancel": "stop your reply, summary or upload that is still running here",
+}
+
 # ---- access and the reply queue -------------------------------------------------------------------------
 
 NOT_ALLOWED = "Sorry, this bot is private and you are not on its list of users."
@@ -73,6 +88,7 @@ SYSTEM_PROMPT_SET = "System prompt updated."
 BAD_BUTTON = "That button is not valid any more. Send /settings or ask again."
 THANKS_FOR_FEEDBACK = "Thanks for the feedback!"
 UNKNOWN_REPLY = "That reply is no longer known."
+BUTTON_FAILED = "Sorry, that did not work."  # a press whose handler raised (bot.app._on_error)
 
 
 def hello(name: str, help_text: str) -> str:

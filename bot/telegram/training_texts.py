@@ -6,6 +6,14 @@ from __future__ import annotations
 from bot.services.training.plan import format_duration
 from bot.telegram.texts import _n
 
+COMMAND_MENU = {  # Telegram's list of commands (bot.telegram.texts.COMMAND_MENU has the rest)
+    "training": "use this chat's conversations for training: /training on|off",
+    "retrain": "admins: retrain the model on opted-in chats (force, resume)",
+    "train_status": "admins: the current or last training run",
+    "train_cancel": "admins: stop the training run (it can be resumed)",
+    "models": "admins: list model versions",
+    "rollback": "admins: switch model version: /rollback ID or /rollback base",
+}
 ADMINS_ONLY = "Only the bot's admins can do that."
 TRAINING_USAGE = "Usage: /training on  or  /training off"
 TRAINING_GROUP_ADMINS_ONLY = "Only admins can change this for a group."
