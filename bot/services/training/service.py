@@ -5,6 +5,8 @@ object the Telegram admin handlers and the bot's start-up call.
     run = await service.start(plan, origin)     # a training_runs row + data.jsonl in data_dir/runs/<id>/
     outcome = await service.run(run.id, progress=print)   # child processes; metrics -> progress(job)
 
+/retrain is one call, `retrain(origin, view)`: a plan (or the run it resumes, in the background: `watch`).
+
 Data (dataset.py): the conversations and documents of the chats that opted in, 👎 replies left out, 👍 first,
 and a held-out set that is mostly the same from run to run. The plan (plan.py) sizes the run to the data and
 estimates its time.
@@ -31,9 +33,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -66,6 +68,32 @@ PLAN_TTL_S = 15 * 60
 
 class TrainingBusy(RuntimeError):
     pass
+
+
+class RunView(Protocol):
+    """How a run in the background shows itself (the admin's status line)."""
+
+    def progress(self, job: Job) -> None: ...  # after each change of the job's phase or metrics
+    def stop(self) -> None: ...  # the run has ended, whichever way
+    async def finish(self, outcome: RunOutcome) -> None: ...
+
+
+class RetrainView(Protocol):
+    """How /retrain shows what it does (TrainingService.retrain)."""
+
+    async def planning(self) -> None: ...  # a plan is being prepared
+    def plan_progress(self, progress: PlanProgress) -> None: ...
+    async def resuming(self, run_id: int) -> RunView: ...  # a stopped run continues: where it shows its progress
+
+
+@dataclass
+class Retrain:
+    """What /retrain did: nothing while a run is in flight (`busy`: its job); with resume, the run it resumed
+    (None: there was none to resume); else the plan it made (offered to the admin only when ready)."""
+
+    busy: Job | None = None
+    resumed: TrainingRun | None = None
+    plan: Plan | None = None
 
 
 class TrainingService:
@@ -227,13 +255,39 @@ class TrainingService:
         self.job = Job(run_id=run.id, steps=int(run.config.get("options", {}).get("steps", self.options.steps)))
         await self._update_run(run.id, **self.leases.lease().values())  # this replica's from now on
 
-    async def reserve_resumable(self, requested_by: Origin) -> TrainingRun | None:
-        """The latest resumable run, reserved as this process's job (None: there is none to resume)."""
-        run = await self.resumable()
-        if run is not None:
-            await self.chats.record(requested_by)  # as for a new run
-            await self.reserve(run)
-        return run
+    async def retrain(self, requested_by: Origin, view: RetrainView, *, force: bool = False,
+                      resume: bool = False) -> Retrain:
+        """/retrain, in one call: nothing while a run is in flight; with `resume`, the latest stopped run reserved
+        and run in the background (`view.resuming` shows it), if there is one; else a plan (`view.planning` is
+        awaited first: timing a step takes minutes on a busy machine), kept for the admin's Start button only when
+        it is ready. Raises what `plan` raises."""
+        if self.busy:
+            return Retrain(busy=self.job)
+        if resume:
+            run = await self.resumable()
+            if run is not None:
+                await self.chats.record(requested_by)  # as for a new run
+                await self.reserve(run)
+                self.watch(run.id, await view.resuming(run.id), resume=True)
+            return Retrain(resumed=run)
+        await view.planning()
+        plan = await self.plan(force=force, progress=view.plan_progress)
+        if not plan.ready:  # nothing to start: no button may take it
+            self.drop_plan(plan.token)
+        return Retrain(plan=plan)
+
+    def watch(self, run_id: int, view: RunView, resume: bool = False) -> asyncio.Task:
+        """`run` a started or reserved run in the background (`launch`), `view` told its progress and outcome."""
+
+        async def work() -> RunOutcome:
+            try:
+                outcome = await self.run(run_id, progress=view.progress, resume=resume)
+            finally:
+                view.stop()
+            await view.finish(outcome)
+            return outcome
+
+        return self.launch(work())
 
     def launch(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run `work` (which awaits `run`) as a task of the event loop, not of the Application: a run can last
