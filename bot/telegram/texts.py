@@ -141,6 +141,11 @@ EMPTY_CONVERSATION = "There is nothing to summarize yet: this conversation is em
 SUMMARY_FAILED = "Sorry, the summary failed on my side."
 
 
+def nothing_to_index(name: str) -> str:
+    """A file that parsed but left no chunk to index (bot.services.knowledge)."""
+    return f"{name} has no text I could index."
+
+
 def too_big(name: str, size_bytes: int, limit_mb: float) -> str:
     return f"{name} is {size_bytes / 2**20:.1f} MB; I can index files up to {limit_mb:g} MB."
 
@@ -229,6 +234,14 @@ def no_such_document(target: str) -> str:
     return f"No document called {shorten_name(target, NAME_SHOWN)!r} here. See /docs."
 
 
+def who_may_forget(refused) -> str:
+    """Why /forget refused a ready document (bot.db.sources.NotAllowedToForget): who may forget it."""
+    if not refused.by_uploader:
+        return f"Only an admin of this chat can forget {refused.document}."
+    name = f"@{refused.username}" if refused.username else (refused.first_name or "the person")
+    return f"Only {name}, who uploaded {refused.document}, or an admin of this chat can forget it."
+
+
 def stopping_upload(name: str) -> str:
     """/forget of an upload still being indexed, while its indexing stops."""
     return f"{name} is still being indexed. Stopping it…"
@@ -243,14 +256,14 @@ def forget_outcome(outcome) -> str:
     if outcome.status == "forgotten_when_indexed":
         return (f"{outcome.name} finished indexing before it could be stopped, so I forgot it once indexed. "
                 + forgot_text(outcome.forgotten))
-    if outcome.status == "not_allowed" and not outcome.detail:
+    if outcome.status == "not_allowed" and outcome.refused is None:
         return f"{outcome.name} is still being indexed; only its uploader or an admin of this chat can stop it."
     if outcome.status == "ambiguous":
         numbers = ", ".join(map(str, outcome.numbers))
         return (f"{len(outcome.numbers)} documents here are named {shorten_name(outcome.name, NAME_SHOWN)!r} "
                 f"(numbers {numbers} in /docs); give the number: /forget {outcome.numbers[0]}")
     if outcome.status == "not_allowed":
-        return outcome.detail
+        return who_may_forget(outcome.refused)
     return no_such_document(outcome.name)
 
 

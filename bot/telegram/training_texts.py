@@ -14,6 +14,34 @@ COMMAND_MENU = {  # Telegram's list of commands (bot.telegram.texts.COMMAND_MENU
     "models": "admins: list model versions",
     "rollback": "admins: switch model version: /rollback ID or /rollback base",
 }
+# ---- why a run is refused or ended without a model, as TrainingBusy says it and the run's row stores it (the run's
+# report and /train_status show them)
+RUN_FAILED_ON_BOT = "The run failed on the bot's side; the bot's log has the details."
+RUN_CUT_BY_STOP = "the bot stopped during the run"
+RUN_CANCELLED = "cancelled by an admin"
+RESTART_RESUMABLE = "the bot stopped during the run; it can continue from its checkpoint"
+RESTART_FAILED = "the training process ended without a model or a checkpoint"
+CHECKPOINT_GONE = "its checkpoint is gone"
+REPLICA_RESUMABLE = "the replica running it stopped; it can continue from its checkpoint"
+REPLICA_FAILED = "the replica running it stopped, and no checkpoint of it is left"
+
+
+def run_in_progress(run_id: int, elsewhere: bool = False) -> str:
+    return f"run #{run_id} is in progress on another replica" if elsewhere else f"run #{run_id} is still in progress"
+
+
+def run_unfinished(log_tail: str) -> str:
+    return "training process ended without finishing: " + log_tail
+
+
+def data_export_failed(error: Exception) -> str:
+    return f"data export: {error}"
+
+
+def loss_curve_title(run_id: int) -> str:
+    return f"Training run #{run_id}"
+
+
 ADMINS_ONLY = "Only the bot's admins can do that."
 TRAINING_USAGE = "Usage: /training on  or  /training off"
 TRAINING_GROUP_ADMINS_ONLY = "Only admins can change this for a group."
