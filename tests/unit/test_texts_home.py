@@ -1,13 +1,13 @@
-"""Every sentence the bot says lives in its texts modules (bot/telegram/texts.py, bot/telegram/training_texts.py):
+"""Every sentence the bot says lives in its texts modules (bot/telegram/texts.py, training_texts.py, file_texts.py):
 read from the source of every module of bot/ (AST, nothing is imported), a string literal or f-string with a
 letter in it, given to a call that puts text in a chat, is a sentence written somewhere else.
 
 What it sees: the text arguments of the Bot API calls the bot makes (reply_text, send_message, edit_message_text,
 edit_text, a button press's answer, a photo's caption), of the messages it edits as they are written
-(StreamingMessage.start/update/finish, StatusLine.set/done), and the command menu (BotCommand). What it cannot
-see: a sentence that reaches a chat as data (a constant, an exception's message, a field of an outcome), such as
-the notes bot/services/assistant.py still holds (issue 29: moved by its owner); review keeps those in the texts
-modules."""
+(StreamingMessage.start/update/finish, StatusLine.set/done), the command menu (BotCommand) and why a file is
+refused (DocumentError's message). What it cannot see: a sentence that reaches a chat as data (a constant, an
+exception's message, a field of an outcome), such as the notes bot/services/assistant.py still holds (issue 29:
+moved by its owner); review keeps those in the texts modules."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXTS = {"bot/telegram/texts.py", "bot/telegram/training_texts.py"}
+TEXTS = {"bot/telegram/texts.py", "bot/telegram/training_texts.py", "bot/telegram/file_texts.py"}
 
 SAYS = {"reply_text", "send_message", "edit_message_text", "edit_text", "answer", "send_photo",  # Bot API
         "start", "update", "finish", "set", "done",  # StreamingMessage, StatusLine
-        "BotCommand"}
+        "BotCommand", "DocumentError"}  # the menu; a file refused (its message is shown to its sender)
 TEXT_KEYWORDS = {"text", "caption", "description"}
 WORDS = re.compile(r"[A-Za-z]{2}")
 
@@ -44,8 +44,8 @@ def sentences_outside(path: Path) -> list[str]:
         if name not in SAYS:
             continue
         args = [*node.args, *(k.value for k in node.keywords if k.arg in TEXT_KEYWORDS)]
-        if name == "BotCommand":
-            args = args[1:]  # the command's name is not a sentence, what it does is
+        if name in ("BotCommand", "DocumentError"):
+            args = args[1:]  # a command's name or an error's code is not a sentence, what follows is
         for arg in args:
             text = _literal_text(arg)
             if text is not None and WORDS.search(text):
@@ -71,5 +71,7 @@ def test_the_scan_sees_a_sentence_written_into_a_reply_an_edit_a_button_answer_a
         "    await stream.finish(text='Done.')\n"
         "    await message.reply_text(texts.HELLO)\n"  # from the texts module: fine
         "    await stream.update('…', urgent=True)\n"  # no words: a placeholder
+        "    raise DocumentError('empty', f'{name} is empty.')\n"
         "    return BotCommand('start', 'say hello')\n")
-    assert sentences_outside(module) == ["2: 'Hello there!'", "3: 'Sorry , no.'", "4: 'Done.'", "7: 'say hello'"]
+    assert sentences_outside(module) == ["2: 'Hello there!'", "3: 'Sorry , no.'", "4: 'Done.'", "7: ' is empty.'",
+                                         "8: 'say hello'"]
