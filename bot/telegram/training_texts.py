@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from bot.services.training.plan import format_duration
 from bot.telegram.texts import _n
 
 COMMAND_MENU = {  # Telegram's list of commands (bot.telegram.texts.COMMAND_MENU has the rest)
@@ -40,6 +39,49 @@ def data_export_failed(error: Exception) -> str:
 
 def loss_curve_title(run_id: int) -> str:
     return f"Training run #{run_id}"
+
+
+def child_failed(code: int, log_path) -> str:
+    """Why the current model's held-out loss was not measured: its child process failed."""
+    return f"exit code {code}; see {log_path}"
+
+
+# ---- where a plan's step time comes from (StepTime.basis), or why it could not be timed
+
+
+def measured_by_run(run_id) -> str:
+    return f"as measured by run #{run_id}"
+
+
+def timed_now(steps: int) -> str:
+    return f"timed on {steps} training steps of this data just now"
+
+
+def timed_earlier(steps: int, seconds_ago: float) -> str:
+    return f"timed on {steps} training steps {format_duration(seconds_ago)} ago"
+
+
+def not_timed(error: str) -> str:
+    return f"a training step could not be timed: {error}"
+
+
+def timing_too_slow(steps: int, timeout_s: float) -> str:
+    return f"{steps} steps took longer than {timeout_s / 60:.0f} minutes"
+
+
+def trainer_exited(code: int | None, last_line: str) -> str:
+    return f"lm.train exited with {code}" + (f" ({last_line})" if last_line else "")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 ADMINS_ONLY = "Only the bot's admins can do that."
