@@ -1,6 +1,7 @@
 """Everything the bot says in Telegram, in one place: fixed messages, and the functions that word what a service
-returned. Handlers pick the text; services return data (the text of a reply itself is the model's). What only
-the bot's admins read (training, model versions) is in bot/telegram/training_texts.py."""
+returned. Handlers pick the text; services return data (the text of a reply itself is the model's), or import
+the sentences they word from here. What only the bot's admins read (training, model versions) is in
+bot/telegram/training_texts.py; why a file is refused, in bot/telegram/file_texts.py."""
 
 from __future__ import annotations
 
