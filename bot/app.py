@@ -8,12 +8,11 @@ import logging
 import signal
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, Update
+from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
-    CommandHandler,
     MessageHandler,
     filters,
 )
@@ -26,20 +25,13 @@ from bot.services.compute import in_own_thread, join_torch_threads
 from bot.services.models import ModelManager
 from bot.telegram import admin, chat, documents, edits, fallback, stats, texts, training_texts
 from bot.telegram.context import Runtime
+from bot.telegram.handlers import add_commands
 from bot.telegram.incoming import DocentApplication
 from bot.telegram.messages import StreamingMessage
 from bot.telegram.retry import RetryingRateLimiter
 from bot.telegram.webhook import use_strict_webhook_handler
 
 log = logging.getLogger(__name__)
-
-COMMANDS = [
-    BotCommand("start", "say hello"),
-    BotCommand("help", "what I can do"),
-    BotCommand("reset", "start a new conversation"),
-    BotCommand("settings", "system prompt and temperature"),
-    BotCommand("stats", "your messages, tokens and documents in this chat"),
-]
 
 
 def _file_url(settings: Settings) -> str:
@@ -159,9 +151,34 @@ async def _on_error(update: object, context) -> None:
     query = update.callback_query if isinstance(update, Update) else None
     if query is not None:
         try:
-            await query.answer("Sorry, that did not work.")
+            await query.answer(texts.BUTTON_FAILED)
         except TelegramError as e:  # answered already, or too old to answer
             log.debug("could not answer the callback query: %s", e)
+
+
+def _add_handlers(app: Application) -> None:
+    """Every handler, in the order python-telegram-bot tries them (the first that takes an update in a group
+    handles it); commands with their line of the command menu (bot.telegram.handlers.add_commands)."""
+    # edits first, in a group of their own: a note, and no other handler ever sees an edited message
+    app.add_handler(MessageHandler(filters.UpdateType.EDITED, edits.on_edit), group=-1)
+    add_commands(app, {"start": chat.start, "help": chat.help_command, "reset": chat.reset,
+                       "settings": chat.settings_command, "stats": stats.stats_command}, texts.COMMAND_MENU)
+    # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
+    # come first (and refuse it); the catch-all after the features answers every other unknown press
+    app.add_handler(CallbackQueryHandler(chat.on_button, pattern=r"^(temp|fb):"))
+    app.add_handler(MessageHandler(filters.Document.ALL, documents.on_document))
+    add_commands(app, {"ask": documents.ask, "docs": documents.list_docs, "forget": documents.forget,
+                       "summarize": documents.summarize_command, "cancel": documents.cancel_command},
+                 texts.COMMAND_MENU)
+    add_commands(app, {"training": admin.training_optin, "retrain": admin.retrain, "train_status": admin.train_status,
+                       "train_cancel": admin.train_cancel, "models": admin.models_command,
+                       "rollback": admin.rollback}, training_texts.COMMAND_MENU)
+    app.add_handler(CallbackQueryHandler(admin.on_train_button, pattern=r"^train:(start|drop):"))
+    app.add_handler(CallbackQueryHandler(chat.on_button))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))
+    # last of all: only what no other handler took comes here
+    app.add_handler(MessageHandler(fallback.UNSUPPORTED, fallback.on_unsupported))
+    app.add_handler(MessageHandler(filters.COMMAND, fallback.on_unknown_command))
 
 
 def build_application(settings: Settings, models: ModelManager | None = None) -> Application:
@@ -185,22 +202,8 @@ def build_application(settings: Settings, models: ModelManager | None = None) ->
     )
     app.bot_data["services"] = services
     app.bot_data["runtime"] = Runtime(services)
-    app.bot_data["commands"] = list(COMMANDS)
     app.bot_data["db_engine"] = engine
-    edits.register(app)
-    app.add_handler(CommandHandler("start", chat.start))
-    app.add_handler(CommandHandler("help", chat.help_command))
-    app.add_handler(CommandHandler("reset", chat.reset))
-    app.add_handler(CommandHandler("settings", chat.settings_command))
-    app.add_handler(CommandHandler("stats", stats.stats_command))
-    # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
-    # come first (and refuse it); the catch-all after the features answers every other unknown press
-    app.add_handler(CallbackQueryHandler(chat.on_button, pattern=r"^(temp|fb):"))
-    documents.register(app)
-    admin.register(app)
-    app.add_handler(CallbackQueryHandler(chat.on_button))
-    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))
-    fallback.register(app)
+    _add_handlers(app)
     app.add_error_handler(_on_error)
     return app
 

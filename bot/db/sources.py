@@ -6,7 +6,7 @@ come back in any later reply of that conversation. Forgetting a document deletes
 every linked message forgotten (Message.forgotten_at); `messages.history` and the training export
 (`training.conversation_turns`) skip forgotten messages, so nothing derived from the document reaches
 the model again, after a restart too. Same conventions as `chats.py`: writers commit, bad input raises
-ValueError with a message fit to show a person.
+ValueError (what went wrong as data: the bot's wording of it is in bot/telegram/texts.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ class AmbiguousName(ValueError):
 
 
 class NotAllowedToForget(ValueError):
-    """The requester neither uploaded the document nor may manage the chat; the message names who may."""
+    """The requester neither uploaded the document nor may manage the chat: who may, as data (the sentence that
+    says it is bot.telegram.texts.who_may_forget). `uploader` is None for a document nobody is recorded as
+    uploading."""
+
+    def __init__(self, document: str, uploader: User | None):
+        super().__init__(document, uploader.id if uploader else None)
+        self.document = document
+        self.username = uploader.username if uploader else None
+        self.first_name = uploader.first_name if uploader else None
+        self.by_uploader = uploader is not None
 
 
 @dataclass
@@ -72,7 +81,7 @@ async def forget_document(session: AsyncSession, scope: str, name_or_id: str | i
         return None
     if not any_document and (document.user_id is None or document.user_id != requester_id):
         uploader = await session.get(User, document.user_id) if document.user_id is not None else None
-        raise NotAllowedToForget(_who_may(document, uploader))
+        raise NotAllowedToForget(document.name, uploader)
     linked = select(MessageSource.message_id).where(MessageSource.document_id == document.id)
     marked = await session.execute(
         update(Message).where(Message.id.in_(linked), Message.forgotten_at.is_(None))
@@ -84,13 +93,6 @@ async def forget_document(session: AsyncSession, scope: str, name_or_id: str | i
     await bump_scope(session, scope)  # every replica's cached index of the scope is stale from this commit on
     await session.commit()
     return Forgotten(document, answers)
-
-
-def _who_may(document: Document, uploader: User | None) -> str:
-    if uploader is None:
-        return f"Only an admin of this chat can forget {document.name}."
-    name = f"@{uploader.username}" if uploader.username else (uploader.first_name or "the person")
-    return f"Only {name}, who uploaded {document.name}, or an admin of this chat can forget it."
 
 
 async def record_sources(session: AsyncSession, turn_ids: Sequence[int], chunk_ids: Sequence[int],

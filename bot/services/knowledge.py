@@ -28,6 +28,7 @@ from bot.documents.parse import ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
 from bot.services.evidence import Evidence, Passage, select
 from bot.services.leases import Leases, leases_for
+from bot.telegram import texts
 from lm.rank import BASELINES, hybrid_candidates, hybrid_scores, rank, window_cosines, word_idf
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class KnowledgeBase:
         if not chunks:
             from bot.documents.parse import DocumentError
 
-            raise DocumentError("empty", f"{parsed.name} has no text I could index.")
+            raise DocumentError("empty", texts.nothing_to_index(parsed.name))
         stop()
         async with self.sessions() as s:
             try:

@@ -39,7 +39,7 @@ class ForgetOutcome:
                     "not_allowed"]
     name: str  # the name asked for, or the upload's
     forgotten: Forgotten | None = None
-    detail: str = ""  # why not, for a ready document: who may forget it
+    refused: NotAllowedToForget | None = None  # "not_allowed" for a ready document: who may forget it
     numbers: list[int] = field(default_factory=list)  # "ambiguous": the numbers in /docs that share the name
 
 
@@ -101,7 +101,7 @@ class Uploads:
         except AmbiguousName as e:
             return ForgetOutcome("ambiguous", target, numbers=e.numbers)
         except NotAllowedToForget as e:
-            return ForgetOutcome("not_allowed", target, detail=str(e))
+            return ForgetOutcome("not_allowed", target, refused=e)
         return ForgetOutcome("forgotten", target, forgotten) if forgotten else ForgetOutcome("no_such_document", target)
 
     async def _stop_upload(self, origin: Origin, uploads: list[Running], any_document: bool,

@@ -12,51 +12,28 @@ from __future__ import annotations
 import logging
 import re
 
-from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatType
 from telegram.error import TelegramError
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
+from telegram.ext import ContextTypes
 
 from bot.services.training.report import RunOutcome
-from bot.services.training.service import TrainingBusy, TrainingService
+from bot.services.training.service import TrainingBusy
 from bot.services.training.versions import UnknownVersion, VersionFilesMissing
 from bot.telegram import training_texts
 from bot.telegram.access import is_admin
-from bot.telegram.context import Runtime, origin_of, runtime
+from bot.telegram.context import Runtime, origin_of
+from bot.telegram.handlers import guarded
 from bot.telegram.messages import StatusLine
 
 log = logging.getLogger(__name__)
 
-COMMANDS = [
-    BotCommand("training", "use this chat's conversations for training: /training on|off"),
-    BotCommand("retrain", "admins: retrain the model on opted-in chats (force, resume)"),
-    BotCommand("train_status", "admins: the current or last training run"),
-    BotCommand("train_cancel", "admins: stop the training run (it can be resumed)"),
-    BotCommand("models", "admins: list model versions"),
-    BotCommand("rollback", "admins: switch model version: /rollback ID or /rollback base"),
-]
-
-
-async def _admin(update: Update, rt: Runtime) -> bool:
-    """True for an admin; anyone else is told so, and nothing else happens."""
-    user = update.effective_user
-    if is_admin(rt.settings.telegram, user.id if user else None):
-        return True
-    if update.callback_query is not None:
-        await update.callback_query.answer(training_texts.ADMINS_ONLY)
-    elif update.effective_message is not None:
-        await update.effective_message.reply_text(training_texts.ADMINS_ONLY)
-    return False
-
-
 # ---------------------------------------------------------------------------------------- /training
 
 
-async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Show or set whether this chat's conversations may be used for training."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     chat, user, message = update.effective_chat, update.effective_user, update.effective_message
     args = [a.lower() for a in context.args or []]
     if not args:
@@ -77,55 +54,95 @@ async def training_optin(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 # ---------------------------------------------------------------------------------------- /retrain
 
 
-async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+class RunStatus:
+    """A training run's status message while it runs in the background (bot.services.training.service.RunView):
+    its progress, then the outcome, and the loss curve as a photo."""
+
+    def __init__(self, message, interval: float):
+        # an admin retrains from a private chat: its edit rate (a 3-step run on a fast CPU ends within 1 s)
+        self.line = StatusLine(message, interval=interval)
+        self.line.start()
+
+    def progress(self, job) -> None:
+        self.line.set(training_texts.job_text(job))
+
+    def stop(self) -> None:
+        self.line.stop()
+
+    async def finish(self, outcome: RunOutcome) -> None:
+        await self.line.done(training_texts.outcome_text(outcome))
+        if outcome.plot is not None and outcome.plot.is_file():
+            message = self.line.message
+            try:
+                await message.get_bot().send_photo(message.chat_id, photo=outcome.plot.read_bytes(),
+                                                   caption=training_texts.loss_curve_caption(outcome.run_id))
+            except TelegramError as e:
+                log.warning("could not send the loss curve of run %s: %s", outcome.run_id, e)
+
+
+class RetrainStatus:
+    """/retrain's reply (bot.services.training.service.RetrainView): the plan being prepared, as its steps run,
+    or the status of the run it resumes."""
+
+    def __init__(self, command, interval: float):
+        self.command, self.interval = command, interval  # the /retrain message; the edit rate of a run's status
+        self.shown: StatusLine | None = None  # the plan's message, once shown
+
+    async def planning(self) -> None:
+        self.shown = StatusLine(await self.command.reply_text(training_texts.PREPARING_PLAN))
+        self.shown.start()
+
+    def plan_progress(self, progress) -> None:
+        self.shown.set(training_texts.plan_progress(progress))
+
+    def stop(self) -> None:
+        if self.shown is not None:
+            self.shown.stop()
+
+    async def resuming(self, run_id: int) -> RunStatus:
+        return RunStatus(await self.command.reply_text(training_texts.resuming(run_id)), self.interval)
+
+
+@guarded(admins=True)
+async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Show what a run would train on, with Start / Cancel buttons; `resume` continues a stopped run."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     message = update.effective_message
     args = [a.lower() for a in context.args or []]
     if args and args[0] not in ("force", "resume") or len(args) > 1:
         await message.reply_text(training_texts.RETRAIN_USAGE)
         return
-    service = rt.services.training
-    if service.busy:
-        await message.reply_text(training_texts.training_busy(service.job))
-        return
-    if args == ["resume"]:
-        run = await service.reserve_resumable(origin_of(update))
-        if run is None:
-            await message.reply_text(training_texts.NOTHING_TO_RESUME)
-            return
-        status = await message.reply_text(training_texts.resuming(run.id))
-        _follow(context, service, status, run.id, resume=True)
-        return
-    shown = await message.reply_text(training_texts.PREPARING_PLAN)
-    status = StatusLine(shown)  # the steps being timed, as they run: this takes minutes on a busy machine
+    view = RetrainStatus(message, rt.settings.telegram.edit_interval_private_s)
     try:
-        with status:
-            plan = await service.plan(force=args == ["force"],
-                                      progress=lambda p: status.set(training_texts.plan_progress(p)))
+        done = await rt.services.training.retrain(origin_of(update), view, force=args == ["force"],
+                                                  resume=args == ["resume"])
     except Exception:
+        view.stop()
+        if view.shown is None:  # not planning: the error handler logs it, as before
+            raise
         log.exception("could not plan a training run")
-        await shown.edit_text(training_texts.PLAN_FAILED)
+        await view.shown.message.edit_text(training_texts.PLAN_FAILED)
         return
-    if not plan.ready:  # the plan says why, and offers nothing to start
-        await shown.edit_text(training_texts.plan_text(plan))
-        service.drop_plan(plan.token)
-        return
-    buttons = InlineKeyboardMarkup([[
-        InlineKeyboardButton(training_texts.START_BUTTON, callback_data=f"train:start:{plan.token}"),
-        InlineKeyboardButton(training_texts.DROP_BUTTON, callback_data=f"train:drop:{plan.token}")]])
-    await shown.edit_text(training_texts.plan_text(plan), reply_markup=buttons)
-    plan.shown_in = (shown.chat_id, shown.message_id)
+    view.stop()  # before the plan is shown: a late progress edit must not overwrite it
+    if done.busy is not None:
+        await message.reply_text(training_texts.training_busy(done.busy))
+    elif args == ["resume"]:
+        if done.resumed is None:
+            await message.reply_text(training_texts.NOTHING_TO_RESUME)
+    elif not done.plan.ready:  # the plan says why, and offers nothing to start
+        await view.shown.message.edit_text(training_texts.plan_text(done.plan))
+    else:
+        plan, shown = done.plan, view.shown.message
+        buttons = InlineKeyboardMarkup([[
+            InlineKeyboardButton(training_texts.START_BUTTON, callback_data=f"train:start:{plan.token}"),
+            InlineKeyboardButton(training_texts.DROP_BUTTON, callback_data=f"train:drop:{plan.token}")]])
+        await shown.edit_text(training_texts.plan_text(plan), reply_markup=buttons)
+        plan.shown_in = (shown.chat_id, shown.message_id)
 
 
-async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Start or drop a plan shown by /retrain."""
-    rt = runtime(context)
     query = update.callback_query
-    if not await _admin(update, rt):
-        return
     _, action, token = (query.data or "::").split(":", 2)
     service = rt.services.training
     if action == "drop":
@@ -150,40 +167,15 @@ async def on_train_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
         return
     await query.answer(training_texts.run_started_answer(run.id))
     status = await query.edit_message_text(training_texts.run_starting(run.id))
-    _follow(context, service, status, run.id, resume=False)
-
-
-def _follow(context: ContextTypes.DEFAULT_TYPE, service: TrainingService, message, run_id: int,
-            resume: bool) -> None:
-    """Run the training in the background, editing `message` with progress, then report the outcome."""
-    bot = context.bot
-    # an admin retrains from a private chat: its edit rate (a 3-step run on a fast CPU ends within 1 s)
-    status = StatusLine(message, interval=runtime(context).settings.telegram.edit_interval_private_s)
-
-    async def work() -> RunOutcome:
-        with status:
-            outcome = await service.run(run_id, progress=lambda job: status.set(training_texts.job_text(job)),
-                                        resume=resume)
-        await status.done(training_texts.outcome_text(outcome))
-        if outcome.plot is not None and outcome.plot.is_file():
-            try:
-                await bot.send_photo(message.chat_id, photo=outcome.plot.read_bytes(),
-                                     caption=training_texts.loss_curve_caption(run_id))
-            except TelegramError as e:
-                log.warning("could not send the loss curve of run %s: %s", run_id, e)
-        return outcome
-
-    service.launch(work())
+    service.watch(run.id, RunStatus(status, rt.settings.telegram.edit_interval_private_s))
 
 
 # ---------------------------------------------------------------------------------------- status, cancel
 
 
-async def train_status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def train_status(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """The run in flight, or else the most recent runs."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     service = rt.services.training
     if service.busy:
         await update.effective_message.reply_text(training_texts.job_text(service.job))
@@ -192,11 +184,9 @@ async def train_status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await update.effective_message.reply_text(training_texts.runs_text(runs) if runs else training_texts.NO_RUNS)
 
 
-async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Stop the run in flight; lm.train saves a checkpoint so /retrain resume can continue it."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     run_id, plans = await rt.services.training.cancel_all()
     for plan in plans:  # its message loses its buttons and says why
         if plan.shown_in is not None:
@@ -211,20 +201,16 @@ async def train_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
 # ---------------------------------------------------------------------------------------- versions
 
 
-async def models_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def models_command(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """List model versions: id, base, created, data size, held-out loss, active."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     versions = await rt.services.training.versions()
     await update.effective_message.reply_text(training_texts.versions_text(versions, rt.settings.model.name))
 
 
-async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(admins=True)
+async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Serve another version (or the configured base model) without a restart."""
-    rt = runtime(context)
-    if not await _admin(update, rt):
-        return
     message = update.effective_message
     args = context.args or []
     # ASCII digits only: str.isdigit() and int() also take "١٢" (Arabic-Indic) or "¹", read as another number
@@ -246,13 +232,3 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     await message.reply_text(training_texts.now_serving(version, rt.settings.model.name))
 
-
-def register(app: Application) -> None:
-    app.add_handler(CommandHandler("training", training_optin))
-    app.add_handler(CommandHandler("retrain", retrain))
-    app.add_handler(CommandHandler("train_status", train_status))
-    app.add_handler(CommandHandler("train_cancel", train_cancel))
-    app.add_handler(CommandHandler("models", models_command))
-    app.add_handler(CommandHandler("rollback", rollback))
-    app.add_handler(CallbackQueryHandler(on_train_button, pattern=r"^train:(start|drop):"))
-    app.bot_data.setdefault("commands", []).extend(COMMANDS)

@@ -15,8 +15,9 @@ from telegram.ext import ContextTypes
 from bot.services.assistant import Done, Incoming, Partial, Waiting, Writing
 from bot.services.chats import ChatPrefs
 from bot.telegram import texts
-from bot.telegram.access import addressed_to_bot, is_admin, is_allowed, strip_mention
-from bot.telegram.context import Runtime, origin_of, runtime
+from bot.telegram.access import is_admin, strip_mention
+from bot.telegram.context import Runtime, origin_of
+from bot.telegram.handlers import guarded
 from bot.telegram.incoming import update_key
 from bot.telegram.messages import StreamingMessage
 
@@ -38,37 +39,29 @@ def feedback_markup() -> InlineKeyboardMarkup:
                                   InlineKeyboardButton("👎", callback_data="fb:-1")]])
 
 
-async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def start(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Greet the user."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     name = update.effective_user.first_name if update.effective_user else "there"
     await update.effective_message.reply_text(texts.hello(name, help_text(update, rt)))
 
 
-async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Explain what the bot does."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     await update.effective_message.reply_text(help_text(update, rt))
 
 
-async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Start a new conversation; the old one stays stored."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     await rt.services.chats.reset(origin_of(update))
     await update.effective_message.reply_text(texts.RESET_DONE)
 
 
-async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Show or change this chat's system prompt and temperature."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     args = context.args or []
     if args and args[0] in ("system", "prompt"):
         prompt = " ".join(args[1:]).strip()
@@ -99,13 +92,10 @@ def button_temperature(data: str) -> float | None:
     return value if math.isfinite(value) and 0.0 <= value <= 2.0 else None
 
 
-async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Inline buttons: temperature choice and 👍/👎 feedback; every press is answered, a bad one refused."""
-    rt = runtime(context)
     query = update.callback_query
-    if not is_allowed(rt.settings.telegram, update):
-        await query.answer(texts.NOT_ALLOWED_BUTTON)
-        return
     data = query.data or ""
     if data.startswith("temp:"):
         await _set_temperature(rt, update, button_temperature(data))
@@ -132,16 +122,10 @@ async def _set_temperature(rt: Runtime, update: Update, value: float | None) -> 
             raise
 
 
-async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(rate_limited=True, addressed=True)  # group chatter that is not for us is ignored
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Reply to a text message with a streamed answer from the model."""
-    rt = runtime(context)
-    message = update.effective_message
-    if message is None or not message.text:
-        return
-    if not addressed_to_bot(message, context.bot.id, context.bot.username):
-        return  # group chatter that is not for us
-    if not await rt.admit(update, rate_limited=True):
-        return
+    message = update.effective_message  # never without text: registered for filters.TEXT
     text = strip_mention(message.text, context.bot.username)
     if not text:
         await message.reply_text(texts.EMPTY_MENTION)

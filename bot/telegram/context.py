@@ -12,8 +12,8 @@ from telegram.ext import ContextTypes
 
 from bot.services import Services
 from bot.services.chats import Origin
-from bot.telegram import texts
-from bot.telegram.access import RateLimiter, is_allowed
+from bot.telegram import texts, training_texts
+from bot.telegram.access import RateLimiter, is_admin, is_allowed
 
 
 class Runtime:
@@ -23,14 +23,24 @@ class Runtime:
         self.limiter = RateLimiter(services.settings.telegram.rate_limit_per_minute)
         self._busy: dict[int, asyncio.Lock] = {}
 
-    async def admit(self, update: Update, rate_limited: bool = False) -> bool:
-        """Refuse politely, storing nothing, when the user or chat may not use the bot or is too fast."""
-        message = update.effective_message
+    async def admit(self, update: Update, rate_limited: bool = False, admins: bool = False) -> bool:
+        """Refuse politely, storing nothing, when the user or chat may not use the bot or is too fast; with
+        `admins`, anyone but the bot's admins. A button press is refused in its answer, not in a message."""
+        message, query, user = update.effective_message, update.callback_query, update.effective_user
+        if admins:
+            if is_admin(self.settings.telegram, user.id if user else None):
+                return True
+            if query is not None:
+                await query.answer(training_texts.ADMINS_ONLY)
+            elif message is not None:
+                await message.reply_text(training_texts.ADMINS_ONLY)
+            return False
         if not is_allowed(self.settings.telegram, update):
-            if message is not None and update.effective_chat.type == "private":
+            if query is not None:
+                await query.answer(texts.NOT_ALLOWED_BUTTON)
+            elif message is not None and update.effective_chat.type == "private":
                 await message.reply_text(texts.NOT_ALLOWED)
             return False
-        user = update.effective_user
         if rate_limited and user is not None and not self.limiter.allow(user.id):
             if message is not None:
                 await message.reply_text(texts.TOO_FAST)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from telegram import BotCommand, Update
+from telegram import Update
 from telegram.error import TelegramError
-from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import ContextTypes
 
 from bot.documents.parse import MAX_NAME_CHARS, clean_name
 from bot.safe_text import shorten_name
@@ -14,16 +14,10 @@ from bot.services.uploads import DownloadFailed, ForgetOutcome, UploadOutcome
 from bot.telegram import texts
 from bot.telegram.access import manages_chat
 from bot.telegram.chat import answer_text
-from bot.telegram.context import origin_of, runtime
+from bot.telegram.context import Runtime, origin_of
+from bot.telegram.handlers import guarded
 from bot.telegram.messages import StatusLine, StreamingMessage
 
-COMMANDS = [
-    BotCommand("ask", "answer a question from this chat's documents"),
-    BotCommand("docs", "list this chat's documents"),
-    BotCommand("forget", "remove a document: /forget NAME"),
-    BotCommand("summarize", "summarize a document (reply to it or give its name) or this conversation"),
-    BotCommand("cancel", "stop your reply, summary or upload that is still running here"),
-]
 CANCEL_WAIT_S = 60.0  # how long /cancel waits for what it stopped to end before it says what it stopped
 
 
@@ -101,12 +95,10 @@ class ForgetStatus:
             await StatusLine(self.message).done(texts.forget_outcome(outcome))
 
 
-async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(rate_limited=True)
+async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Download, parse, chunk, embed and index an uploaded file for this chat."""
-    rt = runtime(context)
     message = update.effective_message
-    if not await rt.admit(update, rate_limited=True):
-        return
     doc = message.document
     name = shorten_name(doc.file_name or "document", MAX_NAME_CHARS)  # a 5,000-character name fits no message
     limit_mb = rt.settings.documents.max_file_mb
@@ -128,11 +120,9 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         status.stop()
 
 
-async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Stop the reply, summaries and uploads this user has running in this chat."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     chat_id, user_id = update.effective_chat.id, update.effective_user.id if update.effective_user else None
     running = rt.services.jobs.stoppable(chat_id, user_id)
     if not running:
@@ -144,11 +134,9 @@ async def cancel_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await note.edit_text(texts.stopped_jobs(stopped, still_running))  # "Stopping…" must not stay on screen
 
 
-async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(rate_limited=True)
+async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Answer a question from this chat's documents only."""
-    rt = runtime(context)
-    if not await rt.admit(update, rate_limited=True):
-        return
     question = " ".join(context.args or []).strip()
     if not question:
         await update.effective_message.reply_text(texts.ASK_USAGE)
@@ -156,21 +144,17 @@ async def ask(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await answer_text(rt, update, context, question, force_documents=True)
 
 
-async def list_docs(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def list_docs(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """List the documents indexed for this chat."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     docs = await rt.services.knowledge.documents(chat_scope(update.effective_chat.id))
     await update.effective_message.reply_text(texts.document_list(docs) if docs else texts.NO_DOCUMENTS)
 
 
-async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Remove a document from this chat with every answer drawn from it, or stop its indexing, for its uploader or
     the chat's admins."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     target = " ".join(context.args or []).strip()
     if not target:
         await update.effective_message.reply_text(texts.FORGET_USAGE)
@@ -182,12 +166,10 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await view.finish(outcome)
 
 
-async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded(rate_limited=True)
+async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Summarize a whole document (reply to it or name it), or else the current conversation."""
-    rt = runtime(context)
     message = update.effective_message
-    if not await rt.admit(update, rate_limited=True):
-        return
     target = " ".join(context.args or []).strip()
     replied = message.reply_to_message
     if not target and replied is not None and replied.document is not None:
@@ -198,12 +180,3 @@ async def summarize_command(update: Update, context: ContextTypes.DEFAULT_TYPE) 
     finally:
         view.stop()
 
-
-def register(app: Application) -> None:
-    app.add_handler(MessageHandler(filters.Document.ALL, on_document))
-    app.add_handler(CommandHandler("ask", ask))
-    app.add_handler(CommandHandler("docs", list_docs))
-    app.add_handler(CommandHandler("forget", forget))
-    app.add_handler(CommandHandler("summarize", summarize_command))
-    app.add_handler(CommandHandler("cancel", cancel_command))
-    app.bot_data.setdefault("commands", []).extend(COMMANDS)

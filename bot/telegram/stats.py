@@ -10,14 +10,13 @@ from telegram.ext import ContextTypes
 
 from bot.telegram import texts
 from bot.telegram.access import is_admin
-from bot.telegram.context import runtime
+from bot.telegram.context import Runtime
+from bot.telegram.handlers import guarded
 
 
-async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+@guarded()
+async def stats_command(update: Update, context: ContextTypes.DEFAULT_TYPE, rt: Runtime) -> None:
     """Show the user's numbers in this chat, and admins every chat's totals."""
-    rt = runtime(context)
-    if not await rt.admit(update):
-        return
     user, chat = update.effective_user, update.effective_chat
     if user is None:
         return  # a channel post: nobody to count for

@@ -1,6 +1,7 @@
 """Everything the bot says in Telegram, in one place: fixed messages, and the functions that word what a service
-returned. Handlers pick the text; services return data (the text of a reply itself is the model's). What only
-the bot's admins read (training, model versions) is in bot/telegram/training_texts.py."""
+returned. Handlers pick the text; services return data (the text of a reply itself is the model's), or import
+the sentences they word from here. What only the bot's admins read (training, model versions) is in
+bot/telegram/training_texts.py; why a file is refused, in bot/telegram/file_texts.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,21 @@ ANSWER_SOURCE = "Source: {source}"
 NOT_IN_DOCUMENTS = "I could not find this in your documents."
 NOT_STATED = "I could not find this stated in your documents; the closest passage ({source}) says:"
 NOT_FROM_DOCUMENTS = "(Not from your documents: this chat has none now, so this is general knowledge.)"
+
+# ---- the command menu (Telegram's list of commands: what each does) ---------------------------------------
+
+COMMAND_MENU = {
+    "start": "say hello",
+    "help": "what I can do",
+    "reset": "start a new conversation",
+    "settings": "system prompt and temperature",
+    "stats": "your messages, tokens and documents in this chat",
+    "ask": "answer a question from this chat's documents",
+    "docs": "list this chat's documents",
+    "forget": "remove a document: /forget NAME",
+    "summarize": "summarize a document (reply to it or give its name) or this conversation",
+    "cancel": "stop your reply, summary or upload that is still running here",
+}
 
 # ---- access and the reply queue -------------------------------------------------------------------------
 
@@ -73,6 +89,7 @@ SYSTEM_PROMPT_SET = "System prompt updated."
 BAD_BUTTON = "That button is not valid any more. Send /settings or ask again."
 THANKS_FOR_FEEDBACK = "Thanks for the feedback!"
 UNKNOWN_REPLY = "That reply is no longer known."
+BUTTON_FAILED = "Sorry, that did not work."  # a press whose handler raised (bot.app._on_error)
 
 
 def hello(name: str, help_text: str) -> str:
@@ -123,6 +140,11 @@ FORGET_USAGE = "Usage: /forget NAME (or the number shown by /docs)"
 NOTHING_TO_CANCEL = "Nothing of yours is running here: no reply, summary or upload."
 EMPTY_CONVERSATION = "There is nothing to summarize yet: this conversation is empty."
 SUMMARY_FAILED = "Sorry, the summary failed on my side."
+
+
+def nothing_to_index(name: str) -> str:
+    """A file that parsed but left no chunk to index (bot.services.knowledge)."""
+    return f"{name} has no text I could index."
 
 
 def too_big(name: str, size_bytes: int, limit_mb: float) -> str:
@@ -213,6 +235,14 @@ def no_such_document(target: str) -> str:
     return f"No document called {shorten_name(target, NAME_SHOWN)!r} here. See /docs."
 
 
+def who_may_forget(refused) -> str:
+    """Why /forget refused a ready document (bot.db.sources.NotAllowedToForget): who may forget it."""
+    if not refused.by_uploader:
+        return f"Only an admin of this chat can forget {refused.document}."
+    name = f"@{refused.username}" if refused.username else (refused.first_name or "the person")
+    return f"Only {name}, who uploaded {refused.document}, or an admin of this chat can forget it."
+
+
 def stopping_upload(name: str) -> str:
     """/forget of an upload still being indexed, while its indexing stops."""
     return f"{name} is still being indexed. Stopping it…"
@@ -227,14 +257,14 @@ def forget_outcome(outcome) -> str:
     if outcome.status == "forgotten_when_indexed":
         return (f"{outcome.name} finished indexing before it could be stopped, so I forgot it once indexed. "
                 + forgot_text(outcome.forgotten))
-    if outcome.status == "not_allowed" and not outcome.detail:
+    if outcome.status == "not_allowed" and outcome.refused is None:
         return f"{outcome.name} is still being indexed; only its uploader or an admin of this chat can stop it."
     if outcome.status == "ambiguous":
         numbers = ", ".join(map(str, outcome.numbers))
         return (f"{len(outcome.numbers)} documents here are named {shorten_name(outcome.name, NAME_SHOWN)!r} "
                 f"(numbers {numbers} in /docs); give the number: /forget {outcome.numbers[0]}")
     if outcome.status == "not_allowed":
-        return outcome.detail
+        return who_may_forget(outcome.refused)
     return no_such_document(outcome.name)
 
 

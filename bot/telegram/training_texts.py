@@ -3,8 +3,86 @@
 
 from __future__ import annotations
 
-from bot.services.training.plan import format_duration
 from bot.telegram.texts import _n
+
+COMMAND_MENU = {  # Telegram's list of commands (bot.telegram.texts.COMMAND_MENU has the rest)
+    "training": "use this chat's conversations for training: /training on|off",
+    "retrain": "admins: retrain the model on opted-in chats (force, resume)",
+    "train_status": "admins: the current or last training run",
+    "train_cancel": "admins: stop the training run (it can be resumed)",
+    "models": "admins: list model versions",
+    "rollback": "admins: switch model version: /rollback ID or /rollback base",
+}
+# ---- why a run is refused or ended without a model, as TrainingBusy says it and the run's row stores it (the run's
+# report and /train_status show them)
+RUN_FAILED_ON_BOT = "The run failed on the bot's side; the bot's log has the details."
+RUN_CUT_BY_STOP = "the bot stopped during the run"
+RUN_CANCELLED = "cancelled by an admin"
+RESTART_RESUMABLE = "the bot stopped during the run; it can continue from its checkpoint"
+RESTART_FAILED = "the training process ended without a model or a checkpoint"
+CHECKPOINT_GONE = "its checkpoint is gone"
+REPLICA_RESUMABLE = "the replica running it stopped; it can continue from its checkpoint"
+REPLICA_FAILED = "the replica running it stopped, and no checkpoint of it is left"
+
+
+def run_in_progress(run_id: int, elsewhere: bool = False) -> str:
+    return f"run #{run_id} is in progress on another replica" if elsewhere else f"run #{run_id} is still in progress"
+
+
+def run_unfinished(log_tail: str) -> str:
+    return "training process ended without finishing: " + log_tail
+
+
+def data_export_failed(error: Exception) -> str:
+    return f"data export: {error}"
+
+
+def loss_curve_title(run_id: int) -> str:
+    return f"Training run #{run_id}"
+
+
+def child_failed(code: int, log_path) -> str:
+    """Why the current model's held-out loss was not measured: its child process failed."""
+    return f"exit code {code}; see {log_path}"
+
+
+# ---- where a plan's step time comes from (StepTime.basis), or why it could not be timed
+
+
+def measured_by_run(run_id) -> str:
+    return f"as measured by run #{run_id}"
+
+
+def timed_now(steps: int) -> str:
+    return f"timed on {steps} training steps of this data just now"
+
+
+def timed_earlier(steps: int, seconds_ago: float) -> str:
+    return f"timed on {steps} training steps {format_duration(seconds_ago)} ago"
+
+
+def not_timed(error: str) -> str:
+    return f"a training step could not be timed: {error}"
+
+
+def timing_too_slow(steps: int, timeout_s: float) -> str:
+    return f"{steps} steps took longer than {timeout_s / 60:.0f} minutes"
+
+
+def trainer_exited(code: int | None, last_line: str) -> str:
+    return f"lm.train exited with {code}" + (f" ({last_line})" if last_line else "")
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
 
 ADMINS_ONLY = "Only the bot's admins can do that."
 TRAINING_USAGE = "Usage: /training on  or  /training off"

@@ -14,6 +14,7 @@ from bot.db import messages as messages_db
 from bot.db import training as training_db
 from bot.db.models import Chunk, Document, Message, MessageSource
 from bot.db.sources import NotAllowedToForget, forget_document, record_sources
+from bot.telegram.texts import who_may_forget
 
 CHAT, ANN, BEN = -100777, 501, 502
 SCOPE = f"chat:{CHAT}"
@@ -93,12 +94,14 @@ async def test_a_turn_prepared_while_its_document_was_forgotten_is_marked_at_onc
 
 async def test_only_the_uploader_or_a_chat_manager_may_forget(s: AsyncSession) -> None:
     await memo(s)
-    with pytest.raises(NotAllowedToForget, match="Only @ann, who uploaded memo.txt, or an admin of this chat"):
+    with pytest.raises(NotAllowedToForget) as refused:
         await forget_document(s, SCOPE, "memo.txt", requester_id=BEN, any_document=False)
+    assert who_may_forget(refused.value).startswith("Only @ann, who uploaded memo.txt, or an admin of this chat")
     assert [d.name for d in await documents_db.list_documents(s, SCOPE)] == ["memo.txt"]  # refused: nothing changed
     assert await forget_document(s, SCOPE, "memo.txt", requester_id=BEN, any_document=True) is not None
 
     await memo(s, "old.txt", user_id=None)  # stored before uploads were recorded per person
-    with pytest.raises(NotAllowedToForget, match="Only an admin of this chat can forget old.txt"):
+    with pytest.raises(NotAllowedToForget) as refused:
         await forget_document(s, SCOPE, "old.txt", requester_id=ANN, any_document=False)
+    assert who_may_forget(refused.value) == "Only an admin of this chat can forget old.txt."
     assert await forget_document(s, SCOPE, "missing.txt", requester_id=BEN, any_document=False) is None

@@ -392,3 +392,63 @@ def test_the_step_time_says_when_replies_competed_with_the_timing():
     assert step_time_text(busy) == ("34.0s per step, timed on 3 training steps of this data just now, while I was "
                                     "writing 2 replies and with the machine busy (load 1.6 per core): the run "
                                     "may be faster when the bot is quiet")
+
+
+class RetrainRecorder:
+    """What /retrain's Telegram view would show (bot.services.training.service.RetrainView, RunView), recorded."""
+
+    def __init__(self):
+        self.events: list = []
+
+    async def planning(self):
+        self.events.append("planning")
+
+    def plan_progress(self, progress):
+        self.events.append(("plan_progress", progress.stage))
+
+    async def resuming(self, run_id: int):
+        self.events.append(("resuming", run_id))
+        return self
+
+    def progress(self, job):
+        self.events.append("run_progress")
+
+    def stop(self):
+        self.events.append("stop")
+
+    async def finish(self, outcome: RunOutcome):
+        self.events.append(("finish", outcome.run_id, outcome.status))
+
+
+async def test_retrain_is_one_call_a_plan_kept_only_when_ready_nothing_while_busy_none_to_resume(service):
+    await fill(service)
+    view = RetrainRecorder()
+    done = await service.retrain(BY_ADMIN, view, force=True)
+    assert done.busy is None and done.resumed is None and done.plan.ready and done.plan.force
+    assert view.events[0] == "planning" and ("plan_progress", "reading") in view.events
+    assert service.take_plan(done.plan.token) is done.plan  # kept for the Start button
+    service.options.min_examples = 99
+    refused = (await service.retrain(BY_ADMIN, RetrainRecorder())).plan
+    assert not refused.ready and service.take_plan(refused.token) is None  # no button may start it
+    view = RetrainRecorder()
+    assert (await service.retrain(BY_ADMIN, view, resume=True)).resumed is None and view.events == []
+    run = await service.start(done.plan, requested_by=BY_ADMIN)
+    assert (await service.retrain(BY_ADMIN, view)).busy is service.job and service.job.run_id == run.id
+    assert view.events == []  # no plan while a run is in flight
+
+
+async def test_retrain_resume_reserves_the_stopped_run_and_runs_it_in_the_background(service):
+    await fill(service)
+    run = await service.start(await service.plan(), requested_by=BY_ADMIN)
+    service.job = None  # the process that started it is gone; its checkpoint stayed
+    service.paths(run.id).out.mkdir(parents=True)
+    service.paths(run.id).checkpoint.write_bytes(b"not a real checkpoint")  # lm.train fails on it at once
+    async with service.sessions() as s:
+        await training_db.update_run(s, run.id, status="resumable", heldout_loss_before=1.0)
+    view = RetrainRecorder()
+    done = await service.retrain(BY_ADMIN, view, resume=True)
+    assert done.resumed.id == run.id and service.job.run_id == run.id  # reserved before the call returned
+    await service.task
+    assert view.events[0] == ("resuming", run.id) and "planning" not in view.events
+    assert view.events[-2:] == ["stop", ("finish", run.id, "resumable")]  # its checkpoint is still there
+    assert not service.busy

@@ -6,7 +6,7 @@ and an address-space limit (sandbox.py), so a hostile or pathological file can n
 the bot; the child is killed on timeout. It blocks, so async code calls it through `asyncio.to_thread`.
 
 Every failure a person can cause is a `DocumentError(code, message)` whose message can be shown to
-them as is. Nothing is returned half-done: a document either parses completely or raises.
+them as is (worded in bot/telegram/file_texts.py). Nothing is returned half-done: a document either parses completely or raises.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from bot.documents.parse.document import (
 )
 from bot.documents.parse.formats import parse_bytes
 from bot.documents.parse.sandbox import run_in_child
-from bot.documents.parse.sniff import SUPPORTED, detect_kind
+from bot.documents.parse.sniff import detect_kind
+from bot.telegram import file_texts
+from bot.telegram.file_texts import SUPPORTED
 
 MAX_BYTES = 20 * 2**20
 
@@ -54,9 +56,7 @@ def parse_document(
 
 
 def _too_large(name: str, size: int, max_bytes: int) -> DocumentError:
-    return DocumentError(
-        "too_large", f"{name} is {_size(size)}; the limit is {_size(max_bytes)}. Split it into smaller files."
-    )  # fmt: skip
+    return DocumentError("too_large", file_texts.too_large(name, _size(size), _size(max_bytes)))
 
 
 def _size(n: int) -> str:

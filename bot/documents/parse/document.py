@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bot.safe_text import shorten_name
+from bot.telegram import file_texts
 
 MAX_NAME_CHARS = 200  # a document's name as stored and shown; longer names keep their extension
 KINDS = ("pdf", "docx", "html", "markdown", "text")
@@ -63,7 +64,7 @@ class ParsedDocument:
 
 
 def empty_error(name: str) -> DocumentError:
-    return DocumentError("empty", f"{name} contains no text.")
+    return DocumentError("empty", file_texts.empty(name))
 
 
 def clean_name(filename: str) -> str:

@@ -30,6 +30,7 @@ from bot.documents.parse.hidden import (
 from bot.documents.parse.pdf import parse_pdf
 from bot.documents.parse.sniff import TEXT_EXTS, binary_error, detect_kind, unsupported_error
 from bot.safe_text import replace_lone_surrogates
+from bot.telegram import file_texts
 
 # Zip-bomb limits, checked on the zip directory before anything is decompressed. A real .docx is
 # XML that compresses 5-30x; a bomb is one huge member that compresses 1000x.
@@ -68,9 +69,7 @@ def _encodable(section: Section) -> Section:
 
 
 def _parse_docx(data: bytes, name: str) -> tuple[list[Section], None]:
-    corrupt = DocumentError(
-        "corrupt", f"{name} is damaged or truncated; it could not be read as a Word file."
-    )
+    corrupt = DocumentError("corrupt", file_texts.damaged_docx(name))
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
@@ -117,10 +116,7 @@ def _check_zip_bomb(infos: list[zipfile.ZipInfo], name: str) -> None:
     total = sum(i.file_size for i in infos)
     ratios = [i.file_size / max(i.compress_size, 1) for i in infos if i.file_size >= ZIP_RATIO_MIN_SIZE]
     if len(infos) > ZIP_MAX_MEMBERS or total > ZIP_MAX_TOTAL or any(r > ZIP_MAX_RATIO for r in ratios):
-        raise DocumentError(
-            "zip_bomb", f"{name} would unpack to {total / 2**20:,.0f} MB from {len(infos)} parts, "
-            "which is not a normal Word document (a 'zip bomb'), so it was not opened."
-        )  # fmt: skip
+        raise DocumentError("zip_bomb", file_texts.zip_bomb(name, total / 2**20, len(infos)))
 
 
 def _table_text(table) -> str:

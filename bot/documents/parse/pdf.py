@@ -17,6 +17,7 @@ from collections import Counter
 
 from bot.documents.parse.document import DocumentError, Section, clean_text, empty_error
 from bot.documents.parse.pdf_hidden import drop_hidden_text
+from bot.telegram import file_texts
 
 INFLATED_MAX = 256 * 2**20  # all zlib streams together, unpacked (formats.ZIP_MAX_TOTAL: the same, for .docx)
 _STREAM_START = re.compile(rb"(?<!end)stream\r?\n")
@@ -29,7 +30,7 @@ def parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError
 
-    corrupt = DocumentError("corrupt", f"{name} is damaged or truncated; it could not be read as a PDF.")
+    corrupt = DocumentError("corrupt", file_texts.damaged_pdf(name))
     if b"%%EOF" not in data[-4096:] and b"%%EOF" not in data:
         raise corrupt  # a cut-off download: pypdf would guess at the rest
     try:
@@ -40,17 +41,12 @@ def parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
             except (DependencyError, NotImplementedError):
                 opened = 0
             if not opened:
-                raise DocumentError(
-                    "encrypted", f"{name} is password-protected. Remove the password (for example "
-                    "print it to a new PDF) and send it again."
-                )  # fmt: skip
+                raise DocumentError("encrypted", file_texts.password_protected(name))
         pages = [_clean_pdf_text(_visible_text(p, reader)) for p in reader.pages]
     except (DocumentError, MemoryError, RecursionError):
         raise
     except FileNotDecryptedError:
-        raise DocumentError(
-            "encrypted", f"{name} is password-protected; remove the password first."
-        ) from None
+        raise DocumentError("encrypted", file_texts.password_not_removed(name)) from None
     except LimitReachedError:
         raise _bomb(name) from None
     except Exception:  # pypdf raises many types on damaged input
@@ -60,18 +56,12 @@ def parse_pdf(data: bytes, name: str) -> tuple[list[Section], int]:
     if not any(p.strip() for p in pages):
         if inflated_size(data, INFLATED_MAX) > INFLATED_MAX:
             raise _bomb(name)
-        raise DocumentError(
-            "scanned", f"{name} looks like a scanned PDF; it has no text layer, try OCR first "
-            "(for example `ocrmypdf`), then send the result."
-        )  # fmt: skip
+        raise DocumentError("scanned", file_texts.scanned_pdf(name))
     return [Section(text, page=i) for i, text in enumerate(drop_running_lines(pages), 1)], len(pages)
 
 
 def _bomb(name: str) -> DocumentError:
-    return DocumentError(
-        "too_large", f"{name} is too large once unpacked: its content is compressed far beyond the limit for "
-        "a PDF, so it was not read. Export or print it to a new PDF and send that."
-    )  # fmt: skip
+    return DocumentError("too_large", file_texts.pdf_bomb(name))
 
 
 def inflated_size(data: bytes, budget: int) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bot.documents.parse.document import CODES, DocumentError, ParsedDocument
+from bot.telegram import file_texts
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +66,18 @@ def run_in_child(
         raise _timeout_error(name, timeout_s)
     if proc.returncode < 0 or b"MemoryError" in proc.stderr:
         raise _memory_error(name, memory_mb)
-    raise DocumentError("corrupt", f"{name} could not be read: the parser failed on it. Is the file damaged?")
+    raise DocumentError("corrupt", file_texts.parser_failed(name))
 
 
 _CHILD_ENV = {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "VIRTUAL_ENV"}
 
 
 def _timeout_error(name: str, timeout_s: float) -> DocumentError:
-    return DocumentError(
-        "timeout", f"Reading {name} took longer than {timeout_s:g} s, so it was stopped. "
-        "The file may be damaged or unusually complex; try a simpler export of it."
-    )  # fmt: skip
+    return DocumentError("timeout", file_texts.took_too_long(name, timeout_s))
 
 
 def _memory_error(name: str, memory_mb: int) -> DocumentError:
-    return DocumentError(
-        "memory", f"Reading {name} needed more than {memory_mb} MB of memory, so it was stopped. "
-        "Try a smaller file or split it."
-    )  # fmt: skip
+    return DocumentError("memory", file_texts.needed_too_much_memory(name, memory_mb))
 
 
 def child_main() -> None:
@@ -110,7 +105,7 @@ def child_main() -> None:
         answer = {
             "ok": False,
             "code": "corrupt",
-            "message": f"{args['filename']} is too deeply nested to read.",
+            "message": file_texts.too_deep(args["filename"]),
         }
     out.write(json.dumps(answer))
     out.flush()

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.documents.parse.document import DocumentError, clean_name
-
-SUPPORTED = "PDF, Word (.docx), HTML, Markdown or plain-text (.txt)"
+from bot.telegram import file_texts
 
 TEXT_EXTS = {
     "", ".txt", ".text", ".md", ".markdown", ".mdown", ".mkd", ".html", ".htm", ".xhtml", ".csv", ".tsv",
@@ -61,10 +60,7 @@ def detect_kind(data: bytes, filename: str, mime: str | None = None) -> str:
             raise unsupported_error(name, f"a {ext} file")
         return "docx"
     if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{\\rtf") or ext == ".rtf" or mime in RTF_MIMES:
-        raise DocumentError(
-            "unsupported", f"{name} is an RTF document. RTF is not supported yet; save it as DOCX, PDF or "
-            "text and send it again."
-        )  # fmt: skip
+        raise DocumentError("unsupported", file_texts.rtf(name))
     label = next((what for magic, what in MAGIC if data.startswith(magic)), None)
     if label is None and data[4:8] == b"ftyp":
         label = "a video or audio file (MP4/MOV)"
@@ -75,9 +71,9 @@ def detect_kind(data: bytes, filename: str, mime: str | None = None) -> str:
             raise binary_error(name)
         raise unsupported_error(name, label)
     if ext == ".pdf" or mime == "application/pdf":
-        raise DocumentError("corrupt", f"{name} is not a valid PDF (it has no PDF header). Is it damaged?")
+        raise DocumentError("corrupt", file_texts.not_a_pdf(name))
     if ext == ".docx" or mime.endswith("wordprocessingml.document"):
-        raise DocumentError("corrupt", f"{name} is not a valid Word document (it is not a .docx zip).")
+        raise DocumentError("corrupt", file_texts.not_a_docx(name))
     if ext in UNSUPPORTED_EXTS:
         raise unsupported_error(name, f"a {ext} file")
     if _looks_like_html(data[:2048]) or ext in HTML_EXTS or mime in ("text/html", "application/xhtml+xml"):
@@ -93,13 +89,8 @@ def _looks_like_html(head: bytes) -> bool:
 
 
 def unsupported_error(name: str, what: str) -> DocumentError:
-    return DocumentError(
-        "unsupported", f"{name} looks like {what}, which I can't read. Send a {SUPPORTED} file."
-    )
+    return DocumentError("unsupported", file_texts.unsupported(name, what))
 
 
 def binary_error(name: str) -> DocumentError:
-    return DocumentError(
-        "binary", f"{name} has a text extension but contains binary data, not text. "
-        f"Send a {SUPPORTED} file."
-    )  # fmt: skip
+    return DocumentError("binary", file_texts.binary(name))

@@ -31,6 +31,7 @@ from bot.config import TrainingSettings
 from bot.db import training as training_db
 from bot.db.models import ModelVersion
 from bot.services.training.dataset import DataStats, Example
+from bot.telegram import training_texts
 
 EVAL_BATCH_COST = 1 / 3  # a forward pass is about a third of a training step (forward + backward)
 
@@ -118,17 +119,6 @@ def not_enough_data(stats: DataStats, n_train: int, n_heldout: int, min_examples
 # ------------------------------------------------------------------------------------------- time
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-
-
 @dataclass
 class StepTime:
     ms: float | None  # None: it could not be measured (basis says why)
@@ -170,7 +160,7 @@ async def measured_by_a_run(session: AsyncSession, base: str, o: TrainingOptions
                 and notes.get("block_size") == o.block_size)
         if notes.get("ms_per_step") and same:
             ms = float(notes["ms_per_step"])
-            return StepTime(ms, f"as measured by run #{notes.get('run_id', '?')}")
+            return StepTime(ms, training_texts.measured_by_run(notes.get("run_id", "?")))
     return None
 
 

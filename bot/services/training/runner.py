@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings
-from bot.services.training.plan import PlanProgress, StepTime, TrainingOptions, format_duration
+from bot.services.training.plan import PlanProgress, StepTime, TrainingOptions
 from bot.services.training.report import MetricsTail
+from bot.telegram import training_texts
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ async def measure_before(settings: Settings, job: Job, paths: RunPaths, active: 
     job.proc = None
     if code == 0 and paths.before.is_file():
         return float(json.loads(paths.before.read_text())["heldout_loss"]), None
-    return None, f"exit code {code}; see {paths.log}"
+    return None, training_texts.child_failed(code, paths.log)
 
 
 async def train(settings: Settings, job: Job, paths: RunPaths, base: str, o: TrainingOptions, resume: bool,
@@ -296,8 +297,7 @@ class StepTimer:
         key = (base, o.batch_size, o.block_size, o.lora_rank, o.threads)
         known = self._timings.get(key)
         if known is not None and time.monotonic() - known.at < self.ttl_s:
-            ago = format_duration(time.monotonic() - known.at)
-            return StepTime(known.ms, f"timed on {TIMED_STEPS} training steps {ago} ago")
+            return StepTime(known.ms, training_texts.timed_earlier(TIMED_STEPS, time.monotonic() - known.at))
         runs = settings.data_dir / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="plan-", dir=runs) as tmp:  # the data holds conversations
@@ -306,9 +306,9 @@ class StepTimer:
             watch = _Watch(Path(tmp) / "out" / "metrics.jsonl", progress, replies)
             ms, error = await self._run(settings, base, o, data, Path(tmp) / "out", watch)
         if ms is None:
-            return StepTime(None, f"a training step could not be timed: {error}")
+            return StepTime(None, training_texts.not_timed(error))
         self._timings[key] = _Timing(ms)
-        return StepTime(ms, f"timed on {TIMED_STEPS} training steps of this data just now", watch.most_replies,
+        return StepTime(ms, training_texts.timed_now(TIMED_STEPS), watch.most_replies,
                         _load_per_core())
 
     async def _run(self, settings: Settings, base: str, o: TrainingOptions, data: Path,
@@ -323,7 +323,7 @@ class StepTimer:
             await proc.wait()
             if isinstance(e, asyncio.CancelledError):
                 raise
-            return None, f"{TIMED_STEPS} steps took longer than {self.timeout_s / 60:.0f} minutes"
+            return None, training_texts.timing_too_slow(TIMED_STEPS, self.timeout_s)
         lines = stdout.decode(errors="replace").strip().splitlines()
         try:
             ms = json.loads(lines[-1])["ms_per_step"] if proc.returncode == 0 and lines else None
@@ -332,4 +332,4 @@ class StepTimer:
         if ms:
             return float(ms), ""
         said = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-        return None, f"lm.train exited with {proc.returncode}" + (f" ({said[-1][-300:]})" if said else "")
+        return None, training_texts.trainer_exited(proc.returncode, said[-1][-300:] if said else "")

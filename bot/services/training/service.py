@@ -5,6 +5,8 @@ object the Telegram admin handlers and the bot's start-up call.
     run = await service.start(plan, origin)     # a training_runs row + data.jsonl in data_dir/runs/<id>/
     outcome = await service.run(run.id, progress=print)   # child processes; metrics -> progress(job)
 
+/retrain is one call, `retrain(origin, view)`: a plan (or the run it resumes, in the background: `watch`).
+
 Data (dataset.py): the conversations and documents of the chats that opted in, 👎 replies left out, 👍 first,
 and a held-out set that is mostly the same from run to run. The plan (plan.py) sizes the run to the data and
 estimates its time.
@@ -31,9 +33,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -58,6 +60,7 @@ from bot.services.training.plan import (
 from bot.services.training.report import RunOutcome, plot_loss_curve, read_metrics, should_promote
 from bot.services.training.runner import Job, RunPaths, StepTimer
 from bot.services.training.versions import ModelVersions
+from bot.telegram import training_texts
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,32 @@ PLAN_TTL_S = 15 * 60
 
 class TrainingBusy(RuntimeError):
     pass
+
+
+class RunView(Protocol):
+    """How a run in the background shows itself (the admin's status line)."""
+
+    def progress(self, job: Job) -> None: ...  # after each change of the job's phase or metrics
+    def stop(self) -> None: ...  # the run has ended, whichever way
+    async def finish(self, outcome: RunOutcome) -> None: ...
+
+
+class RetrainView(Protocol):
+    """How /retrain shows what it does (TrainingService.retrain)."""
+
+    async def planning(self) -> None: ...  # a plan is being prepared
+    def plan_progress(self, progress: PlanProgress) -> None: ...
+    async def resuming(self, run_id: int) -> RunView: ...  # a stopped run continues: where it shows its progress
+
+
+@dataclass
+class Retrain:
+    """What /retrain did: nothing while a run is in flight (`busy`: its job); with resume, the run it resumed
+    (None: there was none to resume); else the plan it made (offered to the admin only when ready)."""
+
+    busy: Job | None = None
+    resumed: TrainingRun | None = None
+    plan: Plan | None = None
 
 
 class TrainingService:
@@ -171,7 +200,7 @@ class TrainingService:
     async def start(self, plan: Plan, requested_by: Origin) -> TrainingRun:
         """Create the run row and its data file; the run is reserved (busy) until `run` ends it."""
         if self.busy:
-            raise TrainingBusy(f"run #{self.job.run_id} is still in progress")
+            raise TrainingBusy(training_texts.run_in_progress(self.job.run_id))
         if not plan.ready:
             raise ValueError(f"Not enough data to train on: {plan.refusal}")
         await self._refuse_if_another_replica_trains()
@@ -195,7 +224,7 @@ class TrainingService:
             except OSError as e:
                 async with self.sessions() as s:
                     await training_db.update_run(s, run.id, status="failed", finished_at=now_utc(),
-                                                 error=f"data export: {e}")
+                                                 error=training_texts.data_export_failed(e))
                 raise
             return run
         except BaseException:
@@ -209,7 +238,7 @@ class TrainingService:
         async with self.sessions() as s:
             other = await training_db.live_run(s, self.leases.clock(), self.leases.owner)
         if other is not None:
-            raise TrainingBusy(f"run #{other.id} is in progress on another replica")
+            raise TrainingBusy(training_texts.run_in_progress(other.id, elsewhere=True))
 
     async def resumable(self) -> TrainingRun | None:
         """The latest run that can continue from its checkpoint."""
@@ -222,18 +251,44 @@ class TrainingService:
     async def reserve(self, run: TrainingRun) -> None:
         """Mark a resumable run as this process's job before `run(..., resume=True)`."""
         if self.busy:
-            raise TrainingBusy(f"run #{self.job.run_id} is still in progress")
+            raise TrainingBusy(training_texts.run_in_progress(self.job.run_id))
         await self._refuse_if_another_replica_trains()
         self.job = Job(run_id=run.id, steps=int(run.config.get("options", {}).get("steps", self.options.steps)))
         await self._update_run(run.id, **self.leases.lease().values())  # this replica's from now on
 
-    async def reserve_resumable(self, requested_by: Origin) -> TrainingRun | None:
-        """The latest resumable run, reserved as this process's job (None: there is none to resume)."""
-        run = await self.resumable()
-        if run is not None:
-            await self.chats.record(requested_by)  # as for a new run
-            await self.reserve(run)
-        return run
+    async def retrain(self, requested_by: Origin, view: RetrainView, *, force: bool = False,
+                      resume: bool = False) -> Retrain:
+        """/retrain, in one call: nothing while a run is in flight; with `resume`, the latest stopped run reserved
+        and run in the background (`view.resuming` shows it), if there is one; else a plan (`view.planning` is
+        awaited first: timing a step takes minutes on a busy machine), kept for the admin's Start button only when
+        it is ready. Raises what `plan` raises."""
+        if self.busy:
+            return Retrain(busy=self.job)
+        if resume:
+            run = await self.resumable()
+            if run is not None:
+                await self.chats.record(requested_by)  # as for a new run
+                await self.reserve(run)
+                self.watch(run.id, await view.resuming(run.id), resume=True)
+            return Retrain(resumed=run)
+        await view.planning()
+        plan = await self.plan(force=force, progress=view.plan_progress)
+        if not plan.ready:  # nothing to start: no button may take it
+            self.drop_plan(plan.token)
+        return Retrain(plan=plan)
+
+    def watch(self, run_id: int, view: RunView, resume: bool = False) -> asyncio.Task:
+        """`run` a started or reserved run in the background (`launch`), `view` told its progress and outcome."""
+
+        async def work() -> RunOutcome:
+            try:
+                outcome = await self.run(run_id, progress=view.progress, resume=resume)
+            finally:
+                view.stop()
+            await view.finish(outcome)
+            return outcome
+
+        return self.launch(work())
 
     def launch(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task:
         """Run `work` (which awaits `run`) as a task of the event loop, not of the Application: a run can last
@@ -278,12 +333,12 @@ class TrainingService:
             await self._finish(run_id, cfg, options, paths, summary, outcome)
         except asyncio.CancelledError:
             await runner.stop_child(job, paths)
-            await self._settle(run_id, paths, outcome, "the bot stopped during the run")
+            await self._settle(run_id, paths, outcome, training_texts.RUN_CUT_BY_STOP)
             raise
         except Exception:
             log.exception("training run %s failed", run_id)
             await runner.stop_child(job, paths)
-            await self._settle(run_id, paths, outcome, "The run failed on the bot's side; the bot's log has the details.")
+            await self._settle(run_id, paths, outcome, training_texts.RUN_FAILED_ON_BOT)
         finally:
             self.job = None
         return outcome
@@ -328,16 +383,15 @@ class TrainingService:
         outcome.step = summary["step"] if summary else (done[-1]["step"] if done else 0)
         if done:
             outcome.plot = await asyncio.to_thread(plot_loss_curve, records, paths.plot, outcome.before,
-                                                   f"Training run #{run_id}")
+                                                   training_texts.loss_curve_title(run_id))
         if summary is None or summary.get("status") != "done":
             if job is not None and job.cancel_requested:
                 outcome.status = "resumable" if paths.checkpoint.is_file() else "cancelled"
                 await self._update_run(run_id, status=outcome.status, finished_at=now_utc(),
-                                       error="cancelled by an admin")
+                                       error=training_texts.RUN_CANCELLED)
                 return
             tail = paths.log.read_text(errors="replace").strip().splitlines()[-3:] if paths.log.is_file() else []
-            await self._settle(run_id, paths, outcome, "training process ended without finishing: "
-                               + " | ".join(tail)[-500:])
+            await self._settle(run_id, paths, outcome, training_texts.run_unfinished(" | ".join(tail)[-500:]))
             return
         outcome.after = summary.get("val_loss")
         notes = {"run_id": run_id, "steps": summary.get("step"), "ms_per_step": summary.get("ms_per_step"),
@@ -390,10 +444,9 @@ class TrainingService:
                 continue
             await runner.stop_stale(run.pid, paths)
             status = "resumable" if paths.checkpoint.is_file() else "failed"
-            error = {"resumable": "the bot stopped during the run; it can continue from its checkpoint",
-                     "failed": "the training process ended without a model or a checkpoint"}[status]
+            error = training_texts.RESTART_RESUMABLE if status == "resumable" else training_texts.RESTART_FAILED
             if run.status == "resumable":
-                error = "its checkpoint is gone"
+                error = training_texts.CHECKPOINT_GONE
             await self._update_run(run.id, status=status, error=error,
                                    finished_at=now_utc() if status == "failed" else None)
             changed.append((run.id, status))
@@ -412,8 +465,7 @@ class TrainingService:
             paths = self.paths(run.id)
             await runner.stop_stale(run.pid, paths)  # a trainer here, left by a process of this machine
             status = "resumable" if paths.checkpoint.is_file() else "failed"
-            error = {"resumable": "the replica running it stopped; it can continue from its checkpoint",
-                     "failed": "the replica running it stopped, and no checkpoint of it is left"}[status]
+            error = training_texts.REPLICA_RESUMABLE if status == "resumable" else training_texts.REPLICA_FAILED
             settled.append(await self._update_run(run.id, status=status, error=error,
                                                   finished_at=now_utc() if status == "failed" else None))
             log.warning("training run %s lost its replica (%s); it is now %s", run.id, run.owner, status)
