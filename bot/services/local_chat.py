@@ -17,7 +17,7 @@ from bot.config import Settings
 from bot.services.models import ChatModel, generation_config
 
 if TYPE_CHECKING:
-    from lm.engine import GenerationConfig
+    from bot.services.models import GenerationConfig
 
 BANNER = "docent chat — /reset clears the conversation, /system TEXT sets the system prompt, /quit exits. " \
          "Ctrl-C stops a reply."
