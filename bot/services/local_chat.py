@@ -72,7 +72,7 @@ def generate_lstm(path: str, prompt: str, config: GenerationConfig, cache_dir: P
     """An LSTM language model (docent train scratch --arch lstm) continues the prompt with the same sampling."""
     import torch
 
-    from lm.load import load_model
+    from lm.load import load_model  # lazy: loads torch, seconds at start-up
 
     model, tokenizer, _ = load_model(path, cache_dir)
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]

@@ -39,7 +39,8 @@ SAMPLING_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetit
 
 
 # re-exported lazily: importing lm.engine or lm.serve loads torch, about 1.2 s that `docent run` does not spend
-# before the model loads (bot.app imports no torch; measured with `import lm.serve` on the dev machine)
+# before the model loads (bot.app imports no torch; measured with `import lm.serve` on the dev machine); the
+# lm imports inside the functions below are lazy for the same reason
 GENERATION_NAMES = {"ContextOverflow": "lm.engine", "GenerationConfig": "lm.engine", "Result": "lm.engine",
                     "Queued": "lm.serve", "Started": "lm.serve", "Span": "lm.spans"}
 

@@ -36,6 +36,7 @@ from aiohttp import web
 from bot.config import Settings
 from bot.services import models as gateway  # lm's events, imported on first use
 from bot.services.models import ChatModel, generation_config
+from lm import hub
 
 log = logging.getLogger(__name__)
 LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}  # escaped inside JSON strings
@@ -184,8 +185,7 @@ class Worker:
             "usage": {"prompt_tokens": 0, "total_tokens": 0}})
 
     def encoder(self):
-        from lm import hub
-        from lm.encoder import Encoder
+        from lm.encoder import Encoder  # lazy: loads torch, seconds at start-up
 
         with self._encoder_lock:
             if self._encoder is None:
