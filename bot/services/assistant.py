@@ -137,7 +137,8 @@ class Assistant:
             context = await self.store.context(question, reply, shown_in)  # before the model: loading it is slow
             model = await self.models.current()
         except Exception:
-            log.exception("could not load the chat model" if context else "could not read chat %s", question.chat_id)
+            log.exception("could not %s for chat %s", "load the chat model" if context else "read the conversation",
+                          question.chat_id)
             failed = MODEL_FAILED if context else FAILED_NOTE
             yield Done(failed, rated=False)
             await self.store.finish(reply, failed, "failed")
