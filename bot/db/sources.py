@@ -98,7 +98,8 @@ async def forget_document(session: AsyncSession, scope: str, name_or_id: str | i
 async def record_sources(session: AsyncSession, turn_ids: Sequence[int], chunk_ids: Sequence[int],
                          prompt_ids: Sequence[int]) -> bool:
     """Link the turn's messages (question and reply) to the documents of `chunk_ids`, the passages the reply
-    was answered from, and to every document the prompt's messages are linked to; commits.
+    was answered from, and to every document the prompt's messages are linked to; commits. Links the turn has
+    already are kept, so a reply links its prompt first and the passages of its answer later.
 
     A document forgotten while the reply was being prepared (a chunk gone, or a prompt message marked) cannot be
     linked any more: the turn is then marked forgotten at once. Returns whether it was.
@@ -110,8 +111,11 @@ async def record_sources(session: AsyncSession, turn_ids: Sequence[int], chunk_i
     forgotten = await session.scalar(
         select(Message.id).where(Message.id.in_(prompt_ids), Message.forgotten_at.is_not(None)).limit(1))
     gone = len(found) < len(set(chunk_ids)) or forgotten is not None
-    if documents and not gone:
-        session.add_all(MessageSource(message_id=m, document_id=d) for m in turn_ids for d in documents)
+    linked = set((await session.execute(select(MessageSource.message_id, MessageSource.document_id)
+                                        .where(MessageSource.message_id.in_(turn_ids)))).tuples())
+    new = [(m, d) for m in turn_ids for d in documents if (m, d) not in linked]
+    if new and not gone:
+        session.add_all(MessageSource(message_id=m, document_id=d) for m, d in new)
         try:
             await session.commit()
             return False

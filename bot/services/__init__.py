@@ -47,6 +47,7 @@ def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession
     """Every service, wired to the others; `models` may be given (tests share one loaded model)."""
     from bot.services.assistant import Assistant
     from bot.services.chats import Chats
+    from bot.services.conversation_store import ConversationStore
     from bot.services.jobs import Jobs
     from bot.services.knowledge import KnowledgeBase
     from bot.services.leases import leases_for
@@ -61,11 +62,12 @@ def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession
     chats = Chats(settings, sessions)
     knowledge = KnowledgeBase(settings, sessions, leases)
     jobs = Jobs(sessions, leases)
-    assistant = Assistant(settings, sessions, models, chats, knowledge, jobs)
+    store = ConversationStore(sessions, chats, leases)
+    assistant = Assistant(settings, store, models, knowledge, jobs)
     return Services(
         settings=settings, sessions=sessions, models=models, chats=chats, knowledge=knowledge, jobs=jobs,
         assistant=assistant, uploads=Uploads(chats, knowledge, jobs),
-        summaries=Summaries(assistant, knowledge, jobs, settings.documents.summary_writing),
+        summaries=Summaries(chats, store, models, knowledge, jobs, settings.documents.summary_writing),
         stats=StatsService(settings, sessions), training=TrainingService(settings, sessions, models, chats, leases=leases),
         leases=leases)
 

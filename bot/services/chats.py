@@ -61,7 +61,8 @@ class Chats:
         async with self.sessions() as s:
             await record_origin(s, origin)
 
-    def _prefs(self, stored: ChatSettings | None) -> ChatPrefs:
+    def applied(self, stored: ChatSettings | None) -> ChatPrefs:
+        """The settings that apply, from the chat's stored row (None: a chat never seen)."""
         model = self.settings.model
         return ChatPrefs(
             system_prompt=(stored.system_prompt if stored and stored.system_prompt else None) or model.system_prompt,
@@ -72,20 +73,20 @@ class Chats:
     async def prefs_of(self, chat_id: int) -> ChatPrefs:
         """The chat's settings as they apply (the defaults for a chat never seen)."""
         async with self.sessions() as s:
-            return self._prefs(await chats_db.get_chat_settings(s, chat_id))
+            return self.applied(await chats_db.get_chat_settings(s, chat_id))
 
     async def prefs(self, origin: Origin) -> ChatPrefs:
         """The settings of the chat `origin` is in, the chat recorded first."""
         async with self.sessions() as s:
             await record_origin(s, origin)
-            return self._prefs(await chats_db.get_chat_settings(s, origin.chat_id))
+            return self.applied(await chats_db.get_chat_settings(s, origin.chat_id))
 
     async def change(self, origin: Origin, **values) -> ChatPrefs:
         """Set some of the chat's settings (system_prompt, temperature, allow_training; None: back to the
         default) and return them all as they now apply. ValueError for a value out of range."""
         async with self.sessions() as s:
             await record_origin(s, origin)
-            return self._prefs(await chats_db.set_chat_settings(s, origin.chat_id, **values))
+            return self.applied(await chats_db.set_chat_settings(s, origin.chat_id, **values))
 
     async def reset(self, origin: Origin) -> None:
         """Start a new conversation; the old one stays in SQL but is no longer sent to the model."""

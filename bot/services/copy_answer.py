@@ -27,6 +27,7 @@ import unicodedata
 from collections.abc import Sequence
 
 from bot.services.evidence import Evidence
+from lm.rank import light_stem
 
 SCORE_MARGIN = 0.0  # a span that fails the support check gives way only to an equally likely one
 # First tokens the copy decoder follows. With 8, a gold answer was among the candidate spans for 0.69 of
@@ -148,8 +149,6 @@ def fits_type(kind: str | None, span: str) -> bool:
 
 
 def _norm(word: str) -> str:
-    from lm.rank import light_stem
-
     word = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))  # Hervé = Herve
     word = re.sub(r"['’]s?$", "", word)
     if any(c.isdigit() for c in word):

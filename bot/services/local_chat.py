@@ -17,7 +17,7 @@ from bot.config import Settings
 from bot.services.models import ChatModel, generation_config
 
 if TYPE_CHECKING:
-    from lm.engine import GenerationConfig
+    from bot.services.models import GenerationConfig
 
 BANNER = "docent chat — /reset clears the conversation, /system TEXT sets the system prompt, /quit exits. " \
          "Ctrl-C stops a reply."
@@ -72,7 +72,7 @@ def generate_lstm(path: str, prompt: str, config: GenerationConfig, cache_dir: P
     """An LSTM language model (docent train scratch --arch lstm) continues the prompt with the same sampling."""
     import torch
 
-    from lm.load import load_model
+    from lm.load import load_model  # lazy: loads torch, seconds at start-up
 
     model, tokenizer, _ = load_model(path, cache_dir)
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id or 0]

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.config import Settings
+from lm import hub
 
 MEASURED = "measured.json"
 FIGURES = Path(__file__).resolve().parent.parent / "eval" / "model_figures.json"
@@ -61,8 +62,7 @@ def _filler_prompt(tokenizer, n: int) -> list[int]:
 def measure(settings: Settings, name: str) -> dict:
     """Time to first token, decode speed and peak memory of a chat model on this machine, through the bot's
     own server (lm.serve), greedy, with stop tokens ignored so that every token is decoded."""
-    from bot.services.models import ChatModel
-    from lm.engine import GenerationConfig
+    from bot.services.models import ChatModel, GenerationConfig
 
     t0 = time.perf_counter()
     model = ChatModel.load(settings, name)
@@ -86,7 +86,7 @@ def measure(settings: Settings, name: str) -> dict:
 
 
 def model_threads(settings: Settings) -> int:
-    from lm.runtime import physical_cores
+    from lm.runtime import physical_cores  # lazy: loads torch, seconds at start-up
 
     return settings.model.threads or physical_cores()
 
@@ -94,8 +94,7 @@ def model_threads(settings: Settings) -> int:
 def pull(settings: Settings, name: str, *, convert: bool = True, measure_speed: bool = True,
          say=print) -> Path:
     """Fetch a named model; for a chat model, convert it to the configured weights and measure it here."""
-    from lm import hub
-    from lm.load import load_chat_model
+    from lm.load import load_chat_model  # lazy: loads torch, seconds at start-up
 
     spec = hub.spec_of(name)
     path = hub.pull(spec.name, settings.cache_dir)
@@ -136,7 +135,6 @@ def recorded_quality() -> dict:
 
 
 def listing(settings: Settings) -> list[Listed]:
-    from lm import hub
 
     quality = recorded_quality()
     rows = []
@@ -153,8 +151,6 @@ def listing(settings: Settings) -> list[Listed]:
 
 def format_listing(rows: list[Listed], configured: str) -> str:
     """The table `docent model list` prints: what each model is, how big, how fast here, how good."""
-    from lm import hub
-
     lines = []
     for row in rows:
         mark = " (configured)" if hub.canonical(configured) == row.name else ""

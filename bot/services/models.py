@@ -1,15 +1,20 @@
 """The active chat model: loading, hot swapping, and generation for every chat at once.
 
-This is the one place where `bot` talks to `lm`. Each `ChatModel` owns an `lm.serve.Server`, whose scheduler
-thread batches the decoding of every chat's reply (and runs copy decoding for document answers between its
-steps), so a reply never waits for a whole other reply. A reply takes a reference to the current `ChatModel`
-when it starts, so a swap (a new model version promoted) never disturbs replies already streaming: they
-finish on the model they began with, whose server then stops.
+This is the bot's one gateway to `lm` for generation: no other module of bot/services imports lm.engine, lm.serve
+or lm.spans (tests/unit/test_layers.py checks it). What they need of those is re-exported here, by name
+(`GENERATION_NAMES`): the events a reply streams (a text piece is a plain `str`; `Queued`, `Started`), the
+`ContextOverflow` a prompt too long for the model raises, `GenerationConfig` and copy decoding's `Span`.
+
+Each `ChatModel` owns an `lm.serve.Server`, whose scheduler thread batches the decoding of every chat's reply
+(and runs copy decoding for document answers between its steps), so a reply never waits for a whole other reply.
+A reply takes a reference to the current `ChatModel` when it starts, so a swap (a new model version promoted)
+never disturbs replies already streaming: they finish on the model they began with, whose server then stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -19,13 +24,32 @@ from bot.config import ModelSettings, Settings
 from bot.services.compute import in_own_thread
 
 if TYPE_CHECKING:
-    from lm.engine import GenerationConfig
+    from lm.engine import ContextOverflow, GenerationConfig, Result
+    from lm.serve import Queued, Started
+    from lm.spans import Span
+
+# the re-exports (GENERATION_NAMES) for type checkers; at run time __getattr__ below gives them
+__all__ = ["ContextOverflow", "GenerationConfig", "Queued", "Result", "Span", "Started"]
 
 log = logging.getLogger(__name__)
 
 INTERACTIVE, BACKGROUND = 0, 1  # request priorities: a summary's rewriting never holds up a chat reply
 # the [model] settings that are lm.engine.GenerationConfig fields (the config's defaults for every reply)
 SAMPLING_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram")
+
+
+# re-exported lazily: importing lm.engine or lm.serve loads torch, about 1.2 s that `docent run` does not spend
+# before the model loads (bot.app imports no torch; measured with `import lm.serve` on the dev machine); the
+# lm imports inside the functions below are lazy for the same reason
+GENERATION_NAMES = {"ContextOverflow": "lm.engine", "GenerationConfig": "lm.engine", "Result": "lm.engine",
+                    "Queued": "lm.serve", "Started": "lm.serve", "Span": "lm.spans"}
+
+
+def __getattr__(name: str) -> Any:
+    """`models.Queued` and the other GENERATION_NAMES, imported from lm on first use."""
+    if name not in GENERATION_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(GENERATION_NAMES[name]), name)
 
 
 def generation_config(model: ModelSettings, **overrides: Any) -> GenerationConfig:

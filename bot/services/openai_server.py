@@ -34,7 +34,9 @@ from typing import Any
 from aiohttp import web
 
 from bot.config import Settings
+from bot.services import models as gateway  # lm's events, imported on first use
 from bot.services.models import ChatModel, generation_config
+from lm import hub
 
 log = logging.getLogger(__name__)
 LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}  # escaped inside JSON strings
@@ -157,16 +159,14 @@ class Worker:
 
     def _chunk(self, model: ChatModel, ident: str, kind: str, chat: bool, event: Any) -> bytes:
         """One server-sent event: a text delta, a queue state (docent's field), or the end (event None)."""
-        from lm.serve import Queued, Started
-
         text = event if isinstance(event, str) else ""
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop" if event is None else None}
         choice.update({"delta": {"content": text} if text or event is None else {}} if chat else {"text": text})
         chunk: dict[str, Any] = {"id": ident, "object": kind + (".chunk" if chat else ""), "created": int(time.time()),
                                  "model": model.label, "choices": [choice]}
-        if self.extensions and isinstance(event, Queued):
+        if self.extensions and isinstance(event, gateway.Queued):
             chunk["docent"] = {"queued": event.ahead}
-        elif self.extensions and isinstance(event, Started):
+        elif self.extensions and isinstance(event, gateway.Started):
             chunk["docent"] = {"started": True}
         # JSON leaves U+0085, U+2028 and U+2029 raw, and line readers that split as str.splitlines does (httpx's
         # aiter_lines) would cut the event at one of them: a model's token can hold one
@@ -185,8 +185,7 @@ class Worker:
             "usage": {"prompt_tokens": 0, "total_tokens": 0}})
 
     def encoder(self):
-        from lm import hub
-        from lm.encoder import Encoder
+        from lm.encoder import Encoder  # lazy: loads torch, seconds at start-up
 
         with self._encoder_lock:
             if self._encoder is None:

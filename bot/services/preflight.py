@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from bot.config import Settings
+from lm.hub import HubError, canonical, is_pulled, resolve
 
 TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")  # "<bot id>:<secret>", as @BotFather hands it out
 SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what the Bot API accepts as a webhook secret_token
@@ -94,7 +95,6 @@ async def check_database(settings: Settings) -> Check:
 
 
 def check_model_files(what: str, name: str, settings: Settings) -> Check:
-    from lm.hub import HubError, canonical, is_pulled, resolve
 
     if canonical(name) is not None:  # resolve() would pull it: only say whether it is there
         if is_pulled(name, settings.cache_dir):

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from bot.config import Settings
+from bot.services import models as gateway  # lm's events and Span, imported on first use
 
 if TYPE_CHECKING:
-    from lm.engine import GenerationConfig
+    from bot.services.models import GenerationConfig
 
 log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3  # an estimate that errs towards more tokens (English BPE averages about four)
@@ -111,8 +112,6 @@ class RemoteChatModel:
                            priority: int = 0) -> AsyncIterator[Any]:
         """Text deltas, and lm.serve.Queued / Started where the worker sends them (ours). Leaving early, or
         `cancel`, closes the connection, which stops the generation on our worker."""
-        from lm.serve import Queued, Started
-
         body = self._request(messages, config)
         last: Exception | None = None
         for _ in self.urls:
@@ -128,9 +127,9 @@ class RemoteChatModel:
                         chunk = json.loads(line[5:])
                         state = chunk.get("docent") or {}
                         if "queued" in state:
-                            yield Queued(int(state["queued"]))
+                            yield gateway.Queued(int(state["queued"]))
                         elif state.get("started"):
-                            yield Started()
+                            yield gateway.Started()
                         for choice in chunk.get("choices") or []:
                             text = (choice.get("delta") or {}).get("content")
                             if text:
@@ -159,12 +158,10 @@ class RemoteChatModel:
     async def copy_spans(self, messages: list[dict], evidence: list[str], **options) -> list:
         """Answer spans scored on our worker; from a foreign server, the evidence sentences themselves, in the
         order given (best first), as spans of equal score."""
-        from lm.spans import Span
-
         if not self.ours:
-            return [Span(text, 0.0) for text in evidence]
+            return [gateway.Span(text, 0.0) for text in evidence]
         response = await self._post("/docent/spans", {"messages": messages, "evidence": evidence, **options})
-        return [Span(s["text"], float(s["logprob"])) for s in response.json()["spans"]]
+        return [gateway.Span(s["text"], float(s["logprob"])) for s in response.json()["spans"]]
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         response = await self._post("/embeddings", {"model": self.model_id, "input": texts})

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from bot.db import documents as documents_db
-from bot.services.assistant import Assistant
-from bot.services.chats import Origin
+from bot.services.chats import Chats, Origin
 from bot.services.compute import in_own_thread
+from bot.services.conversation_store import ConversationStore
 from bot.services.jobs import Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
+from bot.services.models import ModelManager
 from bot.services.summarize import Summary, conversation_digest, conversation_text, summarize
 from bot.services.summary_writer import Written, model_writer, section_budget, write_summary
 from bot.services.summary_writer import write_conversation_summary as write_about_conversation
@@ -72,19 +73,20 @@ class SummaryView(Protocol):
 
 
 class Summaries:
-    def __init__(self, assistant: Assistant, knowledge: KnowledgeBase, jobs: Jobs, writing: str = "auto"):
-        self.assistant, self.knowledge, self.jobs = assistant, knowledge, jobs
+    def __init__(self, chats: Chats, store: ConversationStore, models: ModelManager, knowledge: KnowledgeBase,
+                 jobs: Jobs, writing: str = "auto"):
+        self.chats, self.store, self.models, self.knowledge, self.jobs = chats, store, models, knowledge, jobs
         self.writing = writing  # [documents] summary_writing
 
     async def summarize(self, origin: Origin, target: str, view: SummaryView) -> SummaryOutcome:
         """Summarize the chat's document named or numbered `target`, or the current conversation when it is
         empty; `view` shows the progress and the outcome."""
-        await self.assistant.chats.record(origin)  # the job's row names them
+        await self.chats.record(origin)  # the job's row names them
         turns: list[dict] = []
         if target:
             pieces, outcome = await self._document(origin.chat_id, target)
         else:
-            turns = await self.assistant.current_conversation(origin.chat_id)
+            turns = await self.store.current_conversation(origin.chat_id)
             pieces, outcome = conversation_text(turns), SummaryOutcome("done", "this conversation")
             if not pieces:
                 outcome.status = "empty_conversation"
@@ -94,7 +96,7 @@ class Summaries:
         async with self.jobs.track("summary", origin.chat_id, origin.user_id, None, outcome.label) as job:
             await self.jobs.shown(job, await view.start(outcome.label))  # shown once the job's row exists
             try:
-                model = await self.assistant.models.current()
+                model = await self.models.current()
                 writes = model_writes(self.writing, model)
                 outcome.summary = await in_own_thread(
                     lambda: self._summary(pieces, turns, model if writes else None, job.cancel, view.progress))

@@ -78,8 +78,7 @@ def summary_sentences(sections: int) -> int:
 
 def model_writer(model, cancel: threading.Event | None = None) -> Write:
     """The Write seam on a ChatModel: greedy, capped at max_new_tokens, loop-proof, background priority."""
-    from bot.services.models import BACKGROUND
-    from lm.engine import GenerationConfig
+    from bot.services.models import BACKGROUND, GenerationConfig
 
     def write(instructions: str, text: str, max_new_tokens: int) -> str:
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0,

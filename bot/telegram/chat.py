@@ -12,8 +12,10 @@ from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
-from bot.services.assistant import Done, Incoming, Partial, Waiting, Writing
+from bot.services import models as gateway  # lm's Queued and Started, imported when the first one comes
+from bot.services.assistant import Accepted, AlreadyAnswered, Done, Incoming
 from bot.services.chats import ChatPrefs
+from bot.services.reply_text import strip_invented_sources
 from bot.telegram import texts
 from bot.telegram.access import is_admin, strip_mention
 from bot.telegram.context import Runtime, origin_of
@@ -158,7 +160,7 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
         async with rt.turn_of(user.id if user else message.chat.id, on_wait=tell_it_waits):
             yield
 
-    async def open_reply(starting_up: bool) -> int:
+    async def show_first(starting_up: bool) -> int:
         try:  # "typing…" is a courtesy: the reply does not depend on it
             await context.bot.send_chat_action(message.chat.id, ChatAction.TYPING)
         except TelegramError as e:
@@ -174,20 +176,28 @@ async def answer_text(rt: Runtime, update: Update, context: ContextTypes.DEFAULT
     # "turn:": /ask comes here too, after the boundary claimed its own key (bot.telegram.incoming)
     incoming = Incoming(origin_of(update), "turn:" + update_key(update), text, message.message_id,
                         replied.message_id if replied else None)
+    written = ""  # the reply's text so far: the model streams it piece by piece
     # the message and its reply row are stored before it waits for its turn (queue): a restart finds them
-    async with contextlib.aclosing(rt.services.assistant.reply(incoming, open_reply, force_documents, queue)) as events:
+    async with contextlib.aclosing(rt.services.assistant.reply(incoming, force_documents, queue)) as events:
         async for event in events:
-            await _show(stream, event)
+            if isinstance(event, str):
+                written += event
+                if shown := strip_invented_sources(written, partial=True):  # as the final text will read
+                    await stream.update(shown, formatted=True)  # rendered as the final text will be, not raw Markdown
+            elif isinstance(event, Accepted):  # the assistant stores the id before it goes on: a restart edits it
+                event.shown_in = await show_first(event.starting_up)
+            else:
+                await _show(stream, event)
 
 
 async def _show(stream: StreamingMessage, event) -> None:
-    """One event of a reply (bot.services.assistant) in its Telegram message."""
-    if isinstance(event, Partial):
-        await stream.update(event.text, formatted=True)  # rendered as the final text will be, not raw Markdown
-    elif isinstance(event, Waiting):
-        await stream.update(texts.queued_text(event.ahead), urgent=True)
-    elif isinstance(event, Writing):
-        await stream.update("…", urgent=True)  # replaces a queued note
-    elif isinstance(event, Done):
+    """One event of a reply (bot.services.assistant) in its Telegram message, other than its text and start."""
+    if isinstance(event, Done):
         text = texts.TOO_LONG_FOR_ME if event.too_long else event.text
         await stream.finish(text, reply_markup=feedback_markup() if event.rated else None)
+    elif isinstance(event, AlreadyAnswered):
+        return
+    elif isinstance(event, gateway.Queued):
+        await stream.update(texts.queued_text(event.ahead), urgent=True)
+    elif isinstance(event, gateway.Started):
+        await stream.update("…", urgent=True)  # replaces a queued note

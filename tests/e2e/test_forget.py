@@ -45,7 +45,7 @@ async def _prompt_history(app, chat_id: int) -> str:
     services = app.bot_data["services"]
     async with services.sessions() as s:
         conversation = await chats_db.current_conversation(s, chat_id)
-    return "\n".join(m["content"] for m in await services.assistant.conversation(chat_id, conversation.id))
+    return "\n".join(m["content"] for m in await services.assistant.store.conversation(chat_id, conversation.id))
 
 
 async def _conversation_training_data(app) -> str:

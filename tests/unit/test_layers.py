@@ -18,6 +18,9 @@ FORBIDDEN = {
     "bot/services": ("telegram",),
 }
 MAX_LINES = {"bot": 500, "lm": 600}
+# the lm modules that generate, and the one module of bot/services that may import them (and re-exports them)
+GENERATION = ("lm.engine", "lm.serve", "lm.spans")
+GATEWAY = "bot/services/models.py"
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -45,6 +48,25 @@ def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
 def test_a_layer_imports_nothing_it_must_not(package):
     assert (ROOT / package).is_dir()
     assert violations(package, FORBIDDEN[package]) == []
+
+
+def test_only_the_gateway_imports_lms_generation():
+    bad = [v for v in violations("bot/services", GENERATION) if not v.startswith(GATEWAY + " ")]
+    assert bad == []
+
+
+def test_what_the_gateway_reexports_is_there_in_lm():
+    """Each name the gateway hands out lazily is defined (or imported) at the top of the lm module it names: a
+    rename in lm fails here, not at the first reply."""
+    from bot.services.models import GENERATION_NAMES
+
+    assert {"Queued", "Started", "ContextOverflow", "GenerationConfig"} <= set(GENERATION_NAMES)
+    for name, module in GENERATION_NAMES.items():
+        assert module in GENERATION
+        tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+        defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+        defined |= {(a.asname or a.name) for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert name in defined, f"{module} has no {name}"
 
 
 def test_the_check_sees_an_import_inside_a_function(tmp_path):

@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db import training as training_db
+from lm import hub
+from lm.tokenizer import Tokenizer
 
 DOCUMENT_QUESTION = "What does {doc}{page} say{about}?"
 
@@ -70,16 +72,14 @@ async def read_sources(session: AsyncSession, use_chats_by_default: bool) -> Sou
 
 def base_info(name: str, cache_dir: Path) -> tuple[Any, int | None]:
     """A base model's tokenizer and context length, without loading its weights."""
-    from lm import hub
-    from lm.load import is_model_dir
-    from lm.tokenizer import Tokenizer
+    from lm.load import is_model_dir  # lazy: loads torch, seconds at start-up
 
     if is_model_dir(name):
         path = Path(name).expanduser()
         cfg = path / "config.json"
         ctx = json.loads(cfg.read_text()).get("max_seq_len") if cfg.is_file() else None
         return Tokenizer.from_file(path), ctx
-    from lm.gguf import read_metadata
+    from lm.gguf import read_metadata  # lazy: loads torch, seconds at start-up
 
     meta = read_metadata(hub.resolve(name, cache_dir))
     ctx = meta.get(f"{meta.get('general.architecture')}.context_length")
@@ -92,7 +92,7 @@ def _render_len(tokenizer, messages: list[dict]) -> int:
 
 def _fits(tokenizer, messages: list[dict], block_size: int) -> int:
     """Tokens of the example as lm.train will see it, or 0 when it would drop it (no answer token left)."""
-    from lm.data import chat_examples
+    from lm.data import chat_examples  # lazy: loads torch, seconds at start-up
 
     out = chat_examples([messages], tokenizer, block_size)
     return len(out[0][0]) if out else 0
@@ -181,7 +181,7 @@ def arrange(conversations: list[Example], documents: list[Example], max_examples
             stats: DataStats) -> tuple[list[Example], list[Example]]:
     """(train, held-out): 👍 first, then the newest conversations, then documents, capped; the held-out
     count is exactly what lm.data.split_examples takes from the end of the file."""
-    from lm.data import split_examples
+    from lm.data import split_examples  # lazy: loads torch, seconds at start-up
 
     newest = sorted(conversations, key=lambda e: (-int(e.key[1:]), e.order))
     ranked = [e for e in newest if e.liked] + [e for e in newest if not e.liked] + documents
@@ -194,7 +194,7 @@ def arrange(conversations: list[Example], documents: list[Example], max_examples
 
 def write_jsonl(path: Path, examples: list[Example]) -> Path:
     """The data file lm.train reads ({"messages": [...]} per line), written atomically."""
-    from lm.checkpoint import atomic_write_text
+    from lm.checkpoint import atomic_write_text  # lazy: loads torch, seconds at start-up
 
     return atomic_write_text(path, "".join(json.dumps({"messages": e.messages}, ensure_ascii=False) + "\n"
                                            for e in examples))
