@@ -33,17 +33,18 @@ from bot.services.jobs import CANCELLED, Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
 from bot.services.models import ChatModel, ModelManager, generation_config
 from bot.services.reply_text import strip_invented_sources
-from bot.telegram.texts import NOT_FROM_DOCUMENTS
+from bot.telegram.texts import (
+    FAILED_NOTE,
+    INTERRUPTED_NOTE,
+    MODEL_FAILED,
+    NOT_FROM_DOCUMENTS,
+    STOPPED_NOTE,
+    TIMED_OUT_NOTE,
+    TOO_LONG_MARK,
+)
 
 log = logging.getLogger(__name__)
 
-# what a reply ends with when it did not end by itself (stored with it, as the user saw it)
-INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
-TIMED_OUT_NOTE = "\n\n⏱️ (stopped: the reply took too long)"
-STOPPED_NOTE = "\n\n⏹️ (stopped with /cancel)"
-FAILED_NOTE = "Sorry, something went wrong while writing the reply."
-MODEL_FAILED = "Sorry, my language model could not be loaded. An admin has to look at the logs."
-TOO_LONG_MARK = "(the message did not fit the model's context)"  # stored only: the user reads texts.TOO_LONG_FOR_ME
 
 
 @dataclass
@@ -120,13 +121,13 @@ class Assistant:
                 try:
                     yield accepted
                 except BaseException:  # the caller could not show it, or gave up
-                    await self.store.finish(reply, FAILED_NOTE, "failed")
+                    await self.store.finish_reply(reply, FAILED_NOTE, "failed")
                     raise
                 async for event in self._write(question, reply, accepted.shown_in, force_documents):
                     yield event
         except Exception:
             if not its_turn:  # telling the user it waits failed; a cancelled wait is left to restart recovery
-                await self.store.finish(reply, FAILED_NOTE, "failed")
+                await self.store.finish_reply(reply, FAILED_NOTE, "failed")
             raise
 
     async def _write(self, question: Message, reply: Message, shown_in: int | None,
@@ -141,7 +142,7 @@ class Assistant:
                           question.chat_id)
             failed = MODEL_FAILED if context else FAILED_NOTE
             yield Done(failed, rated=False)
-            await self.store.finish(reply, failed, "failed")
+            await self.store.finish_reply(reply, failed, "failed")
             return
         written = _Written()
         try:
@@ -158,15 +159,15 @@ class Assistant:
         text, note = written.text.strip(), written.note
         final = (text + note) if text else (note.strip() or "(no reply)")
         if written.status != "complete":
-            await self.store.finish(reply, final, written.status, version_id=model.version_id)
+            await self.store.finish_reply(reply, final, written.status, version_id=model.version_id)
             yield Done(final, rated=False, too_long=written.too_long)
             return
         # the final text goes to SQL before it is shown, still "streaming" but with its token count: a crash
         # between the two then redelivers it on restart instead of leaving a half-streamed message behind
-        await self.store.finish(reply, final, "streaming", token_count=model.count_tokens(final),
+        await self.store.finish_reply(reply, final, "streaming", token_count=model.count_tokens(final),
                                 version_id=model.version_id, question=question, chunk_ids=written.chunk_ids)
         yield Done(final, rated=True)
-        await self.store.finish(reply, final, "complete")
+        await self.store.finish_reply(reply, final, "complete")
 
     async def _compose(self, model: ChatModel, question: Message, context: Context, force_documents: bool,
                        out: _Written) -> AsyncIterator[ReplyEvent]:
@@ -229,7 +230,7 @@ class Assistant:
 
     async def finish_reply(self, reply: Message, text: str, status: str) -> None:
         """Store a recovered reply's text and status, once shown (bot.app at start-up)."""
-        await self.store.finish(reply, text, status)
+        await self.store.finish_reply(reply, text, status)
 
     async def recover(self) -> tuple[list[Message], list[Message]]:
         """Replies a crash or restart left "streaming": (finished but maybe not delivered, cut off).

@@ -6,8 +6,8 @@ reply is stored as a "streaming" row before anything slow, and completed afterwa
 replies it cut off and mark them. The documents a reply draws on, through its prompt or its answer, are linked
 to the turn (bot.db.sources), so that forgetting one of them takes the turn out of later prompts and training.
 
-A reply opens four sessions: `begin`, `context`, `finish` with the final text ("streaming", with its token count)
-and `finish` once it is shown ("complete"); one that fails, three.
+A reply opens four sessions: `begin`, `context`, `finish_reply` with the final text ("streaming", with its token count)
+and `finish_reply` once it is shown ("complete"); one that fails, three.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class ConversationStore:
             await messages_db.update_message(s, reply.id, telegram_message_id=telegram_message_id)
         reply.telegram_message_id = telegram_message_id
 
-    async def finish(self, reply: Message, text: str, status: str, token_count: int | None = None,
+    async def finish_reply(self, reply: Message, text: str, status: str, token_count: int | None = None,
                      version_id: int | None = None, question: Message | None = None,
                      chunk_ids: Sequence[int] = ()) -> None:
         """Store the reply's text and status (and the model version that wrote it, once known); with

@@ -15,6 +15,13 @@ ANSWER_SOURCE = "Source: {source}"
 NOT_IN_DOCUMENTS = "I could not find this in your documents."
 NOT_STATED = "I could not find this stated in your documents; the closest passage ({source}) says:"
 NOT_FROM_DOCUMENTS = "(Not from your documents: this chat has none now, so this is general knowledge.)"
+# what a reply ends with when it did not end by itself (stored with it, as the user saw it)
+INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
+TIMED_OUT_NOTE = "\n\n⏱️ (stopped: the reply took too long)"
+STOPPED_NOTE = "\n\n⏹️ (stopped with /cancel)"
+FAILED_NOTE = "Sorry, something went wrong while writing the reply."
+MODEL_FAILED = "Sorry, my language model could not be loaded. An admin has to look at the logs."
+TOO_LONG_MARK = "(the message did not fit the model's context)"  # stored only: the user reads TOO_LONG_FOR_ME
 
 # ---- the command menu (Telegram's list of commands: what each does) ---------------------------------------
 

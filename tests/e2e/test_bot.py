@@ -16,9 +16,9 @@ from sqlalchemy import select
 
 from bot.db.models import ChatSettings, Message, ProcessedUpdate
 from bot.db.session import create_engine, session_factory
-from bot.services.assistant import INTERRUPTED_NOTE
 from bot.services.models import ModelManager
 from bot.telegram import texts
+from bot.telegram.texts import INTERRUPTED_NOTE
 from tests.support.bot_harness import bot_settings, final_reply, running_bot, start_bot_process
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf

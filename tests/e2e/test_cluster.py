@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from bot.db.models import Document, Message, MessageSource
 from bot.db.session import create_engine, session_factory
-from bot.services.assistant import INTERRUPTED_NOTE
+from bot.telegram.texts import INTERRUPTED_NOTE
 from tests.e2e.test_bot import endless_model  # noqa: F401  (a fixture)
 from tests.e2e.test_jobs import LEDGER, _status
 from tests.e2e.test_webhook import SECRET, _free_port
