@@ -52,7 +52,8 @@ from typing import Any
 import torch
 
 from lm.engine import Decoder, GenerationConfig, Result, sample_rows, timings
-from lm.slots import MirroredRow, PrefixCache, SlotBatch, SlotStore, common_prefix
+from lm.prefix import common_prefix
+from lm.slots import MirroredRow, PrefixCache, SlotBatch, SlotStore
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ class Server:
         donor = None
         slots = [(o.slot, o.ids) for o in self._running if o is not seq and o.pos > n] + list(self._parked.items())
         for slot, ids in slots:
-            shared = common_prefix(tuple(ids), want)
+            shared = common_prefix(ids, want)
             if shared > n:
                 n, donor = shared, slot
         if n <= seq.pos:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lm.model import KVCache
+from lm.prefix import common_prefix
 
 
 class SlotStore:
@@ -197,16 +198,3 @@ class PrefixCache:
         del self.entries[key]
         self.tokens -= len(key)
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == tuple(b[:n]):
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]: bisect (slice compares run in C)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == tuple(b[:mid]):
-            lo = mid
-        else:
-            hi = mid
-    return lo

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from lm.model import KVCache
+from lm.prefix import common_prefix
 
 _WORD = re.compile(r"\S+")
 
@@ -100,11 +101,7 @@ class SpanDecoder:
         """(V,) log-probabilities after the prompt, reusing the cached keys/values of a shared prefix."""
         if self._cache is None:
             self._cache = KVCache(self.model.config, batch_size=1, max_len=self.max_len)
-        reuse = 0
-        for a, b in zip(self._cached_ids, prompt[:-1], strict=False):
-            if a != b:
-                break
-            reuse += 1
+        reuse = common_prefix(self._cached_ids, prompt[:-1])
         self._cache.reset(reuse)
         self._cached_ids = prompt[:reuse]
         logits = self.model(torch.tensor([prompt[reuse:]]), cache=self._cache)  # (1, 1, V)

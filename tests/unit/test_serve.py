@@ -420,3 +420,12 @@ def _drain(ticket):
     for _ in ticket:
         pass
     return ticket.result
+
+
+def test_common_prefix_compares_lists_and_tuples_alike():
+    from lm.prefix import common_prefix
+
+    assert common_prefix([1, 2, 3, 4], (1, 2, 9)) == 2  # a list against a tuple: the values decide
+    assert common_prefix((1, 2, 3), [1, 2, 3, 4, 5]) == 3 and common_prefix([], [1]) == 0
+    long = list(range(1000))
+    assert all(common_prefix(long, long[:k] + [-1]) == k for k in (0, 1, 500, 999))
