@@ -127,11 +127,11 @@ class SlotBatch:
 
 
 class MirroredRow(KVCache):
-    """One slot's keys and values in float32, for a sequence decoding alone (Server._decode).
+    """One slot's keys and values in float32, for a sequence decoding alone (lm.runner.ModelRunner.decode_alone).
 
     SDPA reads float32 keys directly, where reading the bf16 store converts all of them at every step, which made
     a lone row's decode step 1.1-1.2x the single-stream engine's at 1,024 positions. The copy is made once when a
-    sequence starts decoding alone; the positions it adds reach the store with `sync`, which the server calls
+    sequence starts decoding alone; the positions it adds reach the store with `sync`, which the runner calls
     before anything else reads that slot (a batch step, the prefix cache, a newcomer copying its prefix). Pages of
     the copy are touched only up to the sequence's length (calloc'd zeros).
     """
