@@ -90,6 +90,11 @@ class SpanDecoder:
         self.model, self.tokenizer = model, tokenizer
         self.max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
         self.lock = threading.Lock()
+        # Its own float32 cache of the prompt, not a KV slot of lm.serve's runner, though it runs in the server's
+        # thread (Server.call): the slots hold bf16 keys, and spans scored over bf16 prompt keys come out in
+        # another order where their scores are close (the best span of a question changed on SmolLM2-135M); and
+        # the beams need `beams` rows at once, as many as the server has slots, so they would evict every chat
+        # parked there for its next turn.
         self._cache: KVCache | None = None
         self._cached_ids: list[int] = []
         texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
