@@ -103,7 +103,7 @@ class Ticket:
         self.cancel.set()
 
 
-# ---------------------------------------------------------------------------------------------- scheduler
+# ---------------------------------------------------------------------------------------------- server
 
 class Server:
     """The thread and queue in front of continuous batching (see the module docstring): requests are submitted
