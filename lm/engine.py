@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from lm.model import KVCache
+from lm.prefix import common_prefix
 
 
 class ContextOverflow(ValueError):
@@ -354,11 +355,7 @@ class Engine:
         if self._cache is None:
             self._cache = KVCache(self.model.config, batch_size=1, max_len=self.max_len, dtype=self.kv_dtype)
         # reuse the cached prefix, but always run at least the last prompt token to get its logits
-        reuse = 0
-        for a, b in zip(self._cached_ids if reuse_cache else [], prompt[:-1], strict=False):
-            if a != b:
-                break
-            reuse += 1
+        reuse = common_prefix(self._cached_ids, prompt[:-1]) if reuse_cache else 0
         self._cache.reset(reuse)
         self._cached_ids = prompt[:reuse]  # if the forward fails, the cache holds exactly these
         self.last_prefilled = len(prompt) - reuse

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lm.model import KVCache
+from lm.prefix import common_prefix
 
 
 class SlotStore:
@@ -126,11 +127,11 @@ class SlotBatch:
 
 
 class MirroredRow(KVCache):
-    """One slot's keys and values in float32, for a sequence decoding alone (Server._decode).
+    """One slot's keys and values in float32, for a sequence decoding alone (lm.runner.ModelRunner.decode_alone).
 
     SDPA reads float32 keys directly, where reading the bf16 store converts all of them at every step, which made
     a lone row's decode step 1.1-1.2x the single-stream engine's at 1,024 positions. The copy is made once when a
-    sequence starts decoding alone; the positions it adds reach the store with `sync`, which the server calls
+    sequence starts decoding alone; the positions it adds reach the store with `sync`, which the runner calls
     before anything else reads that slot (a batch step, the prefix cache, a newcomer copying its prefix). Pages of
     the copy are touched only up to the sequence's length (calloc'd zeros).
     """
@@ -197,16 +198,3 @@ class PrefixCache:
         del self.entries[key]
         self.tokens -= len(key)
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == tuple(b[:n]):
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]: bisect (slice compares run in C)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == tuple(b[:mid]):
-            lo = mid
-        else:
-            hi = mid
-    return lo

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from lm.model import KVCache
+from lm.prefix import common_prefix
 
 _WORD = re.compile(r"\S+")
 
@@ -89,6 +90,11 @@ class SpanDecoder:
         self.model, self.tokenizer = model, tokenizer
         self.max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
         self.lock = threading.Lock()
+        # Its own float32 cache of the prompt, not a KV slot of lm.serve's runner, though it runs in the server's
+        # thread (Server.call): the slots hold bf16 keys, and spans scored over bf16 prompt keys come out in
+        # another order where their scores are close (the best span of a question changed on SmolLM2-135M); and
+        # the beams need `beams` rows at once, as many as the server has slots, so they would evict every chat
+        # parked there for its next turn.
         self._cache: KVCache | None = None
         self._cached_ids: list[int] = []
         texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
@@ -100,11 +106,7 @@ class SpanDecoder:
         """(V,) log-probabilities after the prompt, reusing the cached keys/values of a shared prefix."""
         if self._cache is None:
             self._cache = KVCache(self.model.config, batch_size=1, max_len=self.max_len)
-        reuse = 0
-        for a, b in zip(self._cached_ids, prompt[:-1], strict=False):
-            if a != b:
-                break
-            reuse += 1
+        reuse = common_prefix(self._cached_ids, prompt[:-1])
         self._cache.reset(reuse)
         self._cached_ids = prompt[:reuse]
         logits = self.model(torch.tensor([prompt[reuse:]]), cache=self._cache)  # (1, 1, V)

@@ -282,8 +282,8 @@ def test_a_parked_slot_inside_a_batch_keeps_its_keys(random_model, tok):
 
 def kept(server: Server) -> dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
     """The keys and values of every finished sequence the server keeps: parked in its slot or in the prefix cache."""
-    parked = {ids: server.store.save(slot, len(ids)) for slot, ids in server._parked.items()}
-    return {**server.prefixes.entries, **parked}
+    parked = {ids: server.runner.save(slot, len(ids)) for slot, ids in server.scheduler.parked.items()}
+    return {**server.runner.prefixes.entries, **parked}
 
 
 def test_prefix_cache_evicts_least_recently_used(random_model, tok):
@@ -420,3 +420,41 @@ def _drain(ticket):
     for _ in ticket:
         pass
     return ticket.result
+
+
+def test_common_prefix_compares_lists_and_tuples_alike():
+    from lm.prefix import common_prefix
+
+    assert common_prefix([1, 2, 3, 4], (1, 2, 9)) == 2  # a list against a tuple: the values decide
+    assert common_prefix((1, 2, 3), [1, 2, 3, 4, 5]) == 3 and common_prefix([], [1]) == 0
+    long = list(range(1000))
+    assert all(common_prefix(long, long[:k] + [-1]) == k for k in (0, 1, 500, 999))
+
+
+def test_the_runner_writes_a_lone_rows_keys_to_its_slot_before_any_read(random_model, tok):
+    """A row decoding alone adds its keys to its float32 mirror only; a copy from its slot (a newcomer that shares
+    its text) and a save of the slot (to the prefix cache) read all of them, with nothing synced by the caller."""
+    from lm.engine import Decoder
+    from lm.runner import ModelRunner
+    from lm.scheduler import Request
+
+    runner = ModelRunner(random_model, slots=2, max_len=128, cache_tokens=1000, kv_dtype=torch.float32)
+    engine = Engine(random_model, tok)
+
+    def request(prompt: list[int], slot: int) -> Request:
+        req = Request(prompt, GREEDY, threading.Event(), lambda e: None, 0, slot, Decoder(tok, prompt, GREEDY, 128))
+        req.slot = slot
+        return req
+
+    a = request(tok.encode("a lone row"), 0)
+    with torch.inference_mode():
+        a.decoder.accept(runner.prefill(a, len(a.prompt)))
+        for _ in range(5):
+            a.decoder.accept(runner.decode_alone(a))
+        b = request(a.ids + tok.encode(" and more"), 1)  # all of a's positions are a prefix of b's prompt
+        runner.reuse(b, [(a.slot, a.ids)])
+        assert (b.pos, b.reused) == (a.pos, a.pos) == (len(a.prompt) + 5, len(a.prompt) + 5)
+        assert_engine_keys(engine, tuple(b.ids), runner.save(1, b.pos), atol=1e-4)
+        for _ in range(3):
+            a.decoder.accept(runner.decode_alone(a))
+        assert_engine_keys(engine, tuple(a.ids), runner.save(0, a.pos), atol=1e-4)
