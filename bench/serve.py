@@ -1,4 +1,4 @@
-"""Many chats at once: the bot's batched serving (lm.serve through bot.services.models.ChatModel) against the
+"""Many chats at once: the bot's batched serving (lm.serve through bot.services.lm_gateway.ChatModel) against the
 serialised engine it replaced (one lm.engine.Engine in one worker thread), in the same run, on the same prompts.
 
     .venv/bin/python bench/serve.py                       # N = 1, 4, 8, 16 conversations
@@ -185,7 +185,7 @@ def memory_child(args) -> None:
     """8 chats of ~1,500-token history at once through ChatModel; prints peak RSS (MB) as JSON."""
     from bench.generate import peak_rss_mb
     from bot.config import ModelSettings, env_cache_dir
-    from bot.services.models import ChatModel, generation_config
+    from bot.services.lm_gateway import ChatModel, generation_config
     from lm.load import load_chat_model
 
     model, tok = off_main_thread(lambda: load_chat_model(args.model, env_cache_dir(), threads=args.threads))
@@ -246,7 +246,7 @@ def llama_main(args) -> None:
 
     from bench.generate import prompt_text
     from bot.config import ModelSettings, env_cache_dir
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
     from lm import hub
     from lm.engine import GenerationConfig
     from lm.load import load_chat_model
@@ -315,7 +315,7 @@ def http_main(args) -> None:
     from aiohttp import web
 
     from bot.config import Settings, env_cache_dir
-    from bot.services.models import ChatModel, generation_config
+    from bot.services.lm_gateway import ChatModel, generation_config
     from bot.services.openai_server import Worker
     from bot.services.remote_model import RemoteChatModel
     from lm.load import load_chat_model
@@ -395,7 +395,7 @@ def main() -> None:
     import torch
 
     from bot.config import ModelSettings, env_cache_dir
-    from bot.services.models import ChatModel, generation_config
+    from bot.services.lm_gateway import ChatModel, generation_config
     from lm.engine import Engine, GenerationConfig
     from lm.load import load_chat_model
 

@@ -22,12 +22,21 @@ from bot.db.session import create_engine, session_factory, upgrade
 from bot.redact import redact
 from bot.services import Services, build_services
 from bot.services.compute import in_own_thread, join_torch_threads
-from bot.services.models import ModelManager
-from bot.telegram import admin, chat, documents, edits, fallback, stats, texts, training_texts
+from bot.services.lm_gateway import ModelManager
+from bot.telegram import (
+    admin,
+    chat_handlers,
+    document_handlers,
+    edits,
+    fallback,
+    stats_handlers,
+    texts,
+    training_texts,
+)
 from bot.telegram.context import Runtime
 from bot.telegram.handlers import add_commands
 from bot.telegram.incoming import DocentApplication
-from bot.telegram.messages import StreamingMessage
+from bot.telegram.live_messages import StreamingMessage
 from bot.telegram.retry import RetryingRateLimiter
 from bot.telegram.webhook import use_strict_webhook_handler
 
@@ -85,7 +94,7 @@ async def _tell_admins(app: Application, services: Services, user_id: int | None
 
 async def _keep_leases(app: Application, services: Services) -> None:
     """The heartbeat of a replica: its leases renewed every third of `lease_s`, and every `lease_s` the work of
-    replicas that died taken over (bot.services.leases)."""
+    replicas that died taken over (bot.services.work_leases)."""
     period = services.leases.lease_s / 3
     beats = 0
     while True:
@@ -112,14 +121,14 @@ async def _recover_replies(app: Application, services: Services) -> None:
 
 
 async def _deliver_again(app: Application, message, formatted: bool) -> None:
-    """A stored reply's text (bot.db.models.Message) in its Telegram message, or else in a new one."""
+    """A stored reply's text (bot.db.tables.Message) in its Telegram message, or else in a new one."""
     if message.telegram_message_id is not None:
         stream = StreamingMessage.resume(app.bot, message.chat_id, message.telegram_message_id)
     else:
         stream = StreamingMessage(app.bot, message.chat_id, min_interval=0.0,
                                   reply_to_message_id=message.reply_to_telegram_message_id)
     try:
-        await stream.finish(message.text, reply_markup=chat.feedback_markup() if formatted else None,
+        await stream.finish(message.text, reply_markup=chat_handlers.feedback_markup() if formatted else None,
                             formatted=formatted)
     except TelegramError as e:
         log.warning("could not deliver reply %s again: %s", message.id, e)
@@ -161,21 +170,21 @@ def _add_handlers(app: Application) -> None:
     handles it); commands with their line of the command menu (bot.telegram.handlers.add_commands)."""
     # edits first, in a group of their own: a note, and no other handler ever sees an edited message
     app.add_handler(MessageHandler(filters.UpdateType.EDITED, edits.on_edit), group=-1)
-    add_commands(app, {"start": chat.start, "help": chat.help_command, "reset": chat.reset,
-                       "settings": chat.settings_command, "stats": stats.stats_command}, texts.COMMAND_MENU)
+    add_commands(app, {"start": chat_handlers.start, "help": chat_handlers.help_command, "reset": chat_handlers.reset,
+                       "settings": chat_handlers.settings_command, "stats": stats_handlers.stats_command}, texts.COMMAND_MENU)
     # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
     # come first (and refuse it); the catch-all after the features answers every other unknown press
-    app.add_handler(CallbackQueryHandler(chat.on_button, pattern=r"^(temp|fb):"))
-    app.add_handler(MessageHandler(filters.Document.ALL, documents.on_document))
-    add_commands(app, {"ask": documents.ask, "docs": documents.list_docs, "forget": documents.forget,
-                       "summarize": documents.summarize_command, "cancel": documents.cancel_command},
+    app.add_handler(CallbackQueryHandler(chat_handlers.on_button, pattern=r"^(temp|fb):"))
+    app.add_handler(MessageHandler(filters.Document.ALL, document_handlers.on_document))
+    add_commands(app, {"ask": document_handlers.ask, "docs": document_handlers.list_docs, "forget": document_handlers.forget,
+                       "summarize": document_handlers.summarize_command, "cancel": document_handlers.cancel_command},
                  texts.COMMAND_MENU)
     add_commands(app, {"training": admin.training_optin, "retrain": admin.retrain, "train_status": admin.train_status,
                        "train_cancel": admin.train_cancel, "models": admin.models_command,
                        "rollback": admin.rollback}, training_texts.COMMAND_MENU)
     app.add_handler(CallbackQueryHandler(admin.on_train_button, pattern=r"^train:(start|drop):"))
-    app.add_handler(CallbackQueryHandler(chat.on_button))
-    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat.on_text))
+    app.add_handler(CallbackQueryHandler(chat_handlers.on_button))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, chat_handlers.on_text))
     # last of all: only what no other handler took comes here
     app.add_handler(MessageHandler(fallback.UNSUPPORTED, fallback.on_unsupported))
     app.add_handler(MessageHandler(filters.COMMAND, fallback.on_unknown_command))

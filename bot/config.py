@@ -70,7 +70,7 @@ class TelegramSettings:
 class DatabaseSettings:
     url: str = ""  # empty = sqlite file in the data dir
     # replicas on one PostgreSQL database: how long work in progress stays a dead replica's before another takes
-    # it over (bot.services.leases); renewed every third of it
+    # it over (bot.services.work_leases); renewed every third of it
     lease_s: float = 30.0
 
 
@@ -98,7 +98,7 @@ class DocumentSettings:
     proximity_weight: float = 1.0
     phrase_weight: float = 1.0
     # who writes /summarize's summaries: "model" (map-reduce, bot.services.summary_writer), "extract" (salient
-    # sentences, bot.services.summarize), or "auto": the model when it is big enough to write without
+    # sentences, bot.services.summary_pipeline), or "auto": the model when it is big enough to write without
     # inventing (bot.services.summaries.WRITER_MIN_PARAMS), else extracted sentences
     summary_writing: str = "auto"
 

@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import bot from any working directory
 
-from bot.db.models import Base  # noqa: E402
 from bot.db.session import migration_engine  # noqa: E402
+from bot.db.tables import Base  # noqa: E402
 
 config = context.config
 target_metadata = Base.metadata

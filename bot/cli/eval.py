@@ -1,7 +1,7 @@
 """`docent eval retrieval|qa|summary|chat`: quality figures on SQuAD-style, QMSum-style and document-folder data
 sets, and on the chat-quality set.
 
-The work is in bot.eval.retrieval (retrieval), bot.eval.qa (qa), bot.eval.summary (summary) and bot.eval.chat
+The work is in bot.eval.retrieval (retrieval), bot.eval.qa (qa), bot.eval.summary (summary) and bot.eval.chat_quality
 (chat); this file
 parses the arguments and prints a table, then ONE JSON line with the figures (per-example rows go to
 --out, not to the JSON line).
@@ -106,7 +106,7 @@ def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     if args.model:
         settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, name=args.model))
     if args.what == "chat":
-        from bot.eval.chat import chat_eval
+        from bot.eval.chat_quality import chat_eval
 
         result = chat_eval(settings, args.dataset, limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens)
         _print_chat(result)

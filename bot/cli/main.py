@@ -140,11 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands(sub) -> None:
     """Commands whose services live in their own modules (documents, evaluation, training)."""
-    from bot.cli import documents as cli_documents
+    from bot.cli import document_commands
     from bot.cli import eval as cli_eval
     from bot.cli import train as cli_train
 
-    cli_documents.register(sub)
+    document_commands.register(sub)
     cli_eval.register(sub)
     cli_train.register(sub)
 

@@ -10,7 +10,7 @@ Never imports torch or telegram. Typical use:
         message = await messages.record_update_and_user_message(session, ...)
 """
 
-from bot.db.models import Base
 from bot.db.session import create_engine, downgrade, session_factory, upgrade
+from bot.db.tables import Base
 
 __all__ = ["Base", "create_engine", "downgrade", "session_factory", "upgrade"]

@@ -5,7 +5,7 @@ passages, or when the reply's prompt held a turn already linked to it: whatever 
 come back in any later reply of that conversation. Forgetting a document deletes it with its chunks and marks
 every linked message forgotten (Message.forgotten_at); `messages.history` and the training export
 (`training.conversation_turns`) skip forgotten messages, so nothing derived from the document reaches
-the model again, after a restart too. Same conventions as `chats.py`: writers commit, bad input raises
+the model again, after a restart too. Same conventions as `chat_queries.py`: writers commit, bad input raises
 ValueError (what went wrong as data: the bot's wording of it is in bot/telegram/texts.py).
 """
 
@@ -19,8 +19,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.documents import bump_scope
-from bot.db.models import Chunk, Document, Message, MessageSource, User
+from bot.db.document_queries import bump_scope
+from bot.db.tables import Chunk, Document, Message, MessageSource, User
 
 
 class AmbiguousName(ValueError):
@@ -51,10 +51,10 @@ class Forgotten:
 
 
 async def find_document(session: AsyncSession, scope: str, name_or_number: str | int) -> Document | None:
-    """A ready document of `scope` by its number (1 for the oldest, as bot.db.documents.list_documents orders
+    """A ready document of `scope` by its number (1 for the oldest, as bot.db.document_queries.list_documents orders
     them and /docs shows them: a chat's own numbering, not the table's ids), or by name; None when nothing
     matches (one still being indexed is not matched). Raises AmbiguousName when a name is ambiguous."""
-    from bot.db.documents import list_documents
+    from bot.db.document_queries import list_documents
 
     documents = await list_documents(session, scope)
     target = str(name_or_number)

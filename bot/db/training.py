@@ -1,6 +1,6 @@
 """Model versions (the promoted fine-tunes, one active at a time), training runs, and the read-only queries
 that gather training data: which chats opted in, their conversations with the net feedback of every reply, and
-their documents' chunks. Conventions as in `chats.py`.
+their documents' chunks. Conventions as in `chat_queries.py`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.leases import Lease
-from bot.db.models import (
+from bot.db.lease_queries import Lease
+from bot.db.session import check_choice
+from bot.db.tables import (
     Chat,
     ChatSettings,
     Chunk,
@@ -26,7 +27,6 @@ from bot.db.models import (
     RunStatus,
     TrainingRun,
 )
-from bot.db.session import check_choice
 
 # ---- model versions -----------------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ async def create_run(
     base_version_id: int | None = None,
     lease: Lease | None = None,
 ) -> TrainingRun:
-    """Queue a training run (status "pending"), held by `lease` when given (bot.db.leases); commits."""
+    """Queue a training run (status "pending"), held by `lease` when given (bot.db.lease_queries); commits."""
     check_choice(mode, RunMode, "training mode")
     run = TrainingRun(mode=mode, config=config, requested_by=requested_by, base_version_id=base_version_id,
                       **(lease.values() if lease else {}))

@@ -9,7 +9,7 @@ Data sets, by the shape of `--dataset`:
   (same order) scored the same way, for reference.
 
 The product's summary is written by the chat model (`--model NAME`, map-reduce, bot.services.summary_writer) or
-extracted (bot.services.summarize), as [documents] summary_writing and the model's size choose in the bot
+extracted (bot.services.summary_pipeline), as [documents] summary_writing and the model's size choose in the bot
 (`--writing` overrides). Every system is scored with the `rouge-score` package (ROUGE-1/2/Lsum F1, Porter
 stemming; for Lsum the sentences are put on separate lines, as rouge-score expects), by its unsupported rate:
 the share of the summary's names, numbers and quoted terms that do not occur in the source (the check written
@@ -103,8 +103,8 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
 
     from bot.documents.parse import DocumentError
     from bot.services.summaries import model_writes
-    from bot.services.summarize import summarize
     from bot.services.summary_check import Source
+    from bot.services.summary_pipeline import summarize
     from bot.services.summary_writer import SECTION_TOKENS, section_budget, sections_of
     from lm import hub
     from lm.encoder import Encoder
@@ -116,7 +116,7 @@ def summary_eval(settings: Settings, dataset: str | Path, *, limit: int | None =
     writing = writing or settings.documents.summary_writing
     model = None
     if rewrite or writing != "extract":
-        from bot.services.models import ChatModel
+        from bot.services.lm_gateway import ChatModel
 
         model = ChatModel.load(settings)
     writes = model is not None and model_writes(writing, model)

@@ -15,15 +15,15 @@ from bot.config import Settings
 
 if TYPE_CHECKING:  # imported by build_services: `import bot.services.answer` must not load every service
     from bot.services.assistant import Assistant
-    from bot.services.chats import Chats
-    from bot.services.jobs import Jobs
+    from bot.services.chat_settings import Chats
     from bot.services.knowledge import KnowledgeBase
-    from bot.services.leases import Leases
-    from bot.services.models import ModelManager
-    from bot.services.stats import StatsService
+    from bot.services.lm_gateway import ModelManager
+    from bot.services.long_jobs import Jobs
     from bot.services.summaries import Summaries
     from bot.services.training.service import TrainingService
     from bot.services.uploads import Uploads
+    from bot.services.usage_stats import StatsService
+    from bot.services.work_leases import Leases
 
 
 @dataclass
@@ -46,16 +46,16 @@ def build_services(settings: Settings, sessions: async_sessionmaker[AsyncSession
                    models: ModelManager | None = None) -> Services:
     """Every service, wired to the others; `models` may be given (tests share one loaded model)."""
     from bot.services.assistant import Assistant
-    from bot.services.chats import Chats
+    from bot.services.chat_settings import Chats
     from bot.services.conversation_store import ConversationStore
-    from bot.services.jobs import Jobs
     from bot.services.knowledge import KnowledgeBase
-    from bot.services.leases import leases_for
-    from bot.services.models import ModelManager
-    from bot.services.stats import StatsService
+    from bot.services.lm_gateway import ModelManager
+    from bot.services.long_jobs import Jobs
     from bot.services.summaries import Summaries
     from bot.services.training.service import TrainingService
     from bot.services.uploads import Uploads
+    from bot.services.usage_stats import StatsService
+    from bot.services.work_leases import leases_for
 
     leases = leases_for(settings, sessions)
     models = models or ModelManager(settings)

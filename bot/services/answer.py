@@ -265,7 +265,7 @@ def fitting(model, messages_for, evidence: Sequence[Evidence], max_tokens: int) 
 
 async def write(model, messages: list[dict], max_tokens: int) -> str:
     """The model's greedy answer to `messages`: at most `max_tokens`, no repeated 8-gram, ending at a blank line."""
-    from bot.services.models import GenerationConfig  # torch, loaded with the model by now
+    from bot.services.lm_gateway import GenerationConfig  # torch, loaded with the model by now
 
     config = GenerationConfig(max_new_tokens=max_tokens, temperature=0.0, no_repeat_ngram=NO_REPEAT_NGRAM,
                               stop_strings=("\n\n", "\nQuestion:", "\nEvidence:"))

@@ -1,7 +1,7 @@
 """Replying in a conversation: the user's message and its reply, from storing the one to storing the other.
 
 The SQL is the conversation store's (bot.services.conversation_store); the prompt, or the answer from the chat's
-documents, is built here; the model streams through the gateway (bot.services.models). `reply()` is the whole
+documents, is built here; the model streams through the gateway (bot.services.lm_gateway). `reply()` is the whole
 turn, as events for the caller to show, the model's own passed on as they come:
 
     AlreadyAnswered            Telegram delivered this update before; nothing else follows
@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from bot.config import Settings
-from bot.db.models import Message
+from bot.db.tables import Message
 from bot.safe_text import storable
 from bot.services import answer
-from bot.services import models as gateway
+from bot.services import lm_gateway as gateway
 from bot.services.conversation_store import Context, ConversationStore, Incoming
-from bot.services.jobs import CANCELLED, Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
-from bot.services.models import ChatModel, ModelManager, generation_config
+from bot.services.lm_gateway import ChatModel, ModelManager, generation_config
+from bot.services.long_jobs import CANCELLED, Jobs
 from bot.services.reply_text import strip_invented_sources
 from bot.telegram.texts import (
     FAILED_NOTE,

@@ -17,14 +17,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.db import chats as chats_db
-from bot.db import documents as documents_db
-from bot.db import messages as messages_db
-from bot.db import sources
-from bot.db.models import Message
-from bot.services.chats import ChatPrefs, Chats, Origin, record_origin
+from bot.db import chat_queries, document_queries, message_queries, sources
+from bot.db.tables import Message
+from bot.services.chat_settings import ChatPrefs, Chats, Origin, record_origin
 from bot.services.knowledge import chat_scope
-from bot.services.leases import Leases
+from bot.services.work_leases import Leases
 
 
 @dataclass
@@ -32,7 +29,7 @@ class Incoming:
     """A text message as the services see it (no Telegram types)."""
 
     origin: Origin
-    update_key: str  # what the update is (bot.db.models.ProcessedUpdate), not the Bot API's number for it
+    update_key: str  # what the update is (bot.db.tables.ProcessedUpdate), not the Bot API's number for it
     text: str
     telegram_message_id: int | None
     reply_to_telegram_message_id: int | None = None
@@ -61,7 +58,7 @@ def chat_messages(prefs: ChatPrefs, turns: list[Message]) -> list[dict]:
 async def _turns(s: AsyncSession, conversation_id: int, up_to: int | None = None) -> list[Message]:
     """The conversation's stored user and assistant messages that go into a prompt, oldest first (up to the
     message with id `up_to`: a message stored while waiting for its turn is not part of earlier replies)."""
-    rows = await messages_db.history(s, conversation_id, limit=200, up_to=up_to)
+    rows = await message_queries.history(s, conversation_id, limit=200, up_to=up_to)
     return [m for m in rows if m.role in ("user", "assistant") and m.text]
 
 
@@ -74,7 +71,7 @@ class ConversationStore:
         this update was already handled."""
         async with self.sessions() as s:
             await record_origin(s, msg.origin)
-            return await messages_db.record_update_and_turn(
+            return await message_queries.record_update_and_turn(
                 s, msg.update_key, msg.origin.chat_id, msg.origin.user_id, msg.text, msg.telegram_message_id,
                 msg.reply_to_telegram_message_id, lease=self.leases.lease())
 
@@ -83,19 +80,19 @@ class ConversationStore:
         read what the reply is written from, and link the turn to the documents its prompt draws on."""
         async with self.sessions() as s:
             if shown_in is not None:
-                await messages_db.update_message(s, reply.id, telegram_message_id=shown_in)
+                await message_queries.update_message(s, reply.id, telegram_message_id=shown_in)
                 reply.telegram_message_id = shown_in
             turns = await _turns(s, question.conversation_id, up_to=question.id)
-            prefs = self.chats.applied(await chats_db.get_chat_settings(s, question.chat_id))
-            has = bool(await documents_db.list_documents(s, chat_scope(question.chat_id)))
-            had = not has and await messages_db.has_forgotten(s, question.chat_id)
+            prefs = self.chats.applied(await chat_queries.get_chat_settings(s, question.chat_id))
+            has = bool(await document_queries.list_documents(s, chat_scope(question.chat_id)))
+            had = not has and await message_queries.has_forgotten(s, question.chat_id)
             await sources.record_sources(s, [question.id, reply.id], [], [m.id for m in turns])
         return Context(turns, prefs, has, had)
 
     async def show_reply_in(self, reply: Message, telegram_message_id: int) -> None:
         """Record the Telegram message that shows the reply (and that a restart edits)."""
         async with self.sessions() as s:
-            await messages_db.update_message(s, reply.id, telegram_message_id=telegram_message_id)
+            await message_queries.update_message(s, reply.id, telegram_message_id=telegram_message_id)
         reply.telegram_message_id = telegram_message_id
 
     async def finish_reply(self, reply: Message, text: str, status: str, token_count: int | None = None,
@@ -107,20 +104,20 @@ class ConversationStore:
         async with self.sessions() as s:
             if chunk_ids and question is not None:
                 await sources.record_sources(s, [question.id, reply.id], chunk_ids, [])
-            await messages_db.update_message(s, reply.id, text=text, status=status, token_count=token_count,
+            await message_queries.update_message(s, reply.id, text=text, status=status, token_count=token_count,
                                              model_version_id=version_id)
 
     async def conversation(self, chat_id: int, conversation_id: int) -> list[dict]:
         """The system prompt plus the conversation's stored turns, oldest first."""
         async with self.sessions() as s:
             turns = await _turns(s, conversation_id)
-            prefs = self.chats.applied(await chats_db.get_chat_settings(s, chat_id))
+            prefs = self.chats.applied(await chat_queries.get_chat_settings(s, chat_id))
         return chat_messages(prefs, turns)
 
     async def current_conversation(self, chat_id: int) -> list[dict]:
         """The chat's open conversation as `conversation` gives it (started if it has none)."""
         async with self.sessions() as s:
-            conversation = await chats_db.current_conversation(s, chat_id)
+            conversation = await chat_queries.current_conversation(s, chat_id)
         return await self.conversation(chat_id, conversation.id)
 
     async def recover(self) -> tuple[list[Message], list[Message]]:
@@ -128,6 +125,6 @@ class ConversationStore:
         not delivered: they carry their token count, cut off mid-generation)."""
         finished, cut = [], []
         async with self.sessions() as s:
-            for m in await messages_db.interrupted_messages(s, self.leases.lease(), self.leases.expired_before()):
+            for m in await message_queries.interrupted_messages(s, self.leases.lease(), self.leases.expired_before()):
                 (finished if m.token_count is not None else cut).append(m)
         return finished, cut

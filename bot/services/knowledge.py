@@ -20,14 +20,14 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.db import documents as documents_db
-from bot.db.models import Document
+from bot.db import document_queries
 from bot.db.sources import Forgotten, forget_document
+from bot.db.tables import Document
 from bot.documents.chunk import chunk_document, sentence_windows
 from bot.documents.parse import ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
 from bot.services.evidence import Evidence, Passage, select
-from bot.services.leases import Leases, leases_for
+from bot.services.work_leases import Leases, leases_for
 from bot.telegram import texts
 from lm import hub
 from lm.rank import BASELINES, hybrid_candidates, hybrid_scores, rank, window_cosines, word_idf
@@ -82,17 +82,17 @@ class KnowledgeBase:
                      user_id: int | None = None, stop: Callable[[], None] | None = None) -> Ingested:
         """Parse (in a child process), chunk, embed and index one file (uploaded by `user_id`, when known);
         nothing stays stored on failure. Chunks are stored a batch at a time under a document marked
-        "indexing" (bot.db.documents), which nothing reads until it is ready.
+        "indexing" (bot.db.document_queries), which nothing reads until it is ready.
 
         `stop` is called between steps (and between embedding batches) and raises to end the ingest there,
-        deleting what was stored of it: /cancel and shutdown (bot.services.jobs).
+        deleting what was stored of it: /cancel and shutdown (bot.services.long_jobs).
 
         Raises bot.documents.parse.DocumentError for a bad file. A file already in the scope (same
         sha256) is not indexed twice: the existing document is returned with duplicate=True.
         """
         sha = hashlib.sha256(data).hexdigest()
         async with self.sessions() as s:
-            existing = await documents_db.find_document_by_sha(s, scope, sha)
+            existing = await document_queries.find_document_by_sha(s, scope, sha)
         if existing is not None:
             return Ingested(existing, existing.chunk_count, existing.pages, duplicate=True)
         report = progress or (lambda stage, frac: None)
@@ -112,15 +112,15 @@ class KnowledgeBase:
         stop()
         async with self.sessions() as s:
             try:
-                document = await documents_db.begin_document(
+                document = await document_queries.begin_document(
                     s, scope=scope, name=parsed.name, mime=mime or parsed.kind, sha256=sha, size_bytes=len(data),
                     chat_id=chat_id, user_id=user_id, pages=parsed.pages, lease=self.leases.lease())
-            except documents_db.DuplicateDocumentError as dup:  # the same file arrived twice at once
+            except document_queries.DuplicateDocumentError as dup:  # the same file arrived twice at once
                 return Ingested(dup.existing, dup.existing.chunk_count, dup.existing.pages, duplicate=True)
         try:
             await self._store_chunks(document.id, chunks, report, stop)
             async with self.sessions() as s:
-                document = await documents_db.finish_document(s, document.id)
+                document = await document_queries.finish_document(s, document.id)
         except BaseException:  # failed, cancelled or stopped: nothing of it stays
             await self._discard(document)
             raise
@@ -150,11 +150,11 @@ class KnowledgeBase:
             vectors, blobs = await in_own_thread(embed_chunks, self.encoder, [c.text for c in batch], windows,
                                                  embedded)
             stop()
-            rows = [documents_db.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
+            rows = [document_queries.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
                                embedding=v.tobytes(), window_embeddings=blob)
                     for c, v, blob in zip(batch, vectors, blobs, strict=True)]
             async with self.sessions() as s:
-                await documents_db.add_chunks(s, document_id, start, rows)
+                await document_queries.add_chunks(s, document_id, start, rows)
             if self.leases.shared:  # with no heartbeat (`docent ingest`), each batch keeps the document ours
                 await self.leases.renew()
             del vectors, blobs, rows
@@ -164,7 +164,7 @@ class KnowledgeBase:
     async def _discard(self, document: Document) -> None:
         try:
             async with self.sessions() as s:
-                await documents_db.discard_document(s, document.id)
+                await document_queries.discard_document(s, document.id)
         except Exception:  # the next start's discard_unfinished deletes it; the ingest's own error matters more
             log.exception("could not delete the unfinished document %s", document.id)
 
@@ -172,7 +172,7 @@ class KnowledgeBase:
         """Delete the documents (of `scope`, or all) a dead process was indexing (with replicas: whose lease
         expired, never a live replica's upload in progress); their names."""
         async with self.sessions() as s:
-            names = await documents_db.discard_unfinished(s, scope, self.leases.lease(), self.leases.expired_before())
+            names = await document_queries.discard_unfinished(s, scope, self.leases.lease(), self.leases.expired_before())
         if names:
             log.warning("deleted %d documents left half-indexed by an earlier run: %s", len(names), names)
         return names
@@ -192,7 +192,7 @@ class KnowledgeBase:
 
     async def documents(self, scope: str) -> list[Document]:
         async with self.sessions() as s:
-            return await documents_db.list_documents(s, scope)
+            return await document_queries.list_documents(s, scope)
 
     # ---- the per-scope index ---------------------------------------------------------------------
 
@@ -203,13 +203,13 @@ class KnowledgeBase:
     async def chunk_texts(self, scope: str) -> list[str]:
         """The texts of the scope's (ready) chunks, by chunk id."""
         async with self.sessions() as s:
-            return [text for _, _, text in await documents_db.ready_chunk_rows(s, scope)]
+            return [text for _, _, text in await document_queries.ready_chunk_rows(s, scope)]
 
     async def refresh(self, scope: str):
         """Open the scope's index, rebuilding it from SQL when it is missing, stale or corrupt.
 
         Every search calls this, so that an upload or a /forget on any replica is seen before the next answer:
-        the index in memory is used while the scope's version in SQL (bot.db.models.ScopeVersion, one row) is
+        the index in memory is used while the scope's version in SQL (bot.db.tables.ScopeVersion, one row) is
         the one it was built at. Else the chunk ids are read: the fingerprint is lm.index's own, so an index on
         disk that matches SQL is loaded, not rebuilt. The version is read first: a change committed after it
         leaves the index tagged older than SQL, to be checked again at the next search.
@@ -218,17 +218,17 @@ class KnowledgeBase:
         from lm.index import fingerprint_ids, open_or_rebuild
 
         async with self.sessions() as s:
-            version = await documents_db.scope_version(s, scope)
+            version = await document_queries.scope_version(s, scope)
             cached_version, cached = self._indexes.get(scope, (None, None))
             if cached is not None and cached_version == version:
                 return cached
-            fingerprint = fingerprint_ids(await documents_db.ready_chunk_ids(s, scope))
+            fingerprint = fingerprint_ids(await document_queries.ready_chunk_ids(s, scope))
         if cached is not None and cached.fingerprint == fingerprint:
             self._indexes[scope] = (version, cached)
             return cached
         await self._fill_windows(scope)
         async with self.sessions() as s:
-            rows = await documents_db.ready_chunk_rows(s, scope)
+            rows = await document_queries.ready_chunk_rows(s, scope)
         dim = self.encoder.dim
 
         def source():
@@ -247,20 +247,20 @@ class KnowledgeBase:
         if not size:
             return 0
         async with self.sessions() as s:
-            missing = await documents_db.chunks_without_windows(s, scope)
+            missing = await document_queries.chunks_without_windows(s, scope)
         if not missing:
             return 0
         log.info("embedding sentence windows of %d chunks in %s", len(missing), scope)
         windows = [chunk_windows(text, size) for _, text in missing]
         blobs = await in_own_thread(embed_windows, self.encoder, windows)
         async with self.sessions() as s:
-            await documents_db.set_window_embeddings(
+            await document_queries.set_window_embeddings(
                 s, [(chunk_id, blob) for (chunk_id, _), blob in zip(missing, blobs, strict=True)])
         return len(missing)
 
     async def has_documents(self, scope: str) -> bool:
         async with self.sessions() as s:
-            return bool(await documents_db.list_documents(s, scope))
+            return bool(await document_queries.list_documents(s, scope))
 
     async def search(self, scope: str, query: str, k: int | None = None, *, mode: str = "hybrid",
                      query_vec: np.ndarray | None = None) -> list[Passage]:
@@ -287,7 +287,7 @@ class KnowledgeBase:
         if not ids:
             return []
         async with self.sessions() as s:
-            chunks = await documents_db.chunks_by_ids(s, ids)
+            chunks = await document_queries.chunks_by_ids(s, ids)
         cosine, windows = {}, {}
         for c in chunks:
             vec = np.frombuffer(c.embedding, dtype=np.float32) if c.embedding else self.encoder.encode([c.text])[0]

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Settings
-from bot.services.models import ChatModel, generation_config
+from bot.services.lm_gateway import ChatModel, generation_config
 
 if TYPE_CHECKING:
-    from bot.services.models import GenerationConfig
+    from bot.services.lm_gateway import GenerationConfig
 
 BANNER = "docent chat — /reset clears the conversation, /system TEXT sets the system prompt, /quit exits. " \
          "Ctrl-C stops a reply."

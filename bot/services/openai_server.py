@@ -1,4 +1,4 @@
-"""`docent serve`: our engine (lm.serve's continuous batching, through bot.services.models.ChatModel) behind an
+"""`docent serve`: our engine (lm.serve's continuous batching, through bot.services.lm_gateway.ChatModel) behind an
 OpenAI-compatible HTTP API, so that bot replicas, or any OpenAI client, can use one model worker.
 
 Standard endpoints:
@@ -34,8 +34,8 @@ from typing import Any
 from aiohttp import web
 
 from bot.config import Settings
-from bot.services import models as gateway  # lm's events, imported on first use
-from bot.services.models import ChatModel, generation_config
+from bot.services import lm_gateway as gateway  # lm's events, imported on first use
+from bot.services.lm_gateway import ChatModel, generation_config
 from lm import hub
 
 log = logging.getLogger(__name__)

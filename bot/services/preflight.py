@@ -107,7 +107,7 @@ def check_model_files(what: str, name: str, settings: Settings) -> Check:
 
 
 def check_model_loads(settings: Settings) -> Check:
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
 
     try:
         model = ChatModel.load(settings)

@@ -1,5 +1,5 @@
 """The chat model of `[model] backend = "openai"`: one or more OpenAI-compatible workers reached over HTTP,
-with the interface of bot.services.models.ChatModel, so that the assistant and the answer pipeline do not know
+with the interface of bot.services.lm_gateway.ChatModel, so that the assistant and the answer pipeline do not know
 where the model runs.
 
 Our own worker (`docent serve`, bot.services.openai_server) gives everything the in-process model gives. A
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from bot.config import Settings
-from bot.services import models as gateway  # lm's events and Span, imported on first use
+from bot.services import lm_gateway as gateway  # lm's events and Span, imported on first use
 
 if TYPE_CHECKING:
-    from bot.services.models import GenerationConfig
+    from bot.services.lm_gateway import GenerationConfig
 
 log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3  # an estimate that errs towards more tokens (English BPE averages about four)

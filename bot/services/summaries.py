@@ -3,7 +3,7 @@ conversation), who writes the summary, run in its own thread, stoppable with /ca
 the caller's status line before the job ends.
 
 Who writes it ([documents] summary_writing): the chat model, map-reduce over the whole document with every
-sentence held to the source (bot.services.summary_writer), or extracted sentences (bot.services.summarize;
+sentence held to the source (bot.services.summary_writer), or extracted sentences (bot.services.summary_pipeline;
 for a conversation, what was asked, answered and decided, from its own sentences). "auto" lets the model write
 when it is big enough not to invent as soon as it writes (WRITER_MIN_PARAMS, by its decoder's size: SmolLM2-135M
 and Gemma 3 270M extract; Qwen2.5 0.5B and up write), and falls back to extraction when nothing the model
@@ -15,14 +15,14 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from bot.db import documents as documents_db
-from bot.services.chats import Chats, Origin
+from bot.db import document_queries
+from bot.services.chat_settings import Chats, Origin
 from bot.services.compute import in_own_thread
 from bot.services.conversation_store import ConversationStore
-from bot.services.jobs import Jobs
 from bot.services.knowledge import KnowledgeBase, chat_scope
-from bot.services.models import ModelManager
-from bot.services.summarize import Summary, conversation_digest, conversation_text, summarize
+from bot.services.lm_gateway import ModelManager
+from bot.services.long_jobs import Jobs
+from bot.services.summary_pipeline import Summary, conversation_digest, conversation_text, summarize
 from bot.services.summary_writer import Written, model_writer, section_budget, write_summary
 from bot.services.summary_writer import write_conversation_summary as write_about_conversation
 
@@ -144,7 +144,7 @@ class Summaries:
             status = "ambiguous" if matches else "no_such_document"
             return [], SummaryOutcome(status, detail=target, matches=len(matches))
         async with self.knowledge.sessions() as s:
-            chunks = [c for c in await documents_db.chunks_for_scope(s, scope) if c.document_id == matches[0].id]
+            chunks = [c for c in await document_queries.chunks_for_scope(s, scope) if c.document_id == matches[0].id]
         return pages(chunks), SummaryOutcome("done", matches[0].name, of_document=True)
 
 

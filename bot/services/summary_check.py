@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from bot.documents.chunk import split_sentences
-from bot.services.summarize import is_complete
+from bot.services.summary_pipeline import is_complete
 from bot.services.support import unsupported_terms
 
 SUPPORT_SHARE = 0.7  # the share of a sentence's content words that one section must hold

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.documents.chunk import CountTokens, split_sentences
-from bot.services.summarize import Progress, complete_sentences, windows
 from bot.services.summary_check import Source, check_sentences, strip_bullet, unsupported
+from bot.services.summary_pipeline import Progress, complete_sentences, windows
 
 Write = Callable[[str, str, int], str]  # (instructions, text, max_new_tokens) -> the model's reply
 
@@ -78,7 +78,7 @@ def summary_sentences(sections: int) -> int:
 
 def model_writer(model, cancel: threading.Event | None = None) -> Write:
     """The Write seam on a ChatModel: greedy, capped at max_new_tokens, loop-proof, background priority."""
-    from bot.services.models import BACKGROUND, GenerationConfig
+    from bot.services.lm_gateway import BACKGROUND, GenerationConfig
 
     def write(instructions: str, text: str, max_new_tokens: int) -> str:
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0,

@@ -11,9 +11,9 @@ from typing import Literal, Protocol
 
 from bot.db.sources import AmbiguousName, Forgotten, NotAllowedToForget
 from bot.documents.parse import DocumentError
-from bot.services.chats import Chats, Origin
-from bot.services.jobs import CANCELLED, Jobs, Running
+from bot.services.chat_settings import Chats, Origin
 from bot.services.knowledge import Ingested, KnowledgeBase, chat_scope
+from bot.services.long_jobs import CANCELLED, Jobs, Running
 
 log = logging.getLogger(__name__)
 

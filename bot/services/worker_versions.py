@@ -34,7 +34,7 @@ from bot.config import Settings
 from bot.db import training as training_db
 from bot.db.session import create_engine, session_factory
 from bot.services.compute import in_own_thread
-from bot.services.models import ChatModel
+from bot.services.lm_gateway import ChatModel
 
 log = logging.getLogger(__name__)
 

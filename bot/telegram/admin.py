@@ -24,7 +24,7 @@ from bot.telegram import training_texts
 from bot.telegram.access import is_admin
 from bot.telegram.context import Runtime, origin_of
 from bot.telegram.handlers import guarded
-from bot.telegram.messages import StatusLine
+from bot.telegram.live_messages import StatusLine
 
 log = logging.getLogger(__name__)
 

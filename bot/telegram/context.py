@@ -11,7 +11,7 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from bot.services import Services
-from bot.services.chats import Origin
+from bot.services.chat_settings import Origin
 from bot.telegram import texts, training_texts
 from bot.telegram.access import RateLimiter, is_admin, is_allowed
 

@@ -8,7 +8,7 @@ Two rules apply there, once, so that no handler or service has to remember them:
 - an update is handled once, across restarts and replicas, whatever the Bot API's numbering does: its key
   (`update_key`: what the update is, not its number) is claimed in SQL first, and a key claimed before means a
   redelivery, which is dropped. A plain text message is the exception: the assistant claims its key in the same
-  transaction as the question and the row of its reply (bot.db.messages.record_update_and_turn), so a crash in
+  transaction as the question and the row of its reply (bot.db.message_queries.record_update_and_turn), so a crash in
   between leaves it unclaimed, to be answered when Telegram delivers it again."""
 
 from __future__ import annotations

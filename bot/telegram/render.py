@@ -1,5 +1,5 @@
 """Telegram rendering: the model's Markdown to Telegram HTML, and splitting at 4096 UTF-16 units (the messages
-that carry it are bot.telegram.messages).
+that carry it are bot.telegram.live_messages).
 
 Telegram accepts a small HTML subset (b, i, s, a, code, pre, blockquote, ...) and rejects the whole message on
 one stray `<` or unclosed tag, so the converter escapes everything it does not translate and only ever emits

@@ -6,7 +6,7 @@ bot/telegram/training_texts.py; why a file is refused, in bot/telegram/file_text
 from __future__ import annotations
 
 from bot.safe_text import shorten_name
-from bot.services.jobs import SHUTDOWN
+from bot.services.long_jobs import SHUTDOWN
 
 NAME_SHOWN = 200  # characters of a name a user typed that a reply repeats: a name can be as long as a message
 
@@ -339,7 +339,7 @@ def _overview(o) -> list[str]:
 
 
 def stats_text(stats, admin_in_group: bool = False) -> str:
-    """The /stats reply (bot.services.stats.Stats)."""
+    """The /stats reply (bot.services.usage_stats.Stats)."""
     today, total = stats.user.since, stats.user.total
     lines = ["📊 Your use of this chat",
              f"Today (UTC): {_counts(today.messages, today.tokens, today.documents)}",

@@ -255,7 +255,7 @@ def outcome_text(outcome) -> str:
 
 
 def run_abandoned_text(run) -> str:
-    """A run whose replica died mid-run (bot.db.models.TrainingRun, as settled by another replica)."""
+    """A run whose replica died mid-run (bot.db.tables.TrainingRun, as settled by another replica)."""
     then = ("It can continue from its checkpoint: /retrain resume." if run.status == "resumable"
             else "Its progress is lost; start a new one with /retrain.")
     return f"⚠️ Training run #{run.id} was interrupted: the replica running it stopped. {then}"
@@ -266,7 +266,7 @@ def loss_curve_caption(run_id: int) -> str:
 
 
 def runs_text(runs) -> str:
-    """/train_status with no run in flight: the latest runs (bot.db.models.TrainingRun), newest first."""
+    """/train_status with no run in flight: the latest runs (bot.db.tables.TrainingRun), newest first."""
     lines = []
     for r in runs:
         losses = ""
@@ -291,7 +291,7 @@ def train_cancel_text(run_id: int | None, plans_dropped: bool) -> str:
 
 
 def versions_text(versions, configured: str) -> str:
-    """/models: the configured model, then every version (bot.db.models.ModelVersion), the active one marked."""
+    """/models: the configured model, then every version (bot.db.tables.ModelVersion), the active one marked."""
     active = next((v for v in versions if v.is_active), None)
     lines = [f"base – {configured} (configured){'  ✅ active' if active is None else ''}"]
     for v in versions:
@@ -317,7 +317,7 @@ def version_not_loaded(version_id: int | None) -> str:
 
 
 def now_serving(version, configured: str) -> str:
-    """After /rollback: the version now serving (bot.db.models.ModelVersion), or None for the configured model."""
+    """After /rollback: the version now serving (bot.db.tables.ModelVersion), or None for the configured model."""
     if version is None:
         return f"Now serving {configured} (the configured base model)."
     return f"Now serving version #{version.id} ({version.name})."

@@ -2,7 +2,7 @@
 
 With several replicas on one database, start-up recovery may only settle work whose replica died: a row's lease
 is renewed by its replica's heartbeat, and another replica takes the row over once the lease has expired
-(bot.db.leases). Rows written before carry no lease, which counts as expired.
+(bot.db.lease_queries). Rows written before carry no lease, which counts as expired.
 
 Revision ID: 0009_leases
 Revises: 0008_update_keys

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.db import chats as chats_db
-from bot.db import messages as messages_db
+from bot.db import chat_queries, message_queries
 from bot.db import training as training_db
-from bot.db.models import ModelVersion, TrainingRun
 from bot.db.session import create_engine, session_factory, upgrade
+from bot.db.tables import ModelVersion, TrainingRun
 from bot.services.training.plan import TrainingOptions
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
@@ -151,12 +150,12 @@ async def _seed_conversations(settings, n: int) -> None:
     await upgrade(settings.database_url)
 
     async def seed(s):
-        await chats_db.ensure_user_and_chat(s, USER, "private", USER, "u", "U")
+        await chat_queries.ensure_user_and_chat(s, USER, "private", USER, "u", "U")
         for i in range(n):
-            user = await messages_db.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
-            await messages_db.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
+            user = await message_queries.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
+            await message_queries.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
                                           status="complete", telegram_message_id=2000 + i)
-            await chats_db.start_new_conversation(s, USER)
+            await chat_queries.start_new_conversation(s, USER)
 
     await _one(settings, seed)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.db.models import ChatSettings, Message, ProcessedUpdate
 from bot.db.session import create_engine, session_factory
-from bot.services.models import ModelManager
+from bot.db.tables import ChatSettings, Message, ProcessedUpdate
+from bot.services.lm_gateway import ModelManager
 from bot.telegram import texts
 from bot.telegram.texts import INTERRUPTED_NOTE
 from tests.support.bot_harness import bot_settings, final_reply, running_bot, start_bot_process
@@ -174,7 +174,7 @@ async def test_twenty_chats_at_once_are_all_answered_and_stored(tmp_path, tiny_m
 
 
 async def test_reply_generated_but_not_delivered_before_a_crash_is_delivered_on_restart(tmp_path, tiny_model):
-    from bot.db import messages as messages_db
+    from bot.db import message_queries
 
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tiny_model)
@@ -187,7 +187,7 @@ async def test_reply_generated_but_not_delivered_before_a_crash_is_delivered_on_
         stored = (await _rows(settings, chat_id=USER, role="assistant"))[0]
         engine = create_engine(settings.database_url)
         async with session_factory(engine)() as s:  # ... while SQL holds the finished text, not yet "complete"
-            await messages_db.update_message(s, stored.id, status="streaming", token_count=stored.token_count or 1)
+            await message_queries.update_message(s, stored.id, status="streaming", token_count=stored.token_count or 1)
         await engine.dispose()
         async with running_bot(settings):
             await fake.wait_for(lambda: fake.messages(USER)[0].text == full_text and final_reply(fake, USER), 30)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.db.models import ChatSettings, Feedback, User
 from bot.db.session import create_engine, session_factory
+from bot.db.tables import ChatSettings, Feedback, User
 from bot.telegram.texts import BAD_BUTTON
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.db.models import Document, Message, MessageSource
 from bot.db.session import create_engine, session_factory
+from bot.db.tables import Document, Message, MessageSource
 from bot.telegram.texts import INTERRUPTED_NOTE
 from tests.e2e.test_bot import endless_model  # noqa: F401  (a fixture)
 from tests.e2e.test_jobs import LEDGER, _status

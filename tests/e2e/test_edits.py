@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.db.models import Message
 from bot.db.session import create_engine, session_factory
+from bot.db.tables import Message
 from bot.telegram.texts import EDIT_NOTE
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram

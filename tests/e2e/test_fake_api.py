@@ -1,5 +1,5 @@
 """The real python-telegram-bot (Bot, Application) against the fake Telegram Bot API over real HTTP, and
-bot.telegram.messages.StreamingMessage end to end on top of it."""
+bot.telegram.live_messages.StreamingMessage end to end on top of it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, RetryAfter
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot.telegram.messages import StreamingMessage
+from bot.telegram.live_messages import StreamingMessage
 from bot.telegram.render import markdown_to_telegram_html
 from tests.support.fake_telegram import FakeTelegram, parse_telegram_html
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import chats as chats_db
+from bot.db import chat_queries
 from bot.telegram.texts import NOT_FROM_DOCUMENTS
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
@@ -44,7 +44,7 @@ async def _prompt_history(app, chat_id: int) -> str:
     """Everything the assistant puts before the next message of the chat: system prompt and stored turns."""
     services = app.bot_data["services"]
     async with services.sessions() as s:
-        conversation = await chats_db.current_conversation(s, chat_id)
+        conversation = await chat_queries.current_conversation(s, chat_id)
     return "\n".join(m["content"] for m in await services.assistant.store.conversation(chat_id, conversation.id))
 
 

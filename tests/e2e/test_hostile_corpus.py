@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.db.models import Chunk, Document, Job, Message
+from bot.db.tables import Chunk, Document, Job, Message
 from bot.documents.chunk import CHARS_PER_TOKEN
 from bot.documents.parse import MAX_NAME_CHARS
 from tests.support.bot_harness import bot_settings, running_bot

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.db.models import Chat, ChatSettings, Chunk, Document, Job, Message, User
 from bot.db.session import create_engine, session_factory
+from bot.db.tables import Chat, ChatSettings, Chunk, Document, Job, Message, User
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf

@@ -92,8 +92,8 @@ async def test_summarize_and_forget_of_an_upload_still_being_indexed_say_so_and_
 async def test_a_reply_whose_model_cannot_load_is_stored_as_failed(tmp_path):
     from sqlalchemy import select
 
-    from bot.db.models import Message
     from bot.db.session import create_engine, session_factory
+    from bot.db.tables import Message
 
     async with FakeTelegram() as fake:
         settings = bot_settings(tmp_path, fake, tmp_path / "no-such-model.gguf")
@@ -177,8 +177,8 @@ async def _documents(tmp_path: Path) -> int:
     from sqlalchemy import func, select
 
     from bot.config import Settings
-    from bot.db.models import Document
     from bot.db.session import create_engine, session_factory
+    from bot.db.tables import Document
 
     engine = create_engine(Settings(data_dir=tmp_path / "data").database_url)  # the bot process's database
     async with session_factory(engine)() as s:

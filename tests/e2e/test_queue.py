@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from bot.db.models import Message
+from bot.db.tables import Message
 from bot.telegram.texts import AFTER_YOUR_PREVIOUS
 from tests.e2e.test_bot import _rows, endless_model  # noqa: F401 (a fixture)
 from tests.support.bot_harness import bot_settings, final_reply, running_bot

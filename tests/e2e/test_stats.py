@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bot.db.models import Message
 from bot.db.session import create_engine, session_factory
+from bot.db.tables import Message
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.tiny_gguf import write_tiny_gguf

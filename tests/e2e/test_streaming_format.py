@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from telegram import Bot
 
-from bot.telegram.messages import StreamingMessage
+from bot.telegram.live_messages import StreamingMessage
 from tests.e2e.test_bot import endless_model  # noqa: F401 (a fixture)
 from tests.support.bot_harness import bot_settings, final_reply, running_bot
 from tests.support.fake_telegram import FakeTelegram

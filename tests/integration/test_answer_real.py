@@ -25,7 +25,7 @@ Seismometers around Kelvara are read every ten minutes by the observatory in Ost
 async def pipeline(tmp_path):
     from bot.db.session import create_engine, session_factory, upgrade
     from bot.services.knowledge import KnowledgeBase
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
 
     settings = Settings(data_dir=tmp_path / "data", cache_dir=env_cache_dir(),
                         documents=DocumentSettings(encoder=str(hub.pull("minilm-l6", env_cache_dir()))))

@@ -58,7 +58,7 @@ async def test_qa_eval_uploads_a_folders_files_through_the_parser_and_keeps_thei
 
 
 def test_chat_eval_replies_turn_by_turn_within_the_token_cap(tmp_path: Path):
-    from bot.eval.chat import chat_eval
+    from bot.eval.chat_quality import chat_eval
 
     path = tmp_path / "chat.json"
     path.write_text(json.dumps({"max_words": 60, "max_new_tokens": 12, "refusal_markers": ["don't know"],

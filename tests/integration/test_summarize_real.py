@@ -9,7 +9,7 @@ import pytest
 
 from bot.cli.main import main
 from bot.config import Settings
-from bot.services.summarize import source_terms, summarize, unsupported_terms, windows
+from bot.services.summary_pipeline import source_terms, summarize, unsupported_terms, windows
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_docent_summarize_takes_a_5000_word_single_paragraph_file(tmp_path: Path
 
 
 def test_windows_fit_smollm2s_budget_by_its_own_count():
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
 
     settings = Settings()
     settings.model.name = "smollm2-135m"

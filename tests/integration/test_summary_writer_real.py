@@ -24,7 +24,7 @@ SECTIONS = [
 
 @pytest.fixture(scope="module")
 def qwen():
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
 
     settings = Settings(cache_dir=env_cache_dir())
     model = ChatModel.load(settings, "qwen2.5-coder-0.5b")

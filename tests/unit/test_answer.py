@@ -164,7 +164,7 @@ def test_evidence_is_cut_to_what_the_context_holds_weakest_first(tmp_path):
     """Dense evidence (a run without spaces is a token a character) must not overflow copy decoding's prompt,
     which lm.spans refuses: the weakest sentences go, and with not even the best one fitting there is no span."""
     from bot.config import Settings
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
     from tests.support.tiny_gguf import write_tiny_gguf
 
     settings = Settings(data_dir=tmp_path)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bot.db.models import Document
+from bot.db.tables import Document
 from bot.services.knowledge import Ingested
 from bot.services.uploads import UploadOutcome
 from bot.telegram.texts import document_list, upload_outcome

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.config import DocumentSettings, Settings
-from bot.db.models import Chunk
+from bot.db.tables import Chunk
 from bot.documents.chunk import sentence_windows
 from bot.eval import datasets, metrics, retrieval
 from bot.services import open_services

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bot.services import open_services
-from bot.services.chats import Origin
-from bot.services.jobs import CANCELLED
+from bot.services.chat_settings import Origin
+from bot.services.long_jobs import CANCELLED
 from tests.unit.test_knowledge import REPORT, settings_for
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Long jobs tracked in memory and in real SQLite and PostgreSQL (bot.services.jobs): /cancel stops only the
+"""Long jobs tracked in memory and in real SQLite and PostgreSQL (bot.services.long_jobs): /cancel stops only the
 asker's jobs in that chat, shutdown stops all of them and any that start afterwards, and a job that never
 finished (its process died) is found by the next start exactly once."""
 
@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.db import chats as chats_db
+from bot.db import chat_queries
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.services.jobs import CANCELLED, SHUTDOWN, Jobs
+from bot.services.long_jobs import CANCELLED, SHUTDOWN, Jobs
 
 CHAT, OTHER_CHAT, ANN, BEN = -100900, -100901, 901, 902
 
@@ -22,8 +22,8 @@ async def jobs(db_url: str) -> AsyncIterator[Jobs]:
     sessions = session_factory(engine)
     async with sessions() as s:
         for chat in (CHAT, OTHER_CHAT):
-            await chats_db.ensure_user_and_chat(s, chat, "group", ANN, "ann", "Ann", title="team")
-            await chats_db.ensure_user_and_chat(s, chat, "group", BEN, None, "Ben", title="team")
+            await chat_queries.ensure_user_and_chat(s, chat, "group", ANN, "ann", "Ann", title="team")
+            await chat_queries.ensure_user_and_chat(s, chat, "group", BEN, None, "Ben", title="team")
     yield Jobs(sessions)
     await engine.dispose()
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.config import DocumentSettings, Settings
-from bot.db.models import Chunk
+from bot.db.tables import Chunk
 from bot.documents.chunk import sentence_windows
 from bot.services import open_services
 
@@ -138,7 +138,7 @@ async def test_an_ingest_stores_batches_under_an_unready_document_and_a_stop_del
 
 
 async def test_documents_a_killed_ingest_left_unfinished_are_discarded(tmp_path: Path):
-    from bot.db import documents as documents_db
+    from bot.db import document_queries
 
     settings = settings_for(tmp_path, window_sentences=2)
     engine, services = await open_services(settings)
@@ -147,9 +147,9 @@ async def test_documents_a_killed_ingest_left_unfinished_are_discarded(tmp_path:
         await kb.ingest("s", REPORT, "report.txt")
         async with kb.sessions() as s:  # what a process killed mid-ingest leaves behind
             for scope in ("s", "other"):
-                doc = await documents_db.begin_document(s, scope=scope, name="half.txt", mime="text/plain",
+                doc = await document_queries.begin_document(s, scope=scope, name="half.txt", mime="text/plain",
                                                         sha256=scope * 32, size_bytes=10)
-                await documents_db.add_chunks(s, doc.id, 0, [documents_db.NewChunk(text="half", token_count=1)])
+                await document_queries.add_chunks(s, doc.id, 0, [document_queries.NewChunk(text="half", token_count=1)])
         assert [d.name for d in await kb.documents("s")] == ["report.txt"]
         assert await kb.discard_unfinished("other") == ["half.txt"]
         assert _rows(settings.data_dir / "docent.db") == ([("report.txt", "ready", 1), ("half.txt", "indexing", 0)], 2)

@@ -1,4 +1,4 @@
-"""Leases on work in progress (bot.services.leases, bot.db.leases), on real SQLite and PostgreSQL: a replica's
+"""Leases on work in progress (bot.services.work_leases, bot.db.lease_queries), on real SQLite and PostgreSQL: a replica's
 start-up recovery leaves another live replica's job, half-indexed document and streaming reply alone; the owner's
 heartbeat keeps them; once its lease has expired (the replica died) another replica takes each over exactly once,
 also when two sweep at the same moment. With one process (SQLite, the default) a start settles everything it
@@ -13,12 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.db import chats as chats_db
-from bot.db import documents as documents_db
-from bot.db import messages as messages_db
+from bot.db import chat_queries, document_queries, message_queries
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.services.jobs import Jobs
-from bot.services.leases import Leases
+from bot.services.long_jobs import Jobs
+from bot.services.work_leases import Leases
 
 CHAT, ANN = -100700, 701
 T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -41,7 +39,7 @@ async def sessions(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession
     engine = create_engine(db_url)
     made = session_factory(engine)
     async with made() as s:
-        await chats_db.ensure_user_and_chat(s, CHAT, "private", ANN, "ann", "Ann")
+        await chat_queries.ensure_user_and_chat(s, CHAT, "private", ANN, "ann", "Ann")
     yield made
     await engine.dispose()
 
@@ -53,8 +51,8 @@ def replica(sessions, name: str, clock: Clock, shared: bool = True) -> Leases:
 async def _work_of(a: Leases) -> None:
     """A's work in progress: a streaming reply and a document being indexed (its job is held open by the caller)."""
     async with a.sessions() as s:
-        await messages_db.record_update_and_turn(s, "message:1:1", CHAT, ANN, "hello", 1, lease=a.lease())
-        await documents_db.begin_document(s, scope="chat:1", name="big.pdf", mime="application/pdf", sha256="ab" * 32,
+        await message_queries.record_update_and_turn(s, "message:1:1", CHAT, ANN, "hello", 1, lease=a.lease())
+        await document_queries.begin_document(s, scope="chat:1", name="big.pdf", mime="application/pdf", sha256="ab" * 32,
                                           size_bytes=10, chat_id=CHAT, lease=a.lease())
 
 
@@ -62,8 +60,8 @@ async def _sweep(b: Leases) -> tuple[list, list, list]:
     """What B's recovery takes: (jobs, documents deleted, replies)."""
     jobs = await Jobs(b.sessions, b).recover()
     async with b.sessions() as s:
-        documents = await documents_db.discard_unfinished(s, None, b.lease(), b.expired_before())
-        replies = await messages_db.interrupted_messages(s, b.lease(), b.expired_before())
+        documents = await document_queries.discard_unfinished(s, None, b.lease(), b.expired_before())
+        replies = await message_queries.interrupted_messages(s, b.lease(), b.expired_before())
     return jobs, documents, replies
 
 
@@ -90,13 +88,13 @@ async def test_two_replicas_sweeping_at_once_take_each_row_once(sessions) -> Non
     a = replica(sessions, "a", Clock(T0))
     for n in range(6):
         async with sessions() as s:
-            await messages_db.record_update_and_turn(s, f"message:1:{n}", CHAT, ANN, f"q{n}", n, lease=a.lease())
+            await message_queries.record_update_and_turn(s, f"message:1:{n}", CHAT, ANN, f"q{n}", n, lease=a.lease())
     later = Clock(T0 + timedelta(minutes=5))
     b, c = replica(sessions, "b", later), replica(sessions, "c", later)
 
     async def take(r: Leases) -> list[int]:
         async with sessions() as s:
-            return [m.id for m in await messages_db.interrupted_messages(s, r.lease(), r.expired_before())]
+            return [m.id for m in await message_queries.interrupted_messages(s, r.lease(), r.expired_before())]
 
     taken_b, taken_c = await asyncio.gather(take(b), take(c))
     assert len(taken_b) + len(taken_c) == 6 and not set(taken_b) & set(taken_c)

@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, MetaData, Text, inspect, text
 
-from bot.db.models import Base
 from bot.db.session import alembic_config, create_engine, downgrade, upgrade
+from bot.db.tables import Base
 
 TABLES = {
     "users",

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from bot.config import Settings
-from bot.services.models import ChatModel, ModelManager, generation_config
+from bot.services.lm_gateway import ChatModel, ModelManager, generation_config
 from bot.services.openai_server import Worker
 from bot.services.remote_model import RemoteChatModel
 from tests.support.tiny_gguf import write_tiny_gguf

@@ -103,7 +103,7 @@ async def test_a_replica_with_model_workers_checks_that_each_answers_instead_of_
     one fails with its URL; the replica's own model files are not looked for (it has none)."""
     from aiohttp import web
 
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
     from bot.services.openai_server import Worker
 
     (tmp_path / "worker").mkdir()

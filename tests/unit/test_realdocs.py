@@ -106,49 +106,49 @@ def test_repeated_ids_are_refused(tmp_path):
 
 
 def test_the_chat_set_loads_with_every_kind_and_both_halves():
-    from bot.eval import chat
+    from bot.eval import chat_quality
 
-    items, options = chat.load_chat_set()
+    items, options = chat_quality.load_chat_set()
     assert len(items) >= 45 and options["max_new_tokens"] >= 32 and options["max_words"] >= 20
     kinds = Counter(it.kind for it in items)
-    assert set(kinds) == set(chat.KINDS) and min(kinds.values()) >= 5
+    assert set(kinds) == set(chat_quality.KINDS) and min(kinds.values()) >= 5
     assert all(len(it.turns) >= 2 for it in items if it.kind == "multi_turn")
     assert {it.split for it in items} == {"tune", "held-out"}
 
 
 def test_a_right_reply_scores_right_and_a_wrong_long_or_invented_one_does_not():
-    from bot.eval import chat
+    from bot.eval import chat_quality
 
-    items = {it.iid: it for it in chat.load_chat_set()[0]}
+    items = {it.iid: it for it in chat_quality.load_chat_set()[0]}
     austen = next(it for it in items.values() if "Pride and Prejudice" in it.turns[-1])
-    assert chat.score_reply(austen, "Pride and Prejudice was written by Jane Austen.")["right"]
-    assert not chat.score_reply(austen, "Charlotte Brontë wrote it in 1847.")["mentions"]
+    assert chat_quality.score_reply(austen, "Pride and Prejudice was written by Jane Austen.")["right"]
+    assert not chat_quality.score_reply(austen, "Charlotte Brontë wrote it in 1847.")["mentions"]
     rambling = "Jane Austen wrote it. " + "She also wrote many other books about society and manners. " * 10
-    long = chat.score_reply(austen, rambling)
+    long = chat_quality.score_reply(austen, rambling)
     assert long["mentions"] and not long["right"] and long["words"] > austen.max_words
     sums = next(it for it in items.values() if it.turns == ["What is 17 + 25?"])
-    assert chat.score_reply(sums, "17 + 25 = 42.")["right"]
-    assert not chat.score_reply(sums, "17 + 25 = 43.")["right"]
+    assert chat_quality.score_reply(sums, "17 + 25 = 42.")["right"]
+    assert not chat_quality.score_reply(sums, "17 + 25 = 43.")["right"]
     boiling = next(it for it in items.values() if "boil" in it.turns[-1])
-    assert chat.score_reply(boiling, "The boiling point of water is 100°C (212°F).")["right"]
-    assert not chat.score_reply(boiling, "It boils at 1000 degrees.")["mentions"]  # whole words only
+    assert chat_quality.score_reply(boiling, "The boiling point of water is 100°C (212°F).")["right"]
+    assert not chat_quality.score_reply(boiling, "It boils at 1000 degrees.")["mentions"]  # whole words only
     assert chat.mentions_gold("It leaves at 9:30 am.", ["9:30"]) and not chat.mentions_gold("At 19:30.", ["9:30"])
     breakfast = next(it for it in items.values() if it.kind == "refuse" and "breakfast" in it.turns[0])
-    assert chat.score_reply(breakfast, "I’m sorry, but I don't know what you ate this morning.")["right"]
-    assert not chat.score_reply(breakfast, "You had eggs and toast with orange juice.")["right"]
+    assert chat_quality.score_reply(breakfast, "I’m sorry, but I don't know what you ate this morning.")["right"]
+    assert not chat_quality.score_reply(breakfast, "You had eggs and toast with orange juice.")["right"]
     invented_quote = 'The third sentence was: "I\'m sorry for any inconvenience."'  # an apology is no refusal
-    assert not chat.score_reply(breakfast, invented_quote)["right"]
+    assert not chat_quality.score_reply(breakfast, invented_quote)["right"]
 
 
 def test_a_broken_chat_set_is_refused_with_a_message_naming_the_item(tmp_path):
-    from bot.eval import chat
+    from bot.eval import chat_quality
 
     bad = tmp_path / "chat.json"
     bad.write_text(json.dumps({"items": [{"id": "x", "kind": "fact", "turns": ["Hi?"], "answers": []}]}))
     with pytest.raises(ValueError, match=r"x\): an item needs at least one gold answer"):
-        chat.load_chat_set(bad)
+        chat_quality.load_chat_set(bad)
     bad.write_text(json.dumps({"items": [{"id": "x", "kind": "gossip", "turns": ["Hi?"], "answers": ["a"]}]}))
     with pytest.raises(ValueError, match="kind must be one of"):
-        chat.load_chat_set(bad)
+        chat_quality.load_chat_set(bad)
     with pytest.raises(FileNotFoundError, match="chat set not found"):
-        chat.load_chat_set(tmp_path / "missing.json")
+        chat_quality.load_chat_set(tmp_path / "missing.json")

@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy import select
 
 from bot.config import Settings, env_cache_dir
-from bot.db.models import Message, MessageSource
 from bot.db.session import create_engine, session_factory, upgrade
+from bot.db.tables import Message, MessageSource
 from bot.services import build_services
 from bot.services.assistant import Accepted, Assistant, Done, Incoming
-from bot.services.chats import Origin
+from bot.services.chat_settings import Origin
 from bot.services.conversation_store import ConversationStore
 from bot.services.knowledge import chat_scope
-from bot.services.models import ChatModel, ModelManager
+from bot.services.lm_gateway import ChatModel, ModelManager
 from tests.support.tiny_gguf import write_tiny_gguf
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]

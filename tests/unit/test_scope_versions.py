@@ -1,6 +1,6 @@
 """Two replicas over one database (two Services, each with its own data directory for its index files), on
 SQLite and PostgreSQL: an upload on one is searched on the other, and a /forget on the other is honoured by the
-first before its next answer, although the first holds the scope's index in memory (bot.db.models.ScopeVersion).
+first before its next answer, although the first holds the scope's index in memory (bot.db.tables.ScopeVersion).
 Real MiniLM encoder."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import documents as documents_db
+from bot.db import document_queries
 from bot.services import open_services
 from tests.unit.test_knowledge import REPORT, settings_for
 
@@ -35,10 +35,10 @@ async def test_a_forget_on_one_replica_is_honoured_by_the_other_before_its_next_
         assert (await b.knowledge.search(SCOPE, QUESTION, 1))[0].document == "report.txt", "B sees A's upload"
         assert (await a.knowledge.search(SCOPE, QUESTION, 1))[0].document == "report.txt"  # A's index in memory
         async with a.sessions() as s:
-            before = await documents_db.scope_version(s, SCOPE)
+            before = await document_queries.scope_version(s, SCOPE)
         assert await b.knowledge.forget(SCOPE, "report.txt") is not None
         async with a.sessions() as s:
-            assert await documents_db.scope_version(s, SCOPE) == before + 1
+            assert await document_queries.scope_version(s, SCOPE) == before + 1
         found = await a.knowledge.search(SCOPE, QUESTION, 5)
         assert [p.document for p in found] == ["menu.txt"], "A answered from a forgotten document"
         await b.knowledge.ingest(SCOPE, REPORT, "report-again.txt")

@@ -8,12 +8,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db import chats as chats_db
-from bot.db import documents as documents_db
-from bot.db import messages as messages_db
+from bot.db import chat_queries, document_queries, message_queries
 from bot.db import training as training_db
-from bot.db.models import Chunk, Document, Message, MessageSource
 from bot.db.sources import NotAllowedToForget, forget_document, record_sources
+from bot.db.tables import Chunk, Document, Message, MessageSource
 from bot.telegram.texts import who_may_forget
 
 CHAT, ANN, BEN = -100777, 501, 502
@@ -22,23 +20,23 @@ SCOPE = f"chat:{CHAT}"
 
 @pytest.fixture
 async def s(db_session: AsyncSession) -> AsyncSession:
-    await chats_db.ensure_user_and_chat(db_session, CHAT, "group", ANN, "ann", "Ann", title="team")
-    await chats_db.ensure_user_and_chat(db_session, CHAT, "group", BEN, None, "Ben", title="team")
+    await chat_queries.ensure_user_and_chat(db_session, CHAT, "group", ANN, "ann", "Ann", title="team")
+    await chat_queries.ensure_user_and_chat(db_session, CHAT, "group", BEN, None, "Ben", title="team")
     return db_session
 
 
 async def memo(s: AsyncSession, name: str = "memo.txt", user_id: int | None = ANN) -> Document:
     s.expunge_all()  # a forget's bulk DELETE leaves its chunks in the session, and SQLite reuses their ids
-    chunks = [documents_db.NewChunk(text=t, token_count=8) for t in ("The launch code of Project Nightjar is ZEBRA-7731.",
+    chunks = [document_queries.NewChunk(text=t, token_count=8) for t in ("The launch code of Project Nightjar is ZEBRA-7731.",
                                                           "Nightjar launches in May.")]
-    return await documents_db.add_document_with_chunks(s, scope=SCOPE, chat_id=CHAT, user_id=user_id, name=name,
+    return await document_queries.add_document_with_chunks(s, scope=SCOPE, chat_id=CHAT, user_id=user_id, name=name,
                                             mime="text/plain", sha256=name.ljust(64, "0"), size_bytes=60,
                                             chunks=chunks)
 
 
 async def turn(s: AsyncSession, update_id: int, question: str, answer: str) -> tuple[Message, Message]:
-    asked = await messages_db.record_update_and_user_message(s, update_id, CHAT, ANN, question, telegram_message_id=update_id)
-    reply = await messages_db.add_assistant_message(s, asked.conversation_id, CHAT, answer, status="complete")
+    asked = await message_queries.record_update_and_user_message(s, update_id, CHAT, ANN, question, telegram_message_id=update_id)
+    reply = await message_queries.add_assistant_message(s, asked.conversation_id, CHAT, answer, status="complete")
     return asked, reply
 
 
@@ -47,7 +45,7 @@ async def chunk_ids(s: AsyncSession, document: Document) -> list[int]:
 
 
 async def texts_in_history(s: AsyncSession, conversation_id: int) -> list[str]:
-    return [m.text for m in await messages_db.history(s, conversation_id)]
+    return [m.text for m in await message_queries.history(s, conversation_id)]
 
 
 async def test_forgetting_keeps_grounded_and_derived_turns_out_of_history_and_training(s: AsyncSession) -> None:
@@ -97,7 +95,7 @@ async def test_only_the_uploader_or_a_chat_manager_may_forget(s: AsyncSession) -
     with pytest.raises(NotAllowedToForget) as refused:
         await forget_document(s, SCOPE, "memo.txt", requester_id=BEN, any_document=False)
     assert who_may_forget(refused.value).startswith("Only @ann, who uploaded memo.txt, or an admin of this chat")
-    assert [d.name for d in await documents_db.list_documents(s, SCOPE)] == ["memo.txt"]  # refused: nothing changed
+    assert [d.name for d in await document_queries.list_documents(s, SCOPE)] == ["memo.txt"]  # refused: nothing changed
     assert await forget_document(s, SCOPE, "memo.txt", requester_id=BEN, any_document=True) is not None
 
     await memo(s, "old.txt", user_id=None)  # stored before uploads were recorded per person

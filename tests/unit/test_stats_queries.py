@@ -10,11 +10,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db import chats as chats_db
-from bot.db import documents as documents_db
-from bot.db import messages as messages_db
-from bot.db import stats as stats_db
-from bot.db.models import Document, Message
+from bot.db import chat_queries, document_queries, message_queries, stats_queries
+from bot.db.tables import Document, Message
 
 GROUP = -1001234567890123
 ANN, BOB, CAROL = 5_000_000_001, 5_000_000_002, 5_000_000_003
@@ -31,8 +28,8 @@ async def said(s: AsyncSession, chat: int, user: int, update_id: int, tokens: in
                telegram_id: int | None = None) -> None:
     """A user's message and the bot's reply to it (tokens None: the reply failed and has no count)."""
     telegram_id = telegram_id or update_id
-    question = await messages_db.record_update_and_user_message(s, update_id, chat, user, f"question {update_id}", telegram_id)
-    reply = await messages_db.add_assistant_message(s, question.conversation_id, chat, "answer",
+    question = await message_queries.record_update_and_user_message(s, update_id, chat, user, f"question {update_id}", telegram_id)
+    reply = await message_queries.add_assistant_message(s, question.conversation_id, chat, "answer",
                                           status="complete" if tokens is not None else "failed",
                                           telegram_message_id=telegram_id + 10_000,
                                           reply_to_telegram_message_id=telegram_id, token_count=tokens)
@@ -43,7 +40,7 @@ async def said(s: AsyncSession, chat: int, user: int, update_id: int, tokens: in
 
 async def uploaded(s: AsyncSession, chat: int, user: int | None, sha: str, status: str = "ready",
                    old: bool = False) -> None:
-    doc = await documents_db.add_document_with_chunks(s, scope=f"chat:{chat}", chat_id=chat, user_id=user, name=f"{sha}.md",
+    doc = await document_queries.add_document_with_chunks(s, scope=f"chat:{chat}", chat_id=chat, user_id=user, name=f"{sha}.md",
                                            mime="text/markdown", sha256=sha * 64, size_bytes=1, chunks=[],
                                            status=status)
     if old:
@@ -52,10 +49,10 @@ async def uploaded(s: AsyncSession, chat: int, user: int | None, sha: str, statu
 
 
 async def fill(s: AsyncSession) -> None:
-    await chats_db.ensure_user_and_chat(s, GROUP, "supergroup", ANN, "ann", "Ann", title="team")
-    await chats_db.ensure_user_and_chat(s, GROUP, "supergroup", BOB, None, "Bob", title="team")
-    await chats_db.ensure_user_and_chat(s, ANN, "private", ANN, "ann", "Ann")
-    await chats_db.ensure_user_and_chat(s, CAROL, "private", CAROL, None, "Carol")  # never wrote
+    await chat_queries.ensure_user_and_chat(s, GROUP, "supergroup", ANN, "ann", "Ann", title="team")
+    await chat_queries.ensure_user_and_chat(s, GROUP, "supergroup", BOB, None, "Bob", title="team")
+    await chat_queries.ensure_user_and_chat(s, ANN, "private", ANN, "ann", "Ann")
+    await chat_queries.ensure_user_and_chat(s, CAROL, "private", CAROL, None, "Carol")  # never wrote
     await said(s, GROUP, ANN, 1, tokens=10, old=True)
     await said(s, GROUP, ANN, 2, tokens=20)
     await said(s, GROUP, ANN, 3, tokens=None)
@@ -71,20 +68,20 @@ async def fill(s: AsyncSession) -> None:
 
 async def test_a_users_stats_count_their_own_messages_reply_tokens_and_documents_in_this_chat(s):
     await fill(s)
-    ann = await stats_db.user_stats(s, GROUP, ANN, SINCE)
-    assert ann.total == stats_db.Counts(messages=3, tokens=30, documents=2)  # a failed reply counts no tokens
-    assert ann.since == stats_db.Counts(messages=2, tokens=20, documents=1)  # the old message and document are out
-    assert await stats_db.user_stats(s, GROUP, BOB, SINCE) == stats_db.UserStats(stats_db.Counts(1, 5, 1), stats_db.Counts(1, 5, 1))
+    ann = await stats_queries.user_stats(s, GROUP, ANN, SINCE)
+    assert ann.total == stats_queries.Counts(messages=3, tokens=30, documents=2)  # a failed reply counts no tokens
+    assert ann.since == stats_queries.Counts(messages=2, tokens=20, documents=1)  # the old message and document are out
+    assert await stats_queries.user_stats(s, GROUP, BOB, SINCE) == stats_queries.UserStats(stats_queries.Counts(1, 5, 1), stats_queries.Counts(1, 5, 1))
     # Ann's private chat is another chat: its reply, to a message with a group message's Telegram id, stays there
-    assert (await stats_db.user_stats(s, ANN, ANN, SINCE)).total == stats_db.Counts(messages=1, tokens=7, documents=1)
-    assert await stats_db.user_stats(s, GROUP, CAROL, SINCE) == stats_db.UserStats(stats_db.Counts(), stats_db.Counts())
+    assert (await stats_queries.user_stats(s, ANN, ANN, SINCE)).total == stats_queries.Counts(messages=1, tokens=7, documents=1)
+    assert await stats_queries.user_stats(s, GROUP, CAROL, SINCE) == stats_queries.UserStats(stats_queries.Counts(), stats_queries.Counts())
 
 
 async def test_chat_totals_cover_every_chat_busiest_first(s):
     await fill(s)
-    totals = await stats_db.chat_totals(s)
+    totals = await stats_queries.chat_totals(s)
     assert totals == [
-        stats_db.ChatTotals(GROUP, "supergroup", "team", messages=4, tokens=35, documents=4, users=2),
-        stats_db.ChatTotals(ANN, "private", "@ann", messages=1, tokens=7, documents=1, users=1),
-        stats_db.ChatTotals(CAROL, "private", "Carol", messages=0, tokens=0, documents=0, users=0),
+        stats_queries.ChatTotals(GROUP, "supergroup", "team", messages=4, tokens=35, documents=4, users=2),
+        stats_queries.ChatTotals(ANN, "private", "@ann", messages=1, tokens=7, documents=1, users=1),
+        stats_queries.ChatTotals(CAROL, "private", "Carol", messages=0, tokens=0, documents=0, users=0),
     ]

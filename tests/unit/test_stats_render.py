@@ -3,9 +3,9 @@ model) and per-chat totals, cut to a readable number of chats."""
 
 from __future__ import annotations
 
-from bot.db.models import ModelVersion
-from bot.db.stats import ChatTotals, Counts, UserStats
-from bot.services.stats import Overview, Stats
+from bot.db.stats_queries import ChatTotals, Counts, UserStats
+from bot.db.tables import ModelVersion
+from bot.services.usage_stats import Overview, Stats
 from bot.telegram.texts import MAX_CHATS_SHOWN
 from bot.telegram.texts import stats_text as render
 

@@ -1,4 +1,4 @@
-"""Every free-text column stores U+0000 and lone surrogates as U+FFFD (bot.db.models.StorableText), on SQLite and
+"""Every free-text column stores U+0000 and lone surrogates as U+FFFD (bot.db.tables.StorableText), on SQLite and
 PostgreSQL (which refuses U+0000 in any text column): the last guard for text that does not come from an update
 (a model's output, a document's text, an error) and for the queries that look such text up."""
 
@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from bot.db import chats as chats_db
-from bot.db import messages as messages_db
-from bot.db.models import Chat, Job, Message, User
+from bot.db import chat_queries, message_queries
+from bot.db.tables import Chat, Job, Message, User
 
 BAD, SAFE = "\x00\ud800", "\ufffd\ufffd"
 
@@ -16,10 +15,10 @@ BAD, SAFE = "\x00\ud800", "\ufffd\ufffd"
 async def test_text_columns_store_nul_and_lone_surrogates_as_replacement_characters(db_session):
     s = db_session
     for _ in range(2):  # an insert, then an upsert's update
-        await chats_db.ensure_user_and_chat(s, 7, "private", 7, f"an{BAD}n", f"Ann{BAD}", f"t{BAD}")
+        await chat_queries.ensure_user_and_chat(s, 7, "private", 7, f"an{BAD}n", f"Ann{BAD}", f"t{BAD}")
     await s.commit()
-    question, reply = await messages_db.record_update_and_turn(s, 1, 7, 7, f"hi{BAD}", 10)
-    await messages_db.update_message(s, reply.id, text=f"model{BAD}output", status="complete")
+    question, reply = await message_queries.record_update_and_turn(s, 1, 7, 7, f"hi{BAD}", 10)
+    await message_queries.update_message(s, reply.id, text=f"model{BAD}output", status="complete")
     s.add(Job(kind="ingest", chat_id=7, user_id=7, label=f"wr{BAD}en.txt"))
     await s.commit()
     await s.execute(update(Message).where(Message.id == question.id).values(text=f"edited{BAD}"))

@@ -1,4 +1,4 @@
-"""bot.services.summarize: token-exact windows on long text, the support check, complete sentences, the
+"""bot.services.summary_pipeline: token-exact windows on long text, the support check, complete sentences, the
 extractive choice (lead, centrality, redundancy, budget), rewrites that must pass every check, conversations,
 progress and cancel. Tokens come from a tiny byte-level BPE (the kind SmolLM2 uses); sentence vectors from a
 bag-of-words encoder, so that similar sentences really are similar."""
@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from bot.services import summarize as sm
+from bot.services import summary_pipeline as sm
 from tests.support.tiny_gguf import train_tiny_tokenizer
 
 
@@ -137,7 +137,7 @@ class FakeModel:
         return len(text.split())
 
     def stream_chat(self, messages, sampling, cancel=None, priority=0):
-        from bot.services.models import BACKGROUND
+        from bot.services.lm_gateway import BACKGROUND
 
         assert sampling.no_repeat_ngram >= 2 and sampling.temperature == 0.0  # loop-proof, greedy
         assert priority == BACKGROUND  # a summary's rewrites never hold up chat replies

@@ -16,7 +16,7 @@ import pytest
 from bot.services import summary_check as sc
 from bot.services import summary_writer as sw
 from bot.services.summaries import decoder_params, model_writes
-from bot.services.summarize import conversation_digest
+from bot.services.summary_pipeline import conversation_digest
 
 TOPICS = ["harbour", "railway", "library", "orchard", "observatory", "brewery", "lighthouse", "theatre"]
 
@@ -190,7 +190,7 @@ def test_the_tiny_random_model_writes_and_nothing_unsupported_is_shown(tmp_path)
     """Random weights write anything; what is shown is a source sentence or nothing, and decoding stops at
     its cap (loop-proof)."""
     from bot.config import ModelSettings
-    from bot.services.models import ChatModel
+    from bot.services.lm_gateway import ChatModel
     from lm.load import load_chat_model
     from tests.support.tiny_gguf import write_tiny_gguf
 

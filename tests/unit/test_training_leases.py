@@ -1,4 +1,4 @@
-"""A retraining run under a lease (bot.services.training.service, bot.db.leases), with two replicas' training
+"""A retraining run under a lease (bot.services.training.service, bot.db.lease_queries), with two replicas' training
 services on one real database (SQLite, then PostgreSQL), each with its own data directory and clock: the run
 that replica A starts names A and its lease; B cannot start another while it lives, and B's sweep leaves it alone
 while A's heartbeat renews it; once A has died and its lease has expired, B takes the run over exactly once and
@@ -12,8 +12,8 @@ import pytest
 
 from bot.db import training as training_db
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.services.chats import Chats
-from bot.services.models import ModelManager
+from bot.services.chat_settings import Chats
+from bot.services.lm_gateway import ModelManager
 from bot.services.training.plan import TrainingOptions
 from bot.services.training.service import TrainingBusy, TrainingService
 from bot.telegram.training_texts import run_abandoned_text
@@ -25,7 +25,7 @@ T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 
 def replica(tmp_path, model, db_url, sessions, name: str, clock: Clock, step_timer) -> TrainingService:
-    from bot.services.leases import Leases
+    from bot.services.work_leases import Leases
 
     settings = settings_for(tmp_path / name, model)
     settings.database.url = db_url
@@ -89,7 +89,7 @@ async def test_a_dead_replicas_training_run_is_taken_over_once_its_lease_expires
 async def test_one_process_settles_its_own_unfinished_run_at_start_as_before(tmp_path, tiny, timer,  # noqa: F811
                                                                              sqlite_url):
     """SQLite, one process: a restart settles the run it finds, whoever owned it, without waiting for a lease."""
-    from bot.services.leases import Leases
+    from bot.services.work_leases import Leases
 
     await upgrade(sqlite_url)
     engine = create_engine(sqlite_url)

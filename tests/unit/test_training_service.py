@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.db import chats as chats_db
-from bot.db import documents as documents_db
-from bot.db import messages as messages_db
+from bot.db import chat_queries, document_queries, message_queries
 from bot.db import training as training_db
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.services.chats import Chats, Origin
-from bot.services.models import ModelManager
+from bot.services.chat_settings import Chats, Origin
+from bot.services.lm_gateway import ModelManager
 from bot.services.training.dataset import DataStats, Example, arrange
 from bot.services.training.plan import TrainingOptions
 from bot.services.training.report import MetricsTail, RunOutcome, plot_loss_curve, should_promote
@@ -93,11 +91,11 @@ async def service(tmp_path, tiny, timer):
 
 
 async def exchange(s, chat: int, update_id: int, question: str, answer: str, vote: int | None = None) -> int:
-    user = await messages_db.record_update_and_user_message(s, update_id, chat, chat, question, update_id)
-    reply = await messages_db.add_assistant_message(s, user.conversation_id, chat, answer, status="complete",
+    user = await message_queries.record_update_and_user_message(s, update_id, chat, chat, question, update_id)
+    reply = await message_queries.add_assistant_message(s, user.conversation_id, chat, answer, status="complete",
                                           telegram_message_id=update_id + 10_000)
     if vote is not None:
-        await messages_db.set_feedback(s, reply.id, chat, vote)
+        await message_queries.set_feedback(s, reply.id, chat, vote)
     return reply.id
 
 
@@ -106,25 +104,25 @@ async def fill(svc: TrainingService) -> None:
     never chose (the default decides)."""
     async with svc.sessions() as s:
         for chat in (ON, OFF, UNSET, ADMIN):
-            await chats_db.ensure_user_and_chat(s, chat, "private", chat, f"u{chat}", "U")
-        await chats_db.set_chat_settings(s, ON, allow_training=True)
-        await chats_db.set_chat_settings(s, OFF, allow_training=False)
+            await chat_queries.ensure_user_and_chat(s, chat, "private", chat, f"u{chat}", "U")
+        await chat_queries.set_chat_settings(s, ON, allow_training=True)
+        await chat_queries.set_chat_settings(s, OFF, allow_training=False)
         await exchange(s, ON, 1, "What is the capital of France?", "Paris is the capital of France.", +1)
         await exchange(s, ON, 2, "And of Spain?", "Spain's capital is Lisbon, I think.", -1)
         await exchange(s, ON, 3, "How tall is the Eiffel tower?", "About 330 metres.")
-        user = await messages_db.record_update_and_user_message(s, 4, ON, ON, "Are you there?", 4)
-        await messages_db.add_assistant_message(s, user.conversation_id, ON, "half a rep", status="failed")
-        await chats_db.start_new_conversation(s, ON)
+        user = await message_queries.record_update_and_user_message(s, 4, ON, ON, "Are you there?", 4)
+        await message_queries.add_assistant_message(s, user.conversation_id, ON, "half a rep", status="failed")
+        await chat_queries.start_new_conversation(s, ON)
         await exchange(s, ON, 5, "Tell me a joke.", "Why did the fox jump? To get over the lazy dog.")
         await exchange(s, OFF, 6, "private matter", "secret answer from the opted-out chat")
         await exchange(s, UNSET, 7, "undecided question", "answer from the chat that never chose")
-        await documents_db.add_document_with_chunks(s, scope=f"chat:{ON}", chat_id=ON, name="guide.md", mime="text/markdown",
+        await document_queries.add_document_with_chunks(s, scope=f"chat:{ON}", chat_id=ON, name="guide.md", mime="text/markdown",
                                          sha256="a" * 64, size_bytes=10, pages=None, status="ready", chunks=[
-                                             documents_db.NewChunk("The guide says foxes are quick.", 8, heading="Foxes"),
-                                             documents_db.NewChunk("Dogs are lazy, the guide adds.", 8, page=2)])
-        await documents_db.add_document_with_chunks(s, scope=f"chat:{OFF}", chat_id=OFF, name="diary.md", mime="text/markdown",
+                                             document_queries.NewChunk("The guide says foxes are quick.", 8, heading="Foxes"),
+                                             document_queries.NewChunk("Dogs are lazy, the guide adds.", 8, page=2)])
+        await document_queries.add_document_with_chunks(s, scope=f"chat:{OFF}", chat_id=OFF, name="diary.md", mime="text/markdown",
                                          sha256="b" * 64, size_bytes=10, pages=None, status="ready",
-                                         chunks=[documents_db.NewChunk("Dear diary, nobody may train on this.", 9)])
+                                         chunks=[document_queries.NewChunk("Dear diary, nobody may train on this.", 9)])
 
 
 def texts(conversations: list[list[dict]], role: str) -> list[str]:

@@ -21,7 +21,7 @@ import pytest
 from bot.config import Settings
 from bot.db import training as training_db
 from bot.db.session import create_engine, session_factory, upgrade
-from bot.services.models import ChatModel, ModelManager, generation_config
+from bot.services.lm_gateway import ChatModel, ModelManager, generation_config
 from bot.services.openai_server import serve
 from bot.services.training.versions import ModelVersions
 from tests.e2e.test_webhook import _free_port

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import TrainingSettings
 from bot.db import training as training_db
-from bot.db.models import ModelVersion
+from bot.db.tables import ModelVersion
 from bot.services.training.dataset import DataStats, Example
 from bot.telegram import training_texts
 

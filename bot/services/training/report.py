@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.db.models import ModelVersion
+from bot.db.tables import ModelVersion
 
 
 def should_promote(after: float | None, before: float | None, force: bool = False) -> bool:

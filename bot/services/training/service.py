@@ -17,7 +17,7 @@ configured base model, writing metrics.jsonl, which is read as it grows for the 
 becomes a model version (versions.py), and it becomes the active model only when its held-out loss beats the
 active model's on the same examples (or the admin forced it); the swap happens without a restart.
 
-Replicas (bot.services.leases). A run's row names the replica that runs it and a lease its heartbeat renews,
+Replicas (bot.services.work_leases). A run's row names the replica that runs it and a lease its heartbeat renews,
 as an upload's does; one run at a time across the replicas. When a replica dies mid-run, another takes the
 row once the lease has expired (`settle_abandoned`, from bot.app's sweep) and marks it resumable when the
 run's checkpoint is on its own disk (a shared data directory), else failed, and the admin who started it is
@@ -41,11 +41,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.db import training as training_db
-from bot.db.leases import take_abandoned
-from bot.db.models import ModelVersion, TrainingRun
+from bot.db.lease_queries import take_abandoned
 from bot.db.session import now_utc
-from bot.services.chats import Chats, Origin
-from bot.services.leases import Leases
+from bot.db.tables import ModelVersion, TrainingRun
+from bot.services.chat_settings import Chats, Origin
 from bot.services.training import runner
 from bot.services.training.dataset import Example, base_info, build_examples, read_sources, write_jsonl
 from bot.services.training.plan import (
@@ -60,6 +59,7 @@ from bot.services.training.plan import (
 from bot.services.training.report import RunOutcome, plot_loss_curve, read_metrics, should_promote
 from bot.services.training.runner import Job, RunPaths, StepTimer
 from bot.services.training.versions import ModelVersions
+from bot.services.work_leases import Leases
 from bot.telegram import training_texts
 
 log = logging.getLogger(__name__)

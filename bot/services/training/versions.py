@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.db import training as training_db
-from bot.db.models import ModelVersion
+from bot.db.tables import ModelVersion
 
 log = logging.getLogger(__name__)
 

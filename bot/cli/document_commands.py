@@ -119,12 +119,12 @@ def _summary_text(pieces: list[str], settings: Settings, writing: str, progress)
     """The summary as the bot would show it: written by the chat model when `writing` lets it (map-reduce,
     every sentence checked), else extracted."""
     from bot.services.summaries import as_summary, model_writes
-    from bot.services.summarize import summarize
+    from bot.services.summary_pipeline import summarize
     from lm import hub
     from lm.encoder import Encoder
 
     if writing != "extract":
-        from bot.services.models import ChatModel
+        from bot.services.lm_gateway import ChatModel
         from bot.services.summary_writer import model_writer, section_budget, write_summary
 
         model = ChatModel.load(settings)

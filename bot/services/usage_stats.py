@@ -9,23 +9,23 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.db import stats as stats_db
+from bot.db import stats_queries
 from bot.db import training as training_db
-from bot.db.models import ModelVersion
+from bot.db.tables import ModelVersion
 
 
 @dataclass
 class Overview:
     """What admins see besides their own numbers."""
 
-    chats: list[stats_db.ChatTotals]  # busiest first
+    chats: list[stats_queries.ChatTotals]  # busiest first
     version: ModelVersion | None  # the active trained version; None: the configured model serves
     configured_model: str
 
 
 @dataclass
 class Stats:
-    user: stats_db.UserStats  # `since` is the start of today, UTC
+    user: stats_queries.UserStats  # `since` is the start of today, UTC
     overview: Overview | None  # only when asked for (admins)
 
 
@@ -42,8 +42,8 @@ class StatsService:
     async def chat_stats(self, chat_id: int, user_id: int, overview: bool) -> Stats:
         """`user_id`'s numbers in `chat_id`, plus every chat's totals and the model in use when `overview`."""
         async with self.sessions() as s:
-            mine = await stats_db.user_stats(s, chat_id, user_id, start_of_day())
+            mine = await stats_queries.user_stats(s, chat_id, user_id, start_of_day())
             if not overview:
                 return Stats(mine, None)
-            return Stats(mine, Overview(await stats_db.chat_totals(s), await training_db.active_version(s),
+            return Stats(mine, Overview(await stats_queries.chat_totals(s), await training_db.active_version(s),
                                         self.settings.model.name))

@@ -1,5 +1,5 @@
 """Messages: a user's message stored once per Telegram update, the assistant's reply row as it streams, the
-history a prompt is built from, and users' 👍/👎 feedback on replies. Conventions as in `chats.py`.
+history a prompt is built from, and users' 👍/👎 feedback on replies. Conventions as in `chat_queries.py`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.chats import conversation_for_update
-from bot.db.leases import Lease, take_abandoned
-from bot.db.models import Feedback, Message, MessageStatus, ProcessedUpdate
+from bot.db.chat_queries import conversation_for_update
+from bot.db.lease_queries import Lease, take_abandoned
 from bot.db.session import check_choice, upsert
+from bot.db.tables import Feedback, Message, MessageStatus, ProcessedUpdate
 
 # ---- messages -----------------------------------------------------------------------------------
 
@@ -30,7 +30,7 @@ async def record_update_and_user_message(
     """Store an incoming user message and mark its update processed, in one transaction.
 
     Returns None, storing nothing, when the update was already processed (Telegram redelivered it). `update_key`
-    is the update's identity (bot.db.models.ProcessedUpdate); an int is taken as its text.
+    is the update's identity (bot.db.tables.ProcessedUpdate); an int is taken as its text.
     """
     turn = await _record_update(session, update_key, chat_id, user_id, text, telegram_message_id,
                                 reply_to_telegram_message_id, with_reply=False)

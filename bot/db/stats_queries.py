@@ -5,7 +5,7 @@ Tokens are the bot's replies' token counts (messages.token_count, stored when a 
 prompt's tokens are not stored. A reply belongs to the user whose message it answers: its
 reply_to_telegram_message_id is that message's Telegram id in the same chat. Documents count when ready;
 their uploader is documents.user_id (unknown, NULL, for documents uploaded before revision 0005).
-Same conventions as `chats.py`: an AsyncSession in, plain rows out, never a commit.
+Same conventions as `chat_queries.py`: an AsyncSession in, plain rows out, never a commit.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, and_, case, distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from bot.db.models import Chat, Document, Message, User
+from bot.db.tables import Chat, Document, Message, User
 
 
 @dataclass

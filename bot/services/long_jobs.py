@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.db import jobs as db
-from bot.db.leases import take_abandoned
-from bot.db.models import Job
-from bot.services.leases import Leases
+from bot.db import job_queries as db
+from bot.db.lease_queries import take_abandoned
+from bot.db.tables import Job
+from bot.services.work_leases import Leases
 
 CANCELLED = "cancelled"  # why a job stopped: a user's /cancel ...
 SHUTDOWN = "shutdown"    # ... or the bot stopping
@@ -42,7 +42,7 @@ class Running:
     reason: str | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: object = None
-    row_id: int | None = None  # its SQL row (bot.db.models.Job)
+    row_id: int | None = None  # its SQL row (bot.db.tables.Job)
 
     def stop(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -136,7 +136,7 @@ class Jobs:
 
     async def recover(self) -> list[Job]:
         """Jobs a dead process left unfinished (it died before it could say how they ended: with one process,
-        every row a start finds; with replicas, the rows whose lease expired, bot.services.leases), now held by
+        every row a start finds; with replicas, the rows whose lease expired, bot.services.work_leases), now held by
         this process. Each row stays until `settled`: a restart that dies again before telling the user finds the
         job again, and with replicas another one takes it once this one's lease expires."""
         async with self.sessions() as s:

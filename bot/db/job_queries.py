@@ -1,13 +1,13 @@
-"""Long jobs in progress (bot.db.models.Job): written when one starts, deleted when it has ended. Same
-conventions as `chats.py`: writers commit."""
+"""Long jobs in progress (bot.db.tables.Job): written when one starts, deleted when it has ended. Same
+conventions as `chat_queries.py`: writers commit."""
 
 from __future__ import annotations
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.leases import Lease
-from bot.db.models import Job
+from bot.db.lease_queries import Lease
+from bot.db.tables import Job
 
 
 async def add_job(session: AsyncSession, kind: str, chat_id: int, user_id: int | None,

@@ -3,7 +3,7 @@
 The set (tests/data/chat_quality.json) holds conversations of user turns: general-knowledge facts, simple
 arithmetic and units, multi-turn coherence (a fact said early, asked for later) and questions nobody could
 answer (the right reply says so rather than inventing). Each conversation is replied to turn by turn as the
-bot does it (`bot.services.models.ChatModel`: the system prompt, the history within the context budget, the
+bot does it (`bot.services.lm_gateway.ChatModel`: the system prompt, the history within the context budget, the
 configured sampling), with the model's own earlier replies in the history; the last reply is scored:
 
 - right: it mentions a gold answer (as whole words, `mentions_gold`) in at most `max_words` words; for a refuse item it
@@ -138,7 +138,7 @@ def chat_eval(settings: Settings, dataset: str | Path | None = None, *, limit: i
     from tqdm import tqdm
 
     from bot.eval.datasets import sample
-    from bot.services.models import ChatModel, generation_config
+    from bot.services.lm_gateway import ChatModel, generation_config
 
     items, options = load_chat_set(dataset or DEFAULT_SET)
     items = sample(items, limit, seed)

@@ -11,7 +11,7 @@ Why leases on our own rows and not a job library (procrastinate and the like): t
 independent tasks. An upload, a summary or a reply is run by the replica that received its update, inside the
 handler that edits its Telegram message as it goes; what another replica needs is only to know when that
 replica died, and to settle what it left (tell the user, delete a half-indexed document). A row lock taken
-with SELECT ... FOR UPDATE SKIP LOCKED (bot.db.leases) does that on the tables that already hold the work, on
+with SELECT ... FOR UPDATE SKIP LOCKED (bot.db.lease_queries) does that on the tables that already hold the work, on
 SQLite as on PostgreSQL, with no second schema, worker process or dependency.
 """
 
@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.db import leases as db
-from bot.db.leases import Lease
+from bot.db import lease_queries as db
+from bot.db.lease_queries import Lease
 
 
 def replica_name() -> str:

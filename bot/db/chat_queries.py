@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import Chat, ChatSettings, ChatType, Conversation, User
 from bot.db.session import check_choice, now_utc, upsert
+from bot.db.tables import Chat, ChatSettings, ChatType, Conversation, User
 
 # ---- users, chats, conversations ----------------------------------------------------------------
 

@@ -13,10 +13,10 @@ from bot.services.summaries import SummaryOutcome
 from bot.services.uploads import DownloadFailed, ForgetOutcome, UploadOutcome
 from bot.telegram import texts
 from bot.telegram.access import manages_chat
-from bot.telegram.chat import answer_text
+from bot.telegram.chat_handlers import answer_text
 from bot.telegram.context import Runtime, origin_of
 from bot.telegram.handlers import guarded
-from bot.telegram.messages import StatusLine, StreamingMessage
+from bot.telegram.live_messages import StatusLine, StreamingMessage
 
 CANCEL_WAIT_S = 60.0  # how long /cancel waits for what it stopped to end before it says what it stopped
 

@@ -2,7 +2,7 @@
 then "ready". A large upload's embeddings never have to be held in memory all at once, and searches, /docs and
 training data see only ready documents, so a half-indexed one is never used. An ingest that fails or is stopped
 deletes its row (the chunks go by ON DELETE CASCADE); one cut off by a crash is deleted at the next start
-(`discard_unfinished`). Same conventions as `chats.py`: writers commit.
+(`discard_unfinished`). Same conventions as `chat_queries.py`: writers commit.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
-from bot.db.leases import Lease, take_abandoned
-from bot.db.models import Chunk, Document, DocumentStatus, ScopeVersion
+from bot.db.lease_queries import Lease, take_abandoned
 from bot.db.session import check_choice, upsert
+from bot.db.tables import Chunk, Document, DocumentStatus, ScopeVersion
 
 # ---- documents and chunks -----------------------------------------------------------------------
 

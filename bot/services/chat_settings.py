@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
-from bot.db import chats as chats_db
-from bot.db import messages as messages_db
-from bot.db.models import ChatSettings
+from bot.db import chat_queries, message_queries
+from bot.db.tables import ChatSettings
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ChatPrefs:
 
 async def record_origin(session: AsyncSession, origin: Origin) -> None:
     """Create or refresh the chat (and its user) an action came from; commits."""
-    await chats_db.ensure_user_and_chat(session, origin.chat_id, origin.chat_type, origin.user_id, origin.username,
+    await chat_queries.ensure_user_and_chat(session, origin.chat_id, origin.chat_type, origin.user_id, origin.username,
                                         origin.first_name, origin.title)
 
 
@@ -54,7 +53,7 @@ class Chats:
     async def claim_update(self, key: str, update_id: int | None, chat_id: int | None) -> bool:
         """Mark an update handled (bot.telegram.incoming.update_key); False when it was handled before."""
         async with self.sessions() as s:
-            return await messages_db.claim_update(s, key, update_id, chat_id)
+            return await message_queries.claim_update(s, key, update_id, chat_id)
 
     async def record(self, origin: Origin) -> None:
         """Record the chat and user of an action whose rows name them (a document, a job, a training run)."""
@@ -73,33 +72,33 @@ class Chats:
     async def prefs_of(self, chat_id: int) -> ChatPrefs:
         """The chat's settings as they apply (the defaults for a chat never seen)."""
         async with self.sessions() as s:
-            return self.applied(await chats_db.get_chat_settings(s, chat_id))
+            return self.applied(await chat_queries.get_chat_settings(s, chat_id))
 
     async def prefs(self, origin: Origin) -> ChatPrefs:
         """The settings of the chat `origin` is in, the chat recorded first."""
         async with self.sessions() as s:
             await record_origin(s, origin)
-            return self.applied(await chats_db.get_chat_settings(s, origin.chat_id))
+            return self.applied(await chat_queries.get_chat_settings(s, origin.chat_id))
 
     async def change(self, origin: Origin, **values) -> ChatPrefs:
         """Set some of the chat's settings (system_prompt, temperature, allow_training; None: back to the
         default) and return them all as they now apply. ValueError for a value out of range."""
         async with self.sessions() as s:
             await record_origin(s, origin)
-            return self.applied(await chats_db.set_chat_settings(s, origin.chat_id, **values))
+            return self.applied(await chat_queries.set_chat_settings(s, origin.chat_id, **values))
 
     async def reset(self, origin: Origin) -> None:
         """Start a new conversation; the old one stays in SQL but is no longer sent to the model."""
         async with self.sessions() as s:
             await record_origin(s, origin)
-            await chats_db.start_new_conversation(s, origin.chat_id)
+            await chat_queries.start_new_conversation(s, origin.chat_id)
 
     async def rate(self, origin: Origin, telegram_message_id: int, value: int) -> bool:
         """Record the user's +1/-1 on one of the bot's replies; False when that reply is not known."""
         async with self.sessions() as s:
             await record_origin(s, origin)
-            message = await messages_db.message_by_telegram_id(s, origin.chat_id, telegram_message_id)
+            message = await message_queries.message_by_telegram_id(s, origin.chat_id, telegram_message_id)
             if message is None or message.role != "assistant":
                 return False
-            await messages_db.set_feedback(s, message.id, origin.user_id, value)
+            await message_queries.set_feedback(s, message.id, origin.user_id, value)
             return True

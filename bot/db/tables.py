@@ -182,7 +182,7 @@ class Message(Base):
     # Set when a document this turn drew on was forgotten: the row stays (the chat's record), but it is never
     # again sent to the model nor exported for training (bot.db.sources).
     forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # the replica whose work this row is (a reply being written), and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    # the replica whose work this row is (a reply being written), and until when its lease holds (renewed by its heartbeat; bot.db.lease_queries)
     owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -222,7 +222,7 @@ class Document(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="indexing", server_default="indexing")
     created_at: Mapped[datetime] = created_at()
-    # the replica whose work this row is (a document being indexed), and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    # the replica whose work this row is (a document being indexed), and until when its lease holds (renewed by its heartbeat; bot.db.lease_queries)
     owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -274,7 +274,7 @@ class MessageSource(Base):
 class Job(Base):
     """A long job in progress (an upload being indexed, a summary being written) and the Telegram message that
     shows its progress. The row is deleted when the job has told its user how it ended; a row whose lease expired
-    belongs to a job a crash or restart cut off (bot.services.jobs)."""
+    belongs to a job a crash or restart cut off (bot.services.long_jobs)."""
 
     __tablename__ = "jobs"
     __table_args__ = (one_of("kind", get_args(JobKind), "kind"),)
@@ -286,7 +286,7 @@ class Job(Base):
     status_message_id: Mapped[int | None] = mapped_column(BigInteger)
     label: Mapped[str] = mapped_column(StorableText())  # what the job is about, as its user named it: a file name
     created_at: Mapped[datetime] = created_at()
-    # the replica whose work this row is, and until when its lease holds (renewed by its heartbeat; bot.db.leases)
+    # the replica whose work this row is, and until when its lease holds (renewed by its heartbeat; bot.db.lease_queries)
     owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -352,5 +352,5 @@ class TrainingRun(Base):
     heldout_loss_before: Mapped[float | None] = mapped_column(Float)
     heldout_loss_after: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(StorableText())
-    owner: Mapped[str | None] = mapped_column(String(64))  # the replica running it (bot.db.leases)
+    owner: Mapped[str | None] = mapped_column(String(64))  # the replica running it (bot.db.lease_queries)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -6,7 +6,7 @@ Every replica writes its rows with its owner name and a lease, renews the leases
 `SELECT ... FOR UPDATE SKIP LOCKED` then a new owner and lease in the same transaction, so two replicas sweeping
 at once never take the same row (SQLite has one writer at a time and no row locks; SQLAlchemy leaves the
 clause out there). A row without a lease (written before leases, or by the command line) counts as abandoned.
-Same conventions as `chats.py`: writers commit."""
+Same conventions as `chat_queries.py`: writers commit."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import Document, Job, Message, TrainingRun
+from bot.db.tables import Document, Job, Message, TrainingRun
 
 
 @dataclass(frozen=True)
