@@ -132,7 +132,7 @@ def test_a_right_reply_scores_right_and_a_wrong_long_or_invented_one_does_not():
     boiling = next(it for it in items.values() if "boil" in it.turns[-1])
     assert chat_quality.score_reply(boiling, "The boiling point of water is 100°C (212°F).")["right"]
     assert not chat_quality.score_reply(boiling, "It boils at 1000 degrees.")["mentions"]  # whole words only
-    assert chat.mentions_gold("It leaves at 9:30 am.", ["9:30"]) and not chat.mentions_gold("At 19:30.", ["9:30"])
+    assert chat_quality.mentions_gold("It leaves at 9:30 am.", ["9:30"]) and not chat_quality.mentions_gold("At 19:30.", ["9:30"])
     breakfast = next(it for it in items.values() if it.kind == "refuse" and "breakfast" in it.turns[0])
     assert chat_quality.score_reply(breakfast, "I’m sorry, but I don't know what you ate this morning.")["right"]
     assert not chat_quality.score_reply(breakfast, "You had eggs and toast with orange juice.")["right"]
