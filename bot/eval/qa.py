@@ -11,7 +11,7 @@ then every sampled question goes through exactly what a Telegram user's `/ask` g
 - unanswerable questions (SQuAD 2.0's is_impossible): how often the reply is "not found" rather than an
   answer;
 - every reply: the unsupported rate (answers shown with a name, number or quoted term the evidence does not
-  have, bot.services.support), loops (a line, or 8 words in a row, said 3 times), the answer's length in words;
+  have, bot.text.support), loops (a line, or 8 words in a row, said 3 times), the answer's length in words;
 - which path answered ("model": written, "copy": a copied span, "": not found), and how often the support check
   refused a written answer (never shown).
 
@@ -33,7 +33,7 @@ from bot.eval.retrieval import SCOPE, prepare_store
 
 def score_row(q, result, seconds: float) -> dict:
     """One question's figures from its answer_question result."""
-    from bot.services.support import unsupported_terms
+    from bot.text.support import unsupported_terms
 
     reply = result.render()
     quoted = result.source.text if result.source else (result.evidence[0].text if result.evidence else "")

@@ -13,7 +13,7 @@ extracted (bot.services.summary_pipeline), as [documents] summary_writing and th
 (`--writing` overrides). Every system is scored with the `rouge-score` package (ROUGE-1/2/Lsum F1, Porter
 stemming; for Lsum the sentences are put on separate lines, as rouge-score expects), by its unsupported rate:
 the share of the summary's names, numbers and quoted terms that do not occur in the source (the check written
-answers pass, bot.services.support), and by its coverage: the share of the document's sections (as the
+answers pass, bot.text.support), and by its coverage: the share of the document's sections (as the
 writer cuts them) that the summary draws on, a sentence drawing on the section that holds most of its content
 words (`summary_check.rests_on`).
 Figures are given for the tuning half (0), the held-out half (1) of a seeded split by document id, and all.
@@ -67,7 +67,7 @@ def coverage(summary: str, sections) -> float:
 
 
 def _score(summary: str, reference: str, source: str, sections) -> dict:
-    from bot.services.support import claim_terms, unsupported_terms
+    from bot.text.support import claim_terms, unsupported_terms
 
     return {**rouge(summary, reference), "checked": len(claim_terms(summary)),
             "unsupported": unsupported_terms(summary, source), "words": len(summary.split()),

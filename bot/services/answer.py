@@ -5,7 +5,7 @@
       -> the model writes the answer from the evidence (instruction, worked examples, evidence, question;
          greedy, a token cap, no repeated 8-gram), or says NOT FOUND
       -> the support check on what it wrote (check_written): every name, number and quoted term is in the
-         evidence (bot.services.support), it rests on one evidence sentence, and that sentence (with the one
+         evidence (bot.text.support), it rests on one evidence sentence, and that sentence (with the one
          before it, its heading and its document's name) names what the question names
       -> passed: the answer, its source and the sentence it rests on, quoted
       -> failed: "not stated" with the closest passage quoted. A written answer that fails is never shown.
@@ -30,9 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from bot.services import copy_answer
-from bot.services.evidence import Evidence, Passage, addresses_reader
-from bot.services.support import content_words, rests_on, unsupported_terms
 from bot.telegram.texts import ANSWER_SOURCE, NOT_IN_DOCUMENTS, NOT_STATED
+from bot.text import questions
+from bot.text.evidence import Evidence, Passage, addresses_reader
+from bot.text.support import content_words, rests_on, unsupported_terms
 
 NOT_FOUND = NOT_IN_DOCUMENTS
 NO_ANSWER = NOT_STATED.split(";")[0]  # how every "not stated" reply begins
@@ -113,8 +114,8 @@ def quote(text: str, limit: int = 400) -> str:
 def retrieval_query(question: str, recent_questions: Sequence[str]) -> str:
     """A follow-up ("and when did he die?") carries little to search with: add the previous question. Only a
     short message that refers back counts as one; "thanks!" or a joke request is searched as it is."""
-    lower = [w.lower() for w in copy_answer.words(question)]
-    content = [w for w in lower if w not in copy_answer._STOP]
+    lower = [w.lower() for w in questions.words(question)]
+    content = [w for w in lower if w not in questions.STOP_WORDS]
     refers = bool(_REFERS_BACK & set(lower)) or (lower[:1] == ["and"]) or lower[:2] in (["what", "about"],
                                                                                        ["how", "about"])
     if recent_questions and len(content) < 6 and refers:
@@ -124,7 +125,7 @@ def retrieval_query(question: str, recent_questions: Sequence[str]) -> str:
 
 def is_question(text: str) -> bool:
     """A message asking something: it ends with "?" or begins with a question word."""
-    first = copy_answer.words(text.lower())[:1]
+    first = questions.words(text.lower())[:1]
     return text.rstrip().endswith("?") or first in (["what"], ["who"], ["when"], ["where"], ["which"], ["why"],
                                                     ["how"], ["whom"], ["whose"])
 
@@ -224,16 +225,16 @@ def check_written(text: str, question: str, evidence: Sequence[Evidence]) -> tup
             return None, "unrelated"
         evidence = list(evidence)
         evidence[i] = replace(evidence[i], text=read[i].strip(), before="")  # quoted with its context
-    if copy_answer.repeats_question(text, question) and not adds_a_name(text, question):
+    if questions.repeats_question(text, question) and not adds_a_name(text, question):
         return None, "repeats"
     rest = evidence[i]
-    asked = copy_answer.key_terms(question)
-    if not copy_answer.names_all(asked, _named_in(rest)):
+    asked = questions.key_terms(question)
+    if not questions.names_all(asked, _named_in(rest)):
         # another sentence of the same document that names the subject is its source only where it states the
         # answer's own names and numbers too: the treaty's name read from one sentence is no answer to "which
         # treaty of the 9th century" because another sentence names the 9th century
         named = [e for e in evidence if e.passage.document == rest.passage.document
-                 and copy_answer.names_all(asked, _named_in(e))
+                 and questions.names_all(asked, _named_in(e))
                  and not unsupported_terms(text, f"{_context(e)} {e.text}")]
         if not named:
             return None, "asked"
@@ -251,8 +252,8 @@ def adds_a_name(text: str, question: str) -> bool:
     """The answer capitalises a word, past its first, that the question does not: a name the question did not
     give ("Translation Project" for "Through which project are translations handled?"), so an answer made of
     the question's words does not merely repeat it."""
-    capitalised = {copy_answer._norm(w) for w in copy_answer.words(question) if w[:1].isupper()}
-    return any(w[:1].isupper() and copy_answer._norm(w) not in capitalised for w in copy_answer.words(text)[1:])
+    capitalised = {questions.normalized_word(w) for w in questions.words(question) if w[:1].isupper()}
+    return any(w[:1].isupper() and questions.normalized_word(w) not in capitalised for w in questions.words(text)[1:])
 
 
 def fitting(model, messages_for, evidence: Sequence[Evidence], max_tokens: int) -> list[Evidence]:

@@ -32,7 +32,6 @@ from bot.services.conversation_store import Context, ConversationStore, Incoming
 from bot.services.knowledge import KnowledgeBase, chat_scope
 from bot.services.lm_gateway import ChatModel, ModelManager, generation_config
 from bot.services.long_jobs import CANCELLED, Jobs
-from bot.services.reply_text import strip_invented_sources
 from bot.telegram.texts import (
     FAILED_NOTE,
     INTERRUPTED_NOTE,
@@ -42,6 +41,7 @@ from bot.telegram.texts import (
     TIMED_OUT_NOTE,
     TOO_LONG_MARK,
 )
+from bot.text.reply_text import strip_invented_sources
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from bot.db.tables import Document
 from bot.documents.chunk import chunk_document, sentence_windows
 from bot.documents.parse import ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
-from bot.services.evidence import Evidence, Passage, select
 from bot.services.work_leases import Leases, leases_for
 from bot.telegram import texts
+from bot.text.evidence import Evidence, Passage, select
 from lm import hub
 from lm.rank import BASELINES, hybrid_candidates, hybrid_scores, rank, window_cosines, word_idf
 
@@ -304,7 +304,7 @@ class KnowledgeBase:
                         closest_window(c.text, windows[c.id], docs.window_sentences)) for c in best]
 
     async def evidence(self, scope: str, question: str, passages: list[Passage], n: int) -> list[Evidence]:
-        """The n sentences of the passages that best match the question (bot.services.evidence), best first."""
+        """The n sentences of the passages that best match the question (bot.text.evidence), best first."""
         if not passages:
             return []
         idf = await self._idf(scope, await self.refresh(scope))

@@ -5,7 +5,7 @@ A sentence the model wrote is shown only when
   no broken-off clause) and not a description of the text ("The article discusses ...") instead of its facts;
 - it does not speak to the reader the way injected instructions do (`addresses_reader`: "ignore previous
   instructions", "tell the user ..."): a document can say that, a summary never repeats it as its own;
-- every name, number and quoted term in it occurs in the source (`unsupported`, bot.services.support);
+- every name, number and quoted term in it occurs in the source (`unsupported`, bot.text.support);
 - its claim rests on one section (`rests_on`): most of its content words occur in that one section of the
   source. A sentence that mixes two sections' facts, or says what no section says, rests on none.
 A sentence that fails is replaced by the source sentence closest to it (`closest_source_sentence`), which is
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from bot.documents.chunk import split_sentences
 from bot.services.summary_pipeline import is_complete
-from bot.services.support import unsupported_terms
+from bot.text.support import unsupported_terms
 
 SUPPORT_SHARE = 0.7  # the share of a sentence's content words that one section must hold
 MIN_WORDS = 4  # a shorter "sentence" is a heading or a label, not a statement
@@ -117,7 +117,7 @@ class Source:
 
 
 def unsupported(sentence: str, source: Source) -> list[str]:
-    """The names, numbers and quoted terms of `sentence` that the source does not hold (bot.services.support,
+    """The names, numbers and quoted terms of `sentence` that the source does not hold (bot.text.support,
     the check written answers pass too)."""
     return unsupported_terms(sentence, source.text)
 

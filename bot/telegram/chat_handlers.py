@@ -15,13 +15,13 @@ from telegram.ext import ContextTypes
 from bot.services import lm_gateway as gateway  # lm's Queued and Started, imported when the first one comes
 from bot.services.assistant import Accepted, AlreadyAnswered, Done, Incoming
 from bot.services.chat_settings import ChatPrefs
-from bot.services.reply_text import strip_invented_sources
 from bot.telegram import texts
 from bot.telegram.access import is_admin, strip_mention
 from bot.telegram.context import Runtime, origin_of
 from bot.telegram.handlers import guarded
 from bot.telegram.incoming import update_key
 from bot.telegram.live_messages import StreamingMessage
+from bot.text.reply_text import strip_invented_sources
 
 log = logging.getLogger(__name__)
 TEMPERATURES = (0.0, 0.3, 0.7, 1.0)

@@ -101,7 +101,7 @@ A: On the tape library in building C.
 
 def test_an_faq_question_line_is_joined_to_its_answer_in_the_evidence(model_dir: Path):
     """The user's question matches the FAQ's own question line best; the evidence must hold the answer with it."""
-    from bot.services.evidence import Passage, asks, select
+    from bot.text.evidence import Passage, asks, select
 
     enc = Encoder.load(model_dir)
     passage = Passage(1, "faq.txt", None, None, FAQ, 1.0, dense=0.5)

@@ -37,7 +37,7 @@ def long_paragraph(words: int) -> str:
 def test_docent_summarize_takes_a_5000_word_single_paragraph_file(tmp_path: Path, capsys, writing):
     """Extracted: every bullet is one of the text's sentences. Written (the default model): whole sentences whose
     names and numbers are all in the text."""
-    from bot.services.support import unsupported_terms as unsupported_claims
+    from bot.text.support import unsupported_terms as unsupported_claims
 
     text = long_paragraph(5200)
     path = tmp_path / "minutes.txt"

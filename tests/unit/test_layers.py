@@ -16,6 +16,8 @@ FORBIDDEN = {
     "bot/telegram": ("torch", "lm", "bot.db"),
     "lm": ("bot", "telegram", "sqlalchemy"),
     "bot/services": ("telegram",),
+    "bot/text": ("torch", "telegram", "sqlalchemy", "bot.db", "bot.services", "bot.telegram", "lm.engine", "lm.serve",
+                 "lm.spans", "lm.model"),  # text algorithms: no model, no SQL, no use case
 }
 MAX_LINES = {"bot": 500, "lm": 600}
 # the lm modules that generate, and the one module of bot/services that may import them (and re-exports them)

@@ -1,8 +1,8 @@
-"""bot.services.reply_text: a generated chat reply carries no source line or web address it made up."""
+"""bot.text.reply_text: a generated chat reply carries no source line or web address it made up."""
 
 from __future__ import annotations
 
-from bot.services.reply_text import strip_invented_sources
+from bot.text.reply_text import strip_invented_sources
 
 
 def test_an_invented_source_line_and_address_are_taken_out():

@@ -1,8 +1,8 @@
-"""bot.services.support: the claim terms of a written text, the ones its source lacks, and the sentence it rests on."""
+"""bot.text.support: the claim terms of a written text, the ones its source lacks, and the sentence it rests on."""
 
 from __future__ import annotations
 
-from bot.services.support import claim_terms, rests_on, unsupported_terms
+from bot.text.support import claim_terms, rests_on, unsupported_terms
 
 SPEC = "This is version 0.21 of the Open Sync specification, published on 3 March 2021 by Anna Müller."
 
