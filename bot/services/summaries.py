@@ -25,6 +25,7 @@ from bot.services.long_jobs import Jobs
 from bot.services.summary_pipeline import Summary, conversation_digest, conversation_text, summarize
 from bot.services.summary_writer import Written, model_writer, section_budget, write_summary
 from bot.services.summary_writer import write_conversation_summary as write_about_conversation
+from bot.telegram.texts import CONVERSATION_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def as_summary(written: Written) -> Summary:
 class SummaryOutcome:
     status: Literal["done", "no_such_document", "still_indexing", "ambiguous", "empty_conversation", "stopped",
                     "failed"]
-    label: str = ""  # the document's name, or "this conversation"
+    label: str = ""  # the document's name, or CONVERSATION_LABEL
     of_document: bool = False
     summary: Summary | None = None
     detail: str = ""  # the name asked for (the upload's, while it is still being indexed), or why it stopped
@@ -87,7 +88,7 @@ class Summaries:
             pieces, outcome = await self._document(origin.chat_id, target)
         else:
             turns = await self.store.current_conversation(origin.chat_id)
-            pieces, outcome = conversation_text(turns), SummaryOutcome("done", "this conversation")
+            pieces, outcome = conversation_text(turns), SummaryOutcome("done", CONVERSATION_LABEL)
             if not pieces:
                 outcome.status = "empty_conversation"
         if outcome.status != "done":

@@ -15,6 +15,7 @@ ANSWER_SOURCE = "Source: {source}"
 NOT_IN_DOCUMENTS = "I could not find this in your documents."
 NOT_STATED = "I could not find this stated in your documents; the closest passage ({source}) says:"
 NOT_FROM_DOCUMENTS = "(Not from your documents: this chat has none now, so this is general knowledge.)"
+CONVERSATION_LABEL = "this conversation"  # what a summary of the chat's conversation is called in its status line
 # what a reply ends with when it did not end by itself (stored with it, as the user saw it)
 INTERRUPTED_NOTE = "⚠️ This reply was interrupted by a restart. Please send your message again."
 TIMED_OUT_NOTE = "\n\n⏱️ (stopped: the reply took too long)"
