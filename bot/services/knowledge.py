@@ -24,7 +24,7 @@ from bot.db import document_queries
 from bot.db.sources import Forgotten, forget_document
 from bot.db.tables import Document
 from bot.documents.chunk import chunk_document, sentence_windows
-from bot.documents.parse import ParsedDocument, parse_document
+from bot.documents.parse import DocumentError, ParsedDocument, parse_document
 from bot.services.compute import in_own_thread, release_freed_memory
 from bot.services.work_leases import Leases, leases_for
 from bot.telegram import texts
@@ -106,7 +106,6 @@ class KnowledgeBase:
         chunks = await asyncio.to_thread(
             chunk_document, parsed, self.encoder.count_tokens, self.chunk_limit(), docs.chunk_overlap_tokens)
         if not chunks:
-            from bot.documents.parse import DocumentError
 
             raise DocumentError("empty", texts.nothing_to_index(parsed.name))
         stop()

@@ -6,6 +6,7 @@ The reply is generated in a worker thread while the main thread prints it, so Ct
 
 from __future__ import annotations
 
+import json
 import queue
 import sys
 import threading
@@ -62,15 +63,13 @@ def _print_stream(make: Callable[[threading.Event], Iterator[str]], out=sys.stdo
 
 
 def _lstm_dir(model: str | None) -> bool:
-    import json
-
     config = Path(model).expanduser() / "config.json" if model else None
     return bool(config and config.is_file() and json.loads(config.read_text()).get("arch") == "lstm")
 
 
 def generate_lstm(path: str, prompt: str, config: GenerationConfig, cache_dir: Path) -> str:
     """An LSTM language model (docent train scratch --arch lstm) continues the prompt with the same sampling."""
-    import torch
+    import torch  # lazy: seconds at start-up
 
     from lm.load import load_model  # lazy: loads torch, seconds at start-up
 

@@ -62,7 +62,10 @@ def _filler_prompt(tokenizer, n: int) -> list[int]:
 def measure(settings: Settings, name: str) -> dict:
     """Time to first token, decode speed and peak memory of a chat model on this machine, through the bot's
     own server (lm.serve), greedy, with stop tokens ignored so that every token is decoded."""
-    from bot.services.lm_gateway import ChatModel, GenerationConfig
+    from bot.services.lm_gateway import (  # lazy: GenerationConfig is lm.engine's (torch)
+        ChatModel,
+        GenerationConfig,
+    )
 
     t0 = time.perf_counter()
     model = ChatModel.load(settings, name)

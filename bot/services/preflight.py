@@ -9,7 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import httpx
+from sqlalchemy import make_url, text
+
 from bot.config import Settings
+from bot.db.session import create_engine
 from lm.hub import HubError, canonical, is_pulled, resolve
 
 TOKEN = re.compile(r"\d{5,}:[A-Za-z0-9_-]{30,}")  # "<bot id>:<secret>", as @BotFather hands it out
@@ -52,8 +56,6 @@ def check_telegram(settings: Settings) -> list[Check]:
 async def check_bot_api(settings: Settings, timeout_s: float = 10.0) -> Check:
     """Ask the configured Bot API who the token belongs to (getMe), as the bot's start does: an unreachable URL
     or a refused token fails here, not later. httpx, not python-telegram-bot: the services know no Telegram."""
-    import httpx
-
     tg = settings.telegram
     where = tg.api_url.rstrip("/")
     try:
@@ -77,10 +79,6 @@ async def check_bot_api(settings: Settings, timeout_s: float = 10.0) -> Check:
 
 
 async def check_database(settings: Settings) -> Check:
-    from sqlalchemy import make_url, text
-
-    from bot.db.session import create_engine
-
     shown = make_url(settings.database_url).render_as_string(hide_password=True)
     try:
         engine = create_engine(settings.database_url)
@@ -107,7 +105,7 @@ def check_model_files(what: str, name: str, settings: Settings) -> Check:
 
 
 def check_model_loads(settings: Settings) -> Check:
-    from bot.services.lm_gateway import ChatModel
+    from bot.services.lm_gateway import ChatModel  # lazy: only the local model's check loads it
 
     try:
         model = ChatModel.load(settings)
@@ -119,9 +117,7 @@ def check_model_loads(settings: Settings) -> Check:
 
 async def check_workers(settings: Settings, timeout_s: float = 10.0) -> list[Check]:
     """`[model] backend = "openai"`: each worker URL answers /models, as a replica's first reply will ask it."""
-    import httpx
-
-    from bot.services.remote_model import worker_urls
+    from bot.services.remote_model import worker_urls  # lazy: loads aiohttp and the gateway, only for workers
 
     urls = worker_urls(settings.model.url)
     if not urls:

@@ -327,7 +327,10 @@ def complete_sentences(text: str) -> list[str]:
 
 
 def _rewrite(model, sentence: str, cancel: threading.Event | None) -> str:
-    from bot.services.lm_gateway import BACKGROUND, GenerationConfig
+    from bot.services.lm_gateway import (  # lazy: lm.engine's and lm.serve's (torch)
+        BACKGROUND,
+        GenerationConfig,
+    )
 
     n = model.count_tokens(sentence)
     # greedy and loop-proof; a rewrite is shorter than the sentence, so its length bounds the output

@@ -78,7 +78,10 @@ def summary_sentences(sections: int) -> int:
 
 def model_writer(model, cancel: threading.Event | None = None) -> Write:
     """The Write seam on a ChatModel: greedy, capped at max_new_tokens, loop-proof, background priority."""
-    from bot.services.lm_gateway import BACKGROUND, GenerationConfig
+    from bot.services.lm_gateway import (  # lazy: lm.engine's and lm.serve's (torch)
+        BACKGROUND,
+        GenerationConfig,
+    )
 
     def write(instructions: str, text: str, max_new_tokens: int) -> str:
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.0,
