@@ -46,7 +46,7 @@ GENERATION_NAMES = {"ContextOverflow": "lm.engine", "GenerationConfig": "lm.engi
 
 
 def __getattr__(name: str) -> Any:
-    """`models.Queued` and the other GENERATION_NAMES, imported from lm on first use."""
+    """`lm_gateway.Queued` and the other GENERATION_NAMES, imported from lm on first use."""
     if name not in GENERATION_NAMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(GENERATION_NAMES[name]), name)
@@ -228,7 +228,7 @@ class ModelManager:
         if self.settings.model.backend not in ("local", "openai"):
             raise ValueError(f'[model] backend must be "local" or "openai", not {self.settings.model.backend!r}')
         if self.remote:
-            from bot.services.remote_model import RemoteChatModel
+            from bot.services.remote_model import RemoteChatModel  # a cycle: it imports this gateway
 
             return await RemoteChatModel.connect(self.settings)
         return await in_own_thread(ChatModel.load, self.settings)
