@@ -36,14 +36,15 @@ async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
             outcome = (future.set_result, fn(*args))
         except BaseException as e:
             outcome = (future.set_exception, e)
-        finally:
-            _live.discard(threading.current_thread())
         try:
             loop.call_soon_threadsafe(deliver, *outcome)
         except RuntimeError:  # the loop has closed (the bot stopped): nobody waits for this any more
             pass
 
     thread = threading.Thread(target=run, name="docent-torch", daemon=True)
+    # a thread stays in _live until it has ended, not only its torch work: its OpenMP team goes with the thread,
+    # and a process that exits while one is torn down aborts as a thread still in torch does
+    _live.difference_update([t for t in list(_live) if not t.is_alive()])
     _live.add(thread)
     thread.start()
     return await future
@@ -57,7 +58,8 @@ def join_torch_threads(timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     for thread in list(_live):
         thread.join(max(0.0, deadline - time.monotonic()))
-    return not any(t.is_alive() for t in list(_live))
+    _live.difference_update([t for t in list(_live) if not t.is_alive()])
+    return not _live
 
 
 def release_freed_memory() -> None:

@@ -28,3 +28,31 @@ async def test_an_error_in_the_work_is_raised_to_the_caller():
 
     with pytest.raises(ValueError, match="bad input"):
         await in_own_thread(fail)
+
+
+async def test_the_exit_waits_for_a_thread_until_it_has_ended_not_only_its_work():
+    """join_torch_threads joins a thread whose work has returned but which has not ended yet (its OpenMP team is
+    torn down with it), and says whether work is still running."""
+    from bot.services import compute
+
+    release = threading.Event()
+    ended = threading.Event()
+
+    def work():
+        return 1
+
+    original = threading.Thread.run
+
+    def run_then_linger(self):  # the thread lives on briefly after its work, as a real one tearing down does
+        original(self)
+        release.wait(5)
+        ended.set()
+
+    threading.Thread.run = run_then_linger
+    try:
+        assert await in_own_thread(work) == 1
+    finally:
+        threading.Thread.run = original
+    assert not compute.join_torch_threads(timeout_s=0.05)  # its work is done, the thread is not
+    release.set()
+    assert compute.join_torch_threads(timeout_s=5) and ended.is_set()
