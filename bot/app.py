@@ -171,13 +171,15 @@ def _add_handlers(app: Application) -> None:
     # edits first, in a group of their own: a note, and no other handler ever sees an edited message
     app.add_handler(MessageHandler(filters.UpdateType.EDITED, edits.on_edit), group=-1)
     add_commands(app, {"start": chat_handlers.start, "help": chat_handlers.help_command, "reset": chat_handlers.reset,
-                       "settings": chat_handlers.settings_command, "stats": stats_handlers.stats_command}, texts.COMMAND_MENU)
+                       "settings": chat_handlers.settings_command, "stats": stats_handlers.stats_command},
+                 texts.COMMAND_MENU)
     # python-telegram-bot passes a press with empty callback data to every pattern handler, so chat's buttons
     # come first (and refuse it); the catch-all after the features answers every other unknown press
     app.add_handler(CallbackQueryHandler(chat_handlers.on_button, pattern=r"^(temp|fb):"))
     app.add_handler(MessageHandler(filters.Document.ALL, document_handlers.on_document))
-    add_commands(app, {"ask": document_handlers.ask, "docs": document_handlers.list_docs, "forget": document_handlers.forget,
-                       "summarize": document_handlers.summarize_command, "cancel": document_handlers.cancel_command},
+    add_commands(app, {"ask": document_handlers.ask, "docs": document_handlers.list_docs,
+                       "forget": document_handlers.forget, "summarize": document_handlers.summarize_command,
+                       "cancel": document_handlers.cancel_command},
                  texts.COMMAND_MENU)
     add_commands(app, {"training": admin.training_optin, "retrain": admin.retrain, "train_status": admin.train_status,
                        "train_cancel": admin.train_cancel, "models": admin.models_command,

@@ -116,6 +116,13 @@ async def list_documents(session: AsyncSession, scope: str) -> list[Document]:
     return list(rows)
 
 
+async def has_documents(session: AsyncSession, scope: str) -> bool:
+    """Whether the scope has a ready document."""
+    found = await session.scalar(select(Document.id).where(Document.scope == scope, Document.status == "ready")
+                                 .limit(1))
+    return found is not None
+
+
 async def chunks_for_scope(session: AsyncSession, scope: str) -> list[Chunk]:
     """Every chunk of the scope's ready documents, with its document, in reading order (index rebuilds)."""
     rows = await session.scalars(

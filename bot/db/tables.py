@@ -182,7 +182,8 @@ class Message(Base):
     # Set when a document this turn drew on was forgotten: the row stays (the chat's record), but it is never
     # again sent to the model nor exported for training (bot.db.sources).
     forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # the replica whose work this row is (a reply being written), and until when its lease holds (renewed by its heartbeat; bot.db.lease_queries)
+    # the replica whose work this row is (a reply being written), and until when its lease holds (renewed by its
+    # heartbeat; bot.db.lease_queries)
     owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -222,7 +223,8 @@ class Document(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="indexing", server_default="indexing")
     created_at: Mapped[datetime] = created_at()
-    # the replica whose work this row is (a document being indexed), and until when its lease holds (renewed by its heartbeat; bot.db.lease_queries)
+    # the replica whose work this row is (a document being indexed), and until when its lease holds (renewed by its
+    # heartbeat; bot.db.lease_queries)
     owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -286,7 +288,8 @@ class Job(Base):
     status_message_id: Mapped[int | None] = mapped_column(BigInteger)
     label: Mapped[str] = mapped_column(StorableText())  # what the job is about, as its user named it: a file name
     created_at: Mapped[datetime] = created_at()
-    # the replica whose work this row is, and until when its lease holds (renewed by its heartbeat; bot.db.lease_queries)
+    # the replica whose work this row is, and until when its lease holds (renewed by its
+    # heartbeat; bot.db.lease_queries)
     owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

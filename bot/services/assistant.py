@@ -165,7 +165,7 @@ class Assistant:
         # the final text goes to SQL before it is shown, still "streaming" but with its token count: a crash
         # between the two then redelivers it on restart instead of leaving a half-streamed message behind
         await self.store.finish_reply(reply, final, "streaming", token_count=model.count_tokens(final),
-                                version_id=model.version_id, question=question, chunk_ids=written.chunk_ids)
+                                      version_id=model.version_id, question=question, chunk_ids=written.chunk_ids)
         yield Done(final, rated=True)
         await self.store.finish_reply(reply, final, "complete")
 

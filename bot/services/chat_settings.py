@@ -42,7 +42,7 @@ class ChatPrefs:
 async def record_origin(session: AsyncSession, origin: Origin) -> None:
     """Create or refresh the chat (and its user) an action came from; commits."""
     await chat_queries.ensure_user_and_chat(session, origin.chat_id, origin.chat_type, origin.user_id, origin.username,
-                                        origin.first_name, origin.title)
+                                            origin.first_name, origin.title)
 
 
 class Chats:
@@ -69,16 +69,20 @@ class Chats:
             allow_training=stored.allow_training if stored is not None else None,
             training_default=self.settings.training.use_chats_by_default)
 
+    async def prefs_in(self, s: AsyncSession, chat_id: int) -> ChatPrefs:
+        """The chat's settings as they apply (the defaults for a chat never seen), read in the session `s`."""
+        return self.applied(await chat_queries.get_chat_settings(s, chat_id))
+
     async def prefs_of(self, chat_id: int) -> ChatPrefs:
         """The chat's settings as they apply (the defaults for a chat never seen)."""
         async with self.sessions() as s:
-            return self.applied(await chat_queries.get_chat_settings(s, chat_id))
+            return await self.prefs_in(s, chat_id)
 
     async def prefs(self, origin: Origin) -> ChatPrefs:
         """The settings of the chat `origin` is in, the chat recorded first."""
         async with self.sessions() as s:
             await record_origin(s, origin)
-            return self.applied(await chat_queries.get_chat_settings(s, origin.chat_id))
+            return await self.prefs_in(s, origin.chat_id)
 
     async def change(self, origin: Origin, **values) -> ChatPrefs:
         """Set some of the chat's settings (system_prompt, temperature, allow_training; None: back to the

@@ -62,6 +62,12 @@ async def _turns(s: AsyncSession, conversation_id: int, up_to: int | None = None
     return [m for m in rows if m.role in ("user", "assistant") and m.text]
 
 
+async def _record_shown(s: AsyncSession, reply: Message, telegram_message_id: int) -> None:
+    """The Telegram message that shows the reply, stored (a restart edits it) and set on the row in hand."""
+    await message_queries.update_message(s, reply.id, telegram_message_id=telegram_message_id)
+    reply.telegram_message_id = telegram_message_id
+
+
 class ConversationStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], chats: Chats, leases: Leases):
         self.sessions, self.chats, self.leases = sessions, chats, leases
@@ -80,11 +86,10 @@ class ConversationStore:
         read what the reply is written from, and link the turn to the documents its prompt draws on."""
         async with self.sessions() as s:
             if shown_in is not None:
-                await message_queries.update_message(s, reply.id, telegram_message_id=shown_in)
-                reply.telegram_message_id = shown_in
+                await _record_shown(s, reply, shown_in)
             turns = await _turns(s, question.conversation_id, up_to=question.id)
-            prefs = self.chats.applied(await chat_queries.get_chat_settings(s, question.chat_id))
-            has = bool(await document_queries.list_documents(s, chat_scope(question.chat_id)))
+            prefs = await self.chats.prefs_in(s, question.chat_id)
+            has = await document_queries.has_documents(s, chat_scope(question.chat_id))
             had = not has and await message_queries.has_forgotten(s, question.chat_id)
             await sources.record_sources(s, [question.id, reply.id], [], [m.id for m in turns])
         return Context(turns, prefs, has, had)
@@ -92,12 +97,11 @@ class ConversationStore:
     async def show_reply_in(self, reply: Message, telegram_message_id: int) -> None:
         """Record the Telegram message that shows the reply (and that a restart edits)."""
         async with self.sessions() as s:
-            await message_queries.update_message(s, reply.id, telegram_message_id=telegram_message_id)
-        reply.telegram_message_id = telegram_message_id
+            await _record_shown(s, reply, telegram_message_id)
 
     async def finish_reply(self, reply: Message, text: str, status: str, token_count: int | None = None,
-                     version_id: int | None = None, question: Message | None = None,
-                     chunk_ids: Sequence[int] = ()) -> None:
+                           version_id: int | None = None, question: Message | None = None,
+                           chunk_ids: Sequence[int] = ()) -> None:
         """Store the reply's text and status (and the model version that wrote it, once known); with
         `chunk_ids`, first link the turn (`question` and reply) to the documents of the passages it was answered
         from."""
@@ -105,13 +109,13 @@ class ConversationStore:
             if chunk_ids and question is not None:
                 await sources.record_sources(s, [question.id, reply.id], chunk_ids, [])
             await message_queries.update_message(s, reply.id, text=text, status=status, token_count=token_count,
-                                             model_version_id=version_id)
+                                                 model_version_id=version_id)
 
     async def conversation(self, chat_id: int, conversation_id: int) -> list[dict]:
         """The system prompt plus the conversation's stored turns, oldest first."""
         async with self.sessions() as s:
             turns = await _turns(s, conversation_id)
-            prefs = self.chats.applied(await chat_queries.get_chat_settings(s, chat_id))
+            prefs = await self.chats.prefs_in(s, chat_id)
         return chat_messages(prefs, turns)
 
     async def current_conversation(self, chat_id: int) -> list[dict]:

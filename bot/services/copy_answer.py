@@ -105,7 +105,8 @@ def choose(spans, question: str, evidence: Sequence[Evidence], margin: float = S
         spans = [s for s in spans if s.text and not repeats_question(s.text, question)]
     else:  # a phrase names something: no span of stopwords alone ("The"), nor a name where a date was asked for
         kind = answer_type(question)
-        spans = [s for s in spans if any(w.lower() not in STOP_WORDS for w in words(s.text)) and fits_type(kind, s.text)]
+        spans = [s for s in spans
+                 if any(w.lower() not in STOP_WORDS for w in words(s.text)) and fits_type(kind, s.text)]
     if not spans:
         return None
     for span in spans:

@@ -106,7 +106,6 @@ class KnowledgeBase:
         chunks = await asyncio.to_thread(
             chunk_document, parsed, self.encoder.count_tokens, self.chunk_limit(), docs.chunk_overlap_tokens)
         if not chunks:
-
             raise DocumentError("empty", texts.nothing_to_index(parsed.name))
         stop()
         async with self.sessions() as s:
@@ -150,7 +149,7 @@ class KnowledgeBase:
                                                  embedded)
             stop()
             rows = [document_queries.NewChunk(text=c.text, token_count=c.token_count, page=c.page, heading=c.heading,
-                               embedding=v.tobytes(), window_embeddings=blob)
+                                              embedding=v.tobytes(), window_embeddings=blob)
                     for c, v, blob in zip(batch, vectors, blobs, strict=True)]
             async with self.sessions() as s:
                 await document_queries.add_chunks(s, document_id, start, rows)
@@ -171,7 +170,8 @@ class KnowledgeBase:
         """Delete the documents (of `scope`, or all) a dead process was indexing (with replicas: whose lease
         expired, never a live replica's upload in progress); their names."""
         async with self.sessions() as s:
-            names = await document_queries.discard_unfinished(s, scope, self.leases.lease(), self.leases.expired_before())
+            names = await document_queries.discard_unfinished(s, scope, self.leases.lease(),
+                                                              self.leases.expired_before())
         if names:
             log.warning("deleted %d documents left half-indexed by an earlier run: %s", len(names), names)
         return names
@@ -259,7 +259,7 @@ class KnowledgeBase:
 
     async def has_documents(self, scope: str) -> bool:
         async with self.sessions() as s:
-            return bool(await document_queries.list_documents(s, scope))
+            return await document_queries.has_documents(s, scope)
 
     async def search(self, scope: str, query: str, k: int | None = None, *, mode: str = "hybrid",
                      query_vec: np.ndarray | None = None) -> list[Passage]:

@@ -85,4 +85,5 @@ def took_too_long(name: str, timeout_s: float) -> str:
 
 
 def needed_too_much_memory(name: str, memory_mb: int) -> str:
-    return f"Reading {name} needed more than {memory_mb} MB of memory, so it was stopped. Try a smaller file or split it."
+    return (f"Reading {name} needed more than {memory_mb} MB of memory, so it was stopped. Try a smaller file or "
+            "split it.")

@@ -154,7 +154,7 @@ async def _seed_conversations(settings, n: int) -> None:
         for i in range(n):
             user = await message_queries.record_update_and_user_message(s, 900 + i, USER, USER, f"question {i}", 900 + i)
             await message_queries.add_assistant_message(s, user.conversation_id, USER, f"The quick brown fox {i}.",
-                                          status="complete", telegram_message_id=2000 + i)
+                                                        status="complete", telegram_message_id=2000 + i)
             await chat_queries.start_new_conversation(s, USER)
 
     await _one(settings, seed)

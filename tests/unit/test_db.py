@@ -268,7 +268,7 @@ async def test_documents_are_found_by_their_number_in_the_chats_own_list_or_by_n
 
     def add(scope: str, name: str, sha: str):
         return document_queries.add_document_with_chunks(s, scope=scope, chat_id=CHAT, name=name, mime="text/plain",
-                                                     sha256=sha * 64, size_bytes=1, chunks=chunks(1))
+                                                         sha256=sha * 64, size_bytes=1, chunks=chunks(1))
 
     await add("chat:other", "theirs.txt", "1")  # another chat's documents take ids, not numbers, from this one
     await add("chat:mine", "notes.txt", "2")

@@ -26,7 +26,7 @@ def batch(*texts: str) -> list[document_queries.NewChunk]:
 
 async def begin(s: AsyncSession, name: str, scope: str = SCOPE):
     return await document_queries.begin_document(s, scope=scope, name=name, mime="text/plain",
-                                             sha256=name.ljust(64, "0"), size_bytes=100)
+                                                 sha256=name.ljust(64, "0"), size_bytes=100)
 
 
 async def test_a_document_stored_in_batches_is_seen_only_once_ready(s: AsyncSession):

@@ -148,7 +148,7 @@ async def test_documents_a_killed_ingest_left_unfinished_are_discarded(tmp_path:
         async with kb.sessions() as s:  # what a process killed mid-ingest leaves behind
             for scope in ("s", "other"):
                 doc = await document_queries.begin_document(s, scope=scope, name="half.txt", mime="text/plain",
-                                                        sha256=scope * 32, size_bytes=10)
+                                                            sha256=scope * 32, size_bytes=10)
                 await document_queries.add_chunks(s, doc.id, 0, [document_queries.NewChunk(text="half", token_count=1)])
         assert [d.name for d in await kb.documents("s")] == ["report.txt"]
         assert await kb.discard_unfinished("other") == ["half.txt"]

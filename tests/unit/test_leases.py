@@ -53,7 +53,7 @@ async def _work_of(a: Leases) -> None:
     async with a.sessions() as s:
         await message_queries.record_update_and_turn(s, "message:1:1", CHAT, ANN, "hello", 1, lease=a.lease())
         await document_queries.begin_document(s, scope="chat:1", name="big.pdf", mime="application/pdf", sha256="ab" * 32,
-                                          size_bytes=10, chat_id=CHAT, lease=a.lease())
+                                              size_bytes=10, chat_id=CHAT, lease=a.lease())
 
 
 async def _sweep(b: Leases) -> tuple[list, list, list]:

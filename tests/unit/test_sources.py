@@ -28,10 +28,10 @@ async def s(db_session: AsyncSession) -> AsyncSession:
 async def memo(s: AsyncSession, name: str = "memo.txt", user_id: int | None = ANN) -> Document:
     s.expunge_all()  # a forget's bulk DELETE leaves its chunks in the session, and SQLite reuses their ids
     chunks = [document_queries.NewChunk(text=t, token_count=8) for t in ("The launch code of Project Nightjar is ZEBRA-7731.",
-                                                          "Nightjar launches in May.")]
+                                                                         "Nightjar launches in May.")]
     return await document_queries.add_document_with_chunks(s, scope=SCOPE, chat_id=CHAT, user_id=user_id, name=name,
-                                            mime="text/plain", sha256=name.ljust(64, "0"), size_bytes=60,
-                                            chunks=chunks)
+                                                           mime="text/plain", sha256=name.ljust(64, "0"), size_bytes=60,
+                                                           chunks=chunks)
 
 
 async def turn(s: AsyncSession, update_id: int, question: str, answer: str) -> tuple[Message, Message]:

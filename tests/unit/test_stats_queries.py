@@ -30,9 +30,9 @@ async def said(s: AsyncSession, chat: int, user: int, update_id: int, tokens: in
     telegram_id = telegram_id or update_id
     question = await message_queries.record_update_and_user_message(s, update_id, chat, user, f"question {update_id}", telegram_id)
     reply = await message_queries.add_assistant_message(s, question.conversation_id, chat, "answer",
-                                          status="complete" if tokens is not None else "failed",
-                                          telegram_message_id=telegram_id + 10_000,
-                                          reply_to_telegram_message_id=telegram_id, token_count=tokens)
+                                                        status="complete" if tokens is not None else "failed",
+                                                        telegram_message_id=telegram_id + 10_000,
+                                                        reply_to_telegram_message_id=telegram_id, token_count=tokens)
     if old:
         await s.execute(update(Message).where(Message.id.in_([question.id, reply.id])).values(created_at=OLD))
         await s.commit()
@@ -40,9 +40,9 @@ async def said(s: AsyncSession, chat: int, user: int, update_id: int, tokens: in
 
 async def uploaded(s: AsyncSession, chat: int, user: int | None, sha: str, status: str = "ready",
                    old: bool = False) -> None:
-    doc = await document_queries.add_document_with_chunks(s, scope=f"chat:{chat}", chat_id=chat, user_id=user, name=f"{sha}.md",
-                                           mime="text/markdown", sha256=sha * 64, size_bytes=1, chunks=[],
-                                           status=status)
+    doc = await document_queries.add_document_with_chunks(
+        s, scope=f"chat:{chat}", chat_id=chat, user_id=user, name=f"{sha}.md", mime="text/markdown", sha256=sha * 64,
+        size_bytes=1, chunks=[], status=status)
     if old:
         await s.execute(update(Document).where(Document.id == doc.id).values(created_at=OLD))
         await s.commit()

@@ -93,7 +93,7 @@ async def service(tmp_path, tiny, timer):
 async def exchange(s, chat: int, update_id: int, question: str, answer: str, vote: int | None = None) -> int:
     user = await message_queries.record_update_and_user_message(s, update_id, chat, chat, question, update_id)
     reply = await message_queries.add_assistant_message(s, user.conversation_id, chat, answer, status="complete",
-                                          telegram_message_id=update_id + 10_000)
+                                                        telegram_message_id=update_id + 10_000)
     if vote is not None:
         await message_queries.set_feedback(s, reply.id, chat, vote)
     return reply.id
@@ -116,13 +116,15 @@ async def fill(svc: TrainingService) -> None:
         await exchange(s, ON, 5, "Tell me a joke.", "Why did the fox jump? To get over the lazy dog.")
         await exchange(s, OFF, 6, "private matter", "secret answer from the opted-out chat")
         await exchange(s, UNSET, 7, "undecided question", "answer from the chat that never chose")
-        await document_queries.add_document_with_chunks(s, scope=f"chat:{ON}", chat_id=ON, name="guide.md", mime="text/markdown",
-                                         sha256="a" * 64, size_bytes=10, pages=None, status="ready", chunks=[
-                                             document_queries.NewChunk("The guide says foxes are quick.", 8, heading="Foxes"),
-                                             document_queries.NewChunk("Dogs are lazy, the guide adds.", 8, page=2)])
-        await document_queries.add_document_with_chunks(s, scope=f"chat:{OFF}", chat_id=OFF, name="diary.md", mime="text/markdown",
-                                         sha256="b" * 64, size_bytes=10, pages=None, status="ready",
-                                         chunks=[document_queries.NewChunk("Dear diary, nobody may train on this.", 9)])
+        await document_queries.add_document_with_chunks(
+            s, scope=f"chat:{ON}", chat_id=ON, name="guide.md", mime="text/markdown", sha256="a" * 64, size_bytes=10,
+            pages=None, status="ready", chunks=[
+                document_queries.NewChunk("The guide says foxes are quick.", 8, heading="Foxes"),
+                document_queries.NewChunk("Dogs are lazy, the guide adds.", 8, page=2)])
+        await document_queries.add_document_with_chunks(
+            s, scope=f"chat:{OFF}", chat_id=OFF, name="diary.md", mime="text/markdown", sha256="b" * 64,
+            size_bytes=10, pages=None, status="ready",
+            chunks=[document_queries.NewChunk("Dear diary, nobody may train on this.", 9)])
 
 
 def texts(conversations: list[list[dict]], role: str) -> list[str]:

@@ -6,7 +6,8 @@ and an address-space limit (sandbox.py), so a hostile or pathological file can n
 the bot; the child is killed on timeout. It blocks, so async code calls it through `asyncio.to_thread`.
 
 Every failure a person can cause is a `DocumentError(code, message)` whose message can be shown to
-them as is (worded in bot/telegram/file_texts.py). Nothing is returned half-done: a document either parses completely or raises.
+them as is (worded in bot/telegram/file_texts.py). Nothing is returned half-done: a document either parses
+completely or raises.
 """
 
 from __future__ import annotations
